@@ -1,0 +1,1 @@
+"""The `hyperdisco` command line."""

@@ -1,0 +1,98 @@
+"""`hyperdisco` command line: verbs named like xl's, plus `run` (one-shot) and `images`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..errors import HyperdiscoError
+
+
+def _progress(msg: str) -> None:
+    sys.stderr.write(f"hyperdisco: {msg}\n")
+    sys.stderr.flush()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..toolstack.build import domain_config
+    from ..toolstack.oneshot import run_domain
+
+    t0 = time.monotonic()
+    config = domain_config("guest", args.kernel, args.initrd, args.cmdline, args.memory, progress=_progress)
+    report = run_domain(config, args.engine, exec_command=args.exec_, timeout=args.timeout, t_start=t0,
+                        verbose=args.verbose)
+    if args.exec_ is not None:
+        sys.stdout.buffer.write(report.output)
+        sys.stdout.flush()
+    if report.outcome == "crash":
+        _progress(f"guest crashed{': ' + report.detail if report.detail else ''}")
+    elif report.outcome == "timeout":
+        _progress(f"guest timed out ({report.detail})")
+    elif args.exec_ is None:
+        _progress(f"guest {report.outcome}")
+    if args.stats:
+        _print_stats(report.timings, report.traps)
+    return report.exit_status
+
+
+def _print_stats(timings: dict[str, float], traps: dict[str, int]) -> None:
+    out = sys.stderr
+    out.write("-- timings --\n")
+    for key, label in (("first_output_s", "first guest output"), ("user_space_s", "user space"),
+                       ("total_s", "total wall")):
+        if key in timings:
+            out.write(f"  {label:<20} {timings[key]:8.3f} s\n")
+    out.write("-- traps --\n")
+    for name in sorted(traps):
+        if traps[name]:
+            out.write(f"  {name:<32} {traps[name]:>10}\n")
+
+
+def cmd_images_fetch(args: argparse.Namespace) -> int:
+    from ..images import ensure_default_images
+
+    images = ensure_default_images(_progress, force=args.force)
+    print(f"kernel  {images.kernel}")
+    print(f"initrd  {images.initrd}")
+    print(f"release {images.kernel_release}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hyperdisco", description="A hypervisor in Python (Xen PVH guests)")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    r = sub.add_parser("run", help="boot one guest and attach its console (or run a command in it)")
+    r.add_argument("--kernel", help="kernel: ELF vmlinux with the PVH note, or a bzImage")
+    r.add_argument("--initrd", help="initramfs (cpio, optionally compressed)")
+    r.add_argument("--cmdline", help="kernel command line")
+    r.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest memory (default 256)")
+    r.add_argument("--exec", dest="exec_", metavar="CMD", help="run CMD in the guest shell, then power off")
+    r.add_argument("--stats", action="store_true", help="print timings and trap counts at the end")
+    r.add_argument("--engine", default="tcg", help="CPU engine (default tcg)")
+    r.add_argument("--timeout", type=float, default=None, help="destroy the guest after this many seconds")
+    r.add_argument("-v", "--verbose", action="store_true", help="print the hypervisor's log")
+    r.set_defaults(fn=cmd_run)
+    im = sub.add_parser("images", help="the default guest images")
+    imsub = im.add_subparsers(dest="images_verb", required=True, metavar="ACTION")
+    f = imsub.add_parser("fetch", help="fetch and build the default kernel and initramfs")
+    f.add_argument("--force", action="store_true", help="fetch and rebuild even if cached")
+    f.set_defaults(fn=cmd_images_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except HyperdiscoError as exc:
+        msg = str(exc)
+        sys.stderr.write((msg if msg.startswith("hyperdisco:") else f"hyperdisco: {msg}") + "\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("hyperdisco: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The hypervisor core: domains, vCPUs, guest memory, event channels, time, scheduling."""

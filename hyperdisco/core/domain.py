@@ -1,0 +1,345 @@
+"""A domain: its memory, vCPUs, event channels, platform devices and lifecycle.
+
+A domain's vCPUs run on the scheduler's worker threads; everything that touches the guest's event bits
+or vCPU state happens in `VcpuContext.step`, on the thread running that vCPU. Other threads (console
+input, backends, the toolstack) talk to a domain by queueing event-channel notifications and waking it.
+A failure inside one domain's trap handling crashes that domain only.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..backends.console import ConsoleBackend
+from ..engine.base import Engine, StopReason, Vcpu
+from ..loader.elf import KernelImage
+from ..loader.pvh import load_pvh
+from ..platform import acpi, layout
+from ..platform.cpuid import CpuidPolicy
+from ..platform.lapic import Lapic
+from ..xen import abi
+from ..xen.hypercalls import XEN_VERSION, Hypercalls
+from .clock import Clock
+from .evtchn import EventChannels, Port
+from .memory import PAGE, GuestMemory, VirtualAccess
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+SLICE_NS = 10_000_000
+DEBUG_PORT = 0xE9  # Bochs/QEMU debug console port: bytes written there go to the console
+
+
+@dataclass
+class DomainConfig:
+    name: str
+    kernel: KernelImage
+    initrd: bytes | None
+    cmdline: str
+    memory_mib: int
+    vcpus: int = 1
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class VcpuContext:
+    """The core's per-vCPU state around an engine vCPU."""
+
+    def __init__(self, dom: Domain, index: int, ev: Vcpu) -> None:
+        self.dom = dom
+        self.index = index
+        self.ev = ev
+        self.va = VirtualAccess(dom.memory, ev.translate)
+        self.lapic = Lapic(index)
+        self.up = index == 0
+        self.timer_ns: int | None = None
+        self.periodic_ns: int | None = None
+        self.periodic_next = 0
+        self.runstate_va: int | None = None
+        self.halted = False
+        self.blocked = False
+        self.poll_ports: list[int] | None = None
+        self.poll_deadline: int | None = None
+        self.cpu_ns = 0  # host time spent running this vCPU
+
+    # -- called from trap handlers on this vCPU's thread -----------------------------------------------
+    def block(self, poll: list[int] | None = None, timeout_ns: int | None = None) -> None:
+        self.blocked = True
+        self.poll_ports = poll
+        self.poll_deadline = timeout_ns
+        self.ev.request_stop()
+
+    # -- one scheduling step ---------------------------------------------------------------------------
+    def wake_deadline_ns(self) -> int | None:
+        ds = [d for d in (self.timer_ns, self.periodic_ns and self.periodic_next, self.poll_deadline) if d]
+        return min(ds) if ds else None
+
+    def _fire_timers(self, now: int) -> None:
+        ec = self.dom.evtchn
+        if self.timer_ns is not None and now >= self.timer_ns:
+            self.timer_ns = None
+            self.dom.stats["timer.fired"] += 1
+            ec.raise_virq(abi.VIRQ_TIMER, self.index)
+        if self.periodic_ns and now >= self.periodic_next:
+            self.periodic_next = now + self.periodic_ns
+            ec.raise_virq(abi.VIRQ_TIMER, self.index)
+        if self.poll_deadline is not None and now >= self.poll_deadline:
+            self.poll_deadline = None
+            self.blocked = False
+
+    def _inject(self) -> bool:
+        """Deliver one pending interrupt if the guest can take it; True if something is pending."""
+        dom, ev = self.dom, self.ev
+        vec = None
+        lapic_pending = bool(self.lapic.pending)
+        upcall = dom.callback_vector is not None and dom.evtchn.upcall_pending(self.index)
+        if not (lapic_pending or upcall):
+            return False
+        if ev.interrupts_enabled():
+            if lapic_pending:
+                vec = self.lapic.take_pending()
+                dom.stats["inject.lapic"] += 1
+            elif upcall:
+                dom.update_time(self)
+                vec = dom.callback_vector
+                dom.stats["inject.upcall"] += 1
+            if vec is not None:
+                ev.inject_interrupt(vec)
+        return True
+
+    def step(self) -> float | None:
+        """Run one slice, or decide to wait. Returns None to be run again at once, the monotonic time
+        to wake at if the vCPU waits for a timer, or +inf to wait for an event only."""
+        dom = self.dom
+        dom.evtchn.deliver_queued()
+        now = dom.clock.now_ns()
+        self._fire_timers(now)
+        pending = self._inject()
+        if self.blocked and self.poll_ports is not None and dom.evtchn.any_pending(self.poll_ports):
+            self.blocked = False
+        elif self.blocked and pending:
+            self.blocked = False
+        if self.halted and pending:
+            self.halted = False
+        if self.blocked or self.halted:
+            d = self.wake_deadline_ns()
+            return float("inf") if d is None else time.monotonic() + max(0, d - now) / 1e9
+        deadline = self.wake_deadline_ns()
+        slice_ns = SLICE_NS if deadline is None else max(50_000, min(SLICE_NS, deadline - now))
+        t0 = time.perf_counter_ns()
+        res = self.ev.run(slice_ns)
+        self.cpu_ns += time.perf_counter_ns() - t0
+        if res.reason is StopReason.FATAL:
+            dom.crash(res.detail)
+        elif res.reason is StopReason.HALT:
+            if not self.ev.interrupts_enabled() and not dom.finished:
+                dom.crash("vCPU halted with interrupts disabled")
+            self.halted = True
+            dom.stats["halt"] += 1
+        return None
+
+
+class Domain:
+    def __init__(self, domid: int, config: DomainConfig, engine: Engine, clock: Clock,
+                 console_sink: Callable[[bytes], None], log: Callable[[str], None]) -> None:
+        self.domid = domid
+        self.config = config
+        self.name = config.name
+        self.engine = engine
+        self.clock = clock
+        self.uuid = uuid.uuid4().bytes
+        self._log = log
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.created = time.monotonic()
+        self.first_output: float | None = None
+        self.outcome: str | None = None  # poweroff, reboot, crash...
+        self.outcome_detail = ""
+        self.finished = False
+        self.paused = False
+        self.done = threading.Event()
+        self.scheduler: Scheduler | None = None
+        self.memory = GuestMemory(config.memory_mib << 20, config.name)
+        self.special = self.memory.add_region(layout.SPECIAL_BASE, layout.SPECIAL_PAGES * PAGE, "special")
+        self.params: dict[int, int] = {}
+        self.callback_vector: int | None = None
+        self.grant_frames: dict[int, int] = {}  # frame index -> gpa
+        self.evtchn = EventChannels(self.memory, domid, self.wake)
+        self.hypercalls = Hypercalls(self)
+        self.cpuid = CpuidPolicy(engine.native_cpuid(), domid, XEN_VERSION, clock.tsc_khz())
+        self.vcpus: list[VcpuContext] = []
+        for i in range(config.vcpus):
+            ev = engine.create_vcpu(i, _TrapGlue(self))
+            ev.map_ram(0, self.memory.ram_bytes, self.memory.regions[0].host_address)
+            ev.map_ram(self.special.gpa, self.special.size, self.special.host_address)
+            ev.map_mmio(layout.LAPIC_BASE, PAGE)
+            self.vcpus.append(VcpuContext(self, i, ev))
+        self._ctx_by_ev = {id(v.ev): v for v in self.vcpus}
+        # the PV console: a ring in a special page and an event channel whose far end is the hypervisor
+        self.console = ConsoleBackend(self.memory, layout.special_gpa(layout.CONSOLE_PAGE), console_sink)
+        cport = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0, on_send=self.console.kick))
+        self.console.port = cport
+        self.console.notify = self.evtchn.notify
+        self.reserved_ports = {cport}
+        self.params[abi.HVM_PARAM_CONSOLE_PFN] = layout.special_gpa(layout.CONSOLE_PAGE) >> 12
+        self.params[abi.HVM_PARAM_CONSOLE_EVTCHN] = cport
+        start_info = load_pvh(self.memory, config.kernel, config.initrd, config.cmdline, config.vcpus)
+        self.vcpus[0].ev.set_pvh_entry(config.kernel.pvh_entry, start_info, layout.SCRATCH)
+
+    # -- logging and output -----------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        self._log(f"(d{self.domid}) {msg}")
+
+    def console_output(self, data: bytes) -> None:
+        if self.first_output is None:
+            self.first_output = time.monotonic()
+        self.console.sink(data)
+
+    # -- memory -----------------------------------------------------------------------------------------
+    def is_ram(self, gpa: int) -> bool:
+        return any(0 <= gpa - a < s for a, s, t in self.e820() if t == abi.E820_RAM)
+
+    def e820(self) -> list[tuple[int, int, int]]:
+        return layout.e820(self.memory.ram_bytes)
+
+    def map_shared_info(self, gpa: int) -> None:
+        self.memory.fill(gpa, PAGE)
+        self.evtchn.shared_info = gpa
+        for ctx in self.vcpus:
+            if ctx.index < abi.XEN_LEGACY_MAX_VCPUS and ctx.index not in self.evtchn.vcpu_info:
+                self.evtchn.vcpu_info[ctx.index] = gpa + ctx.index * abi.VCPU_INFO_SIZE
+        sec, nsec = self.clock.wallclock_at_zero()
+        self.memory.pack(abi.WALLCLOCK, gpa + abi.SI_WC_VERSION, 2, sec & 0xFFFFFFFF, nsec, sec >> 32)
+        for ctx in self.vcpus:
+            self.update_time(ctx)
+
+    def move_vcpu_info(self, vcpu: int, gpa: int) -> None:
+        old = self.evtchn.vcpu_info.get(vcpu)
+        data = self.memory.read(old, abi.VCPU_INFO_SIZE) if old is not None else bytes(abi.VCPU_INFO_SIZE)
+        self.memory.write(gpa, data)
+        self.evtchn.vcpu_info[vcpu] = gpa
+        self.update_time(self.vcpus[vcpu])
+
+    def map_grant_frame(self, idx: int, gpa: int) -> int:
+        if self.memory.region_at(gpa) is None:
+            reg = self.memory.add_region(gpa, PAGE, f"grant-frame-{idx}")
+            for ctx in self.vcpus:
+                ctx.ev.map_ram(gpa, PAGE, reg.host_address)
+        elif not self.is_ram(gpa):
+            return -abi.EINVAL
+        self.memory.fill(gpa, PAGE)
+        self.grant_frames[idx] = gpa
+        return 0
+
+    def update_time(self, ctx: VcpuContext) -> None:
+        """Publish pvclock parameters in the vCPU's vcpu_info (version odd while updating)."""
+        vi = self.evtchn.vcpu_info.get(ctx.index)
+        if vi is None:
+            return
+        at = vi + abi.VI_TIME
+        ver = (self.memory.u32(at) + 1) | 1
+        self.memory.set_u32(at, ver)
+        tsc = self.engine.guest_tsc()
+        self.memory.pack(abi.VCPU_TIME_INFO, at, ver, 0, tsc, self.clock.ns_at(tsc), self.clock.mul,
+                         self.clock.shift, abi.XEN_PVCLOCK_TSC_STABLE_BIT)
+        self.memory.set_u32(at, ver + 1)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def wake(self) -> None:
+        if self.scheduler is not None:
+            for ctx in self.vcpus:
+                self.scheduler.wake(ctx)
+
+    def shutdown(self, outcome: str, detail: str = "") -> None:
+        if self.finished:
+            return
+        self.outcome, self.outcome_detail, self.finished = outcome, detail, True
+        self.log(f"shutdown: {outcome}{' (' + detail + ')' if detail else ''}")
+        for ctx in self.vcpus:
+            ctx.ev.kick()
+        self.done.set()
+
+    def crash(self, detail: str) -> None:
+        self.shutdown("crash", detail)
+
+    def destroy(self) -> None:
+        self.shutdown("destroyed")
+
+    def close(self) -> None:
+        for ctx in self.vcpus:
+            ctx.ev.close()
+
+    def traps(self) -> dict[str, int]:
+        """All trap counts of this domain: the engine's and the core's."""
+        out: collections.Counter[str] = collections.Counter()
+        for ctx in self.vcpus:
+            c = ctx.ev.counts()
+            for vec, n in c.exceptions.items():
+                out[f"exception.{vec}"] += n
+            out["pagefault.user"] += c.page_faults_user
+            out["pagefault.kernel"] += c.page_faults_kernel
+            out["syscall"] += c.syscalls
+            out["hypercall"] += c.hypercalls
+            out["io"] += c.io
+            out["cpuid"] += c.cpuid
+            out["mmio"] += c.mmio
+            out["halt"] += c.halts
+            out["slice"] += c.slices
+            out["interrupt.injected"] += c.injected
+        out.update({k: v for k, v in self.stats.items() if k.startswith(("hypercall.", "inject.", "timer."))})
+        out["evtchn.raised"] = self.evtchn.raised
+        return dict(out)
+
+
+class _TrapGlue:
+    """The core's side of the engine interface for one domain."""
+
+    def __init__(self, dom: Domain) -> None:
+        self.dom = dom
+
+    def _ctx(self, vcpu: Vcpu) -> VcpuContext:
+        return self.dom._ctx_by_ev[id(vcpu)]
+
+    def hypercall(self, vcpu: Vcpu) -> None:
+        self.dom.hypercalls.dispatch(self._ctx(vcpu))
+
+    def io_in(self, vcpu: Vcpu, port: int, size: int) -> int:
+        if port in (acpi.SLEEP_STATUS_PORT, acpi.SLEEP_CONTROL_PORT, acpi.RESET_PORT):
+            return 0
+        return (1 << (8 * size)) - 1  # nothing there: the bus floats high
+
+    def io_out(self, vcpu: Vcpu, port: int, size: int, value: int) -> None:
+        dom = self.dom
+        if port == DEBUG_PORT:
+            dom.console_output(bytes([value & 0xFF]))
+        elif port == acpi.SLEEP_CONTROL_PORT and value & acpi.SLP_EN:
+            dom.shutdown("poweroff", "ACPI S5")
+            vcpu.request_stop()
+        elif port == acpi.RESET_PORT and value & 0x04:
+            dom.shutdown("reboot", "ACPI reset")
+            vcpu.request_stop()
+        elif port == 0x64 and value == 0xFE:
+            dom.shutdown("reboot", "keyboard controller reset")
+            vcpu.request_stop()
+
+    def cpuid(self, vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        return self.dom.cpuid.lookup(leaf, subleaf, vcpu.index)
+
+    def mmio_read(self, vcpu: Vcpu, addr: int, size: int) -> int:
+        if layout.LAPIC_BASE <= addr < layout.LAPIC_BASE + PAGE:
+            return self._ctx(vcpu).lapic.read(addr - layout.LAPIC_BASE)
+        return 0
+
+    def mmio_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None:
+        if layout.LAPIC_BASE <= addr < layout.LAPIC_BASE + PAGE:
+            ctx = self._ctx(vcpu)
+            ctx.lapic.write(addr - layout.LAPIC_BASE, value)
+            if ctx.lapic.pending:
+                vcpu.kick()

@@ -1,0 +1,162 @@
+"""Guest memory: host mappings the core owns and engines map in (Disco's physical-to-machine map).
+
+Each domain's RAM is one memfd mapping; extra regions (special pages, grant-table frames) are mappings of
+their own. Every access the hypervisor makes on a guest's behalf goes through `GuestMemory`, which checks
+that the whole range lies inside memory this domain owns: a guest can never make the hypervisor read or
+write anything else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PAGE = 4096
+
+
+class GuestFault(Exception):
+    """A guest-supplied address does not lie in memory the guest owns (becomes -EFAULT)."""
+
+
+@dataclass
+class Region:
+    gpa: int
+    size: int
+    mem: mmap.mmap
+    name: str
+
+    @property
+    def host_address(self) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(self.mem))
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+class GuestMemory:
+    def __init__(self, ram_bytes: int, name: str = "guest") -> None:
+        if ram_bytes <= 0 or ram_bytes % PAGE:
+            raise ValueError("RAM size must be a positive multiple of the page size")
+        fd = os.memfd_create(f"hyperdisco-{name}-ram", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, ram_bytes)
+            ram = mmap.mmap(fd, ram_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.ram_bytes = ram_bytes
+        self.regions: list[Region] = [Region(0, ram_bytes, ram, "ram")]
+
+    def add_region(self, gpa: int, size: int, name: str) -> Region:
+        if gpa % PAGE or size <= 0 or size % PAGE:
+            raise ValueError("regions are page aligned")
+        for r in self.regions:
+            if gpa < r.end and r.gpa < gpa + size:
+                raise ValueError(f"region {name} at {gpa:#x} overlaps {r.name}")
+        reg = Region(gpa, size, mmap.mmap(-1, size, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS), name)
+        self.regions.append(reg)
+        return reg
+
+    def region_at(self, gpa: int) -> Region | None:
+        for r in self.regions:
+            if r.gpa <= gpa < r.end:
+                return r
+        return None
+
+    def _locate(self, gpa: int, n: int) -> tuple[mmap.mmap, int]:
+        if n < 0:
+            raise GuestFault(f"negative length {n}")
+        for r in self.regions:
+            if r.gpa <= gpa and gpa + n <= r.end:
+                return r.mem, gpa - r.gpa
+        raise GuestFault(f"guest-physical range {gpa:#x}+{n:#x} is not guest memory")
+
+    def read(self, gpa: int, n: int) -> bytes:
+        mem, off = self._locate(gpa, n)
+        return mem[off:off + n]
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        mem, off = self._locate(gpa, len(data))
+        mem[off:off + len(data)] = data
+
+    def fill(self, gpa: int, n: int, byte: int = 0) -> None:
+        self.write(gpa, bytes([byte]) * n)
+
+    def unpack(self, fmt: struct.Struct, gpa: int) -> tuple[int, ...]:
+        mem, off = self._locate(gpa, fmt.size)
+        return fmt.unpack_from(mem, off)
+
+    def pack(self, fmt: struct.Struct, gpa: int, *values: int) -> None:
+        mem, off = self._locate(gpa, fmt.size)
+        fmt.pack_into(mem, off, *values)
+
+    def u8(self, gpa: int) -> int:
+        mem, off = self._locate(gpa, 1)
+        return mem[off]
+
+    def set_u8(self, gpa: int, v: int) -> None:
+        mem, off = self._locate(gpa, 1)
+        mem[off] = v & 0xFF
+
+    def u32(self, gpa: int) -> int:
+        return self.unpack(_U32, gpa)[0]
+
+    def set_u32(self, gpa: int, v: int) -> None:
+        self.pack(_U32, gpa, v & 0xFFFFFFFF)
+
+    def u64(self, gpa: int) -> int:
+        return self.unpack(_U64, gpa)[0]
+
+    def set_u64(self, gpa: int, v: int) -> None:
+        self.pack(_U64, gpa, v & 0xFFFFFFFFFFFFFFFF)
+
+    def close(self) -> None:
+        for r in self.regions:
+            r.mem.close()
+        self.regions.clear()
+
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class VirtualAccess:
+    """Reads and writes at guest-virtual addresses (hypercall buffers), translated page by page through
+    the guest's own page tables; every page must lie in memory the guest owns."""
+
+    def __init__(self, mem: GuestMemory, translate: Callable[[int], int | None]) -> None:
+        self.mem = mem
+        self.translate = translate
+
+    def _pieces(self, va: int, n: int) -> list[tuple[int, int]]:
+        if n < 0 or n > 1 << 24:
+            raise GuestFault(f"bad buffer length {n}")
+        out = []
+        while n > 0:
+            pa = self.translate(va)
+            if pa is None:
+                raise GuestFault(f"guest-virtual address {va:#x} is not mapped")
+            c = min(n, PAGE - (va & (PAGE - 1)))
+            out.append((pa, c))
+            va += c
+            n -= c
+        return out
+
+    def read(self, va: int, n: int) -> bytes:
+        return b"".join(self.mem.read(pa, c) for pa, c in self._pieces(va, n))
+
+    def write(self, va: int, data: bytes) -> None:
+        o = 0
+        for pa, c in self._pieces(va, len(data)):
+            self.mem.write(pa, data[o:o + c])
+            o += c
+
+    def unpack(self, fmt: struct.Struct, va: int) -> tuple[int, ...]:
+        return fmt.unpack(self.read(va, fmt.size))
+
+    def pack(self, fmt: struct.Struct, va: int, *values: int) -> None:
+        self.write(va, fmt.pack(*values))

@@ -1,0 +1,156 @@
+"""The narrow interface between the hypervisor core and a CPU engine.
+
+An engine runs one vCPU's guest code for a time slice and reports why it stopped. While guest code runs,
+the engine calls back into a `TrapHandler` (the core) for the traps it cannot finish alone: hypercalls,
+port I/O, CPUID and MMIO. Exceptions, system calls and page faults never leave the engine: they are
+delivered through the guest's own IDT. Guest RAM belongs to the core (`core.memory`); engines map it.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# General-purpose register indices, in the x86 encoding order every engine shares.
+RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
+R8, R9, R10, R11, R12, R13, R14, R15 = range(8, 16)
+
+
+class StopReason(enum.Enum):
+    SLICE_END = "slice"  # the slice ran out or another thread kicked the vCPU
+    HALT = "halt"  # the guest executed HLT
+    STOP = "stop"  # a trap handler asked the vCPU to stop (block, shutdown)
+    FATAL = "fatal"  # the guest cannot continue (triple fault, unrecoverable engine error)
+
+
+@dataclass
+class RunResult:
+    reason: StopReason
+    detail: str = ""
+
+
+@dataclass
+class TrapCounts:
+    """Traps an engine handled, by kind; the core adds its own (hypercalls by name, injections)."""
+
+    exceptions: dict[int, int] = field(default_factory=dict)  # vector -> count
+    page_faults_user: int = 0
+    page_faults_kernel: int = 0
+    syscalls: int = 0
+    hypercalls: int = 0
+    io: int = 0
+    cpuid: int = 0
+    mmio: int = 0
+    halts: int = 0
+    slices: int = 0
+    injected: int = 0
+    first_syscall_tsc: int = 0  # guest TSC at the first system call: when user space began
+
+
+class TrapHandler(Protocol):
+    """What the core provides to an engine for the traps that leave it."""
+
+    def hypercall(self, vcpu: Vcpu) -> None: ...
+
+    def io_in(self, vcpu: Vcpu, port: int, size: int) -> int: ...
+
+    def io_out(self, vcpu: Vcpu, port: int, size: int, value: int) -> None: ...
+
+    def cpuid(self, vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]: ...
+
+    def mmio_read(self, vcpu: Vcpu, addr: int, size: int) -> int: ...
+
+    def mmio_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None: ...
+
+
+class Vcpu(ABC):
+    """One virtual CPU as an engine runs it."""
+
+    index: int
+
+    @abstractmethod
+    def map_ram(self, gpa: int, size: int, host_address: int) -> None:
+        """Make host memory at `host_address` appear at guest-physical `gpa` (page aligned)."""
+
+    @abstractmethod
+    def unmap_ram(self, gpa: int, size: int) -> None: ...
+
+    @abstractmethod
+    def map_mmio(self, gpa: int, size: int) -> None:
+        """Route guest accesses to [gpa, gpa+size) to the handler's mmio_read/mmio_write."""
+
+    @abstractmethod
+    def set_pvh_entry(self, entry: int, start_info: int, scratch: int) -> None:
+        """Put the vCPU at a PVH entry point: 32-bit protected mode, paging off, EBX = start_info.
+        `scratch` is a guest-physical page the engine may use for a GDT and trampoline."""
+
+    @abstractmethod
+    def run(self, slice_ns: int) -> RunResult:
+        """Run guest code until the slice ends, the guest halts or a handler stops the vCPU."""
+
+    @abstractmethod
+    def kick(self) -> None:
+        """From any thread: make a running `run` return at the next instruction boundary."""
+
+    @abstractmethod
+    def request_stop(self) -> None:
+        """From a trap handler: end the current `run` once the trap returns."""
+
+    @abstractmethod
+    def gpr(self, index: int) -> int: ...
+
+    @abstractmethod
+    def set_gpr(self, index: int, value: int) -> None: ...
+
+    @property
+    @abstractmethod
+    def rip(self) -> int: ...
+
+    @abstractmethod
+    def translate(self, va: int) -> int | None:
+        """Guest-virtual to guest-physical through the guest's page tables; None when not mapped."""
+
+    @abstractmethod
+    def cpl(self) -> int: ...
+
+    @abstractmethod
+    def interrupts_enabled(self) -> bool:
+        """True when an external interrupt could be taken now (IF=1, no interrupt shadow)."""
+
+    @abstractmethod
+    def inject_interrupt(self, vector: int) -> None:
+        """Deliver external interrupt `vector` through the guest IDT now (only when enabled)."""
+
+    @abstractmethod
+    def counts(self) -> TrapCounts: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Engine(ABC):
+    name: str
+
+    @abstractmethod
+    def create_vcpu(self, index: int, handler: TrapHandler) -> Vcpu: ...
+
+    @abstractmethod
+    def guest_tsc(self) -> int:
+        """The value guest rdtsc would return now (the time base of the guest's pvclock)."""
+
+    @abstractmethod
+    def native_cpuid(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+        """(leaf, subleaf) -> (eax, ebx, ecx, edx) of the CPU this engine presents, before policy."""
+
+
+def get_engine(name: str) -> Engine:
+    """The engine called `name`; raises EngineError if it cannot run here."""
+    from ..errors import EngineError
+
+    if name == "tcg":
+        from .tcg.engine import TcgEngine
+
+        return TcgEngine()
+    raise EngineError(f"hyperdisco: unknown CPU engine {name!r} (available: tcg)")

@@ -1,0 +1,55 @@
+"""Compile fastpath.c against the unicorn wheel's headers and library, once, into the user's cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import unicorn
+
+from ...errors import EngineError
+
+SOURCE = Path(__file__).with_name("fastpath.c")
+
+
+def _unicorn_dirs() -> tuple[Path, Path]:
+    root = Path(unicorn.__file__).parent
+    return root / "include", root / "lib"
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("HYPERDISCO_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "hyperdisco"
+
+
+def fastpath_library() -> Path:
+    """Path of the compiled fast path, building it if the source or the unicorn build changed."""
+    inc, lib = _unicorn_dirs()
+    libfile = lib / "libunicorn.so.2"
+    if not libfile.exists():
+        raise EngineError(f"hyperdisco: unicorn library not found at {libfile}")
+    key = hashlib.sha256(SOURCE.read_bytes() + str(libfile.stat().st_size).encode()).hexdigest()[:16]
+    out = _cache_root() / "engine" / f"fastpath-{key}.so"
+    if out.exists():
+        return out
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        raise EngineError("hyperdisco: the tcg engine needs a C compiler (apt-get install gcc)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_out = Path(tmp) / out.name
+        cmd = [cc, "-O2", "-shared", "-fPIC", "-Wall", f"-I{inc}", str(SOURCE), "-o", str(tmp_out),
+               f"-L{lib}", "-l:libunicorn.so.2", f"-Wl,-rpath,{lib}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise EngineError(f"hyperdisco: building the tcg fast path failed: {last}")
+        os.replace(tmp_out, out)
+    return out

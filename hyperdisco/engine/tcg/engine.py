@@ -1,0 +1,299 @@
+"""The tcg engine: one unicorn instance per vCPU, with exceptions and SYSCALL delivered in C."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import time
+
+import unicorn
+from unicorn import x86_const as X
+
+from ...errors import EngineError
+from ..base import Engine, RunResult, StopReason, TrapCounts, TrapHandler, Vcpu
+from . import qemu_state as qs
+from .build import fastpath_library
+from .ticker import ticker
+
+HYPERCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class _Layout(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in (
+        "env_eip", "env_eflags", "env_hflags", "env_segs", "seg_size",
+        "env_star", "env_lstar", "env_cstar", "env_fmask", "cpu_halted", "cpu_exception_index")]
+
+
+class _HdVcpu(ctypes.Structure):
+    """Mirror of struct hd_vcpu in fastpath.c."""
+
+    _fields_ = [
+        ("uc", ctypes.c_void_p), ("cpu", ctypes.c_void_p), ("env", ctypes.c_void_p), ("lay", _Layout),
+        ("hypercall", HYPERCALL_CB), ("opaque", ctypes.c_void_p),
+        ("vectors", ctypes.c_uint64 * 256), ("pf_user", ctypes.c_uint64), ("pf_kernel", ctypes.c_uint64),
+        ("syscalls", ctypes.c_uint64), ("hypercalls", ctypes.c_uint64), ("bad_intno", ctypes.c_uint64),
+        ("first_syscall_tsc", ctypes.c_uint64), ("hooks", ctypes.c_size_t * 3),
+    ]
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def fastpath() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        lib = ctypes.CDLL(str(fastpath_library()))
+        lib.hd_install.argtypes = [ctypes.c_void_p]
+        lib.hd_install.restype = ctypes.c_int
+        lib.hd_can_inject.argtypes = [ctypes.c_void_p]
+        lib.hd_can_inject.restype = ctypes.c_int
+        lib.hd_inject.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.hd_inject.restype = None
+        lib.hd_rdtsc.argtypes = []
+        lib.hd_rdtsc.restype = ctypes.c_uint64
+        lib.hd_sizeof_vcpu.restype = ctypes.c_size_t
+        lib.hd_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+        lib.hd_translate.restype = ctypes.c_int64
+        if lib.hd_sizeof_vcpu() != ctypes.sizeof(_HdVcpu):
+            raise EngineError("hyperdisco: fast path library does not match its Python mirror")
+        _lib = lib
+    return _lib
+
+
+class TcgVcpu(Vcpu):
+    def __init__(self, index: int, handler: TrapHandler) -> None:
+        self.index = index
+        self.handler = handler
+        self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self.q = qs.QemuState(self.uc)
+        lib = fastpath()
+        self._lib = lib
+        self._regs = (ctypes.c_uint64 * 16).from_address(self.q.env)
+        self._eip = ctypes.c_uint64.from_address(self.q.env + qs.ENV_EIP)
+        self._eflags = ctypes.c_uint64.from_address(self.q.env + qs.ENV_EFLAGS)
+        self._hflags = ctypes.c_uint32.from_address(self.q.env + qs.ENV_HFLAGS)
+        hv = _HdVcpu()
+        hv.uc = qs.uc_handle(self.uc)
+        hv.cpu = self.q.cpu
+        hv.env = self.q.env
+        lay = hv.lay
+        lay.env_eip, lay.env_eflags, lay.env_hflags = qs.ENV_EIP, qs.ENV_EFLAGS, qs.ENV_HFLAGS
+        lay.env_segs, lay.seg_size = qs.ENV_SEGS, qs.SEG_SIZE
+        lay.env_star, lay.env_lstar = self.q.msr[qs.MSR_STAR], self.q.msr[qs.MSR_LSTAR]
+        lay.env_cstar, lay.env_fmask = self.q.msr[qs.MSR_CSTAR], self.q.msr[qs.MSR_FMASK]
+        lay.cpu_halted, lay.cpu_exception_index = qs.CPU_HALTED, qs.CPU_EXCEPTION_INDEX
+        self._hypercall_cb = HYPERCALL_CB(self._on_hypercall)  # kept alive with the vCPU
+        hv.hypercall = self._hypercall_cb
+        self._hv = hv
+        self._hvp = ctypes.addressof(hv)
+        rc = lib.hd_install(self._hvp)
+        if rc != 0:
+            raise EngineError(f"hyperdisco: installing the tcg fast path hooks failed ({rc})")
+        self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        # No exit addresses: otherwise every emu_start ends by fetching at `until-1`, which faults once the
+        # guest unmaps that page and leaves stale exception state behind (the prototype's silent stall).
+        self.uc.ctl_exits_enabled(True)
+        self.q.stop_only_at_block_starts()
+        self._stop_requested = False
+        self._stop_reason = StopReason.STOP
+        self._io = self._cpuid = self._mmio = self._halts = self._slices = self._injected = 0
+        self._error: str | None = None
+
+    # -- traps that reach Python ------------------------------------------------------------------------
+    def _guard(self, what: str, exc: BaseException) -> None:
+        """An exception in a trap handler must not unwind through QEMU: record it and stop the vCPU."""
+        self._error = f"{what}: {type(exc).__name__}: {exc}"
+        self._stop_reason = StopReason.FATAL
+        self.uc.emu_stop()
+
+    def _on_hypercall(self, _opaque: int | None) -> None:
+        try:
+            self.handler.hypercall(self)
+        except BaseException as exc:  # noqa: BLE001 - isolated per domain, reported by the core
+            self._guard("hypercall", exc)
+
+    def _on_cpuid(self, uc: unicorn.Uc, _ud: object) -> bool:
+        self._cpuid += 1
+        try:
+            regs = self._regs
+            a, b, c, d = self.handler.cpuid(self, regs[0] & 0xFFFFFFFF, regs[1] & 0xFFFFFFFF)
+            regs[0], regs[3], regs[1], regs[2] = a, b, c, d
+        except BaseException as exc:  # noqa: BLE001
+            self._guard("cpuid", exc)
+        return True
+
+    def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
+        self._io += 1
+        try:
+            return self.handler.io_in(self, port, size) & ((1 << (8 * size)) - 1)
+        except BaseException as exc:  # noqa: BLE001
+            self._guard("port input", exc)
+            return 0
+
+    def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
+        self._io += 1
+        try:
+            self.handler.io_out(self, port, size, value & ((1 << (8 * size)) - 1))
+        except BaseException as exc:  # noqa: BLE001
+            self._guard("port output", exc)
+
+    def _on_mmio_read(self, uc: unicorn.Uc, offset: int, size: int, base: int) -> int:
+        self._mmio += 1
+        try:
+            return self.handler.mmio_read(self, base + offset, size)
+        except BaseException as exc:  # noqa: BLE001
+            self._guard("mmio read", exc)
+            return 0
+
+    def _on_mmio_write(self, uc: unicorn.Uc, offset: int, size: int, value: int, base: int) -> None:
+        self._mmio += 1
+        try:
+            self.handler.mmio_write(self, base + offset, size, value)
+        except BaseException as exc:  # noqa: BLE001
+            self._guard("mmio write", exc)
+
+    # -- memory -----------------------------------------------------------------------------------------
+    def map_ram(self, gpa: int, size: int, host_address: int) -> None:
+        self.uc.mem_map_ptr(gpa, size, unicorn.UC_PROT_ALL, host_address)
+
+    def unmap_ram(self, gpa: int, size: int) -> None:
+        self.uc.mem_unmap(gpa, size)
+
+    def map_mmio(self, gpa: int, size: int) -> None:
+        self.uc.mmio_map(gpa, size, self._on_mmio_read, gpa, self._on_mmio_write, gpa)
+
+    # -- entry ------------------------------------------------------------------------------------------
+    def set_pvh_entry(self, entry: int, start_info: int, scratch: int) -> None:
+        """unicorn starts in 64-bit mode; drop to flat 32-bit protected mode with paging off and far-jump
+        from a trampoline (in the scratch page) to the PVH entry, as the PVH boot ABI requires."""
+        uc = self.uc
+        gdt = struct.pack("<QQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
+        uc.mem_write(scratch, gdt)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, scratch, len(gdt) - 1, 0))
+        uc.msr_write(qs.MSR_EFER, 0)
+        uc.reg_write(X.UC_X86_REG_CR4, 0)
+        uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)  # paging on then off clears long mode
+        uc.reg_write(X.UC_X86_REG_CR0, 0x11)
+        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            uc.reg_write(r, 0x10)
+        tramp = scratch + 0x100
+        uc.mem_write(tramp, b"\xea" + struct.pack("<IH", entry, 0x08))  # ljmp 0x08:entry
+        uc.reg_write(X.UC_X86_REG_RBX, start_info)
+        uc.reg_write(X.UC_X86_REG_ESP, 0)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+        self._eip.value = tramp
+
+    # -- running ----------------------------------------------------------------------------------------
+    def run(self, slice_ns: int) -> RunResult:
+        self._stop_requested = False
+        self._stop_reason = StopReason.SLICE_END
+        self.q.clear_halted()
+        self._slices += 1
+        tk = ticker()
+        tk.arm(id(self), time.monotonic() + slice_ns / 1e9, self.uc.emu_stop)
+        try:
+            self.uc.emu_start(self._eip.value, 0)
+        except unicorn.UcError as exc:
+            return RunResult(StopReason.FATAL, f"engine error at rip {self._eip.value:#x}: {exc}")
+        finally:
+            tk.disarm(id(self))
+        if self._error is not None:
+            err, self._error = self._error, None
+            return RunResult(StopReason.FATAL, err)
+        if self._hv.bad_intno:
+            return RunResult(StopReason.FATAL, "triple fault")
+        if self._stop_requested:
+            return RunResult(self._stop_reason)
+        if self.q.halted():
+            self._halts += 1
+            return RunResult(StopReason.HALT)
+        return RunResult(StopReason.SLICE_END)
+
+    def kick(self) -> None:
+        self.uc.emu_stop()
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self._stop_reason = StopReason.STOP
+        self.uc.emu_stop()
+
+    # -- state ------------------------------------------------------------------------------------------
+    def gpr(self, index: int) -> int:
+        return int(self._regs[index])
+
+    def set_gpr(self, index: int, value: int) -> None:
+        self._regs[index] = value & 0xFFFFFFFFFFFFFFFF
+
+    @property
+    def rip(self) -> int:
+        return int(self._eip.value)
+
+    def translate(self, va: int) -> int | None:
+        pa = int(self._lib.hd_translate(self._hvp, va & 0xFFFFFFFFFFFFFFFF))
+        return None if pa < 0 else pa
+
+    def cpl(self) -> int:
+        return self._hflags.value & 3
+
+    def interrupts_enabled(self) -> bool:
+        return bool(self._lib.hd_can_inject(self._hvp))
+
+    def inject_interrupt(self, vector: int) -> None:
+        self._injected += 1
+        self._lib.hd_inject(self._hvp, vector)
+
+    def counts(self) -> TrapCounts:
+        hv = self._hv
+        return TrapCounts(
+            exceptions={v: int(n) for v, n in enumerate(hv.vectors) if n},
+            page_faults_user=int(hv.pf_user), page_faults_kernel=int(hv.pf_kernel),
+            syscalls=int(hv.syscalls), hypercalls=int(hv.hypercalls), io=self._io, cpuid=self._cpuid,
+            mmio=self._mmio, halts=self._halts, slices=self._slices, injected=self._injected,
+            first_syscall_tsc=int(hv.first_syscall_tsc),
+        )
+
+    def close(self) -> None:
+        ticker().disarm(id(self))
+
+
+class TcgEngine(Engine):
+    name = "tcg"
+
+    def guest_tsc(self) -> int:
+        return host_tsc()
+
+    def native_cpuid(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+        return native_cpuid_table()
+
+    def create_vcpu(self, index: int, handler: TrapHandler) -> Vcpu:
+        return TcgVcpu(index, handler)
+
+
+def host_tsc() -> int:
+    """The host TSC, which guest rdtsc also reads on this engine."""
+    return int(fastpath().hd_rdtsc())
+
+
+def native_cpuid_table() -> dict[tuple[int, int], tuple[int, int, int, int]]:
+    """CPUID of the CPU model TCG emulates, read by running the instruction in a scratch instance."""
+    u = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    u.mem_map(0, 0x1000)
+    u.mem_write(0, b"\x0f\xa2")
+    regs = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
+
+    def q(leaf: int, sub: int) -> tuple[int, int, int, int]:
+        u.reg_write(X.UC_X86_REG_RAX, leaf)
+        u.reg_write(X.UC_X86_REG_RCX, sub)
+        u.emu_start(0, 2)
+        a, b, c, d = (u.reg_read(r) & 0xFFFFFFFF for r in regs)
+        return (a, b, c, d)
+
+    table: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    for base in (0, 0x80000000):
+        top = q(base, 0)[0]
+        for leaf in range(base, min(top, base + 0x40) + 1):
+            for sub in range(8 if leaf in (4, 7, 0xB, 0xD, 0xF, 0x10, 0x14) else 1):
+                table[(leaf, sub)] = q(leaf, sub)
+    return table

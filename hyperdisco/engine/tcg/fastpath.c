@@ -1,0 +1,186 @@
+/*
+ * hyperdisco tcg engine: the traps that must not cross into Python.
+ *
+ * unicorn never delivers exceptions through the guest IDT and replaces QEMU's SYSCALL helper by its own
+ * hook dispatcher. These C hooks, registered on the uc handle that the Python binding created, deliver
+ * every exception and page fault through QEMU's own x86_cpu_do_interrupt() and perform SYSCALL with the
+ * long-mode semantics of the Intel SDM (RCX/R11, RFLAGS mask, flat CS/SS from STAR). Only hypercalls
+ * (vmcall/vmmcall at CPL 0) call back into Python.
+ *
+ * Structure offsets inside unicorn 2.1.4's QEMU are passed in by qemu_state.py, which verifies them.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+#include <unicorn/unicorn.h>
+
+extern void x86_cpu_do_interrupt_x86_64(void *cpu);
+extern void do_interrupt_x86_hardirq_x86_64(void *env, int intno, int is_hw);
+extern int cpu_memory_rw_debug_x86_64(void *cpu, uint64_t addr, void *ptr, size_t len, bool is_write);
+
+typedef void (*hd_hypercall_cb)(void *opaque);
+
+/* QEMU target/i386/cpu.h: hflags bits and segment descriptor flags */
+#define HF_CPL_MASK 3u
+#define HF_INHIBIT_IRQ_MASK (1u << 3)
+#define HF_CS32_MASK (1u << 4)
+#define HF_SS32_MASK (1u << 5)
+#define HF_ADDSEG_MASK (1u << 6)
+#define HF_LMA_MASK (1u << 14)
+#define HF_CS64_MASK (1u << 15)
+#define DESC_G (1u << 23)
+#define DESC_B (1u << 22)
+#define DESC_L (1u << 21)
+#define DESC_P (1u << 15)
+#define DESC_S (1u << 12)
+#define DESC_CS (1u << 11)
+#define DESC_RW (1u << 9)
+#define DESC_A (1u << 8)
+#define DESC_DPL_SHIFT 13
+#define RF_MASK (1ull << 16)
+#define IF_MASK (1ull << 9)
+#define R_CS 1
+#define R_SS 2
+#define EXCP_ILLOP 6
+
+typedef struct hd_layout {
+    int64_t env_eip, env_eflags, env_hflags, env_segs, seg_size;
+    int64_t env_star, env_lstar, env_cstar, env_fmask;
+    int64_t cpu_halted, cpu_exception_index;
+} hd_layout;
+
+typedef struct hd_vcpu {
+    uc_engine *uc;
+    uint8_t *cpu;
+    uint8_t *env;
+    hd_layout lay;
+    hd_hypercall_cb hypercall;
+    void *opaque;
+    /* counters, read by Python */
+    uint64_t vectors[256];
+    uint64_t pf_user, pf_kernel;
+    uint64_t syscalls, hypercalls, bad_intno;
+    uint64_t first_syscall_tsc;
+    uc_hook hooks[3];
+} hd_vcpu;
+
+static inline uint64_t rdtsc_(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+uint64_t hd_rdtsc(void) { return rdtsc_(); }
+
+#define U32(v, off) (*(uint32_t *)((v)->env + (off)))
+#define U64(v, off) (*(uint64_t *)((v)->env + (off)))
+#define REG(v, i) (((uint64_t *)(v)->env)[i])
+
+static inline unsigned cpl_of(hd_vcpu *v) { return U32(v, v->lay.env_hflags) & HF_CPL_MASK; }
+
+static void hook_intr(uc_engine *uc, uint32_t intno, void *user) {
+    hd_vcpu *v = user;
+    (void)uc;
+    if (intno > 255) { /* not an x86 vector: nothing QEMU could deliver */
+        v->bad_intno++;
+        uc_emu_stop(v->uc);
+        return;
+    }
+    v->vectors[intno]++;
+    if (intno == 14) {
+        if (cpl_of(v) == 3) v->pf_user++; else v->pf_kernel++;
+    }
+    /* exception_index, error_code, is_int and next_eip are still set by raise_interrupt2() */
+    x86_cpu_do_interrupt_x86_64(v->cpu);
+}
+
+/* QEMU's cpu_x86_load_seg_cache() for the long-mode case SYSCALL needs. */
+static void load_seg(hd_vcpu *v, int seg, uint32_t sel, uint32_t flags) {
+    uint8_t *s = v->env + v->lay.env_segs + seg * v->lay.seg_size;
+    uint32_t hf = U32(v, v->lay.env_hflags);
+    *(uint32_t *)(s + 0) = sel;
+    *(uint64_t *)(s + 8) = 0;
+    *(uint32_t *)(s + 16) = 0xffffffffu;
+    *(uint32_t *)(s + 20) = flags;
+    if (seg == R_CS) {
+        if ((hf & HF_LMA_MASK) && (flags & DESC_L))
+            hf |= HF_CS32_MASK | HF_SS32_MASK | HF_CS64_MASK;
+        else
+            hf = (hf & ~(HF_CS32_MASK | HF_CS64_MASK)) | ((flags & DESC_B) >> (22 - 4));
+    }
+    if (seg == R_SS) hf = (hf & ~HF_CPL_MASK) | ((flags >> DESC_DPL_SHIFT) & 3);
+    {
+        uint8_t *ss = v->env + v->lay.env_segs + R_SS * v->lay.seg_size;
+        uint32_t nw = (*(uint32_t *)(ss + 20) & DESC_B) >> (22 - 5);
+        hf = (hf & ~(HF_SS32_MASK | HF_ADDSEG_MASK)) | nw;
+    }
+    U32(v, v->lay.env_hflags) = hf;
+}
+
+static void hook_syscall(uc_engine *uc, void *user) {
+    hd_vcpu *v = user;
+    uint64_t star = U64(v, v->lay.env_star), fmask = U64(v, v->lay.env_fmask);
+    bool from64 = U32(v, v->lay.env_hflags) & HF_CS64_MASK;
+    uint64_t target = from64 ? U64(v, v->lay.env_lstar) : U64(v, v->lay.env_cstar);
+    uint32_t sel = (uint32_t)(star >> 32) & 0xffff;
+    uint64_t rip = U64(v, v->lay.env_eip), rfl = 0;
+    v->syscalls++;
+    if (!v->first_syscall_tsc) v->first_syscall_tsc = rdtsc_();
+    REG(v, 1) = rip + 2;                       /* RCX: return address */
+    uc_reg_read(uc, UC_X86_REG_EFLAGS, &rfl);  /* cpu_compute_eflags() */
+    REG(v, 11) = rfl & ~RF_MASK;               /* R11: saved RFLAGS */
+    rfl = rfl & ~(fmask | RF_MASK);
+    uc_reg_write(uc, UC_X86_REG_EFLAGS, &rfl);
+    load_seg(v, R_CS, sel & 0xfffc, DESC_G | DESC_P | DESC_S | DESC_CS | DESC_RW | DESC_A | DESC_L);
+    load_seg(v, R_SS, (sel + 8) & 0xfffc, DESC_G | DESC_B | DESC_P | DESC_S | DESC_RW | DESC_A);
+    U64(v, v->lay.env_eip) = target - 2; /* unicorn adds the instruction length after the hook */
+}
+
+static bool hook_invalid(uc_engine *uc, void *user) {
+    hd_vcpu *v = user;
+    uint8_t b[3] = {0, 0, 0};
+    uint64_t rip = U64(v, v->lay.env_eip);
+    (void)uc;
+    if (cpl_of(v) == 0 && cpu_memory_rw_debug_x86_64(v->cpu, rip, b, 3, false) == 0 && b[0] == 0x0f &&
+        b[1] == 0x01 && (b[2] == 0xc1 || b[2] == 0xd9)) {
+        v->hypercalls++;
+        U64(v, v->lay.env_eip) = rip + 3;
+        v->hypercall(v->opaque);
+        return true;
+    }
+    /* any other invalid opcode (ud2, vmcall from user space): #UD through the guest IDT */
+    v->vectors[EXCP_ILLOP]++;
+    x86_cpu_do_interrupt_x86_64(v->cpu);
+    return true;
+}
+
+int hd_install(hd_vcpu *v) {
+    uc_err e;
+    e = uc_hook_add(v->uc, &v->hooks[0], UC_HOOK_INTR, (void *)hook_intr, v, 1, 0);
+    if (e != UC_ERR_OK) return -(int)e;
+    e = uc_hook_add(v->uc, &v->hooks[1], UC_HOOK_INSN, (void *)hook_syscall, v, 1, 0, UC_X86_INS_SYSCALL);
+    if (e != UC_ERR_OK) return -(int)e;
+    e = uc_hook_add(v->uc, &v->hooks[2], UC_HOOK_INSN_INVALID, (void *)hook_invalid, v, 1, 0);
+    if (e != UC_ERR_OK) return -(int)e;
+    return 0;
+}
+
+int hd_can_inject(hd_vcpu *v) {
+    return (U64(v, v->lay.env_eflags) & IF_MASK) && !(U32(v, v->lay.env_hflags) & HF_INHIBIT_IRQ_MASK);
+}
+
+void hd_inject(hd_vcpu *v, int vector) {
+    *(uint32_t *)(v->cpu + v->lay.cpu_halted) = 0;
+    do_interrupt_x86_hardirq_x86_64(v->env, vector, 1);
+}
+
+size_t hd_sizeof_vcpu(void) { return sizeof(hd_vcpu); }
+
+/* Guest-virtual to guest-physical through the guest's own page tables; -1 when not mapped. */
+extern uint64_t x86_cpu_get_phys_page_attrs_debug_x86_64(void *cpu, uint64_t addr, void *attrs);
+
+int64_t hd_translate(hd_vcpu *v, uint64_t va) {
+    uint64_t attrs[2] = {0, 0};
+    uint64_t page = x86_cpu_get_phys_page_attrs_debug_x86_64(v->cpu, va & ~0xfffull, attrs);
+    if (page == (uint64_t)-1) return -1;
+    return (int64_t)(page + (va & 0xfff));
+}

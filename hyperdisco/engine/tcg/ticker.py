@@ -1,0 +1,49 @@
+"""One host thread that ends running vCPUs' time slices at their deadlines."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class Ticker:
+    """Calls a vCPU's stop function once its slice deadline passes, unless the slice ended first."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._thread = threading.Thread(target=self._loop, name="hd-ticker", daemon=True)
+        self._thread.start()
+
+    def arm(self, key: int, deadline: float, stop: Callable[[], None]) -> None:
+        with self._cond:
+            self._armed[key] = (deadline, stop)
+            self._cond.notify()
+
+    def disarm(self, key: int) -> None:
+        with self._cond:
+            self._armed.pop(key, None)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                due = [k for k, (d, _) in self._armed.items() if d <= now]
+                for k in due:
+                    _, stop = self._armed.pop(k)
+                    stop()
+                nxt = min((d for d, _ in self._armed.values()), default=None)
+                self._cond.wait(None if nxt is None else max(0.0, nxt - now))
+
+
+_ticker: Ticker | None = None
+_lock = threading.Lock()
+
+
+def ticker() -> Ticker:
+    global _ticker
+    with _lock:
+        if _ticker is None:
+            _ticker = Ticker()
+        return _ticker

@@ -1,0 +1,1 @@
+"""The small virtual platform a PVH kernel insists on: memory layout, ACPI tables, a local APIC, CPUID."""

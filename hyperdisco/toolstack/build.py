@@ -1,0 +1,49 @@
+"""Turn user input (paths, sizes, command lines) into a validated DomainConfig."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..core.domain import DomainConfig
+from ..errors import ConfigError, ImageError
+from ..images import check_cpio, ensure_default_images, load_kernel_elf
+from ..loader.elf import parse_kernel
+from ..platform import layout
+
+DEFAULT_CMDLINE = "console=hvc0 earlyprintk=xen"
+DEFAULT_MEMORY_MIB = 256
+MAX_MEMORY_MIB = layout.MAX_RAM >> 20
+MIN_MEMORY_MIB = layout.MIN_RAM >> 20
+
+
+def check_memory(mib: int) -> int:
+    if not MIN_MEMORY_MIB <= mib <= MAX_MEMORY_MIB:
+        raise ConfigError(f"hyperdisco: memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB "
+                          f"(got {mib})")
+    return mib
+
+
+def domain_config(name: str, kernel: str | None, initrd: str | None, cmdline: str | None, memory_mib: int,
+                  vcpus: int = 1, progress: Callable[[str], None] | None = None) -> DomainConfig:
+    check_memory(memory_mib)
+    if vcpus != 1:
+        raise ConfigError("hyperdisco: only 1 vCPU per domain is supported so far")
+    if kernel is None:
+        images = ensure_default_images(progress)
+        kernel_path: Path = images.kernel
+        initrd_path: Path | None = images.initrd if initrd is None else Path(initrd)
+    else:
+        kernel_path = Path(kernel)
+        initrd_path = Path(initrd) if initrd else None
+    image = parse_kernel(load_kernel_elf(kernel_path), str(kernel_path))
+    initrd_data = None
+    if initrd_path is not None:
+        try:
+            initrd_data = initrd_path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"hyperdisco: {initrd_path}: {exc.strerror or exc}") from None
+        check_cpio(initrd_data, str(initrd_path))
+    return DomainConfig(name=name, kernel=image, initrd=initrd_data,
+                        cmdline=DEFAULT_CMDLINE if cmdline is None else cmdline,
+                        memory_mib=memory_mib, vcpus=vcpus)

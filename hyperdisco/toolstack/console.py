@@ -1,0 +1,105 @@
+"""Consoles as the user meets them: the terminal attached to a guest, and commands run through it."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import select
+import sys
+import termios
+import threading
+import tty
+from collections.abc import Callable
+
+DETACH = b"\x1d"  # Ctrl-]
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class TerminalAttachment:
+    """Copies guest output to stdout and stdin to the guest; Ctrl-] detaches."""
+
+    def __init__(self, send: Callable[[bytes], None], on_detach: Callable[[], None]) -> None:
+        self.send = send
+        self.on_detach = on_detach
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._saved: list | None = None  # type: ignore[type-arg]
+
+    def output(self, data: bytes) -> None:
+        os.write(sys.stdout.fileno(), data)
+
+    def start(self) -> None:
+        fd = sys.stdin.fileno()
+        if os.isatty(fd):
+            self._saved = termios.tcgetattr(fd)
+            tty.setraw(fd)
+        self._thread = threading.Thread(target=self._pump, args=(fd,), name="hd-stdin", daemon=True)
+        self._thread.start()
+
+    def _pump(self, fd: int) -> None:
+        while not self._stop.is_set():
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if not r:
+                continue
+            data = os.read(fd, 1024)
+            if not data:
+                return
+            if DETACH in data:
+                self.send(data[:data.index(DETACH)])
+                self.on_detach()
+                return
+            self.send(data.replace(b"\n", b"\r") if self._saved is None else data)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._saved is not None:
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+
+class ExecSession:
+    """Runs one shell command in the guest through its console and collects output and exit status.
+
+    It waits for the guest's shell prompt, types the command wrapped in markers that the echo of the
+    typed line cannot contain (the marker is assembled by printf), then `poweroff` if asked to.
+    """
+
+    READY = b"hyperdisco-guest: up"
+
+    def __init__(self, command: str, send: Callable[[bytes], None], poweroff: bool = True) -> None:
+        self.command = command
+        self.send = send
+        self.poweroff = poweroff
+        tag = secrets.token_hex(4)
+        self.begin = f"HDX{tag}B".encode()
+        self.end = f"HDX{tag}E".encode()
+        self._line = (f"printf '%s%s\\n' HDX{tag} B; ( {command}\n); printf '%s%s %d\\n' HDX{tag} E $?"
+                      + ("; poweroff" if poweroff else "") + "\n")
+        self.buffer = bytearray()
+        self.typed = False
+        self.exit_status: int | None = None
+        self.output = b""
+        self.done = threading.Event()
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.typed:
+            i = self.buffer.find(self.READY)
+            if i >= 0 and b"# " in self.buffer[i:]:
+                self.typed = True
+                self.send(self._line.encode())
+            return
+        if self.exit_status is None:
+            b = self.buffer.find(self.begin + b"\r\n")
+            if b < 0:
+                b = self.buffer.find(self.begin + b"\n")
+            if b < 0:
+                return
+            m = re.search(re.escape(self.end) + rb" (\d+)\r?\n", self.buffer[b:])
+            if m:
+                start = self.buffer.index(b"\n", b) + 1
+                body = bytes(self.buffer[start:b + m.start()])
+                self.output = ANSI.sub(b"", body).replace(b"\r\n", b"\n")
+                self.exit_status = int(m.group(1))
+                self.done.set()

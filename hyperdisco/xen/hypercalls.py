@@ -1,0 +1,326 @@
+"""Hypercall dispatch and the hypercalls a PVH Linux guest makes to boot and run.
+
+Arguments arrive in RDI, RSI, RDX, R10, R8 with the number in RAX (xen/include/public/arch-x86/xen-x86_64.h);
+the result goes back in RAX as a value or a negated Xen errno. Every pointer is a guest-virtual address
+and is read through `VirtualAccess`, which faults (-EFAULT) on anything the guest does not own. Every
+index and count is checked before use. What is not built yet answers -ENOSYS and is logged once.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..core.evtchn import EvtchnError, Port
+from ..core.memory import PAGE, GuestFault
+from . import abi
+
+if TYPE_CHECKING:
+    from ..core.domain import Domain, VcpuContext
+
+MAX_CONSOLE_WRITE = 16 * 1024
+GRANT_FRAMES_MAX = 32
+XEN_VERSION = (4, 17)
+_U64 = struct.Struct("<Q")
+_DOMID = struct.Struct("<H")
+Handler = Callable[["VcpuContext", int, int, int, int, int], int]
+
+
+class Hypercalls:
+    def __init__(self, domain: Domain) -> None:
+        self.dom = domain
+        self.table: dict[int, Handler] = {
+            17: self.xen_version, 18: self.console_io, 12: self.memory_op, 34: self.hvm_op,
+            24: self.vcpu_op, 32: self.event_channel_op, 29: self.sched_op, 20: self.grant_table_op,
+            15: self.set_timer_op,
+        }
+        self.unknown_logged: set[tuple[int, int]] = set()
+
+    def dispatch(self, ctx: VcpuContext) -> None:
+        ev = ctx.ev
+        nr = ev.gpr(0) & 0xFFFFFFFF
+        args = (ev.gpr(7), ev.gpr(6), ev.gpr(2), ev.gpr(10), ev.gpr(8))
+        name = abi.HYPERCALLS.get(nr, f"#{nr}")
+        self.dom.stats[f"hypercall.{name}"] += 1
+        fn = self.table.get(nr)
+        if fn is None:
+            ret = self.unimplemented(nr, args[0])
+        else:
+            try:
+                ret = fn(ctx, *args)
+            except GuestFault as exc:
+                self.dom.log(f"{name}: bad guest buffer: {exc}")
+                ret = -abi.EFAULT
+            except EvtchnError as exc:
+                ret = -exc.errno
+        ev.set_gpr(0, ret)
+
+    def unimplemented(self, nr: int, cmd: int) -> int:
+        key = (nr, cmd & 0xFFFF)
+        if key not in self.unknown_logged:
+            self.unknown_logged.add(key)
+            self.dom.log(f"hypercall {abi.HYPERCALLS.get(nr, nr)} cmd {cmd} not implemented (-ENOSYS)")
+        return -abi.ENOSYS
+
+    def _own_domid(self, domid: int) -> bool:
+        return domid in (abi.DOMID_SELF, self.dom.domid)
+
+    # -- xen_version ------------------------------------------------------------------------------------
+    def xen_version(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
+        va = ctx.va
+        if cmd == abi.XENVER_version:
+            return (XEN_VERSION[0] << 16) | XEN_VERSION[1]
+        if cmd == abi.XENVER_extraversion:
+            va.write(arg, b"-hyperdisco".ljust(16, b"\0"))
+        elif cmd == abi.XENVER_capabilities:
+            va.write(arg, b"hvm-3.0-x86_64".ljust(1024, b"\0"))
+        elif cmd == abi.XENVER_changeset:
+            va.write(arg, b"hyperdisco".ljust(64, b"\0"))
+        elif cmd == abi.XENVER_compile_info:
+            va.write(arg, b"\0" * (64 + 16 + 32 + 32))
+        elif cmd == abi.XENVER_get_features:
+            (idx,) = va.unpack(abi.EVTCHN_PORT, arg)
+            bits = 0
+            if idx == 0:
+                bits = (1 << abi.XENFEAT_writable_page_tables | 1 << abi.XENFEAT_auto_translated_physmap
+                        | 1 << abi.XENFEAT_hvm_callback_vector | 1 << abi.XENFEAT_hvm_safe_pvclock)
+            va.pack(abi.EVTCHN_PORT, arg + 4, bits)
+        elif cmd == abi.XENVER_pagesize:
+            return PAGE
+        elif cmd == abi.XENVER_platform_parameters:
+            va.write(arg, (0xFFFF800000000000).to_bytes(8, "little"))
+        elif cmd == abi.XENVER_guest_handle:
+            va.write(arg, self.dom.uuid)
+        elif cmd == abi.XENVER_commandline:
+            va.write(arg, b"\0" * 1024)
+        else:
+            return self.unimplemented(17, cmd)
+        return 0
+
+    # -- console_io -------------------------------------------------------------------------------------
+    def console_io(self, ctx: VcpuContext, cmd: int, count: int, buf: int, *_: int) -> int:
+        if cmd == abi.CONSOLEIO_write:
+            count &= 0xFFFFFFFF
+            if count > MAX_CONSOLE_WRITE:
+                return -abi.EINVAL
+            self.dom.console_output(ctx.va.read(buf, count))
+            return count
+        if cmd == abi.CONSOLEIO_read:
+            return 0
+        return -abi.EINVAL
+
+    # -- memory_op --------------------------------------------------------------------------------------
+    def memory_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
+        dom, va = self.dom, ctx.va
+        op = cmd & 0x3F  # bits above MEMOP_CMD_MASK carry continuation state
+        if op == abi.XENMEM_add_to_physmap:
+            domid, size, space, idx, gpfn = va.unpack(abi.ADD_TO_PHYSMAP, arg)
+            if not self._own_domid(domid):
+                return -abi.EPERM
+            if space == abi.XENMAPSPACE_shared_info:
+                if idx != 0 or not dom.is_ram(gpfn << 12):
+                    return -abi.EINVAL
+                dom.map_shared_info(gpfn << 12)
+                return 0
+            if space == abi.XENMAPSPACE_grant_table:
+                if idx >= GRANT_FRAMES_MAX or gpfn >= 1 << 40:
+                    return -abi.EINVAL
+                return dom.map_grant_frame(idx, gpfn << 12)
+            return -abi.EOPNOTSUPP
+        if op == abi.XENMEM_memory_map:
+            nr, buf = va.unpack(abi.MEMORY_MAP, arg)
+            entries = dom.e820()
+            if nr < len(entries):
+                return -abi.EINVAL
+            va.write(buf, b"".join(abi.E820_ENTRY.pack(a, s, t) for a, s, t in entries))
+            va.pack(abi.EVTCHN_PORT, arg, len(entries))
+            return 0
+        if op in (abi.XENMEM_current_reservation, abi.XENMEM_maximum_reservation):
+            (domid,) = va.unpack(_DOMID, arg)
+            if not self._own_domid(domid):
+                return -abi.EPERM
+            return dom.memory.ram_bytes // PAGE
+        if op in (abi.XENMEM_maximum_ram_page, abi.XENMEM_maximum_gpfn):
+            return dom.memory.ram_bytes // PAGE - 1
+        return self.unimplemented(12, op)
+
+    # -- hvm_op -----------------------------------------------------------------------------------------
+    def hvm_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
+        dom, va = self.dom, ctx.va
+        if cmd in (abi.HVMOP_set_param, abi.HVMOP_get_param):
+            domid, index, value = va.unpack(abi.HVM_PARAM, arg)
+            if not self._own_domid(domid):
+                return -abi.EPERM
+            if index >= abi.HVM_NR_PARAMS:
+                return -abi.EINVAL
+            if cmd == abi.HVMOP_set_param:
+                if index != abi.HVM_PARAM_CALLBACK_IRQ:
+                    return -abi.EPERM  # the other parameters are the toolstack's to set
+                kind, vector = value >> 56, value & 0xFF
+                if value and (kind != abi.HVM_PARAM_CALLBACK_TYPE_VECTOR or vector < 0x10):
+                    return -abi.EINVAL
+                dom.callback_vector = vector if value else None
+                dom.params[index] = value
+                return 0
+            va.pack(abi.HVM_PARAM, arg, domid, index, dom.params.get(index, 0))
+            return 0
+        if cmd == abi.HVMOP_pagetable_dying:
+            return 0
+        return self.unimplemented(34, cmd)
+
+    # -- vcpu_op ----------------------------------------------------------------------------------------
+    def vcpu_op(self, ctx: VcpuContext, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
+        dom, va = self.dom, ctx.va
+        vcpuid &= 0xFFFFFFFF
+        if vcpuid >= len(dom.vcpus):
+            return -abi.ENOENT
+        target = dom.vcpus[vcpuid]
+        if cmd == abi.VCPUOP_is_up:
+            return 1 if target.up else 0
+        if cmd == abi.VCPUOP_register_vcpu_info:
+            mfn, offset, _rsvd = va.unpack(abi.REGISTER_VCPU_INFO, arg)
+            gpa = (mfn << 12) + offset
+            if offset + abi.VCPU_INFO_SIZE > PAGE or not dom.is_ram(gpa):
+                return -abi.EINVAL
+            dom.move_vcpu_info(vcpuid, gpa)
+            return 0
+        if cmd == abi.VCPUOP_register_runstate_memory_area:
+            (addr,) = va.unpack(_U64, arg)
+            target.runstate_va = addr or None
+            return 0
+        if cmd == abi.VCPUOP_set_singleshot_timer:
+            timeout, flags = va.unpack(abi.SINGLESHOT_TIMER, arg)
+            if flags & abi.VCPU_SSHOTTMR_future and timeout < dom.clock.now_ns():
+                return -abi.ETIME
+            target.timer_ns = timeout
+            return 0
+        if cmd == abi.VCPUOP_stop_singleshot_timer:
+            target.timer_ns = None
+            return 0
+        if cmd == abi.VCPUOP_set_periodic_timer:
+            (period,) = va.unpack(_U64, arg)
+            if period < 1_000_000:
+                return -abi.EINVAL
+            target.periodic_ns = period
+            target.periodic_next = dom.clock.now_ns() + period
+            return 0
+        if cmd == abi.VCPUOP_stop_periodic_timer:
+            target.periodic_ns = None
+            return 0
+        return self.unimplemented(24, cmd)
+
+    # -- event_channel_op -------------------------------------------------------------------------------
+    def event_channel_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
+        dom, va, ec = self.dom, ctx.va, self.dom.evtchn
+        if cmd == abi.EVTCHNOP_bind_virq:
+            virq, vcpu, _ = va.unpack(abi.EVTCHN_BIND_VIRQ, arg)
+            port = ec.bind_virq(virq, vcpu, len(dom.vcpus))
+            va.pack(abi.EVTCHN_BIND_VIRQ, arg, virq, vcpu, port)
+            return 0
+        if cmd == abi.EVTCHNOP_bind_ipi:
+            vcpu, _ = va.unpack(abi.EVTCHN_BIND_IPI, arg)
+            if vcpu >= len(dom.vcpus):
+                return -abi.ENOENT
+            port = ec.alloc(Port(abi.EVTCHNSTAT_ipi, vcpu=vcpu))
+            va.pack(abi.EVTCHN_BIND_IPI, arg, vcpu, port)
+            return 0
+        if cmd == abi.EVTCHNOP_alloc_unbound:
+            d, remote, _ = va.unpack(abi.EVTCHN_ALLOC_UNBOUND, arg)
+            if not self._own_domid(d):
+                return -abi.EPERM
+            port = ec.alloc(Port(abi.EVTCHNSTAT_unbound, remote_dom=remote))
+            va.pack(abi.EVTCHN_ALLOC_UNBOUND, arg, d, remote, port)
+            return 0
+        if cmd == abi.EVTCHNOP_send:
+            (port,) = va.unpack(abi.EVTCHN_PORT, arg)
+            p = ec.get(port)
+            if p.state == abi.EVTCHNSTAT_ipi:
+                ec.set_pending(port)
+            elif p.state == abi.EVTCHNSTAT_interdomain and p.on_send is not None:
+                p.on_send()
+            return 0
+        if cmd == abi.EVTCHNOP_unmask:
+            (port,) = va.unpack(abi.EVTCHN_PORT, arg)
+            ec.unmask(port)
+            return 0
+        if cmd == abi.EVTCHNOP_close:
+            (port,) = va.unpack(abi.EVTCHN_PORT, arg)
+            if port in dom.reserved_ports:
+                return -abi.EINVAL
+            ec.close(port)
+            return 0
+        if cmd == abi.EVTCHNOP_status:
+            d, port, _, _ = va.unpack(abi.EVTCHN_STATUS, arg)
+            if not self._own_domid(d):
+                return -abi.EPERM
+            p = ec.ports.get(port) if 0 < port < len(ec.ports) + 4096 else None
+            state = p.state if p else abi.EVTCHNSTAT_closed
+            va.pack(abi.EVTCHN_STATUS, arg, d, port, state, p.vcpu if p else 0)
+            union = 0
+            if p and p.state == abi.EVTCHNSTAT_virq:
+                union = p.virq
+            elif p and p.state in (abi.EVTCHNSTAT_unbound, abi.EVTCHNSTAT_interdomain):
+                union = (p.remote_dom & 0xFFFF) | (p.remote_port << 32)
+            va.pack(_U64, arg + abi.EVTCHN_STATUS_UNION, union)
+            return 0
+        if cmd == abi.EVTCHNOP_bind_vcpu:
+            port, vcpu = va.unpack(abi.EVTCHN_BIND_VCPU, arg)
+            if vcpu >= len(dom.vcpus):
+                return -abi.ENOENT
+            p = ec.get(port)
+            if p.state not in (abi.EVTCHNSTAT_virq, abi.EVTCHNSTAT_interdomain, abi.EVTCHNSTAT_unbound):
+                return -abi.EINVAL
+            if p.state != abi.EVTCHNSTAT_virq or p.virq != abi.VIRQ_TIMER:
+                p.vcpu = vcpu
+            return 0
+        # init_control (FIFO ABI) stays unimplemented: the guest falls back to the 2-level ABI
+        return self.unimplemented(32, cmd)
+
+    # -- sched_op ---------------------------------------------------------------------------------------
+    def sched_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
+        dom, va = self.dom, ctx.va
+        if cmd == abi.SCHEDOP_yield:
+            ctx.ev.kick()
+            return 0
+        if cmd == abi.SCHEDOP_block:
+            ctx.block()
+            return 0
+        if cmd == abi.SCHEDOP_shutdown:
+            (reason,) = va.unpack(abi.EVTCHN_PORT, arg)
+            if reason not in abi.SHUTDOWN_NAMES:
+                return -abi.EINVAL
+            dom.shutdown(abi.SHUTDOWN_NAMES[reason], "SCHEDOP_shutdown")
+            ctx.ev.request_stop()
+            return 0
+        if cmd == abi.SCHEDOP_poll:
+            ports_va, nr, timeout = va.unpack(abi.SCHED_POLL, arg)
+            if nr > 128:
+                return -abi.EINVAL
+            ports = [int.from_bytes(va.read(ports_va + 4 * i, 4), "little") for i in range(nr)]
+            if dom.evtchn.any_pending(ports):
+                return 0
+            ctx.block(poll=ports, timeout_ns=timeout or None)
+            return 0
+        if cmd == abi.SCHEDOP_shutdown_code:
+            return 0
+        return self.unimplemented(29, cmd)
+
+    # -- grant_table_op ---------------------------------------------------------------------------------
+    def grant_table_op(self, ctx: VcpuContext, cmd: int, arg: int, count: int, *_: int) -> int:
+        va = ctx.va
+        if count != 1 and cmd in (abi.GNTTABOP_query_size, abi.GNTTABOP_setup_table):
+            return -abi.EINVAL
+        if cmd == abi.GNTTABOP_query_size:
+            d, _, _, _ = va.unpack(abi.GNTTAB_QUERY_SIZE, arg)
+            if not self._own_domid(d):
+                va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, 0, 0, abi.GNTST_bad_domain)
+                return 0
+            va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, len(self.dom.grant_frames), GRANT_FRAMES_MAX, abi.GNTST_okay)
+            return 0
+        return self.unimplemented(20, cmd)
+
+    # -- set_timer_op -----------------------------------------------------------------------------------
+    def set_timer_op(self, ctx: VcpuContext, timeout: int, *_: int) -> int:
+        ctx.timer_ns = timeout or None
+        return 0
