@@ -23,6 +23,7 @@ from ..loader.pvh import load_pvh
 from ..platform import acpi, layout
 from ..platform.cpuid import CpuidPolicy
 from ..platform.lapic import Lapic
+from ..platform.rtc import DATA_PORT, INDEX_PORT, CmosRtc
 from ..xen import abi
 from ..xen.hypercalls import XEN_VERSION, Hypercalls
 from .clock import Clock
@@ -303,6 +304,7 @@ class _TrapGlue:
 
     def __init__(self, dom: Domain) -> None:
         self.dom = dom
+        self.rtc = CmosRtc()
 
     def _ctx(self, vcpu: Vcpu) -> VcpuContext:
         return self.dom._ctx_by_ev[id(vcpu)]
@@ -311,6 +313,8 @@ class _TrapGlue:
         self.dom.hypercalls.dispatch(self._ctx(vcpu))
 
     def io_in(self, vcpu: Vcpu, port: int, size: int) -> int:
+        if port == DATA_PORT:
+            return self.rtc.read_data()
         if port in (acpi.SLEEP_STATUS_PORT, acpi.SLEEP_CONTROL_PORT, acpi.RESET_PORT):
             return 0
         return (1 << (8 * size)) - 1  # nothing there: the bus floats high
@@ -319,6 +323,8 @@ class _TrapGlue:
         dom = self.dom
         if port == DEBUG_PORT:
             dom.console_output(bytes([value & 0xFF]))
+        elif port == INDEX_PORT:
+            self.rtc.write_index(value)
         elif port == acpi.SLEEP_CONTROL_PORT and value & acpi.SLP_EN:
             dom.shutdown("poweroff", "ACPI S5")
             vcpu.request_stop()

@@ -75,7 +75,7 @@ class ExecSession:
         self.begin = f"HDX{tag}B".encode()
         self.end = f"HDX{tag}E".encode()
         self._line = (f"printf '%s%s\\n' HDX{tag} B; ( {command}\n); printf '%s%s %d\\n' HDX{tag} E $?"
-                      + ("; poweroff" if poweroff else "") + "\n")
+                      + ("; sync; poweroff -f" if poweroff else "") + "\n")
         self.buffer = bytearray()
         self.typed = False
         self.exit_status: int | None = None
