@@ -38,8 +38,7 @@ def load_pvh(mem: GuestMemory, kernel: KernelImage, initrd: bytes | None, cmdlin
             raise ConfigError(f"hyperdisco: initramfs of {len(initrd) >> 20} MiB does not fit in "
                               f"{ram >> 20} MiB of guest memory")
         mem.write(at, initrd)
-        abi.HVM_MODLIST_ENTRY.pack_into(buf := bytearray(abi.HVM_MODLIST_ENTRY.size), 0, at, len(initrd), 0, 0)
-        mem.write(modlist, buf)
+        mem.pack(abi.HVM_MODLIST_ENTRY, modlist, at, len(initrd), 0, 0)
         nr_modules = 1
     entries = layout.e820(ram)
     mem.write(memmap, b"".join(abi.HVM_MEMMAP_ENTRY.pack(a, s, t, 0) for a, s, t in entries))

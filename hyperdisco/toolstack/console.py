@@ -11,6 +11,7 @@ import termios
 import threading
 import tty
 from collections.abc import Callable
+from typing import Any
 
 DETACH = b"\x1d"  # Ctrl-]
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
@@ -24,7 +25,7 @@ class TerminalAttachment:
         self.on_detach = on_detach
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._saved: list | None = None  # type: ignore[type-arg]
+        self._saved: list[Any] | None = None
 
     def output(self, data: bytes) -> None:
         os.write(sys.stdout.fileno(), data)

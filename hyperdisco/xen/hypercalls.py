@@ -214,19 +214,19 @@ class Hypercalls:
     def event_channel_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
         dom, va, ec = self.dom, ctx.va, self.dom.evtchn
         if cmd == abi.EVTCHNOP_bind_virq:
-            virq, vcpu, _ = va.unpack(abi.EVTCHN_BIND_VIRQ, arg)
+            virq, vcpu, _out = va.unpack(abi.EVTCHN_BIND_VIRQ, arg)
             port = ec.bind_virq(virq, vcpu, len(dom.vcpus))
             va.pack(abi.EVTCHN_BIND_VIRQ, arg, virq, vcpu, port)
             return 0
         if cmd == abi.EVTCHNOP_bind_ipi:
-            vcpu, _ = va.unpack(abi.EVTCHN_BIND_IPI, arg)
+            vcpu, _out = va.unpack(abi.EVTCHN_BIND_IPI, arg)
             if vcpu >= len(dom.vcpus):
                 return -abi.ENOENT
             port = ec.alloc(Port(abi.EVTCHNSTAT_ipi, vcpu=vcpu))
             va.pack(abi.EVTCHN_BIND_IPI, arg, vcpu, port)
             return 0
         if cmd == abi.EVTCHNOP_alloc_unbound:
-            d, remote, _ = va.unpack(abi.EVTCHN_ALLOC_UNBOUND, arg)
+            d, remote, _out = va.unpack(abi.EVTCHN_ALLOC_UNBOUND, arg)
             if not self._own_domid(d):
                 return -abi.EPERM
             port = ec.alloc(Port(abi.EVTCHNSTAT_unbound, remote_dom=remote))
@@ -251,17 +251,17 @@ class Hypercalls:
             ec.close(port)
             return 0
         if cmd == abi.EVTCHNOP_status:
-            d, port, _, _ = va.unpack(abi.EVTCHN_STATUS, arg)
+            d, port, _st, _vc = va.unpack(abi.EVTCHN_STATUS, arg)
             if not self._own_domid(d):
                 return -abi.EPERM
-            p = ec.ports.get(port) if 0 < port < len(ec.ports) + 4096 else None
-            state = p.state if p else abi.EVTCHNSTAT_closed
-            va.pack(abi.EVTCHN_STATUS, arg, d, port, state, p.vcpu if p else 0)
+            sp = ec.ports.get(port)
+            state = sp.state if sp else abi.EVTCHNSTAT_closed
+            va.pack(abi.EVTCHN_STATUS, arg, d, port, state, sp.vcpu if sp else 0)
             union = 0
-            if p and p.state == abi.EVTCHNSTAT_virq:
-                union = p.virq
-            elif p and p.state in (abi.EVTCHNSTAT_unbound, abi.EVTCHNSTAT_interdomain):
-                union = (p.remote_dom & 0xFFFF) | (p.remote_port << 32)
+            if sp and sp.state == abi.EVTCHNSTAT_virq:
+                union = sp.virq
+            elif sp and sp.state in (abi.EVTCHNSTAT_unbound, abi.EVTCHNSTAT_interdomain):
+                union = (sp.remote_dom & 0xFFFF) | (sp.remote_port << 32)
             va.pack(_U64, arg + abi.EVTCHN_STATUS_UNION, union)
             return 0
         if cmd == abi.EVTCHNOP_bind_vcpu:
@@ -312,11 +312,12 @@ class Hypercalls:
         if count != 1 and cmd in (abi.GNTTABOP_query_size, abi.GNTTABOP_setup_table):
             return -abi.EINVAL
         if cmd == abi.GNTTABOP_query_size:
-            d, _, _, _ = va.unpack(abi.GNTTAB_QUERY_SIZE, arg)
+            d, _nr, _max, _st = va.unpack(abi.GNTTAB_QUERY_SIZE, arg)
             if not self._own_domid(d):
                 va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, 0, 0, abi.GNTST_bad_domain)
                 return 0
-            va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, len(self.dom.grant_frames), GRANT_FRAMES_MAX, abi.GNTST_okay)
+            nr_frames = len(self.dom.grant_frames)
+            va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, nr_frames, GRANT_FRAMES_MAX, abi.GNTST_okay)
             return 0
         return self.unimplemented(20, cmd)
 
