@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check hyperdisco tests bench
+.venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/hyperdisco images fetch >/dev/null
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout 600 "$@"
