@@ -23,6 +23,7 @@ def test_initramfs_that_is_not_a_cpio(images: GuestImages, tmp_path: Path) -> No
 
 
 def test_bzimage_is_accepted_as_kernel(images: GuestImages) -> None:
-    r = hyperdisco("run", "--kernel", str(images.bzimage), "--initrd", str(images.initrd), "--exec", "echo ok")
+    r = hyperdisco("run", "--kernel", str(images.bzimage), "--initrd", str(images.initrd),
+                   "--exec", "echo ok")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"

@@ -39,9 +39,10 @@ def test_guest_sees_configured_memory(images: GuestImages, mib: int) -> None:
 
 
 def test_guest_sees_kernel_command_line(images: GuestImages) -> None:
-    r = hyperdisco("run", "--cmdline", "console=hvc0 hyperdisco.test=probe-31337", "--exec", "cat /proc/cmdline")
+    cmdline = "console=hvc0 hyperdisco.test=probe-31337"
+    r = hyperdisco("run", "--cmdline", cmdline, "--exec", "cat /proc/cmdline")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "console=hvc0 hyperdisco.test=probe-31337"
+    assert r.stdout.strip() == cmdline
 
 
 def test_guest_clock_runs_at_host_rate(images: GuestImages) -> None:
