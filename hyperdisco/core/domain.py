@@ -229,12 +229,23 @@ class Domain:
         self.update_time(self.vcpus[vcpu])
 
     def map_grant_frame(self, idx: int, gpa: int) -> int:
-        if self.memory.region_at(gpa) is None:
+        """Put grant-table frame `idx` at `gpa`: a RAM page, or a fresh page in the unpopulated space above
+        RAM (below the platform's MMIO and special pages). Re-mapping an index moves it."""
+        in_ram = self.is_ram(gpa)
+        above = self.memory.ram_bytes <= gpa < layout.MMIO_START or gpa >= 1 << 32
+        if not in_ram and (not above or self.memory.region_at(gpa) is not None):
+            return -abi.EINVAL
+        old = self.grant_frames.pop(idx, None)
+        if old is not None:
+            reg = self.memory.region_at(old)
+            if reg is not None and reg.name.startswith("grant-frame"):
+                for ctx in self.vcpus:
+                    ctx.ev.unmap_ram(reg.gpa, reg.size)
+                self.memory.remove_region(reg)
+        if not in_ram:
             reg = self.memory.add_region(gpa, PAGE, f"grant-frame-{idx}")
             for ctx in self.vcpus:
                 ctx.ev.map_ram(gpa, PAGE, reg.host_address)
-        elif not self.is_ram(gpa):
-            return -abi.EINVAL
         self.memory.fill(gpa, PAGE)
         self.grant_frames[idx] = gpa
         return 0

@@ -81,6 +81,10 @@ class EventChannels:
             self.virqs.pop((p.virq, p.vcpu), None)
         with self._lock:
             del self.ports[port]
+        if self.shared_info is not None:  # as Xen's evtchn_close: a closed port is not pending
+            word, bit = divmod(port, 64)
+            pend_a = self.shared_info + abi.SI_EVTCHN_PENDING + word * 8
+            self.mem.set_u64(pend_a, self.mem.u64(pend_a) & ~(1 << bit))
 
     # -- raising ----------------------------------------------------------------------------------------
     def notify(self, port: int) -> None:

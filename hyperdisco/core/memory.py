@@ -61,6 +61,12 @@ class GuestMemory:
         self.regions.append(reg)
         return reg
 
+    def remove_region(self, region: Region) -> None:
+        if region.name == "ram":
+            raise ValueError("RAM cannot be removed")
+        self.regions.remove(region)
+        region.mem.close()
+
     def region_at(self, gpa: int) -> Region | None:
         for r in self.regions:
             if r.gpa <= gpa < r.end:
@@ -84,6 +90,8 @@ class GuestMemory:
         mem[off:off + len(data)] = data
 
     def fill(self, gpa: int, n: int, byte: int = 0) -> None:
+        if n < 0:
+            raise GuestFault(f"negative length {n}")
         self.write(gpa, bytes([byte]) * n)
 
     def unpack(self, fmt: struct.Struct, gpa: int) -> tuple[int, ...]:

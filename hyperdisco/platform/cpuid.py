@@ -35,7 +35,8 @@ class CpuidPolicy:
                 table.setdefault((leaf, 0), [0, 0, 0, 0])
             table[(0, 0)][0] = 0x16
         mhz = max(1, tsc_khz // 1000)
-        table[(0x15, 0)] = [1, 1, (tsc_khz * 1000) & 0xFFFFFFFF, 0]  # crystal = TSC, ratio 1/1
+        # a 1 MHz "crystal" and the ratio tsc_khz/1000: exact for any TSC frequency
+        table[(0x15, 0)] = [1000, tsc_khz & 0xFFFFFFFF, 1_000_000, 0]
         table[(0x16, 0)] = [mhz, mhz, 100, 0]  # base, max and bus MHz
         self.table = {k: (v[0], v[1], v[2], v[3]) for k, v in table.items()}
         self.domid = domid

@@ -10,6 +10,7 @@ START_INFO = 0x6000  # struct hvm_start_info, module list, memory map
 CMDLINE = 0x7000  # kernel command line (one page)
 ACPI_BASE = 0xF0000  # RSDP and the tables behind it
 ACPI_SIZE = 0x10000
+MMIO_START = 0xFE000000  # from here to 4 GiB: LAPIC, special pages and other platform MMIO
 LAPIC_BASE = 0xFEE00000
 SPECIAL_BASE = 0xFEFF0000  # special pages (console ring, store ring...), outside RAM
 SPECIAL_PAGES = 16

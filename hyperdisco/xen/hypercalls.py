@@ -41,7 +41,7 @@ class Hypercalls:
         ev = ctx.ev
         nr = ev.gpr(0) & 0xFFFFFFFF
         args = (ev.gpr(7), ev.gpr(6), ev.gpr(2), ev.gpr(10), ev.gpr(8))
-        name = abi.HYPERCALLS.get(nr, f"#{nr}")
+        name = abi.HYPERCALLS.get(nr, "unknown")  # never key state by a guest-chosen number
         self.dom.stats[f"hypercall.{name}"] += 1
         fn = self.table.get(nr)
         if fn is None:
@@ -57,7 +57,7 @@ class Hypercalls:
         ev.set_gpr(0, ret)
 
     def unimplemented(self, nr: int, cmd: int) -> int:
-        key = (nr, cmd & 0xFFFF)
+        key = (nr, cmd & 0xFFFF) if nr in abi.HYPERCALLS and cmd < 64 else (-1, -1)
         if key not in self.unknown_logged:
             self.unknown_logged.add(key)
             self.dom.log(f"hypercall {abi.HYPERCALLS.get(nr, nr)} cmd {cmd} not implemented (-ENOSYS)")

@@ -274,9 +274,6 @@ def test_many_notifiers(env: Env) -> None:
     assert env.sel() == 0b1111  # ports 1..200 span words 0-3
 
 
-@pytest.mark.xfail(reason="EventChannels.close leaves the port's pending bit set (Xen's evtchn_free clears "
-                          "it), so a re-bound port starts out pending and its first event never raises "
-                          "an upcall", strict=True)
 def test_close_clears_pending_bit(env: Env) -> None:
     env.map()
     p = env.ec.alloc(Port(abi.EVTCHNSTAT_ipi))

@@ -357,8 +357,6 @@ def test_grant_frame_over_reserved_memory_einval(dh: DomainHarness, gpfn: int) -
     assert dh.dom.grant_frames == {}
 
 
-@pytest.mark.xfail(reason="a grant frame at the LAPIC page: the region is added to GuestMemory, then "
-                          "the engine's map_ram raises UcError out of Hypercalls.dispatch", strict=True)
 def test_grant_frame_over_lapic_mmio_einval(dh: DomainHarness) -> None:
     arg = dh.put(abi.ADD_TO_PHYSMAP, abi.DOMID_SELF, 0, abi.XENMAPSPACE_grant_table, 0,
                  layout.LAPIC_BASE >> 12)
@@ -370,8 +368,6 @@ def test_grant_frame_over_lapic_mmio_einval(dh: DomainHarness) -> None:
     assert ret == -abi.EINVAL
 
 
-@pytest.mark.xfail(reason="remapping a grant frame index to a new gpfn leaves the old one mapped: a guest "
-                          "can add an unbounded number of host pages (regions)", strict=True)
 def test_grant_frame_remap_does_not_grow_memory(dh: DomainHarness) -> None:
     regions = len(dh.dom.memory.regions)
     for i in range(8):
@@ -592,8 +588,6 @@ def test_grant_query_size(dh: DomainHarness) -> None:
 
 
 # -- resource use ---------------------------------------------------------------------------------------
-@pytest.mark.xfail(reason="Hypercalls.dispatch keys dom.stats (and unknown_logged) by the guest-chosen "
-                          "hypercall number: a guest grows host memory without bound", strict=True)
 def test_unknown_hypercall_numbers_do_not_grow_state(dh: DomainHarness) -> None:
     for nr in range(1000, 3000):
         assert dh.call(nr, nr) == -abi.ENOSYS

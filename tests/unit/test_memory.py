@@ -126,8 +126,6 @@ def test_negative_length_faults(mem: GuestMemory) -> None:
         mem.read(RAM + 8, -16)
 
 
-@pytest.mark.xfail(reason="GuestMemory.fill with a negative length is a silent no-op instead of a GuestFault",
-                   strict=True)
 def test_fill_negative_length_faults(mem: GuestMemory) -> None:
     with pytest.raises(GuestFault):
         mem.fill(0x100, -1)

@@ -235,9 +235,6 @@ def test_cpuid_tsc_frequency_leaves(tsc_khz: int) -> None:
     assert p.lookup(0x16, 0, 0)[0] == tsc_khz // 1000
 
 
-@pytest.mark.xfail(reason="cpuid.py: leaf 15H ECX is tsc_khz*1000 masked to 32 bits with a 1/1 ratio, "
-                          "so a TSC above 4.29 GHz is reported wrapped (5 GHz reads as ~705 MHz)",
-                   strict=True)
 def test_cpuid_tsc_frequency_above_4ghz() -> None:
     p = CpuidPolicy(NATIVE, 1, (4, 17), 5_000_000)
     assert _tsc_hz_from_leaf_15h(p) == pytest.approx(5e9, rel=1e-6)
