@@ -231,6 +231,8 @@ class Domain:
     def map_grant_frame(self, idx: int, gpa: int) -> int:
         """Put grant-table frame `idx` at `gpa`: a RAM page, or a fresh page in the unpopulated space above
         RAM (below the platform's MMIO and special pages). Re-mapping an index moves it."""
+        if self.grant_frames.get(idx) == gpa:
+            return 0  # already there (a resumed guest re-maps its frames)
         in_ram = self.is_ram(gpa)
         above = self.memory.ram_bytes <= gpa < layout.MMIO_START or gpa >= 1 << 32
         if not in_ram and (not above or self.memory.region_at(gpa) is not None):

@@ -239,6 +239,8 @@ class Hypercalls:
                 ec.set_pending(port)
             elif p.state == abi.EVTCHNSTAT_interdomain and p.on_send is not None:
                 p.on_send()
+            elif p.state == abi.EVTCHNSTAT_virq:
+                return -abi.EINVAL  # as Xen: a VIRQ is raised by the hypervisor only
             return 0
         if cmd == abi.EVTCHNOP_unmask:
             (port,) = va.unpack(abi.EVTCHN_PORT, arg)

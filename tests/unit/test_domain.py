@@ -239,9 +239,6 @@ def test_hlt_with_interrupts_off_crashes_the_domain(engine: TcgEngine, clock: Cl
     dom.close()
 
 
-@pytest.mark.xfail(reason="a triple fault (#UD -> #GP -> #DF -> fault, no IDT) is not reported: TcgVcpu.run "
-                          "returns SLICE_END at the same rip forever instead of FATAL, so the domain spins",
-                   strict=True)
 def test_triple_fault_crashes_the_domain(engine: TcgEngine, clock: Clock) -> None:
     dom, _ = _domain_running(b"\x0f\x0b", engine, clock)  # ud2 with no IDT
     assert dom.outcome == "crash"

@@ -395,9 +395,6 @@ def test_two_grant_frames_cannot_share_a_page(dh: DomainHarness) -> None:
     assert dh.dom.grant_frames == {0: 0x80000000}
 
 
-@pytest.mark.xfail(reason="Domain.map_grant_frame: re-mapping an index at the gpa it already occupies "
-                          "(outside RAM) is refused with -EINVAL, as the page is 'taken' by itself",
-                   strict=True)
 def test_grant_frame_remap_same_place(dh: DomainHarness) -> None:
     arg = dh.put(abi.ADD_TO_PHYSMAP, abi.DOMID_SELF, 0, abi.XENMAPSPACE_grant_table, 0, 0x80000)
     assert dh.call("memory_op", abi.XENMEM_add_to_physmap, arg) == 0

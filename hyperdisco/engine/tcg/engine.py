@@ -85,6 +85,7 @@ class TcgVcpu(Vcpu):
         self._eip = ctypes.c_uint64.from_address(self.q.env + qs.ENV_EIP)
         self._eflags = ctypes.c_uint64.from_address(self.q.env + qs.ENV_EFLAGS)
         self._hflags = ctypes.c_uint32.from_address(self.q.env + qs.ENV_HFLAGS)
+        self._old_exception = ctypes.c_int32.from_address(self.q.env + qs.ENV_OLD_EXCEPTION)
         hv = _HdVcpu()
         hv.uc = qs.uc_handle(self.uc)
         hv.cpu = self.q.cpu
@@ -215,7 +216,9 @@ class TcgVcpu(Vcpu):
         if self._error is not None:
             err, self._error = self._error, None
             return RunResult(StopReason.FATAL, err)
-        if self._hv.bad_intno:
+        if self._hv.bad_intno or self._old_exception.value == 8:
+            # QEMU's check_exception() ends a fault while delivering #DF as a reset request and leaves
+            # old_exception at #DF: a triple fault, which ends the domain as on real hardware under Xen
             return RunResult(StopReason.FATAL, "triple fault")
         if self._stop_requested:
             return RunResult(self._stop_reason)
