@@ -1,0 +1,669 @@
+"""Domain configuration files in xl.cfg(5) syntax.
+
+Syntax (as libxlu's lexer and grammar accept it, see xl.cfg(5)):
+
+- settings ``KEY = VALUE`` end at a newline or ``;``; ``KEY += VALUE`` appends to an earlier string or list
+  of the same key; a ``#`` outside a string starts a comment that runs to the end of the line;
+- a key is an identifier ``[A-Za-z_][A-Za-z0-9_]*``; when a key is set twice the last setting wins (xl does
+  the same);
+- a value is a string in single or double quotes (it cannot span lines; in both kinds a backslash starts a
+  C escape: ``\\" \\' \\\\ \\a \\b \\f \\n \\r \\t \\v \\xHH`` and 1-3 octal digits), a number (decimal,
+  ``0x`` hex, and, as C's strtol does for xl, a leading ``0`` means octal), or a list ``[ v1, v2, ... ]``
+  that may span lines and may end with a comma.
+
+Like xl, numbers and strings are interchangeable atoms: ``memory = "512"`` is an integer setting and
+``name = 42`` names the domain ``42``.
+
+Command-line overrides (``hyperdisco create dom1.cfg 'memory=512' 'name="web2"'``, as ``xl create`` takes
+them) use the same syntax and are applied after the file, so they win.
+
+Paths: a relative ``kernel``, ``ramdisk`` or disk ``target`` in the file is resolved against the directory of
+the config file (xl would look it up relative to its working directory, and prefix a relative disk target
+with ``/dev``); relative paths in command-line overrides are left relative to the current directory.
+
+Every problem is a :class:`ConfigError` with one line naming the file, the line and the key, e.g.
+``hyperdisco: dom1.cfg:7: unknown key 'memroy' (did you mean 'memory'?)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+
+MIN_MEMORY_MIB = 32
+MAX_MEMORY_MIB = 3072
+MAX_VCPUS = 64
+MAX_FILE_BYTES = 1 << 20
+
+KNOWN_KEYS = frozenset({
+    "name", "type", "kernel", "ramdisk", "extra", "cmdline", "root", "memory", "maxmem", "vcpus",
+    "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "disk", "vif", "uuid", "cpus",
+})
+
+#: every action xl accepts for on_poweroff/on_reboot/on_crash; hyperdisco implements SUPPORTED_ACTIONS
+XL_ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy", "coredump-restart",
+              "soft-reset")
+SUPPORTED_ACTIONS = ("destroy", "restart", "preserve")
+
+DISK_FORMATS = ("raw", "qcow2", "cow")
+XL_ONLY_DISK_FORMATS = ("qcow", "vhd", "qed")
+DISK_ACCESS = {"ro": "ro", "r": "ro", "rw": "rw", "w": "rw"}
+# Bare keywords in a disk spec (xl-disk-configuration(5)); anything else without '=' is positional.
+DISK_FLAGS = frozenset({"cdrom", "direct-io-safe", "discard", "no-discard", "colo"})
+# Deprecated "prefix:" forms of the target: formats, and prefixes xl strips and ignores.
+DISK_FORMAT_PREFIXES = {"raw": "raw", "qcow2": "qcow2", "qcow": "qcow", "vhd": "vhd"}
+DISK_IGNORED_PREFIXES = frozenset({"tapdisk", "tap2", "tap", "aio", "ioemu", "file", "phy"})
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_VDEV_RE = re.compile(r"xvd[a-z]+")
+_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+_UUID_RE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+_INT_RE = re.compile(r"\s*([+-]?)(0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*)")
+
+
+@dataclass
+class DiskSpec:
+    """One ``disk = [...]`` entry (xl-disk-configuration(5)). ``access`` is normalised to ``ro`` or ``rw``."""
+
+    target: str
+    format: str = "raw"
+    vdev: str = ""
+    access: str = "rw"
+    extra: dict[str, str] = field(default_factory=dict)   # other key=value parameters and flags (flag: "")
+
+    @property
+    def readonly(self) -> bool:
+        return self.access == "ro"
+
+
+@dataclass
+class VifSpec:
+    """One ``vif = [...]`` entry: its ``key=value`` parameters (mac, bridge, ip, ...)."""
+
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DomainSpec:
+    name: str
+    type: str = "pvh"
+    kernel: str | None = None
+    ramdisk: str | None = None
+    cmdline: str | None = None      # `cmdline`, or "root=ROOT EXTRA" built from `root` and `extra` as xl does
+    memory: int = 256               # MiB
+    maxmem: int | None = None       # MiB, >= memory
+    vcpus: int = 1                  # online at boot
+    maxvcpus: int | None = None     # >= vcpus
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+    disks: list[DiskSpec] = field(default_factory=list)
+    vifs: list[VifSpec] = field(default_factory=list)
+    uuid: str | None = None
+    cpus: str | None = None         # stored as written (e.g. "0-3,^1")
+    source: str = "<config>"        # the config file, for messages
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Values and settings
+
+
+@dataclass(frozen=True)
+class _Number:
+    """A bare number atom, kept as written (converted when a key needs an integer)."""
+
+    text: str
+
+
+_Value = str | _Number | list["_Value"]
+
+
+@dataclass
+class _Setting:
+    key: str
+    value: _Value
+    where: str          # "dom1.cfg:7" or "dom1.cfg: override 'memory=512'"
+    base_dir: Path | None
+
+
+def _fail(where: str, key: str | None, message: str) -> ConfigError:
+    prefix = f"hyperdisco: {where}: "
+    if key is not None:
+        prefix += f"{key}: "
+    return ConfigError(prefix + message)
+
+
+def _describe(value: _Value) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, _Number):
+        return repr(value.text)
+    return repr(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lexer
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str       # IDENT NUMBER STRING NL EOF or the punctuation itself: [ ] , = += ;
+    text: str       # source text (for STRING: the decoded value)
+    line: int
+    raw: str = ""   # source text of a STRING, for messages
+
+    def near(self) -> str:
+        if self.kind == "NL":
+            return "end of line"
+        if self.kind == "EOF":
+            return "end of file"
+        return repr(self.raw if self.kind == "STRING" else self.text)
+
+
+_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
+            "t": "\t", "v": "\v"}
+_IDENT_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_IDENT_CHARS = _IDENT_START | frozenset("0123456789")
+_NUMBER_CHARS = _IDENT_CHARS | frozenset(".")
+
+
+class _Parser:
+    """Recursive descent over libxlu's grammar; each statement becomes a _Setting."""
+
+    def __init__(self, text: str, where: str | None, source: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.line = 1
+        self.where_fixed = where        # overrides: one location for every line
+        self.source = source
+        self.key: str | None = None     # the key of the statement being parsed, for messages
+        self.tokens = self._lex()
+        self.lookahead: _Token | None = None
+        self.tok = next(self.tokens)
+
+    def where(self, line: int) -> str:
+        return self.where_fixed if self.where_fixed is not None else f"{self.source}:{line}"
+
+    def error(self, line: int, message: str) -> ConfigError:
+        return _fail(self.where(line), self.key, message)
+
+    # -- lexing
+
+    def _lex(self) -> Iterator[_Token]:
+        text, n = self.text, len(self.text)
+        while self.pos < n:
+            c = text[self.pos]
+            if c in " \t\r\f\v":
+                self.pos += 1
+            elif c == "#":
+                end = text.find("\n", self.pos)
+                self.pos = n if end < 0 else end
+            elif c == "\n":
+                yield _Token("NL", "\n", self.line)
+                self.line += 1
+                self.pos += 1
+            elif c in "'\"":
+                yield self._string(c)
+            elif c == "+" and text.startswith("+=", self.pos):
+                yield _Token("+=", "+=", self.line)
+                self.pos += 2
+            elif c in "[],=;":
+                yield _Token(c, c, self.line)
+                self.pos += 1
+            elif c in _IDENT_START or c.isdigit():
+                kind, chars = ("IDENT", _IDENT_CHARS) if c in _IDENT_START else ("NUMBER", _NUMBER_CHARS)
+                start = self.pos
+                while self.pos < n and text[self.pos] in chars:
+                    self.pos += 1
+                yield _Token(kind, text[start:self.pos], self.line)
+            else:
+                raise self.error(self.line, f"syntax error near {c!r}")
+        while True:
+            yield _Token("EOF", "", self.line)
+
+    def _string(self, quote: str) -> _Token:
+        text, n = self.text, len(self.text)
+        start = self.pos
+        out: list[str] = []
+        i = start + 1
+        while True:
+            if i >= n or text[i] == "\n":
+                raise self.error(self.line, f"unterminated string {text[start:i]!r}")
+            c = text[i]
+            if c == quote:
+                break
+            if c != "\\":
+                out.append(c)
+                i += 1
+                continue
+            if i + 1 >= n or text[i + 1] == "\n":
+                raise self.error(self.line, f"unterminated string {text[start:i + 1]!r}")
+            e = text[i + 1]
+            if e in _ESCAPES:
+                out.append(_ESCAPES[e])
+                i += 2
+            elif e == "x":
+                digits = text[i + 2:i + 4]
+                if len(digits) != 2 or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                    raise self.error(self.line, f"invalid escape {text[i:i + 4]!r} in string "
+                                                "(\\x needs two hex digits)")
+                out.append(chr(int(digits, 16)))
+                i += 4
+            elif e in "01234567":
+                j = i + 1
+                while j < min(i + 4, n) and text[j] in "01234567":
+                    j += 1
+                out.append(chr(int(text[i + 1:j], 8)))
+                i = j
+            else:
+                raise self.error(self.line, f"invalid escape {text[i:i + 2]!r} in string")
+        self.pos = i + 1
+        return _Token("STRING", "".join(out), self.line, raw=text[start:i + 1])
+
+    # -- grammar
+
+    def advance(self) -> _Token:
+        tok = self.tok
+        if self.lookahead is not None:
+            self.tok, self.lookahead = self.lookahead, None
+        else:
+            self.tok = next(self.tokens)
+        return tok
+
+    def peek(self) -> _Token:
+        """The token after the current one."""
+        if self.lookahead is None:
+            self.lookahead = next(self.tokens)
+        return self.lookahead
+
+    def starts_setting(self) -> bool:
+        """A list that meets `KEY =` was never closed."""
+        return self.tok.kind == "IDENT" and self.peek().kind in ("=", "+=")
+
+    def skip_newlines(self) -> None:
+        while self.tok.kind == "NL":
+            self.advance()
+
+    def statements(self) -> Iterator[tuple[str, str, _Value, int]]:
+        """Yield (key, op, value, line) for each setting, in order."""
+        while self.tok.kind != "EOF":
+            if self.tok.kind in ("NL", ";"):
+                self.advance()
+                continue
+            self.key = None
+            if self.tok.kind != "IDENT":
+                raise self.error(self.tok.line, f"syntax error near {self.tok.near()}")
+            key_tok = self.advance()
+            self.key = key_tok.text
+            if self.tok.kind not in ("=", "+="):
+                raise self.error(self.tok.line, f"syntax error near {self.tok.near()} (expected '=')")
+            op = self.advance().kind
+            value = self.value()
+            if self.tok.kind not in ("NL", ";", "EOF"):
+                raise self.error(self.tok.line, f"syntax error near {self.tok.near()}")
+            yield key_tok.text, op, value, key_tok.line
+            self.key = None
+
+    def value(self) -> _Value:
+        tok = self.tok
+        if tok.kind == "STRING":
+            self.advance()
+            return tok.text
+        if tok.kind == "NUMBER":
+            self.advance()
+            return _Number(tok.text)
+        if tok.kind == "[":
+            return self.list_value()
+        hint = " (strings need quotes)" if tok.kind == "IDENT" else ""
+        raise self.error(tok.line, f"syntax error near {tok.near()}{hint}")
+
+    def list_value(self) -> list[_Value]:
+        opened = self.advance().line
+        items: list[_Value] = []
+        self.skip_newlines()
+        while True:
+            if self.tok.kind == "]":
+                self.advance()
+                return items
+            if self.tok.kind == "EOF":
+                raise self.error(opened, "unterminated list ('[' is never closed)")
+            if self.starts_setting():
+                raise self.error(opened, f"unterminated list ('[' is not closed before line {self.tok.line})")
+            items.append(self.value())
+            self.skip_newlines()
+            if self.tok.kind == ",":
+                self.advance()
+                self.skip_newlines()
+            elif self.tok.kind == "EOF":
+                raise self.error(opened, "unterminated list ('[' is never closed)")
+            elif self.starts_setting():
+                raise self.error(opened, f"unterminated list ('[' is not closed before line {self.tok.line})")
+            elif self.tok.kind != "]":
+                raise self.error(self.tok.line, f"syntax error near {self.tok.near()}")
+
+
+def _store(settings: dict[str, _Setting], key: str, op: str, value: _Value, where: str,
+           base_dir: Path | None) -> None:
+    if key not in KNOWN_KEYS:
+        hint = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+        suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise _fail(where, None, f"unknown key {key!r}{suffix}")
+    prev = settings.pop(key, None)      # re-insert so the order follows the last setting
+    if op == "+=" and prev is not None:
+        old = prev.value
+        if isinstance(old, _Number) or isinstance(value, _Number):
+            raise _fail(where, key, "can't use += with numbers")
+        if isinstance(old, list) and isinstance(value, list):
+            value = old + value
+        elif isinstance(old, str) and isinstance(value, str):
+            value = old + value
+        else:
+            raise _fail(where, key, "can't add a list to a string or a string to a list")
+    elif op == "+=" and isinstance(value, _Number):
+        raise _fail(where, key, "can't use += with numbers")
+    settings[key] = _Setting(key, value, where, base_dir)
+
+
+def _parse_settings(text: str, source: str, overrides: Sequence[str],
+                    base_dir: Path | None) -> dict[str, _Setting]:
+    settings: dict[str, _Setting] = {}
+    parser = _Parser(text, None, source)
+    for key, op, value, line in parser.statements():
+        _store(settings, key, op, value, parser.where(line), base_dir)
+    for item in overrides:
+        where = f"{source}: override {item!r}"
+        oparser = _Parser(item, where, source)
+        count = 0
+        for key, op, value, _line in oparser.statements():
+            _store(settings, key, op, value, where, None)
+            count += 1
+        if count == 0:
+            raise _fail(where, None, "expected KEY=VALUE")
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Typed access to settings
+
+
+def _as_str(s: _Setting) -> str:
+    if isinstance(s.value, list):
+        raise _fail(s.where, s.key, "expected a single value, got a list")
+    return s.value.text if isinstance(s.value, _Number) else s.value
+
+
+def _as_int(s: _Setting, low: int, high: int, unit: str = "") -> int:
+    if isinstance(s.value, list):
+        raise _fail(s.where, s.key, "expected an integer, got a list")
+    text = s.value.text if isinstance(s.value, _Number) else s.value
+    m = _INT_RE.fullmatch(text.rstrip())
+    if m is None:
+        raise _fail(s.where, s.key, f"expected an integer, got {text!r}")
+    sign, digits = m.groups()
+    if digits[:2] in ("0x", "0X"):
+        n = int(digits, 16)
+    elif len(digits) > 1 and digits.startswith("0"):
+        n = int(digits, 8)
+    else:
+        n = int(digits)
+    if sign == "-":
+        n = -n
+    if not low <= n <= high:
+        raise _fail(s.where, s.key, f"{n}{unit} is out of range ({low}..{high}{unit})")
+    return n
+
+
+def _as_str_list(s: _Setting) -> list[str]:
+    if not isinstance(s.value, list):
+        raise _fail(s.where, s.key, f"expected a list of strings, got {_describe(s.value)}")
+    out: list[str] = []
+    for item in s.value:
+        if isinstance(item, list):
+            raise _fail(s.where, s.key, "expected a list of strings, got a nested list")
+        out.append(item.text if isinstance(item, _Number) else item)
+    return out
+
+
+def _path(s: _Setting, value: str) -> str:
+    if s.base_dir is None or Path(value).is_absolute():
+        return value
+    return str(s.base_dir / value)
+
+
+def _action(s: _Setting) -> str:
+    action = _as_str(s)
+    if action in SUPPORTED_ACTIONS:
+        return action
+    if action in XL_ACTIONS:
+        raise _fail(s.where, s.key, f"{action!r} is not supported (hyperdisco implements "
+                                    f"{', '.join(SUPPORTED_ACTIONS)})")
+    raise _fail(s.where, s.key, f"unknown action {action!r} (expected one of {', '.join(XL_ACTIONS)})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# disk and vif specs
+
+
+def parse_disk(spec: str, where: str = "<disk>", base_dir: Path | None = None) -> DiskSpec:
+    """Parse one DISKSPEC (xl-disk-configuration(5)); ``where`` locates it in messages."""
+    def bad(message: str) -> ConfigError:
+        return _fail(where, "disk", f"{message} in {spec!r}")
+
+    named: dict[str, str] = {}
+    extra: dict[str, str] = {}
+    positional = ["target", "format", "vdev", "access"]
+    deprecated_prefix = False
+    rest = spec
+    while True:
+        item, sep, rest = rest.partition(",")
+        item = item.lstrip()
+        if item.startswith("target="):
+            # target= swallows the rest of the spec, commas and trailing whitespace included
+            value = item[len("target="):] + sep + rest
+            if named.get("target"):
+                raise bad("target given twice")
+            named["target"] = value
+            break
+        if "=" in item:
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key in named or key in extra:
+                raise bad(f"{key!r} given twice")
+            if key in positional:
+                named[key] = value.strip()
+            else:
+                extra[key] = value.strip()
+        elif item.strip() in DISK_FLAGS:
+            flag = item.strip()
+            if flag == "cdrom":
+                extra["devtype"] = "cdrom"
+            else:
+                extra[flag] = ""
+        else:
+            value = item.rstrip()
+            free = [p for p in positional if p not in named]
+            if not free:
+                if value:
+                    raise bad(f"unexpected parameter {value!r}")
+            else:
+                slot = free[0]
+                if slot == "target":
+                    value, fmt, deprecated_prefix = _strip_disk_prefixes(value)
+                    if fmt is not None:
+                        named["format"] = fmt
+                    if deprecated_prefix:
+                        # the old syntax is [<format>:]<target>,<vdev>,<access>: no format position
+                        positional = ["target", "vdev", "access"]
+                named[slot] = value
+        if not sep:
+            break
+
+    target = named.get("target", "")
+    if not target:
+        raise bad("no target (disk image path)")
+    fmt = named.get("format") or "raw"
+    if fmt not in DISK_FORMATS:
+        what = "is not supported" if fmt in XL_ONLY_DISK_FORMATS else "is not a disk format"
+        raise bad(f"format {fmt!r} {what} (expected {', '.join(DISK_FORMATS)})")
+    vdev = named.get("vdev", "")
+    if not vdev:
+        raise bad("no vdev (e.g. xvda)")
+    if not _VDEV_RE.fullmatch(vdev):
+        raise bad(f"vdev {vdev!r} is not supported (expected xvd[a-z]+, e.g. xvda)")
+    default_access = "ro" if extra.get("devtype") == "cdrom" else "rw"
+    access = named.get("access") or default_access
+    if access not in DISK_ACCESS:
+        raise bad(f"access {access!r} is invalid (expected ro, r, rw or w)")
+    if base_dir is not None and not Path(target).is_absolute():
+        target = str(base_dir / target)
+    return DiskSpec(target=target, format=fmt, vdev=vdev, access=DISK_ACCESS[access], extra=extra)
+
+
+def _strip_disk_prefixes(target: str) -> tuple[str, str | None, bool]:
+    """Strip deprecated ``raw:``/``phy:``/``tap:aio:`` style prefixes: (target, format or None, any)."""
+    fmt: str | None = None
+    found = False
+    while True:
+        head, colon, tail = target.partition(":")
+        if not colon:
+            return target, fmt, found
+        if head in DISK_FORMAT_PREFIXES:
+            fmt = DISK_FORMAT_PREFIXES[head]
+        elif head not in DISK_IGNORED_PREFIXES:
+            return target, fmt, found
+        found = True
+        target = tail
+
+
+def parse_vif(spec: str, where: str = "<vif>") -> VifSpec:
+    """Parse one vif spec: comma-separated ``key=value`` pairs; empty items are ignored."""
+    params: dict[str, str] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key:
+            raise _fail(where, "vif", f"expected key=value, got {item!r} in {spec!r}")
+        if key in params:
+            raise _fail(where, "vif", f"{key!r} given twice in {spec!r}")
+        params[key] = value
+    mac = params.get("mac")
+    if mac is not None and not _MAC_RE.fullmatch(mac):
+        raise _fail(where, "vif", f"mac {mac!r} is not a MAC address (expected xx:xx:xx:xx:xx:xx)")
+    return VifSpec(params)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building the DomainSpec
+
+
+def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
+    if "name" not in settings:
+        raise _fail(source, None, "missing required key 'name'")
+    s = settings["name"]
+    name = _as_str(s)
+    if not _NAME_RE.fullmatch(name):
+        raise _fail(s.where, s.key, f"invalid domain name {name!r} (use letters, digits, '_', '.', '-')")
+    spec = DomainSpec(name=name, source=source)
+
+    for key, s in settings.items():
+        if key == "type":
+            kind = _as_str(s)
+            if kind != "pvh":
+                raise _fail(s.where, key, f"{kind!r} is not supported (only pvh)")
+            spec.type = kind
+        elif key in ("kernel", "ramdisk"):
+            path = _as_str(s)
+            if not path:
+                raise _fail(s.where, key, "empty path")
+            setattr(spec, key, _path(s, path))
+        elif key == "memory":
+            spec.memory = _as_int(s, MIN_MEMORY_MIB, MAX_MEMORY_MIB, " MiB")
+        elif key == "maxmem":
+            spec.maxmem = _as_int(s, MIN_MEMORY_MIB, MAX_MEMORY_MIB, " MiB")
+        elif key == "vcpus":
+            spec.vcpus = _as_int(s, 1, MAX_VCPUS)
+        elif key == "maxvcpus":
+            spec.maxvcpus = _as_int(s, 1, MAX_VCPUS)
+        elif key in ("on_poweroff", "on_reboot", "on_crash"):
+            setattr(spec, key, _action(s))
+        elif key == "disk":
+            seen: dict[str, str] = {}
+            for item in _as_str_list(s):
+                disk = parse_disk(item, s.where, s.base_dir)
+                if disk.vdev in seen:
+                    raise _fail(s.where, key, f"vdev {disk.vdev!r} is used by two disks")
+                seen[disk.vdev] = item
+                spec.disks.append(disk)
+        elif key == "vif":
+            spec.vifs = [parse_vif(item, s.where) for item in _as_str_list(s)]
+        elif key == "uuid":
+            uuid = _as_str(s)
+            if not _UUID_RE.fullmatch(uuid):
+                raise _fail(s.where, key, f"{uuid!r} is not a UUID "
+                                          "(expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+            spec.uuid = uuid.lower()
+        elif key == "cpus":
+            if isinstance(s.value, list):
+                raise _fail(s.where, key, "per-vCPU affinity lists are not supported "
+                                          "(use a string like '0-3')")
+            spec.cpus = _as_str(s)
+        elif key in ("cmdline", "root", "extra"):
+            _as_str(s)      # checked here, composed below
+
+    if spec.maxmem is not None and spec.maxmem < spec.memory:
+        s = settings["maxmem"]
+        raise _fail(s.where, "maxmem", f"{spec.maxmem} MiB is less than memory ({spec.memory} MiB)")
+    if spec.maxvcpus is not None and spec.maxvcpus < spec.vcpus:
+        s = settings["maxvcpus"]
+        raise _fail(s.where, "maxvcpus", f"{spec.maxvcpus} is less than vcpus ({spec.vcpus})")
+
+    # xl: cmdline wins over root/extra; otherwise "root=ROOT EXTRA", "root=ROOT" or "EXTRA"
+    if "cmdline" in settings:
+        spec.cmdline = _as_str(settings["cmdline"])
+    else:
+        root = _as_str(settings["root"]) if "root" in settings else None
+        extra = _as_str(settings["extra"]) if "extra" in settings else None
+        if root is not None and extra is not None:
+            spec.cmdline = f"root={root} {extra}"
+        elif root is not None:
+            spec.cmdline = f"root={root}"
+        else:
+            spec.cmdline = extra
+    return spec
+
+
+def parse_text(text: str, source: str = "<config>", overrides: Sequence[str] = (),
+               base_dir: str | Path | None = None) -> DomainSpec:
+    """Parse config text. Relative paths in it are resolved against ``base_dir`` when one is given."""
+    settings = _parse_settings(text, source, overrides, Path(base_dir) if base_dir is not None else None)
+    return _build(settings, source)
+
+
+def parse_file(path: str | Path, overrides: Sequence[str] = ()) -> DomainSpec:
+    """Parse a config file; its relative paths are resolved against the file's directory."""
+    p = Path(path)
+    source = str(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise _fail(source, None, "no such file") from None
+    except IsADirectoryError:
+        raise _fail(source, None, "is a directory, not a config file") from None
+    except OSError as exc:
+        raise _fail(source, None, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise _fail(source, None, f"too large for a config file ({len(data)} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _fail(f"{source}:{line}", None, "not a text file (invalid UTF-8)") from None
+    return parse_text(text, source, overrides, base_dir=p.parent.absolute())
