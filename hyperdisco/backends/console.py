@@ -75,3 +75,39 @@ class ConsoleBackend:
     def _signal(self) -> None:
         if self.port is not None and self.notify is not None:
             self.notify(self.port)
+
+
+class ConsoleBuffer:
+    """Where a domain's console output goes: a bounded history (what `console` shows on attach) and the
+    listeners attached right now (terminals, exec sessions, logs)."""
+
+    HISTORY = 64 * 1024
+
+    def __init__(self) -> None:
+        self._history = bytearray()
+        self._listeners: list[Callable[[bytes], None]] = []
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._history += data
+            if len(self._history) > self.HISTORY:
+                del self._history[:len(self._history) - self.HISTORY]
+            listeners = list(self._listeners)
+        for fn in listeners:
+            fn(data)
+
+    def attach(self, fn: Callable[[bytes], None], replay: bool = False) -> None:
+        with self._lock:
+            if replay and self._history:
+                fn(bytes(self._history))
+            self._listeners.append(fn)
+
+    def detach(self, fn: Callable[[bytes], None]) -> None:
+        with self._lock:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+    def history(self) -> bytes:
+        with self._lock:
+            return bytes(self._history)

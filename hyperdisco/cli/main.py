@@ -59,6 +59,13 @@ def cmd_images_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from ..toolstack.daemon import Daemon
+
+    Daemon(args.socket, args.engine, args.workers, verbose=args.verbose).serve_forever()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyperdisco", description="A hypervisor in Python (Xen PVH guests)")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -73,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=None, help="destroy the guest after this many seconds")
     r.add_argument("-v", "--verbose", action="store_true", help="print the hypervisor's log")
     r.set_defaults(fn=cmd_run)
+    d = sub.add_parser("daemon", help="run the hypervisor: host domains, serve the control socket")
+    d.add_argument("--socket", help="control socket path (default $HYPERDISCO_SOCKET or "
+                                    "/run/hyperdisco/control.sock)")
+    d.add_argument("--engine", default="tcg")
+    d.add_argument("--workers", type=int, default=None, help="worker threads (default: one per host core)")
+    d.add_argument("-v", "--verbose", action="store_true", help="print the log (dmesg) to stdout too")
+    d.set_defaults(fn=cmd_daemon)
+    from .xl import add_verbs
+
+    add_verbs(sub)
     im = sub.add_parser("images", help="the default guest images")
     imsub = im.add_subparsers(dest="images_verb", required=True, metavar="ACTION")
     f = imsub.add_parser("fetch", help="fetch and build the default kernel and initramfs")

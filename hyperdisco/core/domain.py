@@ -31,6 +31,7 @@ from .evtchn import EventChannels, Port
 from .memory import PAGE, GuestMemory, VirtualAccess
 
 if TYPE_CHECKING:
+    from .hypervisor import Hypervisor
     from .scheduler import Scheduler
 
 SLICE_NS = 10_000_000
@@ -150,8 +151,13 @@ class VcpuContext:
 
 class Domain:
     def __init__(self, domid: int, config: DomainConfig, engine: Engine, clock: Clock,
-                 console_sink: Callable[[bytes], None], log: Callable[[str], None]) -> None:
+                 console_sink: Callable[[bytes], None], log: Callable[[str], None],
+                 hypervisor: Hypervisor | None = None) -> None:
         self.domid = domid
+        self.hv = hypervisor
+        self.on_shutdown: Callable[[Domain], None] | None = None
+        self.reaped = False
+        self.restarts = 0
         self.config = config
         self.name = config.name
         self.engine = engine
@@ -191,8 +197,22 @@ class Domain:
         self.reserved_ports = {cport}
         self.params[abi.HVM_PARAM_CONSOLE_PFN] = layout.special_gpa(layout.CONSOLE_PAGE) >> 12
         self.params[abi.HVM_PARAM_CONSOLE_EVTCHN] = cport
+        # the xenstore ring, served by the hypervisor's xenstored (domain 0) when there is one
+        self.store_ring_gpa = layout.special_gpa(layout.STORE_PAGE)
+        xs = hypervisor.xenstored if hypervisor is not None else None
+        if xs is not None:
+            sport = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0,
+                                           on_send=lambda: xs.kick(domid)))  # type: ignore[attr-defined]
+            self.store_port = sport
+            self.reserved_ports.add(sport)
+            self.params[abi.HVM_PARAM_STORE_PFN] = self.store_ring_gpa >> 12
+            self.params[abi.HVM_PARAM_STORE_EVTCHN] = sport
         start_info = load_pvh(self.memory, config.kernel, config.initrd, config.cmdline, config.vcpus)
         self.vcpus[0].ev.set_pvh_entry(config.kernel.pvh_entry, start_info, layout.SCRATCH)
+
+    def store_notify(self) -> None:
+        """xenstored answered: signal the guest's store event channel (any thread)."""
+        self.evtchn.notify(self.store_port)
 
     # -- logging and output -----------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -279,12 +299,17 @@ class Domain:
         for ctx in self.vcpus:
             ctx.ev.kick()
         self.done.set()
+        if self.on_shutdown is not None:
+            self.on_shutdown(self)
 
     def crash(self, detail: str) -> None:
         self.shutdown("crash", detail)
 
     def destroy(self) -> None:
         self.shutdown("destroyed")
+
+    def cpu_seconds(self) -> float:
+        return sum(ctx.cpu_ns for ctx in self.vcpus) / 1e9
 
     def close(self) -> None:
         for ctx in self.vcpus:

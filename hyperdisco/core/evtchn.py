@@ -75,6 +75,13 @@ class EventChannels:
         self.virqs[(virq, vcpu)] = port
         return port
 
+    def bind_backend(self, port: int, on_send: Callable[[], None]) -> None:
+        """Domain 0 (a backend in this process) binds the guest's unbound `port` offered to it."""
+        p = self.get(port)
+        if p.state != abi.EVTCHNSTAT_unbound or p.remote_dom != 0:
+            raise EvtchnError(abi.EINVAL, f"port {port} is not offered to domain 0")
+        p.state, p.on_send = abi.EVTCHNSTAT_interdomain, on_send
+
     def close(self, port: int) -> None:
         p = self.get(port)
         if p.state == abi.EVTCHNSTAT_virq:

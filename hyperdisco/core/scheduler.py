@@ -50,6 +50,10 @@ class Scheduler:
             while any(ctx in self._running for ctx in dom.vcpus):
                 self._cond.wait(0.05)
 
+    def running(self) -> set[VcpuContext]:
+        with self._cond:
+            return set(self._running)
+
     def wake(self, ctx: VcpuContext) -> None:
         with self._cond:
             if ctx in self._parked:

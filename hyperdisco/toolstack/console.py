@@ -68,8 +68,10 @@ class ExecSession:
 
     READY = b"hyperdisco-guest: up"
 
-    def __init__(self, command: str, send: Callable[[bytes], None], poweroff: bool = True) -> None:
+    def __init__(self, command: str, send: Callable[[bytes], None], poweroff: bool = True,
+                 booting: bool = True) -> None:
         self.command = command
+        self.booting = booting
         self.send = send
         self.poweroff = poweroff
         tag = secrets.token_hex(4)
@@ -83,10 +85,15 @@ class ExecSession:
         self.output = b""
         self.done = threading.Event()
 
+    def start(self) -> None:
+        """For a guest that is already up: ask its shell for a fresh prompt."""
+        if not self.booting:
+            self.send(b"\n")
+
     def feed(self, data: bytes) -> None:
         self.buffer += data
         if not self.typed:
-            i = self.buffer.find(self.READY)
+            i = self.buffer.find(self.READY) if self.booting else 0
             if i >= 0 and b"# " in self.buffer[i:]:
                 self.typed = True
                 self.send(self._line.encode())

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..core.clock import Clock
+from ..backends.console import ConsoleBuffer
 from ..core.domain import Domain, DomainConfig
-from ..core.scheduler import Scheduler
-from ..engine.base import get_engine
+from ..core.hypervisor import Hypervisor
 from .console import ExecSession, TerminalAttachment
 
 
@@ -31,61 +30,56 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
                timeout: float | None = None, t_start: float | None = None, verbose: bool = False,
                quiet_console: bool = False) -> RunReport:
     t0 = t_start if t_start is not None else time.monotonic()
-    engine = get_engine(engine_name)
-    clock = Clock(engine.guest_tsc)
-    session: ExecSession | None = None
-    attach: TerminalAttachment | None = None
-    dom_ref: list[Domain] = []
+    hv = Hypervisor(engine_name, workers=1, log_sink=log_to_stderr if verbose else None)
+    console = ConsoleBuffer()
+    current: list[Domain] = []
     transcript = bytearray()
+    console.attach(transcript.extend)
 
     def send(data: bytes) -> None:
-        if dom_ref:
-            dom_ref[0].console.input(data)
+        if current:
+            current[-1].console.input(data)
 
+    session: ExecSession | None = None
+    attach: TerminalAttachment | None = None
     if exec_command is not None:
         session = ExecSession(exec_command, send)
-
-        def sink(data: bytes) -> None:
-            transcript.extend(data)
-            assert session is not None
-            session.feed(data)
+        console.attach(session.feed)
+        config = replace(config, on_reboot="destroy", on_crash="destroy", on_poweroff="destroy")
     else:
-        attach = TerminalAttachment(send, lambda: dom_ref[0].destroy() if dom_ref else None)
-
-        def sink(data: bytes) -> None:
-            transcript.extend(data)
-            if not quiet_console:
-                assert attach is not None
-                attach.output(data)
-
-    def log(msg: str) -> None:
-        if verbose:
-            log_to_stderr(msg)
-
-    dom = Domain(1, config, engine, clock, sink, log)
-    dom_ref.append(dom)
-    sched = Scheduler(workers=1)
+        attach = TerminalAttachment(send, lambda: current[-1].shutdown("destroyed") if current else None)
+        if not quiet_console:
+            console.attach(attach.output)
+        config = replace(config, on_reboot="restart", on_crash="destroy", on_poweroff="destroy")
+    dom = hv.create(config, console=console)
+    current.append(dom)
     if attach is not None:
         attach.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        sched.add(dom)
-        finished = dom.done.wait(timeout)
-        if not finished:
-            dom.shutdown("timeout", f"no shutdown within {timeout:.0f}s")
-        sched.remove(dom)
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not dom.done.wait(left):
+                dom.shutdown("timeout", f"no shutdown within {timeout:.0f}s")
+            hv.wait_gone(dom)
+            nxt = next((d for d in hv.domains.values() if d.name == config.name), None)
+            if nxt is None:
+                break
+            current.append(nxt)  # on_reboot=restart: follow the new incarnation
+            dom = nxt
     finally:
         if attach is not None:
             attach.stop()
-        sched.shutdown()
     t_end = time.monotonic()
-    traps = dom.traps()
+    first = current[0]
+    traps = first.traps()
     timings = {"total_s": t_end - t0}
-    if dom.first_output is not None:
-        timings["first_output_s"] = dom.first_output - t0
-    first_tsc = min((c.ev.counts().first_syscall_tsc for c in dom.vcpus), default=0)
+    if first.first_output is not None:
+        timings["first_output_s"] = first.first_output - t0
+    first_tsc = min((c.ev.counts().first_syscall_tsc for c in first.vcpus), default=0)
     if first_tsc:
-        timings["user_space_s"] = clock.mono_at(first_tsc) - t0
-    dom.close()
+        timings["user_space_s"] = hv.clock.mono_at(first_tsc) - t0
+    hv.close()
     outcome = dom.outcome or "unknown"
     status = {"poweroff": 0, "reboot": 0, "destroyed": 0}.get(outcome, 1)
     output = b""

@@ -1,0 +1,224 @@
+"""The xl-style verbs: thin clients of the daemon's control socket (toolstack/protocol.py)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import select
+import socket
+import sys
+import termios
+import time
+import tty
+from dataclasses import asdict
+from typing import Any
+
+from ..toolstack.protocol import Client, encode
+
+DETACH = b"\x1d"
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(getattr(args, "socket", None))
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from ..toolstack.xlcfg import parse_file
+
+    print(f"Parsing config from {args.config}", file=sys.stderr)
+    spec = parse_file(args.config, args.overrides)
+    config = {k: v for k, v in asdict(spec).items() if k not in ("disks", "vifs", "source")}
+    res = _client(args).call("create", config=config)
+    if args.console:
+        return console(args, str(res["domid"]))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = _client(args).call("list", long=args.long)
+    print(f"{'Name':<40}{'ID':>5}{'Mem':>6}{'VCPUs':>6}\tState\tTime(s)")
+    for r in rows:
+        print(f"{r['name']:<40}{r['domid']:>5}{r['mem']:>6}{r['vcpus']:>6}\t{r['state']}\t{r['time']:>7.1f}")
+        if args.long and "cmdline" in r:
+            print(f"    cmdline: {r['cmdline']}")
+            print(f"    on_crash: {r['on_crash']}  restarts: {r['restarts']}")
+    return 0
+
+
+def _simple(op: str, **extra: Any) -> Any:
+    def fn(args: argparse.Namespace) -> int:
+        res = _client(args).call(op, dom=args.dom, **{k: getattr(args, v) for k, v in extra.items()})
+        if res is not None and op in ("domid", "domname"):
+            print(res)
+        return 0
+    return fn
+
+
+def cmd_shutdown(args: argparse.Namespace, reason: str = "poweroff") -> int:
+    c = _client(args)
+    c.call("shutdown", dom=args.dom, reason=reason)
+    if getattr(args, "wait", False):
+        if not c.call("wait", dom=args.dom, timeout=args.timeout):
+            print(f"hyperdisco: {args.dom} did not shut down within {args.timeout:.0f}s", file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    return cmd_shutdown(args, "reboot")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _client(args).call("info")
+    for k, v in info.items():
+        print(f"{k:<22}: {v}")
+    return 0
+
+
+def cmd_dmesg(args: argparse.Namespace) -> int:
+    for line in _client(args).call("dmesg", clear=args.clear):
+        print(line)
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    res = _client(args).call("exec", dom=args.dom, command=args.command, timeout=args.timeout)
+    sys.stdout.buffer.write(base64.b64decode(res["output"]))
+    sys.stdout.flush()
+    return int(res["status"])
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    c = _client(args)
+    prev = c.call("top")
+    n = 0
+    while args.iterations is None or n < args.iterations:
+        time.sleep(args.delay)
+        cur = c.call("top")
+        dt = max(1e-6, cur["time"] - prev["time"])
+        before = {d["domid"]: d for d in prev["domains"]}
+        lines = [f"{'NAME':<16}{'STATE':>7}{'CPU(sec)':>10}{'CPU(%)':>8}{'MEM(k)':>10}{'VCPUS':>6}"
+                 f"{'TRAPS/s':>10}{'EVENTS/s':>10}"]
+        host = 100.0 * (cur["host_cpu_s"] - prev["host_cpu_s"]) / dt
+        lines.append(f"{'Domain-0':<16}{'r-----':>7}{cur['host_cpu_s']:>10.0f}{host:>8.1f}{0:>10}"
+                     f"{os.cpu_count() or 1:>6}{0:>10}{0:>10}")
+        for d in cur["domains"]:
+            b = before.get(d["domid"], d)
+            cpu = 100.0 * (d["cpu_s"] - b["cpu_s"]) / dt
+            lines.append(f"{d['name'][:16]:<16}{d['state']:>7}{d['cpu_s']:>10.0f}{cpu:>8.1f}{d['mem_kib']:>10}"
+                         f"{d['vcpus']:>6}{(d['traps'] - b['traps']) / dt:>10.0f}"
+                         f"{(d['events'] - b['events']) / dt:>10.0f}")
+        if not args.batch:
+            sys.stdout.write("\x1b[H\x1b[2J")
+        print("\n".join(lines), flush=True)
+        prev = cur
+        n += 1
+    return 0
+
+
+def cmd_xenstore(args: argparse.Namespace) -> int:
+    c = _client(args)
+    if args.xs_cmd == "watch":
+        c.sock.sendall(encode({"op": "watch", "path": args.path}))
+        first = c.file.readline()
+        if b'"ok":true' not in first:
+            print(first.decode().strip(), file=sys.stderr)
+            return 1
+        for line in c.file:
+            if line.strip():
+                print(line.decode().strip().split('"path":"', 1)[-1].rstrip('"}'), flush=True)
+        return 0
+    if args.xs_cmd == "ls":
+        for depth, name, value in c.call("xenstore", cmd="ls", path=args.path):
+            print(f"{' ' * depth}{name} = \"{value}\"")
+        return 0
+    res = c.call("xenstore", cmd=args.xs_cmd, path=args.path, value=getattr(args, "value", None))
+    if res is not None:
+        print(res)
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    return console(args, args.dom)
+
+
+def console(args: argparse.Namespace, dom: str) -> int:
+    c = _client(args)
+    c.sock.sendall(encode({"op": "console", "dom": dom}))
+    first = c.file.readline()
+    if b'"ok":true' not in first:
+        print(first.decode().strip(), file=sys.stderr)
+        return 1
+    sock: socket.socket = c.sock
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    if saved is not None:
+        tty.setraw(fd)
+    try:
+        pending = c.file.peek(0) if hasattr(c.file, "peek") else b""
+        if pending:
+            os.write(sys.stdout.fileno(), c.file.read1(len(pending)))
+        while True:
+            r, _, _ = select.select([sock, fd], [], [])
+            if sock in r:
+                data = sock.recv(4096)
+                if not data:
+                    return 0
+                os.write(sys.stdout.fileno(), data)
+            if fd in r:
+                data = os.read(fd, 1024)
+                if not data or DETACH in data:
+                    if data:
+                        sock.sendall(data[:data.index(DETACH)])
+                    return 0
+                sock.sendall(data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def add_verbs(sub: Any) -> None:
+    def verb(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        p.add_argument("--socket", help="the daemon's control socket (default $HYPERDISCO_SOCKET or "
+                                        "/run/hyperdisco/control.sock)")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = verb("create", cmd_create, "create a domain from an xl.cfg file")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("-c", dest="console", action="store_true", help="attach to its console")
+    p = verb("list", cmd_list, "list domains")
+    p.add_argument("-l", "--long", action="store_true")
+    for name, help in (("pause", "pause a domain"), ("unpause", "unpause a domain"),
+                       ("destroy", "destroy a domain at once"), ("domid", "print a domain's ID"),
+                       ("domname", "print a domain's name")):
+        verb(name, _simple(name), help).add_argument("dom")
+    for name, fn, help in (("shutdown", cmd_shutdown, "ask a domain to power off"),
+                           ("reboot", cmd_reboot, "ask a domain to reboot")):
+        p = verb(name, fn, help)
+        p.add_argument("dom")
+        p.add_argument("-w", dest="wait", action="store_true", help="wait for it to go")
+        p.add_argument("--timeout", type=float, default=120.0)
+    verb("info", cmd_info, "host and hypervisor information")
+    verb("dmesg", cmd_dmesg, "the hypervisor's log").add_argument("-c", dest="clear", action="store_true")
+    p = verb("console", cmd_console, "attach to a domain's console (Ctrl-] detaches)")
+    p.add_argument("dom")
+    p = verb("exec", cmd_exec, "run a shell command in a domain, print its output, exit with its status")
+    p.add_argument("dom")
+    p.add_argument("command")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p = verb("top", cmd_top, "per-domain CPU, memory, traps and events, refreshed")
+    p.add_argument("-d", "--delay", type=float, default=1.0)
+    p.add_argument("-i", "--iterations", type=int, default=None)
+    p.add_argument("-b", "--batch", action="store_true", help="no screen clearing")
+    p = verb("xenstore", cmd_xenstore, "read and write the store")
+    xs = p.add_subparsers(dest="xs_cmd", required=True, metavar="CMD")
+    for name in ("ls", "read", "rm", "watch"):
+        q = xs.add_parser(name)
+        q.add_argument("path", nargs="?" if name == "ls" else None, default="/")
+    q = xs.add_parser("write")
+    q.add_argument("path")
+    q.add_argument("value")

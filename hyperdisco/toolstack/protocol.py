@@ -1,0 +1,58 @@
+"""The daemon's control protocol: newline-delimited JSON over a Unix stream socket.
+
+Each request is one JSON object with an "op"; each answer is one JSON object {"ok": true, "result": ...}
+or {"ok": false, "error": "one line"}. After a successful "console" or "watch" answer the connection
+turns into a stream (console: raw bytes both ways; watch: one JSON event per line). Access control is the
+socket's file mode (0600, root's by default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from ..errors import HyperdiscoError
+
+DEFAULT_SOCKET = "/run/hyperdisco/control.sock"
+
+
+def socket_path(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("HYPERDISCO_SOCKET") or DEFAULT_SOCKET)
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+class DaemonError(HyperdiscoError):
+    pass
+
+
+class Client:
+    def __init__(self, path: str | None = None) -> None:
+        self.path = socket_path(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect(str(self.path))
+        except OSError as exc:
+            raise DaemonError(f"hyperdisco: cannot reach the daemon at {self.path} ({exc.strerror}); "
+                              "start it with 'hyperdisco daemon'") from None
+        self.file = self.sock.makefile("rb")
+
+    def call(self, op: str, **args: Any) -> Any:
+        self.sock.sendall(encode({"op": op, **args}))
+        line = self.file.readline()
+        if not line:
+            raise DaemonError("hyperdisco: the daemon closed the connection")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            err = str(reply.get("error", "unknown error"))
+            raise DaemonError(err if err.startswith("hyperdisco:") else f"hyperdisco: {err}")
+        return reply.get("result")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
