@@ -47,8 +47,9 @@ class Daemon:
 
     # -- operations -------------------------------------------------------------------------------------
     def op_create(self, config: dict[str, Any]) -> dict[str, Any]:
-        cfg = domain_config(config["name"], config.get("kernel"), config.get("ramdisk"), config.get("cmdline"),
-                            int(config.get("memory", 256)), int(config.get("vcpus", 1)))
+        get = config.get
+        cfg = domain_config(config["name"], get("kernel"), get("ramdisk"), get("cmdline"),
+                            int(get("memory", 256)), int(get("vcpus", 1)))
         for key in ("on_poweroff", "on_reboot", "on_crash"):
             if key in config:
                 setattr(cfg, key, config[key])
@@ -61,8 +62,8 @@ class Daemon:
                 "outcome": d.outcome, "restarts": d.restarts}
 
     def op_list(self, long: bool = False) -> list[dict[str, Any]]:
-        rows = [{"name": "Domain-0", "domid": 0, "mem": _rss_mib(), "vcpus": os.cpu_count() or 1, "state": "r-----",
-                 "time": round(time.process_time(), 1)}]
+        rows = [{"name": "Domain-0", "domid": 0, "mem": _rss_mib(), "vcpus": os.cpu_count() or 1,
+                 "state": "r-----", "time": round(time.process_time(), 1)}]
         for d in sorted(self.hv.domains.values(), key=lambda d: d.domid):
             row = self._row(d)
             if long:
