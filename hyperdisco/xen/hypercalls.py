@@ -229,8 +229,14 @@ class Hypercalls:
             d, remote, _out = va.unpack(abi.EVTCHN_ALLOC_UNBOUND, arg)
             if not self._own_domid(d):
                 return -abi.EPERM
+            remote = dom.domid if remote == abi.DOMID_SELF else remote
             port = ec.alloc(Port(abi.EVTCHNSTAT_unbound, remote_dom=remote))
             va.pack(abi.EVTCHN_ALLOC_UNBOUND, arg, d, remote, port)
+            return 0
+        if cmd == abi.EVTCHNOP_bind_interdomain:
+            remote, rport, _out = va.unpack(abi.EVTCHN_BIND_INTERDOMAIN, arg)
+            port = self._bind_interdomain(dom.domid if remote == abi.DOMID_SELF else remote, rport)
+            va.pack(abi.EVTCHN_BIND_INTERDOMAIN, arg, remote, rport, port)
             return 0
         if cmd == abi.EVTCHNOP_send:
             (port,) = va.unpack(abi.EVTCHN_PORT, arg)
@@ -239,6 +245,10 @@ class Hypercalls:
                 ec.set_pending(port)
             elif p.state == abi.EVTCHNSTAT_interdomain and p.on_send is not None:
                 p.on_send()
+            elif p.state == abi.EVTCHNSTAT_interdomain:
+                peer = self._peer(p.remote_dom)
+                if peer is not None:
+                    peer.evtchn.notify(p.remote_port)
             elif p.state == abi.EVTCHNSTAT_virq:
                 return -abi.EINVAL  # as Xen: a VIRQ is raised by the hypervisor only
             return 0
@@ -250,6 +260,12 @@ class Hypercalls:
             (port,) = va.unpack(abi.EVTCHN_PORT, arg)
             if port in dom.reserved_ports:
                 return -abi.EINVAL
+            p = ec.get(port)
+            if p.state == abi.EVTCHNSTAT_interdomain and p.on_send is None:
+                peer = self._peer(p.remote_dom)
+                rp = peer.evtchn.ports.get(p.remote_port) if peer is not None else None
+                if rp is not None and rp.state == abi.EVTCHNSTAT_interdomain and rp.remote_dom == dom.domid:
+                    rp.state, rp.remote_port = abi.EVTCHNSTAT_unbound, 0  # as Xen: the peer is re-offered
             ec.close(port)
             return 0
         if cmd == abi.EVTCHNOP_status:
@@ -278,6 +294,26 @@ class Hypercalls:
             return 0
         # init_control (FIFO ABI) stays unimplemented: the guest falls back to the 2-level ABI
         return self.unimplemented(32, cmd)
+
+    def _peer(self, domid: int) -> Domain | None:
+        if domid == self.dom.domid:
+            return self.dom
+        hv = self.dom.hv
+        return hv.domain(domid) if hv is not None else None
+
+    def _bind_interdomain(self, remote: int, rport: int) -> int:
+        """Xen's evtchn_bind_interdomain: the remote port must be unbound and offered to this domain."""
+        dom = self.dom
+        peer = self._peer(remote)
+        if peer is None or peer.finished:
+            raise EvtchnError(abi.ESRCH, f"no domain {remote}")
+        rp = peer.evtchn.ports.get(rport)
+        if rp is None or rp.state != abi.EVTCHNSTAT_unbound or rp.remote_dom != dom.domid:
+            raise EvtchnError(abi.EINVAL, f"d{remote} port {rport} is not offered to d{dom.domid}")
+        port = dom.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=remote, remote_port=rport))
+        rp.state, rp.remote_port = abi.EVTCHNSTAT_interdomain, port
+        dom.evtchn.notify(port)  # as Xen, the new local end starts pending
+        return port
 
     # -- sched_op ---------------------------------------------------------------------------------------
     def sched_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
