@@ -158,9 +158,13 @@ class Daemon:
             else:
                 console.attach(session.feed)
                 session.start()
+            deadline = time.monotonic() + timeout
             try:
-                if not session.done.wait(timeout):
-                    raise HyperdiscoError(f"hyperdisco: exec in {d.name}: no answer within {timeout:.0f}s")
+                while not session.done.wait(0.2):
+                    if d.finished:
+                        raise HyperdiscoError(f"hyperdisco: exec in {d.name}: domain stopped ({d.outcome})")
+                    if time.monotonic() > deadline:
+                        raise HyperdiscoError(f"hyperdisco: exec in {d.name}: no answer in {timeout:.0f}s")
             finally:
                 console.detach(session.feed)
         return {"status": session.exit_status, "output": base64.b64encode(session.output).decode()}

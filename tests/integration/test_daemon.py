@@ -1,0 +1,133 @@
+"""The daemon hosting several domains, driven through the xl-style verbs as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hyperdisco.images import GuestImages
+
+pytestmark = pytest.mark.slow
+
+
+class Xl:
+    def __init__(self, sock: Path) -> None:
+        self.env = dict(os.environ, HYPERDISCO_SOCKET=str(sock), PYTHONUNBUFFERED="1")
+
+    def __call__(self, *args: str, check: bool = True,
+                 timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([sys.executable, "-m", "hyperdisco", *args], capture_output=True, text=True,
+                           env=self.env, timeout=timeout)
+        assert "Traceback" not in p.stderr, p.stderr
+        if check:
+            assert p.returncode == 0, (args, p.stdout, p.stderr)
+        return p
+
+    def rows(self) -> dict[str, list[str]]:
+        lines = self("list").stdout.splitlines()
+        assert lines[0].split()[:4] == ["Name", "ID", "Mem", "VCPUs"]
+        return {ln.split()[0]: ln.split() for ln in lines[1:]}
+
+
+@pytest.fixture
+def xl(images: GuestImages, tmp_path: Path) -> Iterator[Xl]:
+    sock = tmp_path / "hd.sock"
+    log = open(tmp_path / "daemon.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "hyperdisco", "daemon", "--socket", str(sock), "-v"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert (sock.stat().st_mode & 0o777) == 0o600
+    yield Xl(sock)
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def write_cfg(tmp_path: Path, name: str, extra: str = "") -> str:
+    p = tmp_path / f"{name}.cfg"
+    p.write_text(f'name = "{name}"\nmemory = 96\n{extra}\n')
+    return str(p)
+
+
+def wait_exec(xl: Xl, dom: str, cmd: str) -> subprocess.CompletedProcess[str]:
+    return xl("exec", dom, cmd, "--timeout", "120")
+
+
+def test_four_domains_lifecycle(xl: Xl, tmp_path: Path) -> None:
+    names = ["d1", "d2", "d3", "d4"]
+    for n in names:
+        extra = 'on_crash = "restart"' if n == "d3" else ""
+        xl("create", write_cfg(tmp_path, n, extra))
+    rows = xl.rows()
+    assert set(names) <= set(rows) and "Domain-0" in rows
+    ids = {n: int(rows[n][1]) for n in names}
+    assert sorted(ids.values()) == [1, 2, 3, 4]
+    assert all(rows[n][2] == "96" for n in names)
+
+    for n in names:  # each answers through its own console
+        r = wait_exec(xl, n, f"echo hello-from-$(hostname)-{n}; grep -c . /proc/cmdline")
+        assert f"-{n}" in r.stdout
+    assert xl("domid", "d2").stdout.strip() == str(ids["d2"])
+    assert xl("domname", str(ids["d4"])).stdout.strip() == "d4"
+
+    # destroy one: it is gone, the others keep working
+    xl("destroy", "d1")
+    assert "d1" not in xl.rows()
+    assert wait_exec(xl, "d2", "echo still-here").stdout.strip() == "still-here"
+
+    # crash one with on_crash=restart: it comes back under a new ID and works again
+    r = xl("exec", "d3", "echo c > /proc/sysrq-trigger", "--timeout", "60", check=False)
+    assert r.returncode != 0
+    deadline = time.monotonic() + 60
+    while True:
+        rows = xl.rows()
+        if "d3" in rows and int(rows["d3"][1]) != ids["d3"]:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.5)
+    assert wait_exec(xl, "d3", "echo reborn").stdout.strip() == "reborn"
+    assert "crash" in xl("dmesg").stdout
+
+    # pause: its Time(s) stops advancing; unpause: it runs again
+    wait_exec(xl, "d4", "true")
+    xl("pause", "d4")
+    t0 = float(xl.rows()["d4"][5])
+    assert "p" in xl.rows()["d4"][4]
+    time.sleep(2)
+    assert float(xl.rows()["d4"][5]) == t0
+    xl("unpause", "d4")
+    assert wait_exec(xl, "d4", "echo awake").stdout.strip() == "awake"
+
+    # exec returns the command's exit status
+    assert xl("exec", "d2", "exit 7", check=False).returncode == 7
+
+
+def test_bad_config_is_one_line(xl: Xl, tmp_path: Path) -> None:
+    p = tmp_path / "bad.cfg"
+    p.write_text('name = "x"\nmemroy = 64\n')
+    r = xl("create", str(p), check=False)
+    assert r.returncode != 0
+    err = [ln for ln in r.stderr.splitlines() if not ln.startswith("Parsing config")]
+    assert len(err) == 1 and "bad.cfg:2" in err[0] and "memroy" in err[0]
+
+
+def test_info_and_top(xl: Xl, tmp_path: Path) -> None:
+    xl("create", write_cfg(tmp_path, "t1"))
+    wait_exec(xl, "t1", "true")
+    info = xl("info").stdout
+    assert "nr_cpus" in info and "engine" in info
+    top = xl("top", "-b", "-i", "1", "-d", "0.5").stdout
+    assert "TRAPS/s" in top and "t1" in top
