@@ -111,12 +111,14 @@ class Hypervisor:
                            ("memory/target", str(dom.config.memory_mib * 1024)),
                            ("console/port", str(dom.console.port)),
                            ("console/ring-ref", str(dom.params[abi.HVM_PARAM_CONSOLE_PFN])),
-                           ("console/type", "xenconsoled"), ("control/shutdown", "")):
+                           ("console/type", "xenconsoled")):
             conn.write(f"{base}/{key}", value)
-        conn.set_perms(f"{base}/control/shutdown", rw)
-        for sub in ("device", "data"):
-            conn.mkdir(f"{base}/{sub}")
-        conn.set_perms(f"{base}/data", rw)
+        # as libxl__domain_make: these the guest may write
+        for sub in ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
+                    "control/feature-suspend", "control/sysrq", "data", "drivers", "feature", "attr", "error"):
+            conn.write(f"{base}/{sub}", "")
+            conn.set_perms(f"{base}/{sub}", rw)
+        conn.mkdir(f"{base}/device")
         xs.introduce_domain(n, dom.memory, dom.store_ring_gpa, dom.store_notify)  # type: ignore[attr-defined]
 
     def _domain_stopped(self, dom: Domain) -> None:
