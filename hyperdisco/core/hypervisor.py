@@ -115,7 +115,8 @@ class Hypervisor:
             conn.write(f"{base}/{key}", value)
         # as libxl__domain_make: these the guest may write
         for sub in ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
-                    "control/feature-suspend", "control/sysrq", "data", "drivers", "feature", "attr", "error"):
+                    "control/feature-suspend", "control/sysrq", "data", "drivers", "feature", "attr",
+                    "error"):
             conn.write(f"{base}/{sub}", "")
             conn.set_perms(f"{base}/{sub}", rw)
         conn.mkdir(f"{base}/device")

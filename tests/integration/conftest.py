@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +37,43 @@ def hyperdisco(*args: str, input: bytes | None = None, timeout: float = 180) -> 
 @pytest.fixture
 def run() -> object:
     return hyperdisco
+
+
+class Xl:
+    def __init__(self, sock: Path) -> None:
+        self.env = dict(os.environ, HYPERDISCO_SOCKET=str(sock), PYTHONUNBUFFERED="1")
+
+    def __call__(self, *args: str, check: bool = True,
+                 timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([sys.executable, "-m", "hyperdisco", *args], capture_output=True, text=True,
+                           env=self.env, timeout=timeout)
+        assert "Traceback" not in p.stderr, p.stderr
+        if check:
+            assert p.returncode == 0, (args, p.stdout, p.stderr)
+        return p
+
+    def rows(self) -> dict[str, list[str]]:
+        lines = self("list").stdout.splitlines()
+        assert lines[0].split()[:4] == ["Name", "ID", "Mem", "VCPUs"]
+        return {ln.split()[0]: ln.split() for ln in lines[1:]}
+
+
+@pytest.fixture
+def xl(images: GuestImages, tmp_path: Path) -> Iterator[Xl]:
+    sock = tmp_path / "hd.sock"
+    log = open(tmp_path / "daemon.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "hyperdisco", "daemon", "--socket", str(sock), "-v"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert (sock.stat().st_mode & 0o777) == 0o600
+    yield Xl(sock)
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
