@@ -88,3 +88,50 @@ def test_info_and_top(xl: Xl, tmp_path: Path) -> None:
     assert "nr_cpus" in info and "engine" in info
     top = xl("top", "-b", "-i", "1", "-d", "0.5").stdout
     assert "TRAPS/s" in top and "t1" in top
+
+
+def test_console_attach_shutdown_reboot_and_watch(xl: Xl, tmp_path: Path) -> None:
+    import os
+    import sys
+
+    xl("create", write_cfg(tmp_path, "c1", 'on_reboot = "restart"'))
+    wait_exec(xl, "c1", "true")
+    # a store watch sees a write
+    watch = subprocess.Popen([sys.executable, "-m", "hyperdisco", "xenstore", "watch",
+                              "/local/domain/1/data"], stdout=subprocess.PIPE, env=xl.env)
+    time.sleep(1.0)
+    xl("xenstore", "write", "/local/domain/1/data/hello", "world")
+    assert xl("xenstore", "read", "/local/domain/1/data/hello").stdout.strip() == "world"
+    assert "hello" in xl("xenstore", "ls", "/local/domain/1/data").stdout
+    time.sleep(1.0)
+    watch.terminate()
+    seen = watch.communicate(timeout=10)[0].decode()
+    assert "/local/domain/1/data/hello" in seen
+
+    # console: type a command, see its output, detach with Ctrl-]
+    con = subprocess.Popen([sys.executable, "-m", "hyperdisco", "console", "c1"], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, env=xl.env)
+    assert con.stdin is not None and con.stdout is not None
+    con.stdin.write(b"echo via-console-$((20+3))\n")
+    con.stdin.flush()
+    os.set_blocking(con.stdout.fileno(), False)
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"via-console-23" not in out:
+        assert time.monotonic() < deadline, out[-300:]
+        out += con.stdout.read() or b""
+        time.sleep(0.1)
+    con.stdin.write(b"\x1d")
+    con.stdin.flush()
+    assert con.wait(10) == 0
+
+    # reboot (through control/shutdown): it comes back; shutdown -w: it is gone
+    first_id = int(xl.rows()["c1"][1])
+    xl("reboot", "c1")
+    deadline = time.monotonic() + 60
+    while "c1" not in xl.rows() or int(xl.rows()["c1"][1]) == first_id:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    wait_exec(xl, "c1", "true")
+    xl("shutdown", "-w", "c1")
+    assert "c1" not in xl.rows()
