@@ -28,6 +28,7 @@ from ..xen import abi
 from ..xen.hypercalls import XEN_VERSION, Hypercalls
 from .clock import Clock
 from .evtchn import EventChannels, Port
+from .grant import GrantTable
 from .memory import PAGE, GuestMemory, VirtualAccess
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ class Domain:
         self.params: dict[int, int] = {}
         self.callback_vector: int | None = None
         self.grant_frames: dict[int, int] = {}  # frame index -> gpa
+        self.grants = GrantTable(self)
         self.evtchn = EventChannels(self.memory, domid, self.wake)
         self.hypercalls = Hypercalls(self)
         self.cpuid = CpuidPolicy(engine.native_cpuid(), domid, XEN_VERSION, clock.tsc_khz())
