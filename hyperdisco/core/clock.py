@@ -15,9 +15,9 @@ class Clock:
 
     def __init__(self, tsc: Callable[[], int], calibrate_s: float = 0.05) -> None:
         self.tsc = tsc
-        t0, c0 = time.perf_counter(), tsc()
+        t0, c0 = self._pair()
         time.sleep(calibrate_s)
-        t1, c1 = time.perf_counter(), tsc()
+        t1, c1 = self._pair()
         self.tsc_hz = (c1 - c0) / (t1 - t0)
         self.shift = 0
         mul = int((1e9 / self.tsc_hz) * (1 << 32))
@@ -27,6 +27,19 @@ class Clock:
         self.mul = mul
         self.tsc0 = tsc()
         self.mono0 = time.monotonic()
+
+    def _pair(self) -> tuple[float, int]:
+        """(host seconds, TSC) read as close together as possible: the tightest of a few brackets, so
+        that a preemption during calibration does not skew the guest's clock rate."""
+        best: tuple[int, float, int] | None = None
+        for _ in range(16):
+            p0 = time.perf_counter_ns()
+            c = self.tsc()
+            p1 = time.perf_counter_ns()
+            if best is None or p1 - p0 < best[0]:
+                best = (p1 - p0, (p0 + p1) / 2e9, c)
+        assert best is not None
+        return best[1], best[2]
 
     def ns_at(self, tsc: int) -> int:
         d = tsc - self.tsc0

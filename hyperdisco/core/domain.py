@@ -114,8 +114,9 @@ class VcpuContext:
                 dom.update_time(self)
                 vec = dom.callback_vector
                 dom.stats["inject.upcall"] += 1
-            if vec is not None:
-                ev.inject_interrupt(vec)
+            failure = ev.inject_interrupt(vec) if vec is not None else None
+            if failure is not None:
+                dom.crash(f"cannot deliver interrupt vector {vec:#x}: {failure}")
         return True
 
     def step(self) -> float | None:

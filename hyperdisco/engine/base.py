@@ -120,8 +120,9 @@ class Vcpu(ABC):
         """True when an external interrupt could be taken now (IF=1, no interrupt shadow)."""
 
     @abstractmethod
-    def inject_interrupt(self, vector: int) -> None:
-        """Deliver external interrupt `vector` through the guest IDT now (only when enabled)."""
+    def inject_interrupt(self, vector: int) -> str | None:
+        """Deliver external interrupt `vector` through the guest IDT now (only when enabled). Returns why
+        the guest's own state made delivery impossible (a triple fault...), None when delivered."""
 
     @abstractmethod
     def counts(self) -> TrapCounts: ...

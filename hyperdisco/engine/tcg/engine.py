@@ -21,7 +21,8 @@ HYPERCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 class _Layout(ctypes.Structure):
     _fields_ = [(n, ctypes.c_int64) for n in (
         "env_eip", "env_eflags", "env_hflags", "env_segs", "seg_size",
-        "env_star", "env_lstar", "env_cstar", "env_fmask", "cpu_halted", "cpu_exception_index")]
+        "env_star", "env_lstar", "env_cstar", "env_fmask", "cpu_halted", "cpu_exception_index",
+        "uc_nested_level", "uc_jmp_bufs")]
 
 
 class _HdVcpu(ctypes.Structure):
@@ -48,7 +49,10 @@ def fastpath() -> ctypes.CDLL:
         lib.hd_can_inject.argtypes = [ctypes.c_void_p]
         lib.hd_can_inject.restype = ctypes.c_int
         lib.hd_inject.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.hd_inject.restype = None
+        lib.hd_inject.restype = ctypes.c_int
+        lib.hd_sizeof_jmp_buf.restype = ctypes.c_size_t
+        if lib.hd_sizeof_jmp_buf() != qs.JMP_BUF_SIZE:
+            raise EngineError("hyperdisco: this C library's sigjmp_buf differs from unicorn's")
         lib.hd_rdtsc.argtypes = []
         lib.hd_rdtsc.restype = ctypes.c_uint64
         lib.hd_sizeof_vcpu.restype = ctypes.c_size_t
@@ -96,6 +100,7 @@ class TcgVcpu(Vcpu):
         lay.env_star, lay.env_lstar = self.q.msr[qs.MSR_STAR], self.q.msr[qs.MSR_LSTAR]
         lay.env_cstar, lay.env_fmask = self.q.msr[qs.MSR_CSTAR], self.q.msr[qs.MSR_FMASK]
         lay.cpu_halted, lay.cpu_exception_index = qs.CPU_HALTED, qs.CPU_EXCEPTION_INDEX
+        lay.uc_nested_level, lay.uc_jmp_bufs = qs.UC_NESTED_LEVEL, qs.UC_JMP_BUFS
         self._hypercall_cb = HYPERCALL_CB(self._on_hypercall)  # kept alive with the vCPU
         hv.hypercall = self._hypercall_cb
         self._hv = hv
@@ -256,9 +261,12 @@ class TcgVcpu(Vcpu):
     def interrupts_enabled(self) -> bool:
         return bool(self._lib.hd_can_inject(self._hvp))
 
-    def inject_interrupt(self, vector: int) -> None:
+    def inject_interrupt(self, vector: int) -> str | None:
         self._injected += 1
-        self._lib.hd_inject(self._hvp, vector)
+        rc = self._lib.hd_inject(self._hvp, vector)
+        if rc < 0:
+            raise EngineError("hyperdisco: interrupt injection attempted while the vCPU runs")
+        return (None, "IDT or stack not in guest memory", "triple fault")[rc]
 
     def counts(self) -> TrapCounts:
         hv = self._hv

@@ -9,6 +9,7 @@
  *
  * Structure offsets inside unicorn 2.1.4's QEMU are passed in by qemu_state.py, which verifies them.
  */
+#include <setjmp.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -47,6 +48,7 @@ typedef struct hd_layout {
     int64_t env_eip, env_eflags, env_hflags, env_segs, seg_size;
     int64_t env_star, env_lstar, env_cstar, env_fmask;
     int64_t cpu_halted, cpu_exception_index;
+    int64_t uc_nested_level, uc_jmp_bufs; /* unicorn's per-nesting-level sigjmp_buf array */
 } hd_layout;
 
 typedef struct hd_vcpu {
@@ -168,10 +170,44 @@ int hd_can_inject(hd_vcpu *v) {
     return (U64(v, v->lay.env_eflags) & IF_MASK) && !(U32(v, v->lay.env_hflags) & HF_INHIBIT_IRQ_MASK);
 }
 
-void hd_inject(hd_vcpu *v, int vector) {
+/*
+ * Deliver an external interrupt between slices. QEMU's delivery code ends a fault it meets (an IDT gate
+ * that is not present, an unmapped stack) with cpu_loop_exit(), a siglongjmp to the jmp_buf of the
+ * current emulation nesting level; outside uc_emu_start there is none, so we provide it: nesting level
+ * 1, our sigsetjmp. A fault raised that way is then delivered here as cpu_exec() would (QEMU's
+ * check_exception() escalates it to #DF, then to a triple fault), so the guest is ended, never the host.
+ * Returns 0 when delivered, 1 when the guest has no memory under its IDT or stack, 2 on a triple fault,
+ * -1 if called during emulation.
+ */
+int hd_inject(hd_vcpu *v, int vector) {
+    uint8_t *uc = (uint8_t *)v->uc;
+    int32_t *nested = (int32_t *)(uc + v->lay.uc_nested_level);
+    int32_t *exc = (int32_t *)(v->cpu + v->lay.cpu_exception_index);
+    sigjmp_buf *bufs = (sigjmp_buf *)(uc + v->lay.uc_jmp_bufs);
+    volatile int rounds = 0;
+    if (*nested != 0) return -1;
     *(uint32_t *)(v->cpu + v->lay.cpu_halted) = 0;
-    do_interrupt_x86_hardirq_x86_64(v->env, vector, 1);
+    *nested = 1;
+    if (sigsetjmp(bufs[0], 0) == 0) {
+        do_interrupt_x86_hardirq_x86_64(v->env, vector, 1);
+        *nested = 0;
+        return 0;
+    }
+    for (;;) {
+        int32_t pending = *exc;
+        if (pending < 0) { *nested = 0; return 1; }
+        if (pending > 255 || ++rounds > 4) { *exc = -1; *nested = 0; return 2; }
+        if (sigsetjmp(bufs[0], 0) == 0) {
+            v->vectors[pending]++;
+            x86_cpu_do_interrupt_x86_64(v->cpu);
+            *exc = -1;
+            *nested = 0;
+            return 0;
+        }
+    }
 }
+
+size_t hd_sizeof_jmp_buf(void) { return sizeof(sigjmp_buf); }
 
 size_t hd_sizeof_vcpu(void) { return sizeof(hd_vcpu); }
 

@@ -22,6 +22,9 @@ UC_CPU = 0x1B8  # struct uc_struct: CPUState *cpu
 UC_HOOK_INSERT = 0x7F0  # uc_struct: bool hook_insert
 UC_NO_EXIT_REQUEST = 0x7F2  # uc_struct: bool no_exit_request
 UC_INIT_DONE = 0x7F3  # uc_struct: bool init_done
+UC_JMP_BUFS = 0x7F8  # uc_struct: sigjmp_buf jmp_bufs[] (one per nested uc_emu_start)  (cpu_loop_exit)
+UC_NESTED_LEVEL = 0x39F8  # uc_struct: int nested_level                                  (cpu_loop_exit)
+JMP_BUF_SIZE = 200  # glibc x86-64 sigjmp_buf; cpu_loop_exit indexes jmp_bufs by 25 * 8 bytes
 CPU_ENV_PTR = 0x128  # CPUState: void *env_ptr
 CPU_HALTED = 0x8198  # CPUState: uint32_t halted
 CPU_EXCEPTION_INDEX = 0x81A0  # CPUState: int32_t exception_index
@@ -69,6 +72,8 @@ class QemuState:
         uc.reg_write(X.UC_X86_REG_RAX, 0)
         uc.reg_write(X.UC_X86_REG_R11, 0)
         self.msr = {m: self._find_msr(uc, m) for m in (MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_FMASK)}
+        if ctypes.c_int32.from_address(self.uch + UC_NESTED_LEVEL).value != 0:
+            raise EngineError("hyperdisco: unicorn's nesting level is not where this engine expects it")
 
     def _find_msr(self, uc: unicorn.Uc, msr: int) -> int:
         old = uc.msr_read(msr)
