@@ -1,0 +1,241 @@
+"""One virtual block device's backend: the xenbus handshake and the thread that serves its ring.
+
+The state machine is the one blkif.h draws ("STATE DIAGRAMS") and Linux's blkback follows
+(drivers/block/xen-blkback/xenbus.c): the backend publishes its features and goes InitWait; when the
+frontend is Initialised (or already Connected) it reads ring-ref, event-channel and protocol, takes the
+ring page through the grant table, binds the event channel and goes Connected. Frontend Closing -> we
+disconnect and go Closing; frontend Closed -> Closed (and, when the toolstack is removing the device, the
+device is done); a frontend that comes back to Initialising after we closed gets a fresh InitWait.
+
+Everything happens on the device's own thread: xenstore watch callbacks and the guest's event-channel
+sends (which arrive on the guest's vCPU thread, inside its hypercall) only set a flag and wake it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+from ...core.evtchn import EvtchnError
+from ...core.grant import GrantError
+from ...xen import abi as xen_abi
+from . import abi
+from .ring import DEFAULT_MAX_INDIRECT_SEGMENTS, BlkRing, Disk, RingError
+
+BUDGET = abi.RING_SIZE  # requests per round before the thread looks at xenstore again
+MAX_RING_REF = 1 << 32
+
+
+class VbdBackend:
+    def __init__(self, dom: Any, xenstored: Any, devid: int, vdev: str, disk: Disk,
+                 log: Callable[[str], None]) -> None:
+        self.dom = dom
+        self.devid = devid
+        self.vdev = vdev
+        self.disk = disk
+        self._log = log
+        self.be = f"/local/domain/0/backend/vbd/{dom.domid}/{devid}"
+        self.fe = f"/local/domain/{dom.domid}/device/vbd/{devid}"
+        self._cond = threading.Condition()
+        self._kicked = False
+        self._xenbus = False
+        self._stop = False
+        self.closed = threading.Event()  # frontend and backend both Closed
+        self.state = abi.XenbusStateInitialising
+        self.ring: BlkRing | None = None
+        self.port: int | None = None
+        self.ring_ref: int | None = None
+        self._port_obj: Any = None
+        self._stack: ExitStack | None = None
+        self.xs = xenstored.local_connection(self._on_watch)
+        self._thread = threading.Thread(target=self._run, name=f"blkback-d{dom.domid}-{vdev}", daemon=True)
+
+    def log(self, msg: str) -> None:
+        self._log(f"blkback d{self.dom.domid} {self.vdev}: {msg}")
+
+    # -- other threads ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self.xs.close()
+
+    def _on_watch(self, path: str, token: str) -> None:
+        with self._cond:
+            self._xenbus = True
+            self._cond.notify()
+
+    def _kick(self) -> None:
+        """The guest signalled the ring's event channel: runs on its vCPU thread, so only wake ours."""
+        with self._cond:
+            self._kicked = True
+            self._cond.notify()
+
+    def _notify(self) -> None:
+        port = self.port
+        if port is not None and self.dom.evtchn.ports.get(port) is self._port_obj:
+            self.dom.evtchn.notify(port)
+
+    # -- the device thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.xs.watch(f"{self.fe}/state", "fe")
+            self._advertise()
+            self._switch(abi.XenbusStateInitWait)
+            more = False
+            while True:
+                with self._cond:
+                    while not (self._stop or self._xenbus or self._kicked or more):
+                        self._cond.wait()
+                    if self._stop:
+                        break
+                    xenbus, kicked = self._xenbus, self._kicked
+                    self._xenbus = self._kicked = False
+                if xenbus:
+                    self._frontend_changed()
+                serve, more = kicked or more, False
+                if serve and self.ring is not None:
+                    more = self._serve()
+        except Exception as e:  # never let a bug escape into the daemon: this device stops
+            self.log(f"internal error: {e!r}")
+        finally:
+            self._disconnect()
+
+    def _serve(self) -> bool:
+        assert self.ring is not None
+        try:
+            return self.ring.process(BUDGET)
+        except RingError as e:
+            self.log(f"ring broken, disconnecting: {e}")
+        except GrantError as e:
+            self.log(f"ring page not accessible, disconnecting: {e}")
+        self._disconnect()
+        self._switch(abi.XenbusStateClosing)
+        return False
+
+    def _read(self, rel: str) -> str | None:
+        try:
+            v = self.xs.read(f"{self.fe}/{rel}")
+        except Exception:
+            return None
+        return None if v is None else str(v)
+
+    def _read_uint(self, rel: str, limit: int) -> int | None:
+        v = self._read(rel)
+        if v is None or not v.strip().isdigit() or not v.strip().isascii():
+            return None
+        n = int(v.strip())
+        return n if n < limit else None
+
+    def _switch(self, state: int) -> None:
+        self.state = state
+        try:
+            self.xs.write(f"{self.be}/state", str(state))
+        except Exception as e:
+            self.log(f"cannot write state {state}: {e}")
+
+    def _advertise(self) -> None:
+        """Features and device properties (blkif.h "Backend XenBus Nodes")."""
+        disk = self.disk
+        rw = not disk.readonly
+        nodes = {
+            "sectors": str(disk.size // abi.SECTOR),
+            "sector-size": str(abi.SECTOR),
+            "physical-sector-size": str(abi.SECTOR),
+            "info": str(abi.VDISK_READONLY if disk.readonly else 0),
+            "feature-flush-cache": "1",
+            "feature-barrier": "1",
+            "feature-discard": "1" if rw else "0",
+            "discard-granularity": str(abi.SECTOR),
+            "discard-alignment": "0",
+            "discard-secure": "0",
+            "feature-max-indirect-segments": str(DEFAULT_MAX_INDIRECT_SEGMENTS),
+            "max-ring-page-order": "0",
+            "feature-persistent": "0",
+        }
+        tx = self.xs.transaction_start()
+        for k, v in nodes.items():
+            self.xs.write(f"{self.be}/{k}", v, tx)
+        self.xs.transaction_end(tx)
+
+    def _frontend_changed(self) -> None:
+        raw = self._read("state")
+        fstate = abi.XenbusStateClosed if raw is None or not raw.isdigit() else int(raw)
+        if fstate in (abi.XenbusStateInitialising, abi.XenbusStateInitWait):
+            if self.state == abi.XenbusStateClosed:  # the frontend reconnects (e.g. module reloaded)
+                self.closed.clear()
+                self._advertise()
+                self._switch(abi.XenbusStateInitWait)
+        elif fstate in (abi.XenbusStateInitialised, abi.XenbusStateConnected):
+            if self.ring is None and self.state in (abi.XenbusStateInitWait, abi.XenbusStateInitialised):
+                self._connect()
+        elif fstate == abi.XenbusStateClosing:
+            self._disconnect()
+            if self.state != abi.XenbusStateClosing:
+                self._switch(abi.XenbusStateClosing)
+        elif fstate == abi.XenbusStateClosed or fstate == abi.XenbusStateUnknown:
+            self._disconnect()
+            if self.state != abi.XenbusStateClosed:
+                self._switch(abi.XenbusStateClosed)
+            self.closed.set()
+
+    def _fatal(self, msg: str) -> None:
+        """As xenbus_dev_fatal: say why in the backend's error node and close."""
+        self.log(msg)
+        try:
+            self.xs.write(f"{self.be}/error", msg)
+        except Exception:
+            pass
+        self._disconnect()
+        self._switch(abi.XenbusStateClosing)
+
+    def _connect(self) -> None:
+        protocol = self._read("protocol") or abi.PROTO_X86_64
+        if protocol != abi.PROTO_X86_64:
+            return self._fatal(f"unsupported ring protocol {protocol[:32]!r}")
+        queues = self._read_uint("multi-queue-num-queues", 1 << 16)
+        if queues is not None and queues > 1:
+            return self._fatal(f"frontend asks for {queues} queues, we offer 1")
+        order = self._read_uint("ring-page-order", 1 << 16)
+        if order:
+            return self._fatal(f"frontend asks for ring-page-order {order}, we offer 0")
+        ref = self._read_uint("ring-ref", MAX_RING_REF)
+        port = self._read_uint("event-channel", xen_abi.EVTCHN_2L_NR_CHANNELS)
+        if ref is None or port is None:
+            return self._fatal("frontend gave no valid ring-ref or event-channel")
+        stack = ExitStack()
+        try:
+            page = stack.enter_context(self.dom.grants.access(ref, 0, write=True))
+            self.dom.evtchn.bind_backend(port, self._kick)
+        except (GrantError, EvtchnError) as e:
+            stack.close()
+            return self._fatal(f"cannot connect ring-ref {ref} event-channel {port}: {e}")
+        self._stack, self.port, self.ring_ref = stack, port, ref
+        self._port_obj = self.dom.evtchn.ports.get(port)
+        self.ring = BlkRing(page, self.dom.grants, self.disk, self._notify, self.log)
+        self._switch(abi.XenbusStateConnected)
+        self.log(f"connected: ring-ref {ref}, event channel {port}, {self.disk.size >> 20} MiB"
+                 f"{' read-only' if self.disk.readonly else ''}")
+        with self._cond:
+            self._kicked = True  # requests queued before we connected
+        return None
+
+    def _disconnect(self) -> None:
+        if self.ring is None:
+            return
+        self.ring = None
+        port, p = self.port, self._port_obj
+        if port is not None and p is not None and self.dom.evtchn.ports.get(port) is p:
+            # as Xen's evtchn_close on our end: the guest's port is unbound again, still offered to us
+            p.state, p.on_send = xen_abi.EVTCHNSTAT_unbound, None
+        self.port, self._port_obj = None, None
+        if self._stack is not None:
+            self._stack.close()  # releases the ring page's grant
+            self._stack = None

@@ -1,0 +1,303 @@
+"""The back end of one blkif ring: take requests, check every field, do the I/O, answer.
+
+Everything the frontend wrote is untrusted. A request is copied out of the shared page once, then parsed
+and validated from that copy (the guest may change the page meanwhile). Checks follow what blkif.h
+promises and what Linux's blkback enforces: nr_segments between 1 and BLKIF_MAX_SEGMENTS_PER_REQUEST
+(0 only for flushes and barriers), 1..feature-max-indirect-segments for indirect requests (at most
+BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST pages), first_sect <= last_sect < 8 in each 4 KiB frame, the sector
+range inside the disk, every grant checked by the grant table before its page is touched, no writes to a
+read-only disk. A bad request fails alone (BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP for unknown operations);
+a producer index more than a ring ahead of our responses (ring.h's RING_REQUEST_PROD_OVERFLOW) means the
+ring itself cannot be trusted: RingError, and the device is disconnected.
+
+Notification follows ring.h: after responses are published, the frontend is signalled only if rsp_event
+lies in the newly published range (RING_PUSH_RESPONSES_AND_CHECK_NOTIFY); when the ring looks empty we set
+req_event = req_cons + 1 and look once more (RING_FINAL_CHECK_FOR_REQUESTS), so a request produced in
+between is not missed and the frontend signals us for the next one.
+
+Durability: a flush (BLKIF_OP_FLUSH_DISKCACHE) or barrier (BLKIF_OP_WRITE_BARRIER: flush, write, flush)
+is answered only after disk.flush() returned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ...core.grant import GrantError
+from . import abi
+
+M32 = 0xFFFFFFFF
+DEFAULT_MAX_INDIRECT_SEGMENTS = 256  # what Linux blkback offers (MAX_INDIRECT_SEGMENTS)
+LOG_INTERVAL_S = 10.0  # one log line per kind of bad request per device per this many seconds
+
+
+class RingError(Exception):
+    """The shared ring is inconsistent: the device must be disconnected."""
+
+
+class BadRequest(Exception):
+    def __init__(self, kind: str, msg: str, status: int = abi.RSP_ERROR) -> None:
+        super().__init__(msg)
+        self.kind = kind
+        self.status = status
+
+
+class Page(Protocol):
+    def read(self, offset: int, length: int) -> bytes: ...
+    def write(self, offset: int, data: bytes) -> None: ...
+
+
+class Grants(Protocol):
+    def access(self, ref: int, grantee: int, write: bool) -> AbstractContextManager[Page]: ...
+
+
+class Disk(Protocol):
+    size: int
+    readonly: bool
+
+    def read(self, offset: int, length: int) -> bytes: ...
+    def write(self, offset: int, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def discard(self, offset: int, length: int) -> None: ...
+
+
+@dataclass
+class Request:
+    op: int  # the operation the response echoes (indirect_op for indirect requests, as blkfront checks)
+    id: int
+    sector: int
+    segments: list[tuple[int, int, int]] = field(default_factory=list)  # (gref, first_sect, last_sect)
+    nr_sectors: int = 0  # discard
+    indirect_grefs: list[int] = field(default_factory=list)
+    nr_indirect: int = 0
+
+
+@dataclass
+class RingStats:
+    requests: int = 0
+    errors: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    flushes: int = 0
+    notifications: int = 0
+
+
+class BlkRing:
+    """One single-page ring (ring-ref), served by the device's thread only."""
+
+    def __init__(self, page: Page, grants: Grants, disk: Disk, notify: Callable[[], None],
+                 log: Callable[[str], None], backend_domid: int = 0,
+                 max_indirect_segments: int = DEFAULT_MAX_INDIRECT_SEGMENTS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.page = page
+        self.grants = grants
+        self.disk = disk
+        self.notify = notify
+        self.log = log
+        self.domid = backend_domid
+        self.max_indirect = max_indirect_segments
+        self.clock = clock
+        self.size = abi.RING_SIZE
+        self.req_cons = 0  # BACK_RING_INIT
+        self.rsp_prod_pvt = 0
+        self.stats = RingStats()
+        self._last_log: dict[str, tuple[float, int]] = {}  # kind -> (when logged, suppressed since)
+        self.disk_sectors = disk.size // abi.SECTOR
+
+    # -- shared indices ---------------------------------------------------------------------------------
+    def _get(self, off: int) -> int:
+        return int(abi.RING_INDEX.unpack(self.page.read(off, 4))[0])
+
+    def _set(self, off: int, value: int) -> None:
+        self.page.write(off, abi.RING_INDEX.pack(value & M32))
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def process(self, budget: int) -> bool:
+        """Answer up to `budget` requests. True if more may be waiting (call again), False when the ring
+        is empty and req_event is armed. Raises RingError if the ring is unusable."""
+        done = 0
+        while True:
+            prod = self._get(abi.REQ_PROD)
+            if (prod - self.rsp_prod_pvt) & M32 > self.size:  # RING_REQUEST_PROD_OVERFLOW
+                raise RingError(f"req_prod {prod} is more than a ring ahead of rsp_prod {self.rsp_prod_pvt}")
+            while self.req_cons != prod:
+                if done >= budget:
+                    return True
+                if (self.req_cons - self.rsp_prod_pvt) & M32 >= self.size:  # RING_REQUEST_CONS_OVERFLOW
+                    raise RingError("request consumer overran the responses")
+                slot = abi.RING_HEADER + (self.req_cons % self.size) * abi.REQUEST_SIZE
+                raw = self.page.read(slot, abi.REQUEST_SIZE)  # one copy: never re-read the guest's page
+                self.req_cons = (self.req_cons + 1) & M32
+                op, rid, status = self.handle(raw)
+                self._respond(rid, op, status)
+                done += 1
+            # RING_FINAL_CHECK_FOR_REQUESTS
+            self._set(abi.REQ_EVENT, self.req_cons + 1)
+            if self._get(abi.REQ_PROD) == self.req_cons:
+                return False
+
+    def _respond(self, rid: int, op: int, status: int) -> None:
+        slot = abi.RING_HEADER + (self.rsp_prod_pvt % self.size) * abi.REQUEST_SIZE
+        self.page.write(slot, abi.RESPONSE.pack(rid, op & 0xFF, status))
+        # RING_PUSH_RESPONSES_AND_CHECK_NOTIFY
+        old = self._get(abi.RSP_PROD)
+        new = self.rsp_prod_pvt = (self.rsp_prod_pvt + 1) & M32
+        self._set(abi.RSP_PROD, new)
+        event = self._get(abi.RSP_EVENT)
+        if (new - event) & M32 < (new - old) & M32:
+            self.stats.notifications += 1
+            self.notify()
+
+    # -- one request ------------------------------------------------------------------------------------
+    def handle(self, raw: bytes) -> tuple[int, int, int]:
+        """(operation to echo, id, status) for one request; never raises."""
+        op, _nseg, _handle, rid, _sector = abi.REQUEST_HEAD.unpack_from(raw)
+        echo = raw[1] if op == abi.OP_INDIRECT and raw[1] in (abi.OP_READ, abi.OP_WRITE) else op
+        self.stats.requests += 1
+        try:
+            req = self.parse(raw)
+            echo = req.op
+            self.execute(op, req)
+            return echo, rid, abi.RSP_OKAY
+        except BadRequest as e:
+            self._complain(e.kind, str(e))
+            self.stats.errors += 1
+            return echo, rid, e.status
+        except GrantError as e:
+            self._complain("grant", f"bad grant: {e}")
+            self.stats.errors += 1
+            return echo, rid, abi.RSP_ERROR
+        except (OSError, ValueError) as e:
+            self._complain("io", f"{abi.OP_NAMES.get(echo, echo)} at sector {_sector} failed: {e}")
+            self.stats.errors += 1
+            return echo, rid, abi.RSP_ERROR
+        except Exception as e:  # a bug here fails the request, never the backend thread
+            self._complain("internal", f"internal error: {e!r}")
+            self.stats.errors += 1
+            return echo, rid, abi.RSP_ERROR
+
+    def parse(self, raw: bytes) -> Request:
+        op, nseg, _handle, rid, sector = abi.REQUEST_HEAD.unpack_from(raw)
+        if op in (abi.OP_READ, abi.OP_WRITE, abi.OP_FLUSH_DISKCACHE, abi.OP_WRITE_BARRIER):
+            if nseg > abi.MAX_SEGMENTS_PER_REQUEST or (nseg == 0 and op in (abi.OP_READ, abi.OP_WRITE)):
+                raise BadRequest("segments", f"{abi.OP_NAMES[op]} with {nseg} segments")
+            segs = [abi.SEGMENT.unpack_from(raw, abi.REQUEST_HEAD.size + i * abi.SEGMENT.size)
+                    for i in range(nseg)]
+            return Request(op, rid, sector, [(g, f, la) for g, f, la in segs])
+        if op == abi.OP_DISCARD:
+            _op, _flag, _h, _id, sector, nr = abi.DISCARD.unpack_from(raw)
+            return Request(op, rid, sector, nr_sectors=nr)
+        if op == abi.OP_INDIRECT:
+            _op, iop, nseg, rid, sector, _h, *grefs = abi.INDIRECT.unpack_from(raw)
+            if iop not in (abi.OP_READ, abi.OP_WRITE):
+                raise BadRequest("indirect", f"indirect request for operation {iop}")
+            if not 0 < nseg <= self.max_indirect:
+                raise BadRequest("segments", f"indirect {abi.OP_NAMES[iop]} with {nseg} segments "
+                                             f"(max {self.max_indirect})")
+            pages = -(-nseg // abi.SEGMENTS_PER_INDIRECT_PAGE)
+            if pages > abi.MAX_INDIRECT_PAGES_PER_REQUEST:
+                raise BadRequest("segments", f"indirect request needs {pages} pages")
+            return Request(iop, rid, sector, indirect_grefs=list(grefs[:pages]), nr_indirect=nseg)
+        raise BadRequest("op", f"unknown operation {op}", abi.RSP_EOPNOTSUPP)
+
+    def _load_indirect(self, req: Request) -> None:
+        left = req.nr_indirect
+        for gref in req.indirect_grefs:
+            n = min(left, abi.SEGMENTS_PER_INDIRECT_PAGE)
+            with self.grants.access(gref, self.domid, write=False) as page:
+                data = page.read(0, n * abi.SEGMENT.size)
+            for i in range(n):
+                req.segments.append(abi.SEGMENT.unpack_from(data, i * abi.SEGMENT.size))
+            left -= n
+
+    def _check_range(self, sector: int, count: int) -> None:
+        if sector + count > self.disk_sectors:
+            raise BadRequest("range", f"sectors {sector}+{count} beyond the disk "
+                                      f"({self.disk_sectors} sectors)")
+
+    def _sectors(self, req: Request) -> int:
+        total = 0
+        for gref, first, last in req.segments:
+            if first > last or last >= abi.SECTORS_PER_PAGE:
+                raise BadRequest("segments", f"segment of grant {gref}: sectors {first}..{last}")
+            total += last - first + 1
+        self._check_range(req.sector, total)
+        return total
+
+    def execute(self, op: int, req: Request) -> None:
+        if op == abi.OP_INDIRECT:
+            self._load_indirect(req)
+        disk = self.disk
+        if req.op == abi.OP_READ:
+            self._sectors(req)
+            self._read(req)
+        elif req.op == abi.OP_WRITE:
+            self._sectors(req)
+            self._write(req)
+        elif req.op == abi.OP_FLUSH_DISKCACHE:
+            if req.segments:  # a flush with data: write it, then make it durable
+                self._sectors(req)
+                self._write(req)
+            self._flush()
+        elif req.op == abi.OP_WRITE_BARRIER:
+            if req.segments:
+                self._sectors(req)
+                self._readonly_check()
+            self._flush()  # everything before the barrier is durable first
+            if req.segments:
+                self._write(req)
+            self._flush()
+        elif req.op == abi.OP_DISCARD:
+            self._readonly_check()
+            self._check_range(req.sector, req.nr_sectors)
+            if req.nr_sectors:
+                disk.discard(req.sector * abi.SECTOR, req.nr_sectors * abi.SECTOR)
+
+    def _readonly_check(self) -> None:
+        if self.disk.readonly:
+            raise BadRequest("readonly", "write to a read-only disk")
+
+    def _flush(self) -> None:
+        self.disk.flush()
+        self.stats.flushes += 1
+
+    def _spans(self, req: Request) -> Iterator[tuple[int, int, int, int]]:
+        """(gref, offset in the page, offset in the transfer, length) per segment."""
+        pos = 0
+        for gref, first, last in req.segments:
+            n = (last - first + 1) * abi.SECTOR
+            yield gref, first * abi.SECTOR, pos, n
+            pos += n
+
+    def _read(self, req: Request) -> None:
+        total = sum(n for *_, n in self._spans(req))
+        data = self.disk.read(req.sector * abi.SECTOR, total)
+        for gref, off, pos, n in self._spans(req):  # the disk is read into the guest's pages
+            with self.grants.access(gref, self.domid, write=True) as page:
+                page.write(off, data[pos:pos + n])
+        self.stats.bytes_read += total
+
+    def _write(self, req: Request) -> None:
+        self._readonly_check()
+        parts = []
+        for gref, off, _pos, n in self._spans(req):  # every grant is checked before anything is written
+            with self.grants.access(gref, self.domid, write=False) as page:
+                parts.append(page.read(off, n))
+        data = b"".join(parts)
+        self.disk.write(req.sector * abi.SECTOR, data)
+        self.stats.bytes_written += len(data)
+
+    # -- logging ----------------------------------------------------------------------------------------
+    def _complain(self, kind: str, msg: str) -> None:
+        now = self.clock()
+        last = self._last_log.get(kind)
+        if last is not None and now - last[0] < LOG_INTERVAL_S:
+            self._last_log[kind] = (last[0], last[1] + 1)
+            return
+        more = f" ({last[1]} more like it suppressed)" if last and last[1] else ""
+        self._last_log[kind] = (now, 0)
+        self.log(f"request failed: {msg}{more}")
