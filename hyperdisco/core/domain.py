@@ -32,6 +32,7 @@ from .grant import GrantTable
 from .memory import PAGE, GuestMemory, VirtualAccess
 
 if TYPE_CHECKING:
+    from ..toolstack.xlcfg import DiskSpec
     from .hypervisor import Hypervisor
     from .scheduler import Scheduler
 
@@ -51,6 +52,7 @@ class DomainConfig:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     extra: dict[str, str] = field(default_factory=dict)
+    disks: list[DiskSpec] = field(default_factory=list)  # vbds served by backends/blkback
 
 
 class VcpuContext:

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from ..backends.console import ConsoleBuffer
 from ..engine.base import get_engine
-from ..errors import ConfigError
+from ..errors import ConfigError, HyperdiscoError
 from ..xen import abi
 from .clock import Clock
 from .domain import Domain, DomainConfig
@@ -39,6 +39,8 @@ class Hypervisor:
         self._next_domid = 1
         self._changed = threading.Condition(self._lock)
         self.xenstored = self._start_xenstored()
+        from ..backends.blkback import BlockDevices
+        self.blk = BlockDevices(self)
         self._reaper = threading.Thread(target=self._reap, name="hd-reaper", daemon=True)
         self._reaper.start()
 
@@ -78,19 +80,33 @@ class Hypervisor:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def create(self, config: DomainConfig, console: ConsoleBuffer | None = None) -> Domain:
-        with self._lock:
-            if any(d.name == config.name for d in self.domains.values()):
-                raise ConfigError(f"hyperdisco: a domain called {config.name!r} already exists")
-            if len(self.domains) >= MAX_DOMAINS:
-                raise ConfigError("hyperdisco: too many domains")
-            domid = self._next_domid
-            self._next_domid += 1
-            buf = console or ConsoleBuffer()
-            dom = Domain(domid, config, self.engine, self.clock, buf.write, self.log, hypervisor=self)
-            self.domains[domid] = dom
-            self.consoles[domid] = buf
+        if config.disks and self.xenstored is None:
+            raise ConfigError("hyperdisco: disks need xenstore")
+        disks = self.blk.open_images(config.disks)  # a missing, corrupt or busy image: one line, no domain
+        try:
+            with self._lock:
+                if any(d.name == config.name for d in self.domains.values()):
+                    raise ConfigError(f"hyperdisco: a domain called {config.name!r} already exists")
+                if len(self.domains) >= MAX_DOMAINS:
+                    raise ConfigError("hyperdisco: too many domains")
+                domid = self._next_domid
+                self._next_domid += 1
+                buf = console or ConsoleBuffer()
+                dom = Domain(domid, config, self.engine, self.clock, buf.write, self.log, hypervisor=self)
+                self.domains[domid] = dom
+                self.consoles[domid] = buf
+        except BaseException:
+            for _spec, image in disks:
+                image.close()  # type: ignore[attr-defined]
+            raise
         dom.on_shutdown = self._domain_stopped
         self._introduce(dom)
+        try:
+            for spec, image in disks:
+                self.blk.attach(dom, spec, image)
+        except BaseException:
+            self.destroy(dom)
+            raise
         self.log(f"created domain {domid} ({config.name}), {config.memory_mib} MiB, {config.vcpus} vCPU")
         self.scheduler.add(dom)
         return dom
@@ -146,11 +162,16 @@ class Hypervisor:
         console = self.consoles.get(dom.domid)
         self._remove(dom)
         if action == "restart":
-            new = self.create(replace(dom.config), console=console)
+            try:
+                new = self.create(replace(dom.config), console=console)
+            except HyperdiscoError as e:  # e.g. its disk image went away: it stays down
+                self.log(f"domain {dom.name} not restarted: {e}")
+                return
             new.restarts = dom.restarts + 1
 
     def _remove(self, dom: Domain) -> None:
         self.scheduler.remove(dom)
+        self.blk.close_domain(dom.domid)  # its backends stop and its images are closed
         with self._lock:
             self.domains.pop(dom.domid, None)
             self.consoles.pop(dom.domid, None)
