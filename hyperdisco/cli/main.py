@@ -20,6 +20,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     config = domain_config("guest", args.kernel, args.initrd, args.cmdline, args.memory, progress=_progress)
+    if args.disks:
+        from pathlib import Path
+
+        from ..toolstack.xlcfg import parse_disk
+
+        config.disks = [parse_disk(spec, "--disk", Path.cwd()) for spec in args.disks]
+        if len({d.vdev for d in config.disks}) < len(config.disks):
+            raise HyperdiscoError("hyperdisco: --disk: two disks with the same vdev")
     report = run_domain(config, args.engine, exec_command=args.exec_, timeout=args.timeout, t_start=t0,
                         verbose=args.verbose)
     if args.exec_ is not None:
@@ -74,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--initrd", help="initramfs (cpio, optionally compressed)")
     r.add_argument("--cmdline", help="kernel command line")
     r.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest memory (default 256)")
+    r.add_argument("--disk", dest="disks", action="append", default=[], metavar="DISKSPEC",
+                   help="a disk, xl syntax (e.g. 'format=raw, vdev=xvda, access=rw, target=root.img'); "
+                        "repeatable")
     r.add_argument("--exec", dest="exec_", metavar="CMD", help="run CMD in the guest shell, then power off")
     r.add_argument("--stats", action="store_true", help="print timings and trap counts at the end")
     r.add_argument("--engine", default="tcg", help="CPU engine (default tcg)")

@@ -28,10 +28,35 @@ def cmd_create(args: argparse.Namespace) -> int:
 
     print(f"Parsing config from {args.config}", file=sys.stderr)
     spec = parse_file(args.config, args.overrides)
-    config = {k: v for k, v in asdict(spec).items() if k not in ("disks", "vifs", "source")}
+    config = {k: v for k, v in asdict(spec).items() if k not in ("vifs", "source")}
     res = _client(args).call("create", config=config)
     if args.console:
         return console(args, str(res["domid"]))
+    return 0
+
+
+def cmd_block_attach(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..toolstack.xlcfg import parse_disk
+
+    spec = parse_disk(args.spec, "block-attach", Path.cwd())
+    _client(args).call("block_attach", dom=args.dom, disk=asdict(spec))
+    return 0
+
+
+def cmd_block_detach(args: argparse.Namespace) -> int:
+    if not _client(args).call("block_detach", dom=args.dom, vdev=args.vdev, timeout=args.timeout):
+        print(f"hyperdisco: {args.vdev}: the guest did not release it in time; removed anyway",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_block_list(args: argparse.Namespace) -> int:
+    print(f"{'Vdev':<6}{'BE':<4}{'handle':<7}{'state':<6}{'evt-ch':<7}{'ring-ref':<9}BE-path")
+    for r in _client(args).call("block_list", dom=args.dom):
+        print(f"{r['vdev']:<6}{r['be']:<4}{r['handle']:<7}{r['state']:<6}{r['evtch']:<7}{r['ringref']:<9}"
+              f"{r['bepath']}")
     return 0
 
 
@@ -210,6 +235,15 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("dom")
     p.add_argument("command")
     p.add_argument("--timeout", type=float, default=120.0)
+    p = verb("block-attach", cmd_block_attach, "give a running domain a disk (xl disk syntax)")
+    p.add_argument("dom")
+    p.add_argument("spec", metavar="DISKSPEC")
+    p = verb("block-detach", cmd_block_detach, "take a disk away from a running domain")
+    p.add_argument("dom")
+    p.add_argument("vdev")
+    p.add_argument("--timeout", type=float, default=10.0, help="wait this long for the guest to release it")
+    p = verb("block-list", cmd_block_list, "a domain's virtual block devices")
+    p.add_argument("dom")
     p = verb("top", cmd_top, "per-domain CPU, memory, traps and events, refreshed")
     p.add_argument("-d", "--delay", type=float, default=1.0)
     p.add_argument("-i", "--iterations", type=int, default=None)

@@ -19,6 +19,7 @@ from ..errors import HyperdiscoError
 from .build import domain_config
 from .console import ExecSession
 from .protocol import encode, socket_path
+from .xlcfg import DiskSpec
 
 
 def domain_state(dom: Domain, hv: Hypervisor) -> str:
@@ -30,6 +31,14 @@ def domain_state(dom: Domain, hv: Hypervisor) -> str:
     flags = (("r", running), ("b", blocked and not running and not dom.finished), ("p", dom.paused),
              ("s", shut), ("c", crashed), ("d", False))
     return "".join(c if f else "-" for c, f in flags)
+
+
+def _disk_spec(d: dict[str, Any]) -> DiskSpec:
+    """A DiskSpec sent over the socket (dataclasses.asdict of the client's); unknown keys refused."""
+    if not isinstance(d, dict) or not isinstance(d.get("target"), str) or not isinstance(d.get("vdev"), str):
+        raise HyperdiscoError("hyperdisco: bad disk specification")
+    known = {"target", "format", "vdev", "access", "extra"}
+    return DiskSpec(**{k: v for k, v in d.items() if k in known})
 
 
 def _rss_mib() -> int:
@@ -53,8 +62,19 @@ class Daemon:
         for key in ("on_poweroff", "on_reboot", "on_crash"):
             if key in config:
                 setattr(cfg, key, config[key])
+        cfg.disks = [_disk_spec(d) for d in get("disks") or []]
         dom = self.hv.create(cfg)
         return {"domid": dom.domid, "name": dom.name}
+
+    # -- virtual block devices (xl block-attach, block-detach, block-list) ----------------------------
+    def op_block_attach(self, dom: str, disk: dict[str, Any]) -> int:
+        return self.hv.blk.attach(self._dom(dom), _disk_spec(disk))
+
+    def op_block_detach(self, dom: str, vdev: str, timeout: float = 10.0) -> bool:
+        return self.hv.blk.detach(self._dom(dom), vdev, timeout)
+
+    def op_block_list(self, dom: str) -> list[dict[str, Any]]:
+        return self.hv.blk.rows(self._dom(dom))
 
     def _row(self, d: Domain) -> dict[str, Any]:
         return {"name": d.name, "domid": d.domid, "mem": d.config.memory_mib, "vcpus": len(d.vcpus),
