@@ -322,3 +322,24 @@ def test_crash_consistency_sigkill(tmp_path: Path, opts: str, slot: int, seed: i
             for s in range(0, slot, 512):
                 assert got[s:s + 512] in (want[:512], bytes(512)), f"slot {k} sector {s}"
     disk.close()
+
+
+@needs_qemu
+def test_cow_overlay_on_qcow2_base_and_short_backing(tmp_path: Path) -> None:
+    base = tmp_path / "base.qcow2"
+    create(base, "2M")
+    subprocess.run(["qemu-io", "-c", "write -P 0x24 0 2M", str(base)], check=True, capture_output=True)
+    cow = open_disk(str(tmp_path / "o.cow"), "cow", base=str(base))  # the base's format is probed
+    cow.write(65536, b"\x01" * 512)
+    assert cow.read(65536 - 512, 1536) == b"\x24" * 512 + b"\x01" * 512 + b"\x24" * 512
+    cow.close()
+    # a backing file shorter than the image: past its end the image reads zeros
+    top = tmp_path / "big.qcow2"
+    create(top, "4M", "-b", "base.qcow2", "-F", "qcow2")
+    disk = open_disk(str(top), "qcow2")
+    assert disk.read(2 * MIB - 512, 1024) == b"\x24" * 512 + bytes(512)
+    disk.write(2 * MIB - 1024, b"\x07" * 2048)
+    disk.close()
+    expect = b"\x24" * (2 * MIB - 1024) + b"\x07" * 2048 + bytes(2 * MIB - 1024)
+    assert_clean(top)
+    assert_same(top, expect, tmp_path)
