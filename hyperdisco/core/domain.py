@@ -178,6 +178,17 @@ class Domain:
         self.done = threading.Event()
         self.scheduler: Scheduler | None = None
         self.memory = GuestMemory(config.memory_mib << 20, config.name)
+        self.vcpus: list[VcpuContext] = []
+        try:
+            self._build(config, engine, clock, console_sink, hypervisor)
+        except BaseException:
+            self.close()
+            self.memory.close()
+            raise
+
+    def _build(self, config: DomainConfig, engine: Engine, clock: Clock,
+               console_sink: Callable[[bytes], None], hypervisor: Hypervisor | None) -> None:
+        domid = self.domid
         self.special = self.memory.add_region(layout.SPECIAL_BASE, layout.SPECIAL_PAGES * PAGE, "special")
         self.params: dict[int, int] = {}
         self.callback_vector: int | None = None
@@ -186,7 +197,6 @@ class Domain:
         self.evtchn = EventChannels(self.memory, domid, self.wake)
         self.hypercalls = Hypercalls(self)
         self.cpuid = CpuidPolicy(engine.native_cpuid(), domid, XEN_VERSION, clock.tsc_khz())
-        self.vcpus: list[VcpuContext] = []
         for i in range(config.vcpus):
             ev = engine.create_vcpu(i, _TrapGlue(self))
             ev.map_ram(0, self.memory.ram_bytes, self.memory.regions[0].host_address)

@@ -31,12 +31,16 @@ def load_pvh(mem: GuestMemory, kernel: KernelImage, initrd: bytes | None, cmdlin
     memmap = modlist + abi.HVM_MODLIST_ENTRY.size
     nr_modules = 0
     if initrd:
-        # the initramfs goes as high as possible, below the top of RAM, clear of the kernel image
+        # the initramfs goes as high as possible in RAM, clear of the kernel image; in a small guest whose
+        # kernel reaches the top of RAM, into the free space between 1 MiB and the kernel's load address
         top = min(ram, 0x100000000) - 0x100000
         at = (top - len(initrd)) & ~0xFFF
-        if at < (kernel.end + 0xFFF & ~0xFFF) + 16 * layout.MiB:
-            raise ConfigError(f"hyperdisco: initramfs of {len(initrd) >> 20} MiB does not fit in "
-                              f"{ram >> 20} MiB of guest memory")
+        low = min(seg.paddr for seg in kernel.segments)
+        if at < (kernel.end + 0xFFF & ~0xFFF) + layout.MiB:
+            at = (low - len(initrd)) & ~0xFFF
+            if at < 0x100000:
+                raise ConfigError(f"hyperdisco: initramfs of {len(initrd) >> 20} MiB does not fit in "
+                                  f"{ram >> 20} MiB of guest memory")
         mem.write(at, initrd)
         mem.pack(abi.HVM_MODLIST_ENTRY, modlist, at, len(initrd), 0, 0)
         nr_modules = 1

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
 from ..core.domain import DomainConfig
 from ..errors import ConfigError, ImageError
 from ..images import check_cpio, ensure_default_images, load_kernel_elf
-from ..loader.elf import parse_kernel
+from ..loader.elf import KernelImage, parse_kernel
 from ..platform import layout
 
 DEFAULT_CMDLINE = "console=hvc0 earlyprintk=xen"
 DEFAULT_MEMORY_MIB = 256
 MAX_MEMORY_MIB = layout.MAX_RAM >> 20
 MIN_MEMORY_MIB = layout.MIN_RAM >> 20
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ImageError(f"hyperdisco: {path}: {exc.strerror or exc}") from None
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+# Images are read and checked once and shared by every domain made from them (the kernel ELF alone is
+# ~50 MB: a private copy per domain cost as much host memory as the guest's own RAM use).
+@functools.lru_cache(maxsize=8)
+def _kernel(path: str, _mtime: int, _size: int) -> KernelImage:
+    return parse_kernel(load_kernel_elf(Path(path)), path)
+
+
+@functools.lru_cache(maxsize=8)
+def _initrd(path: str, _mtime: int, _size: int) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"hyperdisco: {path}: {exc.strerror or exc}") from None
+    check_cpio(data, path)
+    return data
 
 
 def check_memory(mib: int) -> int:
@@ -36,14 +62,8 @@ def domain_config(name: str, kernel: str | None, initrd: str | None, cmdline: st
     else:
         kernel_path = Path(kernel)
         initrd_path = Path(initrd) if initrd else None
-    image = parse_kernel(load_kernel_elf(kernel_path), str(kernel_path))
-    initrd_data = None
-    if initrd_path is not None:
-        try:
-            initrd_data = initrd_path.read_bytes()
-        except OSError as exc:
-            raise ImageError(f"hyperdisco: {initrd_path}: {exc.strerror or exc}") from None
-        check_cpio(initrd_data, str(initrd_path))
+    image = _kernel(*_file_key(kernel_path))
+    initrd_data = _initrd(*_file_key(initrd_path)) if initrd_path is not None else None
     return DomainConfig(name=name, kernel=image, initrd=initrd_data,
                         cmdline=DEFAULT_CMDLINE if cmdline is None else cmdline,
                         memory_mib=memory_mib, vcpus=vcpus)

@@ -180,12 +180,22 @@ def test_pvh_initrd_module(mem: GuestMemory) -> None:
 def test_pvh_initrd_that_does_not_fit(mem: GuestMemory) -> None:
     k = parse_kernel(make_elf())
     with pytest.raises(ConfigError, match="does not fit"):
-        load_pvh(mem, k, b"\0" * (40 * MiB), "", 1)
+        load_pvh(mem, k, b"\0" * (50 * MiB), "", 1)
     with pytest.raises(ConfigError, match="does not fit"):
         load_pvh(mem, k, b"\0" * (100 * MiB), "", 1)
-    # just fits: 64 MiB - 1 MiB top, kernel image + 16 MiB below
-    room = (64 * MiB - MiB) - ((k.end + 0xFFF & ~0xFFF) + 16 * MiB)
+    # just fits: 64 MiB - 1 MiB top, kernel image + 1 MiB below
+    room = (64 * MiB - MiB) - ((k.end + 0xFFF & ~0xFFF) + MiB)
     load_pvh(mem, k, b"\1" * room, "", 1)
+    with pytest.raises(ConfigError, match="does not fit"):
+        load_pvh(mem, k, b"\1" * (room + 4096 + 0x1000000), "", 1)
+
+
+def test_pvh_initrd_goes_below_a_kernel_that_fills_ram(mem: GuestMemory) -> None:
+    k = parse_kernel(make_elf(memsz=63 * MiB - 0x1000000))  # kernel from 16 MiB up to 63 MiB
+    load_pvh(mem, k, b"\2" * (4 * MiB), "", 1)
+    info = mem.unpack(abi.HVM_START_INFO, layout.START_INFO)
+    paddr, size = mem.unpack(abi.HVM_MODLIST_ENTRY, info[4])[:2]
+    assert size == 4 * MiB and 0x100000 <= paddr and paddr + size <= 0x1000000
 
 
 def test_pvh_kernel_that_does_not_fit(mem: GuestMemory) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 import time
 
@@ -300,6 +301,7 @@ def host_tsc() -> int:
     return int(fastpath().hd_rdtsc())
 
 
+@functools.lru_cache(maxsize=1)
 def native_cpuid_table() -> dict[tuple[int, int], tuple[int, int, int, int]]:
     """CPUID of the CPU model TCG emulates, read by running the instruction in a scratch instance."""
     u = new_uc()
