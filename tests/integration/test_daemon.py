@@ -135,3 +135,20 @@ def test_console_attach_shutdown_reboot_and_watch(xl: Xl, tmp_path: Path) -> Non
     wait_exec(xl, "c1", "true")
     xl("shutdown", "-w", "c1")
     assert "c1" not in xl.rows()
+
+
+def test_cpu_bound_domains_share_the_cpus(xl: Xl, tmp_path: Path) -> None:
+    names = ["s1", "s2", "s3"]  # three busy domains on the daemon's two workers
+    for n in names:
+        xl("create", write_cfg(tmp_path, n))
+    for n in names:
+        wait_exec(xl, n, "true")
+    start = {n: float(xl.rows()[n][5]) for n in names}
+    for n in names:
+        xl("exec", n, "(while :; do :; done) >/dev/null 2>&1 &")
+    time.sleep(8)
+    used = {n: float(xl.rows()[n][5]) - start[n] for n in names}
+    for n in names:
+        xl("destroy", n)
+    assert min(used.values()) > 2.0, used  # everyone ran
+    assert max(used.values()) / min(used.values()) < 1.6, used  # and got roughly the same share
