@@ -154,6 +154,12 @@ class BlockDevices:
                 xs.rm(path)
             except Exception:
                 pass
+        parent = f"/local/domain/0/backend/vbd/{domid}"
+        try:
+            if not xs.directory(parent):
+                xs.rm(parent)
+        except Exception:
+            pass
 
     def close_domain(self, domid: int) -> None:
         """The domain is going: stop its backends (no handshake), close its images."""
