@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
 
 SLICE_NS = 10_000_000
+PIT_PORTS = (0x40, 0x41, 0x42, 0x43, 0x61)  # i8254 counters, control, and the port-B gate
 DEBUG_PORT = 0xE9  # Bochs/QEMU debug console port: bytes written there go to the console
 
 
@@ -369,6 +370,11 @@ class _TrapGlue:
         if port == DATA_PORT:
             return self.rtc.read_data()
         if port in (acpi.SLEEP_STATUS_PORT, acpi.SLEEP_CONTROL_PORT, acpi.RESET_PORT):
+            return 0
+        if port in PIT_PORTS:
+            # There is no PIT. Its counter reading 0 rather than a floating 0xff makes Linux's
+            # quick_pit_calibrate() give up at its first read instead of spinning 50 000 times waiting
+            # for the all-ones MSB to change (the TSC frequency comes from pvclock instead).
             return 0
         return (1 << (8 * size)) - 1  # nothing there: the bus floats high
 
