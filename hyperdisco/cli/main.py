@@ -74,6 +74,16 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_images_rootfs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..images.rootfs import build_rootfs
+
+    out = build_rootfs(Path(args.out), args.size, progress=_progress)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyperdisco", description="A hypervisor in Python (Xen PVH guests)")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -106,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     f = imsub.add_parser("fetch", help="fetch and build the default kernel and initramfs")
     f.add_argument("--force", action="store_true", help="fetch and rebuild even if cached")
     f.set_defaults(fn=cmd_images_fetch)
+    rf = imsub.add_parser("rootfs", help="build an ext4 root filesystem image from busybox (boot it with "
+                                         "root=/dev/xvda)")
+    rf.add_argument("out", metavar="OUT.img")
+    rf.add_argument("--size", type=int, default=64, metavar="MiB", help="image size (default 64)")
+    rf.set_defaults(fn=cmd_images_rootfs)
     return p
 
 
