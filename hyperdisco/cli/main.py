@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import faulthandler
+
+    faulthandler.enable()  # a crash in native code (the CPU engine) still says where each thread was
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -145,7 +145,7 @@ def test_cpu_bound_domains_share_the_cpus(xl: Xl, tmp_path: Path) -> None:
         wait_exec(xl, n, "true")
     start = {n: float(xl.rows()[n][5]) for n in names}
     for n in names:
-        xl("exec", n, "(while :; do :; done) >/dev/null 2>&1 &")
+        xl("exec", n, "setsid sh -c \"while :; do :; done\" >/dev/null 2>&1 </dev/null &")
     time.sleep(8)
     used = {n: float(xl.rows()[n][5]) - start[n] for n in names}
     for n in names:
