@@ -35,6 +35,9 @@ ENV_OLD_EXCEPTION = 0x1578
 
 MSR_EFER, MSR_STAR, MSR_LSTAR = 0xC0000080, 0xC0000081, 0xC0000082
 MSR_CSTAR, MSR_FMASK = 0xC0000083, 0xC0000084
+# CPUX86State fields behind those MSRs (star, lstar, cstar, fmask); each is verified at start-up by
+# writing a marker with uc_msr_write and reading it back here
+ENV_MSR = {MSR_STAR: 0x12D8, MSR_LSTAR: 0x12E8, MSR_CSTAR: 0x12F0, MSR_FMASK: 0x12F8}
 HF_INHIBIT_IRQ_MASK = 1 << 3
 
 
@@ -76,14 +79,17 @@ class QemuState:
             raise EngineError("hyperdisco: unicorn's nesting level is not where this engine expects it")
 
     def _find_msr(self, uc: unicorn.Uc, msr: int) -> int:
+        """The env offset of `msr`, checked: never scan memory we do not know to be CPU state (a scan past
+        the end of the structure can fault)."""
+        off = ENV_MSR[msr]
         old = uc.msr_read(msr)
-        magic = 0x5A5A000000001234 | (msr & 0xFFFF) << 16
-        uc.msr_write(msr, magic)
-        hits = [o for o in range(0, 0x4000, 8) if _u64(self.env + o).value == magic]
+        for magic in (0x5A5A000000001234 | (msr & 0xFFFF) << 16, 0x1234A5A5A5A5 ^ msr):
+            uc.msr_write(msr, magic)
+            if _u64(self.env + off).value != magic:
+                uc.msr_write(msr, old)
+                raise EngineError(f"hyperdisco: MSR {msr:#x} is not where this engine expects it in unicorn")
         uc.msr_write(msr, old)
-        if len(hits) != 1:
-            raise EngineError(f"hyperdisco: cannot locate MSR {msr:#x} in unicorn's CPU state")
-        return hits[0]
+        return off
 
     def stop_only_at_block_starts(self) -> None:
         """Set uc->no_exit_request: an asynchronous uc_emu_stop() then takes effect only when the next
