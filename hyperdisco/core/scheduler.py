@@ -62,6 +62,7 @@ class Scheduler:
                 self._cond.notify()
             elif ctx in self._running:
                 self._woken.add(ctx)
+                ctx.ev.kick()  # end its slice now: the event is delivered as soon as it can be
 
     def shutdown(self) -> None:
         with self._cond:
