@@ -316,3 +316,26 @@ def test_garbage_never_escapes(rig: Rig) -> None:
     rig.run()
     assert rig.idx(abi.RSP_PROD) == 200
     assert len(rig.logs) <= 8
+
+
+def test_persistent_grants_are_checked_once_and_held_until_close(rig: Rig) -> None:
+    from hyperdisco.core.grant import GTF_reading, GTF_writing
+
+    rig.ring.persistent = True
+    rig.mem.write(DATA_GPA, b"P" * 4096)
+    i = rig.rw(abi.OP_WRITE, 0, [(10, 0, 7)])
+    rig.run()
+    assert rig.response(i)[2] == abi.RSP_OKAY and rig.disk.data[:4096] == b"P" * 4096
+    flags = rig.mem.unpack(GRANT_ENTRY_V1, rig.table + 10 * 8)[0]
+    assert flags & GTF_reading and flags & GTF_writing  # held busy between requests
+    j = rig.rw(abi.OP_READ, 0, [(10, 0, 0)])
+    rig.run()
+    assert rig.response(j)[2] == abi.RSP_OKAY
+    # a read-only grant is not made persistent: it is used per request, and writing into it fails
+    rig.grant(11, DATA_GPA + 4096, GTF_permit_access | GTF_readonly)
+    k = rig.rw(abi.OP_READ, 0, [(11, 0, 0)])
+    rig.run()
+    assert rig.response(k)[2] == abi.RSP_ERROR
+    rig.ring.close()
+    flags = rig.mem.unpack(GRANT_ENTRY_V1, rig.table + 10 * 8)[0]
+    assert not flags & (GTF_reading | GTF_writing)  # released at disconnect

@@ -40,7 +40,7 @@ class VbdBackend:
         self.be = f"/local/domain/0/backend/vbd/{dom.domid}/{devid}"
         self.fe = f"/local/domain/{dom.domid}/device/vbd/{devid}"
         self._cond = threading.Condition()
-        self._serving = threading.Lock()  # one server of the ring at a time: our thread or the guest's
+        self._serving = threading.RLock()  # one server of the ring at a time: our thread or the guest's
         self._kicked = False
         self._xenbus = False
         self._stop = False
@@ -173,7 +173,7 @@ class VbdBackend:
             "discard-secure": "0",
             "feature-max-indirect-segments": str(DEFAULT_MAX_INDIRECT_SEGMENTS),
             "max-ring-page-order": "0",
-            "feature-persistent": "0",
+            "feature-persistent": "1",
         }
         tx = self.xs.transaction_start()
         for k, v in nodes.items():
@@ -234,7 +234,8 @@ class VbdBackend:
             return self._fatal(f"cannot connect ring-ref {ref} event-channel {port}: {e}")
         self._stack, self.port, self.ring_ref = stack, port, ref
         self._port_obj = self.dom.evtchn.ports.get(port)
-        self.ring = BlkRing(page, self.dom.grants, self.disk, self._notify, self.log)
+        persistent = self._read("feature-persistent") == "1"
+        self.ring = BlkRing(page, self.dom.grants, self.disk, self._notify, self.log, persistent=persistent)
         self._switch(abi.XenbusStateConnected)
         self.log(f"connected: ring-ref {ref}, event channel {port}, {self.disk.size >> 20} MiB"
                  f"{' read-only' if self.disk.readonly else ''}")
@@ -245,7 +246,9 @@ class VbdBackend:
     def _disconnect(self) -> None:
         if self.ring is None:
             return
-        self.ring = None
+        ring, self.ring = self.ring, None
+        with self._serving:
+            ring.close()
         port, p = self.port, self._port_obj
         if port is not None and p is not None and self.dom.evtchn.ports.get(port) is p:
             # as Xen's evtchn_close on our end: the guest's port is unbound again, still offered to us

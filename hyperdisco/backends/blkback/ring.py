@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,6 +32,7 @@ from . import abi
 
 M32 = 0xFFFFFFFF
 DEFAULT_MAX_INDIRECT_SEGMENTS = 256  # what Linux blkback offers (MAX_INDIRECT_SEGMENTS)
+MAX_PERSISTENT_GRANTS = 4096  # per ring; Linux blkback's default max_persistent_grants is 1056
 LOG_INTERVAL_S = 10.0  # one log line per kind of bad request per device per this many seconds
 
 
@@ -92,8 +93,14 @@ class BlkRing:
     def __init__(self, page: Page, grants: Grants, disk: Disk, notify: Callable[[], None],
                  log: Callable[[str], None], backend_domid: int = 0,
                  max_indirect_segments: int = DEFAULT_MAX_INDIRECT_SEGMENTS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, persistent: bool = False) -> None:
         self.page = page
+        # Persistent grants (blkif.h "feature-persistent"): the frontend keeps a pool of pages granted
+        # read-write for the life of the connection and copies data through them, so it does not grant
+        # and revoke pages per request. Each is checked once, at first use, and held (busy) until close.
+        self.persistent = persistent
+        self._pgrants: dict[int, Page] = {}
+        self._held = ExitStack()
         self.grants = grants
         self.disk = disk
         self.notify = notify
@@ -107,6 +114,25 @@ class BlkRing:
         self.stats = RingStats()
         self._last_log: dict[str, tuple[float, int]] = {}  # kind -> (when logged, suppressed since)
         self.disk_sectors = disk.size // abi.SECTOR
+
+    def close(self) -> None:
+        """Release the persistent grants (their busy bits) at disconnect."""
+        self._pgrants.clear()
+        self._held.close()
+
+    def _grant(self, gref: int, write: bool) -> AbstractContextManager[Page]:
+        if self.persistent:
+            page = self._pgrants.get(gref)
+            if page is None and len(self._pgrants) < MAX_PERSISTENT_GRANTS:
+                try:
+                    page = self._held.enter_context(self.grants.access(gref, self.domid, write=True))
+                except GrantError:
+                    page = None  # not a read-write grant: used per request, as a non-persistent one
+                else:
+                    self._pgrants[gref] = page
+            if page is not None:
+                return nullcontext(page)
+        return self.grants.access(gref, self.domid, write=write)
 
     # -- shared indices ---------------------------------------------------------------------------------
     def _get(self, off: int) -> int:
@@ -208,7 +234,7 @@ class BlkRing:
         left = req.nr_indirect
         for gref in req.indirect_grefs:
             n = min(left, abi.SEGMENTS_PER_INDIRECT_PAGE)
-            with self.grants.access(gref, self.domid, write=False) as page:
+            with self._grant(gref, write=False) as page:
                 data = page.read(0, n * abi.SEGMENT.size)
             for i in range(n):
                 req.segments.append(abi.SEGMENT.unpack_from(data, i * abi.SEGMENT.size))
@@ -277,7 +303,7 @@ class BlkRing:
         total = sum(n for *_, n in self._spans(req))
         data = self.disk.read(req.sector * abi.SECTOR, total)
         for gref, off, pos, n in self._spans(req):  # the disk is read into the guest's pages
-            with self.grants.access(gref, self.domid, write=True) as page:
+            with self._grant(gref, write=True) as page:
                 page.write(off, data[pos:pos + n])
         self.stats.bytes_read += total
 
@@ -285,7 +311,7 @@ class BlkRing:
         self._readonly_check()
         parts = []
         for gref, off, _pos, n in self._spans(req):  # every grant is checked before anything is written
-            with self.grants.access(gref, self.domid, write=False) as page:
+            with self._grant(gref, write=False) as page:
                 parts.append(page.read(off, n))
         data = b"".join(parts)
         self.disk.write(req.sector * abi.SECTOR, data)
