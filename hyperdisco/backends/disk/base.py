@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 from typing import Protocol, runtime_checkable
 
 from hyperdisco.errors import ImageError
@@ -107,3 +108,93 @@ def pwrite_full(fd: int, data: bytes | bytearray | memoryview, offset: int) -> N
 
 def round_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
+
+
+def pwrite_runs(fd: int, pending: list[tuple[int, memoryview | bytes]]) -> None:
+    """Write ``pending`` (host offset, bytes) pieces, one pwrite per run of contiguous pieces."""
+    j = 0
+    while j < len(pending):
+        host, first = pending[j]
+        chunks = [first]
+        nxt = host + len(first)
+        j += 1
+        while j < len(pending) and pending[j][0] == nxt:
+            chunks.append(pending[j][1])
+            nxt += len(pending[j][1])
+            j += 1
+        pwrite_full(fd, chunks[0] if len(chunks) == 1 else b"".join(chunks), host)
+
+
+def read_padded(lower: DiskImage, offset: int, length: int, limit: int) -> bytes:
+    """``lower``'s contents below ``limit``, zeros from there on (a lower image may end mid-cluster)."""
+    avail = max(0, min(length, limit - offset))
+    data = lower.read(offset, avail) if avail else b""
+    return data + bytes(length - avail) if avail < length else data
+
+
+class LayeredImage:
+    """What the cluster-mapped formats over a lower image (cow overlays, qcow2) share: argument checks
+    and locking around their ``_read``/``_write``/``_flush``, and a close that flushes, closes the file
+    and then the lower image.
+
+    Subclasses set ``path``, ``size``, ``readonly``, ``_fd`` and ``_lock`` and say with ``_keeps_writes``
+    whether flush() has anything to make durable, and with ``_lower`` which image to close with them.
+    """
+
+    path: str
+    size: int
+    readonly: bool
+    _fd: int
+    _lock: threading.Lock
+
+    def _read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def _write(self, offset: int, data: memoryview) -> None:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    def _keeps_writes(self) -> bool:
+        return not self.readonly
+
+    def _lower(self) -> DiskImage | None:
+        return None
+
+    def read(self, offset: int, length: int) -> bytes:
+        check_range(self.size, offset, length)
+        with self._lock:
+            return self._read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        check_writable(self.readonly, self.path)
+        check_range(self.size, offset, len(data))
+        with self._lock:
+            self._write(offset, memoryview(data))
+
+    def flush(self) -> None:
+        if not self._keeps_writes():
+            return
+        with self._lock:
+            self._flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        """A no-op: clusters stay allocated (and unallocated ones would have to stop reading from the
+        lower image), so what the guest wrote there stays readable."""
+        check_writable(self.readonly, self.path)
+        check_range(self.size, offset, length)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if self._keeps_writes():
+                with self._lock:
+                    self._flush()
+        finally:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+            lower = self._lower()
+            if lower is not None:
+                lower.close()

@@ -46,12 +46,13 @@ from collections.abc import Callable
 
 from hyperdisco.backends.disk.base import (
     DiskImage,
-    check_range,
-    check_writable,
+    LayeredImage,
     file_size,
     open_locked,
     pread_full,
     pwrite_full,
+    pwrite_runs,
+    read_padded,
     round_up,
 )
 from hyperdisco.errors import ImageError
@@ -73,7 +74,7 @@ def _table_bytes(table: array.array[int], first: int, count: int) -> bytes:
     return chunk.tobytes()
 
 
-class CowImage:
+class CowImage(LayeredImage):
     """A copy-on-write overlay over ``base`` (any DiskImage opened read-only, closed with the overlay)."""
 
     def __init__(self, fd: int, name: str, base: DiskImage, size: int, cluster_bits: int,
@@ -233,14 +234,7 @@ class CowImage:
 
     def _read_base(self, offset: int, length: int) -> bytes:
         """Base contents, zeros past its end (the base size may not be a multiple of the cluster)."""
-        avail = max(0, min(length, self.base.size - offset))
-        data = self.base.read(offset, avail) if avail else b""
-        return data + bytes(length - avail) if avail < length else data
-
-    def read(self, offset: int, length: int) -> bytes:
-        check_range(self.size, offset, length)
-        with self._lock:
-            return self._read(offset, length)
+        return read_padded(self.base, offset, length, self.base.size)
 
     def _read(self, offset: int, length: int) -> bytes:
         cs, table = self._cs, self._table
@@ -269,12 +263,6 @@ class CowImage:
             return self._read_base(guest, length)
         return pread_full(self._fd, length, host)
 
-    def write(self, offset: int, data: bytes) -> None:
-        check_writable(self.readonly, self.path)
-        check_range(self.size, offset, len(data))
-        with self._lock:
-            self._write(offset, memoryview(data))
-
     def _write(self, offset: int, data: memoryview) -> None:
         cs, table = self._cs, self._table
         pos, end, i = offset, offset + len(data), 0
@@ -300,26 +288,14 @@ class CowImage:
                 self._dirty.add(ci // 64)
             pos += n
             i += n
-        self._pwrite_runs(pending)
+        pwrite_runs(self._fd, pending)
 
-    def _pwrite_runs(self, pending: list[tuple[int, memoryview | bytes]]) -> None:
-        j = 0
-        while j < len(pending):
-            host, first = pending[j]
-            chunks = [first]
-            nxt = host + len(first)
-            j += 1
-            while j < len(pending) and pending[j][0] == nxt:
-                chunks.append(pending[j][1])
-                nxt += len(pending[j][1])
-                j += 1
-            pwrite_full(self._fd, chunks[0] if len(chunks) == 1 else b"".join(chunks), host)
+    def _keeps_writes(self) -> bool:
+        # a non-persistent overlay is discarded at close: nothing to make durable
+        return not self.readonly and self._durable
 
-    def flush(self) -> None:
-        if self.readonly or not self._durable:
-            return  # a non-persistent overlay is discarded at close: nothing to make durable
-        with self._lock:
-            self._flush()
+    def _lower(self) -> DiskImage:
+        return self.base
 
     def _flush(self) -> None:
         os.fdatasync(self._fd)  # data clusters first...
@@ -332,20 +308,3 @@ class CowImage:
             pwrite_full(self._fd, _table_bytes(self._table, first, count), self._table_offset + 8 * first)
         self._dirty.clear()
         os.fdatasync(self._fd)
-
-    def discard(self, offset: int, length: int) -> None:
-        """A no-op: discarded clusters would have to stop reading from the base."""
-        check_writable(self.readonly, self.path)
-        check_range(self.size, offset, length)
-
-    def close(self) -> None:
-        if self._fd < 0:
-            return
-        try:
-            if not self.readonly and self._durable:
-                with self._lock:
-                    self._flush()
-        finally:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-            self.base.close()

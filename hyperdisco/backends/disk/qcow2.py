@@ -55,12 +55,13 @@ from collections.abc import Callable
 
 from hyperdisco.backends.disk.base import (
     DiskImage,
-    check_range,
-    check_writable,
+    LayeredImage,
     file_size,
     open_locked,
     pread_full,
     pwrite_full,
+    pwrite_runs,
+    read_padded,
     round_up,
 )
 from hyperdisco.errors import ImageError
@@ -114,7 +115,7 @@ def _be_bytes(table: array.array[int]) -> bytes:
     return table.tobytes()
 
 
-class Qcow2Image:
+class Qcow2Image(LayeredImage):
     """An open qcow2 image (see the module docstring for coverage and the write ordering)."""
 
     def __init__(self, path: str, readonly: bool, opener: Opener, probe: Callable[[str], str]) -> None:
@@ -389,10 +390,7 @@ class Qcow2Image:
     def _read_backing(self, offset: int, length: int) -> bytes:
         if self.backing is None:
             return bytes(length)
-        limit = self.backing.size // 512 * 512
-        avail = max(0, min(length, limit - offset))
-        data = self.backing.read(offset, avail) if avail else b""
-        return data + bytes(length - avail) if avail < length else data
+        return read_padded(self.backing, offset, length, self.backing.size // 512 * 512)
 
     def _classify(self, entry: int, guest: int) -> tuple[int, int]:
         """(kind, where) for a cluster's L2 entry: 0 data at host offset, 1 zeros, 2 backing."""
@@ -407,11 +405,6 @@ class Qcow2Image:
         if host % self._cs or host >= self._end:
             raise self._eio(f"data cluster offset {host:#x} is invalid or beyond the file")
         return 0, host
-
-    def read(self, offset: int, length: int) -> bytes:
-        check_range(self.size, offset, length)
-        with self._lock:
-            return self._read(offset, length)
 
     def _read(self, offset: int, length: int) -> bytes:
         cs, l2n = self._cs, self._l2n
@@ -445,12 +438,6 @@ class Qcow2Image:
         if kind == 1:
             return bytes(length)
         return self._read_backing(at, length)
-
-    def write(self, offset: int, data: bytes) -> None:
-        check_writable(self.readonly, self.path)
-        check_range(self.size, offset, len(data))
-        with self._lock:
-            self._write(offset, memoryview(data))
 
     def _write(self, offset: int, data: memoryview) -> None:
         cs, l2n = self._cs, self._l2n
@@ -500,28 +487,9 @@ class Qcow2Image:
                 i += n
                 l2i += 1
             # the data goes out before anything else can run a flush that writes these L2 entries
-            self._pwrite_runs(pending)
+            pwrite_runs(self._fd, pending)
             pending.clear()
         self._evict()
-
-    def _pwrite_runs(self, pending: list[tuple[int, memoryview | bytes]]) -> None:
-        j = 0
-        while j < len(pending):
-            host, first = pending[j]
-            chunks = [first]
-            nxt = host + len(first)
-            j += 1
-            while j < len(pending) and pending[j][0] == nxt:
-                chunks.append(pending[j][1])
-                nxt += len(pending[j][1])
-                j += 1
-            pwrite_full(self._fd, chunks[0] if len(chunks) == 1 else b"".join(chunks), host)
-
-    def flush(self) -> None:
-        if self.readonly:
-            return
-        with self._lock:
-            self._flush()
 
     def _flush(self) -> None:
         fd = self._fd
@@ -538,20 +506,5 @@ class Qcow2Image:
             self._dirty_l1.clear()
             os.fdatasync(fd)
 
-    def discard(self, offset: int, length: int) -> None:
-        """A no-op (clusters stay allocated; the guest's data there stays readable)."""
-        check_writable(self.readonly, self.path)
-        check_range(self.size, offset, length)
-
-    def close(self) -> None:
-        if self._fd < 0:
-            return
-        try:
-            if not self.readonly:
-                with self._lock:
-                    self._flush()
-        finally:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-            if self.backing is not None:
-                self.backing.close()
+    def _lower(self) -> DiskImage | None:
+        return self.backing
