@@ -64,6 +64,14 @@ def domain_config(name: str, kernel: str | None, initrd: str | None, cmdline: st
         initrd_path = Path(initrd) if initrd else None
     image = _kernel(*_file_key(kernel_path))
     initrd_data = _initrd(*_file_key(initrd_path)) if initrd_path is not None else None
-    return DomainConfig(name=name, kernel=image, initrd=initrd_data,
-                        cmdline=DEFAULT_CMDLINE if cmdline is None else cmdline,
+    return DomainConfig(name=name, kernel=image, initrd=initrd_data, cmdline=guest_cmdline(cmdline),
                         memory_mib=memory_mib, vcpus=vcpus)
+
+
+def guest_cmdline(cmdline: str | None) -> str:
+    """The user's command line, with the PV console made the kernel's console unless they chose one
+    (a PVH guest has no other: without it the kernel's messages and /dev/console go nowhere)."""
+    if cmdline is None:
+        return DEFAULT_CMDLINE
+    words = cmdline.split()
+    return cmdline if any(w.startswith("console=") for w in words) else " ".join(["console=hvc0", *words])
