@@ -13,25 +13,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import importlib.metadata
-import json
 import os
 import platform
 import re
-import selectors
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import harness
+from harness import KINDS, TAIL_LINES, say
 
 MARKERS = ("user", "loop0", "loop1000", "true200", "dd_syscalls40k", "dd_16M_buffer", "poweroff")
 # (phase name, start marker, end marker)
@@ -54,7 +47,6 @@ METRICS = (
     ("poweroff_s", "wall to power-off (exit)", "s"),
     ("peak_rss_mb", "peak RSS", "MiB"),
 )
-KINDS = ("hyperdisco", "qemu")
 MARK_RE = re.compile(r"MARK:([A-Za-z0-9_]+)")
 # Kernel lines timed as events (absent with 'quiet'): the banner (first kernel output on both peers;
 # QEMU prints SeaBIOS/iPXE lines before it) and the exec of /init.
@@ -62,12 +54,6 @@ EVENT_LINES = (("linux_banner", "Linux version "), ("run_init", "Run /init as in
 TRAP_RE = re.compile(r"^\s+(\S+)\s+(\d+)\s*$")
 TIMING_RE = re.compile(r"^\s+(.+?)\s+([0-9.]+) s\s*$")
 DEFAULT_TIMEOUT = 120.0
-TAIL_LINES = 30
-
-
-def say(msg: str) -> None:
-    sys.stderr.write(f"bench: {msg}\n")
-    sys.stderr.flush()
 
 
 @dataclasses.dataclass
@@ -89,91 +75,22 @@ class RunResult:
 # -- running one child ---------------------------------------------------------------------------------
 
 
-class _LineSplitter:
-    """Accumulates bytes from one pipe and hands back complete lines (without the line ending)."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        return [ln.rstrip(b"\r").decode(errors="replace") for ln in lines]
-
-    def flush(self) -> list[str]:
-        rest, self.buf = self.buf, b""
-        return [rest.rstrip(b"\r").decode(errors="replace")] if rest else []
-
-
-def _reap(pid: int, deadline: float) -> tuple[int, Any, bool]:
-    """Reap ``pid`` with os.wait4, SIGKILLing it after ``deadline``; returns (status, rusage, killed)."""
-    killed = False
-    while True:
-        wpid, status, rusage = os.wait4(pid, os.WNOHANG)
-        if wpid == pid:
-            return status, rusage, killed
-        if not killed and time.monotonic() >= deadline:
-            os.kill(pid, signal.SIGKILL)
-            killed = True
-        time.sleep(0.002)
-
-
 def run_child(kind: str, index: int, argv: list[str], timeout: float) -> RunResult:
     res = RunResult(kind=kind, index=index, argv=argv)
-    out_lines: list[str] = []
-    err_lines: list[str] = []
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            bufsize=0, cwd=REPO)
-    deadline = t0 + timeout
-    assert proc.stdout is not None and proc.stderr is not None
-    sel = selectors.DefaultSelector()
-    splitters = {proc.stdout.fileno(): _LineSplitter(), proc.stderr.fileno(): _LineSplitter()}
-    sel.register(proc.stdout.fileno(), selectors.EVENT_READ, out_lines)
-    sel.register(proc.stderr.fileno(), selectors.EVENT_READ, err_lines)
-    timed_out = False
-
+    child = harness.spawn(argv, timeout)
     events: dict[str, float] = {}
+    for t, line in child.out:
+        for event, text in EVENT_LINES:
+            if text in line:
+                events.setdefault(event, t)
+        for name in MARK_RE.findall(line):
+            res.marks.setdefault(name, t)
+    timed_out = child.timed_out
 
-    def take_stdout(lines: list[str], now: float) -> None:
-        for line in lines:
-            for event, text in EVENT_LINES:
-                if text in line:
-                    events.setdefault(event, now - t0)
-            for name in MARK_RE.findall(line):
-                res.marks.setdefault(name, now - t0)
-
-    while sel.get_map():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            timed_out = True
-            break
-        for key, _ in sel.select(timeout=min(remaining, 1.0)):
-            fd = key.fd
-            data = os.read(fd, 65536)
-            now = time.monotonic()
-            sink: list[str] = key.data
-            if not data:
-                sel.unregister(fd)
-                lines = splitters[fd].flush()
-            else:
-                lines = splitters[fd].feed(data)
-            sink.extend(lines)
-            if sink is out_lines:
-                take_stdout(lines, now)
-    sel.close()
-    # Pipes closed (normally: the child exited) or timeout: reap it, killing it if it overstays.
-    status, rusage, killed = _reap(proc.pid, deadline if not timed_out else time.monotonic())
-    t_exit = time.monotonic() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keep Popen from retrying
-    proc.stdout.close()
-    proc.stderr.close()
-    timed_out = timed_out or killed
-
-    res.exit_status = proc.returncode
-    res.metrics["peak_rss_mb"] = rusage.ru_maxrss / 1024.0  # Linux: KiB
+    res.exit_status = child.exit_status
+    res.metrics["peak_rss_mb"] = child.peak_rss_mb
     if not timed_out:
-        res.metrics["poweroff_s"] = t_exit
+        res.metrics["poweroff_s"] = child.wall
     m = res.marks
     for name, t in events.items():
         res.metrics[f"{name}_s"] = t
@@ -185,7 +102,7 @@ def run_child(kind: str, index: int, argv: list[str], timeout: float) -> RunResu
     if "user" in m and "poweroff" in m:
         res.metrics["workload_s"] = m["poweroff"] - m["user"]
     if kind == "hyperdisco":
-        res.traps, res.self_timings = parse_stats(err_lines)
+        res.traps, res.self_timings = parse_stats(child.err)
 
     missing = [name for name in MARKERS if name not in m]
     if timed_out:
@@ -196,8 +113,8 @@ def run_child(kind: str, index: int, argv: list[str], timeout: float) -> RunResu
         res.failure = f"missing markers: {', '.join(missing)}"
     res.ok = res.failure is None
     if not res.ok:
-        res.stdout_tail = out_lines[-TAIL_LINES:]
-        res.stderr_tail = err_lines[-TAIL_LINES:]
+        res.stdout_tail = [ln for _, ln in child.out[-TAIL_LINES:]]
+        res.stderr_tail = child.err[-TAIL_LINES:]
     return res
 
 
@@ -258,50 +175,21 @@ def find_qemu(install: bool) -> str | None:
 # -- host info -----------------------------------------------------------------------------------------
 
 
-def _first_line(argv: list[str]) -> str | None:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=REPO).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.splitlines()[0].strip() if out.strip() else None
-
-
 def host_info(qemu: str | None) -> dict[str, Any]:
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        unicorn_version: str | None = importlib.metadata.version("unicorn")
-    except importlib.metadata.PackageNotFoundError:
-        unicorn_version = None
     return {
-        "cpu_model": cpu,
+        "cpu_model": harness.cpu_model(),
         "nproc": os.cpu_count(),
         "host_kernel": platform.release(),
         "host_os": platform.platform(),
         "python": platform.python_version(),
-        "unicorn": unicorn_version,
-        "qemu": _first_line([qemu, "--version"]) if qemu else None,
-        "hyperdisco_commit": _first_line(["git", "rev-parse", "HEAD"]),
+        "unicorn": harness.unicorn_version(),
+        "qemu": harness.first_line([qemu, "--version"]) if qemu else None,
+        "hyperdisco_commit": harness.hyperdisco_commit(),
         "loadavg_at_start": os.getloadavg(),
     }
 
 
 # -- summarising ---------------------------------------------------------------------------------------
-
-
-def medians(runs: list[RunResult]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, _, _ in METRICS:
-        vals = [r.metrics[key] for r in runs if r.ok and key in r.metrics]
-        if vals:
-            out[key] = statistics.median(vals)
-    return out
 
 
 def median_traps(runs: list[RunResult]) -> dict[str, float]:
@@ -318,20 +206,7 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def print_table(results: dict[str, list[RunResult]], med: dict[str, dict[str, float]],
                 ratios: dict[str, float]) -> None:
-    counts = {k: f"{sum(r.ok for r in results[k])}/{len(results[k])} ok" for k in KINDS}
-    head = ("metric", f"hyperdisco ({counts['hyperdisco']})", f"QEMU TCG ({counts['qemu']})", "ratio hd/qemu")
-    rows = [head]
-    for key, label, unit in METRICS:
-        ratio = ratios.get(key)
-        rows.append((label, _fmt(med["hyperdisco"].get(key), unit), _fmt(med["qemu"].get(key), unit),
-                     f"{ratio:.2f}x" if ratio is not None else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join([row[0].ljust(widths[0])] + cells))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = harness.table_lines(harness.comparison_rows(results, med, ratios, METRICS, _fmt))
     print("medians (ratio = hyperdisco / QEMU, lower is better for hyperdisco)")
     print("\n".join(lines))
 
@@ -350,11 +225,7 @@ def print_failures(results: dict[str, list[RunResult]]) -> None:
     for r in failed:
         seen = [name for name, _ in sorted(r.marks.items(), key=lambda kv: kv[1])]
         print(f"\nFAILED {r.kind} run {r.index}: {r.failure}; markers seen: {seen}")
-        for name, tail in (("stdout", r.stdout_tail), ("stderr", r.stderr_tail)):
-            if tail:
-                print(f"  last {len(tail)} {name} lines:")
-                for line in tail:
-                    print(f"    | {line}")
+        harness.print_tails(r)
 
 
 # -- main ----------------------------------------------------------------------------------------------
@@ -382,9 +253,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from hyperdisco.images import ensure_default_images
-
-    images = ensure_default_images(lambda msg: say(f"images: {msg}"))
+    images = harness.default_images(say)
     kinds = [args.only] if args.only else list(KINDS)
     qemu = None
     if "qemu" in kinds:
@@ -400,28 +269,23 @@ def main(argv: list[str] | None = None) -> int:
         "qemu": qemu_argv(qemu or "qemu-system-x86_64", images.bzimage, images.initrd, args.memory,
                           args.quiet_kernel),
     }
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_path: Path = args.out or REPO / "bench" / "results" / f"boot-{stamp}.json"
+    stamp = harness.timestamp()
+    out_path = harness.results_path(args.out, "boot", stamp)
     info = host_info(qemu)
     results: dict[str, list[RunResult]] = {k: [] for k in KINDS}
-    total = args.runs * len(kinds)
-    n = 0
-    for i in range(1, args.runs + 1):
-        for kind in kinds:
-            n += 1
-            say(f"run {n}/{total}: {kind} #{i} ...")
-            r = run_child(kind, i, argvs[kind], args.timeout)
-            results[kind].append(r)
-            if r.ok:
-                met = r.metrics
-                say(f"run {n}/{total}: {kind} #{i} ok: user space {met['user_space_s']:.3f} s, "
-                    f"power-off {met['poweroff_s']:.3f} s, peak RSS {met['peak_rss_mb']:.0f} MiB")
-            else:
-                say(f"run {n}/{total}: {kind} #{i} FAILED: {r.failure}")
+    for kind, i, label in harness.schedule(args.runs, kinds):
+        say(f"{label} ...")
+        r = run_child(kind, i, argvs[kind], args.timeout)
+        results[kind].append(r)
+        if r.ok:
+            met = r.metrics
+            say(f"{label} ok: user space {met['user_space_s']:.3f} s, "
+                f"power-off {met['poweroff_s']:.3f} s, peak RSS {met['peak_rss_mb']:.0f} MiB")
+        else:
+            say(f"{label} FAILED: {r.failure}")
 
-    med = {k: medians(results[k]) for k in KINDS}
-    ratios = {key: med["hyperdisco"][key] / med["qemu"][key] for key, _, _ in METRICS
-              if key in med["hyperdisco"] and med["qemu"].get(key)}
+    med = {k: harness.medians(results[k], [key for key, _, _ in METRICS]) for k in KINDS}
+    ratios = harness.ratios(med)
     traps = median_traps(results["hyperdisco"])
 
     print_table(results, med, ratios)
@@ -443,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios_hyperdisco_over_qemu": ratios,
         "hyperdisco_median_traps": traps,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(doc, indent=2) + "\n")
-    say(f"wrote {out_path}")
+    harness.write_json(out_path, doc, say)
     all_ok = all(r.ok for k in kinds for r in results[k])
     return 0 if all_ok else 1
 
