@@ -20,32 +20,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import importlib.metadata
-import json
 import os
 import platform
 import re
-import selectors
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import harness
+from harness import KINDS, REPO, TAIL_LINES, say
 
 TOOLS = REPO / "bench" / "tools"
-KINDS = ("hyperdisco", "qemu")
 DEVICES = {"hyperdisco": "/dev/xvdb", "qemu": "/dev/vda"}
 DEFAULT_TIMEOUT = 300.0
-TAIL_LINES = 30
 MIB = 1 << 20
 # (key in a run's metrics, label, unit); all "higher is better" except those in LOWER_IS_BETTER
 METRICS = (
@@ -67,11 +57,6 @@ TIME_RE = re.compile(r"TIME (\w+) ([0-9.]+) ([0-9.]+) ([0-9.]+)")
 RAND_RE = re.compile(r"RANDREAD ops=(\d+) seconds=([0-9.]+) iops=([0-9.]+)")
 DEV_RE = re.compile(r"DISKBENCH:dev (\S+) (.*)$")
 ERR_RE = re.compile(r"DISKBENCH:error (.*)$")
-
-
-def say(msg: str) -> None:
-    sys.stderr.write(f"bench: {msg}\n")
-    sys.stderr.flush()
 
 
 @dataclasses.dataclass
@@ -134,75 +119,6 @@ def build_initrd(base_initrd: Path, modules_dir: Path, tool: Path, out: Path) ->
 # -- running one child ---------------------------------------------------------------------------------
 
 
-class _LineSplitter:
-    def __init__(self) -> None:
-        self.buf = b""
-
-    def feed(self, data: bytes) -> list[str]:
-        self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        return [ln.rstrip(b"\r").decode(errors="replace") for ln in lines]
-
-    def flush(self) -> list[str]:
-        rest, self.buf = self.buf, b""
-        return [rest.rstrip(b"\r").decode(errors="replace")] if rest else []
-
-
-def _reap(pid: int, deadline: float) -> tuple[int, Any, bool]:
-    killed = False
-    while True:
-        wpid, status, rusage = os.wait4(pid, os.WNOHANG)
-        if wpid == pid:
-            return status, rusage, killed
-        if not killed and time.monotonic() >= deadline:
-            os.kill(pid, signal.SIGKILL)
-            killed = True
-        time.sleep(0.002)
-
-
-Spawned = tuple[list[tuple[float, str]], list[str], int, Any, bool, float]
-
-
-def spawn(argv: list[str], timeout: float) -> Spawned:
-    """Run ``argv``; returns (timestamped stdout lines, stderr lines, exit code, rusage, timed out, wall)."""
-    out: list[tuple[float, str]] = []
-    err: list[str] = []
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            bufsize=0, cwd=REPO)
-    assert proc.stdout is not None and proc.stderr is not None
-    deadline = t0 + timeout
-    sel = selectors.DefaultSelector()
-    splitters = {proc.stdout.fileno(): _LineSplitter(), proc.stderr.fileno(): _LineSplitter()}
-    sel.register(proc.stdout.fileno(), selectors.EVENT_READ, "out")
-    sel.register(proc.stderr.fileno(), selectors.EVENT_READ, "err")
-    timed_out = False
-    while sel.get_map():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            timed_out = True
-            break
-        for key, _ in sel.select(timeout=min(remaining, 1.0)):
-            data = os.read(key.fd, 65536)
-            now = time.monotonic() - t0
-            if not data:
-                sel.unregister(key.fd)
-                lines = splitters[key.fd].flush()
-            else:
-                lines = splitters[key.fd].feed(data)
-            if key.data == "out":
-                out.extend((now, ln) for ln in lines)
-            else:
-                err.extend(lines)
-    sel.close()
-    status, rusage, killed = _reap(proc.pid, time.monotonic() if timed_out else deadline)
-    wall = time.monotonic() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keep Popen from retrying
-    proc.stdout.close()
-    proc.stderr.close()
-    return out, err, proc.returncode, rusage, timed_out or killed, wall
-
-
 def drop_host_caches() -> bool:
     """Write back and drop the host page cache (needs root); False if not possible."""
     os.sync()
@@ -220,9 +136,10 @@ def run_once(kind: str, index: int, argv: list[str], image: Path, args: argparse
         f.truncate(args.image_mib * MIB)
     if not args.no_drop_caches:
         res.caches_dropped = drop_host_caches()
-    out, err, code, rusage, timed_out, wall = spawn(argv, args.timeout)
+    child = harness.spawn(argv, args.timeout)
+    out, err, code, _, timed_out, wall = child
     res.exit_status = code
-    res.metrics["peak_rss_mb"] = rusage.ru_maxrss / 1024.0
+    res.metrics["peak_rss_mb"] = child.peak_rss_mb
     try:
         res.image_allocated_mib = image.stat().st_blocks * 512 / MIB
     except OSError:
@@ -303,45 +220,17 @@ def qemu_argv(qemu: str, bzimage: Path, initrd: Path, image: Path, args: argpars
 # -- host info -----------------------------------------------------------------------------------------
 
 
-def _first_line(argv: list[str]) -> str | None:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=REPO).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.splitlines()[0].strip() if out.strip() else None
-
-
-def _last_line(argv: list[str]) -> str | None:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=REPO).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.splitlines()[-1].strip() if out.strip() else None
-
-
 def host_info(qemu: str | None, workdir: Path) -> dict[str, Any]:
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        unicorn_version: str | None = importlib.metadata.version("unicorn")
-    except importlib.metadata.PackageNotFoundError:
-        unicorn_version = None
     return {
-        "cpu_model": cpu,
+        "cpu_model": harness.cpu_model(),
         "nproc": os.cpu_count(),
         "host_kernel": platform.release(),
         "python": platform.python_version(),
-        "unicorn": unicorn_version,
-        "qemu": _first_line([qemu, "--version"]) if qemu else None,
-        "gcc": _first_line(["gcc", "--version"]),
-        "hyperdisco_commit": _first_line(["git", "rev-parse", "HEAD"]),
-        "workdir_filesystem": _last_line(["df", "--output=source,fstype", str(workdir)]),
+        "unicorn": harness.unicorn_version(),
+        "qemu": harness.first_line([qemu, "--version"]) if qemu else None,
+        "gcc": harness.first_line(["gcc", "--version"]),
+        "hyperdisco_commit": harness.hyperdisco_commit(),
+        "workdir_filesystem": harness.last_line(["df", "--output=source,fstype", str(workdir)]),
         "loadavg_at_start": os.getloadavg(),
     }
 
@@ -350,13 +239,7 @@ def host_info(qemu: str | None, workdir: Path) -> dict[str, Any]:
 
 
 def medians(runs: list[RunResult]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    keys = [k for k, _, _ in METRICS] + ["write_dd_only_mibps"]
-    for key in keys:
-        vals = [r.metrics[key] for r in runs if r.ok and key in r.metrics]
-        if vals:
-            out[key] = statistics.median(vals)
-    return out
+    return harness.medians(runs, [k for k, _, _ in METRICS] + ["write_dd_only_mibps"])
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -369,22 +252,11 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def print_table(results: dict[str, list[RunResult]], med: dict[str, dict[str, float]],
                 ratios: dict[str, float], args: argparse.Namespace) -> None:
-    counts = {k: f"{sum(r.ok for r in results[k])}/{len(results[k])} ok" for k in KINDS}
-    head = ("metric", f"hyperdisco ({counts['hyperdisco']})", f"QEMU TCG ({counts['qemu']})",
-            "ratio hd/qemu", "better")
-    rows = [head]
-    for key, label, unit in METRICS:
-        ratio = ratios.get(key)
-        rows.append((label, _fmt(med["hyperdisco"].get(key), unit), _fmt(med["qemu"].get(key), unit),
-                     f"{ratio:.2f}x" if ratio is not None else "-",
-                     "-" if key in NEUTRAL else "lower" if key in LOWER_IS_BETTER else "higher"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join([row[0].ljust(widths[0])] + cells))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    head, *rows = harness.comparison_rows(results, med, ratios, METRICS, _fmt)
+    better = ["-" if key in NEUTRAL else "lower" if key in LOWER_IS_BETTER else "higher"
+              for key, _, _ in METRICS]
+    lines = harness.table_lines([(*head, "better")]
+                                + [(*row, b) for row, b in zip(rows, better, strict=True)])
     print(f"disk: {args.mib} MiB sequential (bs=1M) and {args.rand_seconds:g} s of 4 KiB random reads, "
           f"{args.image_mib} MiB sparse raw image, medians")
     print("ratio = hyperdisco / QEMU: for throughput and IOPS HIGHER is better (ratio > 1.00x: hyperdisco "
@@ -395,11 +267,7 @@ def print_table(results: dict[str, list[RunResult]], med: dict[str, dict[str, fl
 def print_failures(results: dict[str, list[RunResult]]) -> None:
     for r in (r for k in KINDS for r in results[k] if not r.ok):
         print(f"\nFAILED {r.kind} run {r.index}: {r.failure}")
-        for name, tail in (("stdout", r.stdout_tail), ("stderr", r.stderr_tail)):
-            if tail:
-                print(f"  last {len(tail)} {name} lines:")
-                for line in tail:
-                    print(f"    | {line}")
+        harness.print_tails(r)
 
 
 # -- main ----------------------------------------------------------------------------------------------
@@ -433,9 +301,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from hyperdisco.images import ensure_default_images
-
-    images = ensure_default_images(lambda msg: say(f"images: {msg}"))
+    images = harness.default_images(say)
     kinds = [args.only] if args.only else list(KINDS)
     qemu = shutil.which("qemu-system-x86_64")
     if "qemu" in kinds and qemu is None:
@@ -462,37 +328,32 @@ def main(argv: list[str] | None = None) -> int:
             "hyperdisco": hyperdisco_argv(images.kernel, initrd, image, args),
             "qemu": qemu_argv(qemu or "qemu-system-x86_64", images.bzimage, initrd, image, args),
         }
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out_path: Path = args.out or REPO / "bench" / "results" / f"disk-{stamp}.json"
+        stamp = harness.timestamp()
+        out_path = harness.results_path(args.out, "disk", stamp)
         info = host_info(qemu, workdir)
         results: dict[str, list[RunResult]] = {k: [] for k in KINDS}
-        total = args.runs * len(kinds)
-        n = 0
         warned = False
-        for i in range(1, args.runs + 1):
-            for kind in kinds:
-                n += 1
-                say(f"run {n}/{total}: {kind} #{i} ...")
-                r = run_once(kind, i, argvs[kind], image, args)
-                results[kind].append(r)
-                if not args.no_drop_caches and not r.caches_dropped and not warned:
-                    say("could not write /proc/sys/vm/drop_caches (not root?); host caches stay warm")
-                    warned = True
-                met = r.metrics
-                if r.ok:
-                    say(f"run {n}/{total}: {kind} #{i} ok: write {met['write_mibps']:.1f} MiB/s, "
-                        f"read {met['read_mibps']:.1f} MiB/s, randread {met['randread_iops']:.0f} IOPS, "
-                        f"wall {met.get('wall_s', 0):.1f} s")
-                else:
-                    say(f"run {n}/{total}: {kind} #{i} FAILED: {r.failure}")
+        for kind, i, label in harness.schedule(args.runs, kinds):
+            say(f"{label} ...")
+            r = run_once(kind, i, argvs[kind], image, args)
+            results[kind].append(r)
+            if not args.no_drop_caches and not r.caches_dropped and not warned:
+                say("could not write /proc/sys/vm/drop_caches (not root?); host caches stay warm")
+                warned = True
+            met = r.metrics
+            if r.ok:
+                say(f"{label} ok: write {met['write_mibps']:.1f} MiB/s, "
+                    f"read {met['read_mibps']:.1f} MiB/s, randread {met['randread_iops']:.0f} IOPS, "
+                    f"wall {met.get('wall_s', 0):.1f} s")
+            else:
+                say(f"{label} FAILED: {r.failure}")
         image.unlink(missing_ok=True)
     finally:
         if tmp is not None:
             tmp.cleanup()
 
     med = {k: medians(results[k]) for k in KINDS}
-    ratios = {key: med["hyperdisco"][key] / med["qemu"][key] for key in med["hyperdisco"]
-              if med["qemu"].get(key)}
+    ratios = harness.ratios(med)
     print_table(results, med, ratios, args)
     print_failures(results)
 
@@ -512,9 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "medians": {k: med[k] for k in kinds},
         "ratios_hyperdisco_over_qemu": ratios,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(doc, indent=2) + "\n")
-    say(f"wrote {out_path}")
+    harness.write_json(out_path, doc, say)
     return 0 if all(r.ok for k in kinds for r in results[k]) else 1
 
 
