@@ -49,7 +49,7 @@ def populate_tree(root: Path, busybox: Path) -> None:
         raise ImageError(f"hyperdisco: {busybox}: cannot read busybox ({exc.strerror or exc})") from None
     if head != b"\x7fELF":
         raise ImageError(f"hyperdisco: {busybox}: not a busybox executable")
-    for d in (*DIRECTORIES, "sbin"):
+    for d in DIRECTORIES:
         (root / d).mkdir(parents=True, exist_ok=True)
     os.chmod(root / "tmp", 0o1777)
     os.chmod(root / "root", 0o700)
@@ -57,9 +57,13 @@ def populate_tree(root: Path, busybox: Path) -> None:
     os.chmod(root / "bin" / "busybox", 0o755)
     for applet in busybox_applets(busybox):
         os.symlink("busybox", root / "bin" / applet)
-    os.symlink("/bin/busybox", root / "sbin" / "init")
+    if not (root / "bin" / "init").is_symlink():
+        os.symlink("busybox", root / "bin" / "init")
+    # as in the initramfs: every applet under every usual directory, so /sbin/init and the kernel's
+    # /sbin/poweroff (xl shutdown through control/shutdown) are found on a disk root too
+    os.symlink("bin", root / "sbin")
     os.symlink("../bin", root / "usr" / "bin")
-    os.symlink("../sbin", root / "usr" / "sbin")
+    os.symlink("../bin", root / "usr" / "sbin")
     for path, src, mode in GUEST_FILES:
         dest = root / path
         dest.parent.mkdir(parents=True, exist_ok=True)

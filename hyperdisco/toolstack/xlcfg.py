@@ -449,6 +449,18 @@ def _action(s: _Setting) -> str:
 # disk and vif specs
 
 
+BOOLEANS = {"yes": True, "1": True, "true": True, "on": True, "no": False, "0": False, "false": False,
+            "off": False}
+# xl-disk-configuration(5)'s other keys (accepted, not all acted on) and hyperdisco's base/persistent
+KNOWN_DISK_KEYS = {"devtype", "backend", "backendtype", "script", "discard", "no-discard", "direct-io-safe",
+                   "trusted", "untrusted", "colo", "colo-host", "colo-port", "colo-export", "active-disk",
+                   "hidden-disk", "specification", "base", "persistent"} | set(DISK_FLAGS)
+
+
+def disk_persistent(spec: DiskSpec) -> bool:
+    return BOOLEANS[spec.extra.get("persistent", "yes")]
+
+
 def parse_disk(spec: str, where: str = "<disk>", base_dir: Path | None = None) -> DiskSpec:
     """Parse one DISKSPEC (xl-disk-configuration(5)); ``where`` locates it in messages."""
     def bad(message: str) -> ConfigError:
@@ -519,8 +531,20 @@ def parse_disk(spec: str, where: str = "<disk>", base_dir: Path | None = None) -
     access = named.get("access") or default_access
     if access not in DISK_ACCESS:
         raise bad(f"access {access!r} is invalid (expected ro, r, rw or w)")
-    if base_dir is not None and not Path(target).is_absolute():
-        target = str(base_dir / target)
+    unknown = sorted(set(extra) - KNOWN_DISK_KEYS)
+    if unknown:
+        raise bad(f"unknown disk parameter {unknown[0]!r}")
+    # hyperdisco's own: base= (the read-only image under a new cow overlay), persistent=yes|no
+    # (no: the disk's writes are kept only until the domain goes, as Disco's non-persistent disks)
+    if extra.get("persistent", "yes") not in BOOLEANS:
+        raise bad(f"persistent={extra['persistent']!r} (expected yes or no)")
+    if "base" in extra and not extra["base"]:
+        raise bad("base= names no image")
+    if base_dir is not None:
+        if not Path(target).is_absolute():
+            target = str(base_dir / target)
+        if "base" in extra and not Path(extra["base"]).is_absolute():
+            extra["base"] = str(base_dir / extra["base"])
     return DiskSpec(target=target, format=fmt, vdev=vdev, access=DISK_ACCESS[access], extra=extra)
 
 

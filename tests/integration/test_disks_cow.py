@@ -88,7 +88,7 @@ def test_two_domains_share_a_base_with_separate_overlays(xl: Xl, tmp_path: Path)
     before = sha256(base)
     overlays = {}
     for dom in ("cowa", "cowb"):
-        # a persistent overlay made on the host (see the xfail test below for xl.cfg creating it)
+        # a persistent overlay made on the host (the test below has xl.cfg create one)
         overlays[dom] = tmp_path / f"{dom}.cow"
         CowImage.create(str(overlays[dom]), str(base), "raw", base.stat().st_size)
         xl("create", root_cfg(tmp_path, dom, f"format=cow, vdev=xvda, access=rw, target={overlays[dom]}"))
@@ -124,9 +124,6 @@ def test_two_domains_share_a_base_with_separate_overlays(xl: Xl, tmp_path: Path)
 
 
 @needs_e2fsprogs
-@pytest.mark.xfail(strict=True, reason="blkback manager.open_image() passes neither base nor persistent from "
-                                       "the disk spec to open_disk(): a new cow overlay cannot be made from "
-                                       "xl.cfg (the base= key lands in DiskSpec.extra and is ignored)")
 def test_new_overlay_from_xl_cfg(xl: Xl, tmp_path: Path) -> None:
     base = base_image(tmp_path / "base.img")
     before = sha256(base)
@@ -143,10 +140,6 @@ def test_new_overlay_from_xl_cfg(xl: Xl, tmp_path: Path) -> None:
 
 
 @needs_e2fsprogs
-@pytest.mark.xfail(strict=True, reason="no way to ask for a non-persistent disk in xl.cfg: "
-                                       "manager.open_image() never passes persistent=False (nor base) to "
-                                       "open_disk(), and an unknown key such as persistent=no is silently "
-                                       "ignored")
 def test_non_persistent_overlay_is_discarded_at_destroy(xl: Xl, tmp_path: Path) -> None:
     base = base_image(tmp_path / "base.img")
     before = sha256(base)

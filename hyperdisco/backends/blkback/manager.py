@@ -23,13 +23,11 @@ DETACH_TIMEOUT_S = 10.0  # libxl waits LIBXL_DESTROY_TIMEOUT (10 s) for the fron
 
 def open_image(spec: Any) -> Disk:
     """Open the image a DiskSpec names: a one-line ImageError when it is missing, corrupt or in use."""
-    readonly = spec.access == "ro"
-    try:
-        from ..disk import open_disk
-    except ImportError:  # the disk-format package has not landed: raw files only
-        from ._rawdisk import open_raw
-        return open_raw(spec.target, spec.format, readonly)
-    image: Disk = open_disk(spec.target, format=spec.format, readonly=readonly)
+    from ...toolstack.xlcfg import disk_persistent
+    from ..disk import open_disk
+
+    image: Disk = open_disk(spec.target, format=spec.format, readonly=spec.access == "ro",
+                            persistent=disk_persistent(spec), base=spec.extra.get("base"))
     return image
 
 
