@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import importlib.metadata
-import json
 import os
 import platform
 import re
@@ -34,19 +31,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import harness
+from harness import REPO, TAIL_LINES
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 ROLLUP_KEYS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Private_Dirty", "Shared_Clean")
-TAIL_LINES = 30
 
 
 def say(msg: str) -> None:
-    sys.stderr.write(f"density: {msg}\n")
-    sys.stderr.flush()
+    harness.say(msg, "density")
 
 
 # -- host-side probes ----------------------------------------------------------------------------------
@@ -116,31 +110,17 @@ def mem_available_kib() -> int:
 
 
 def host_info() -> dict[str, Any]:
-    cpu = None
     mem_total = None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem_total = int(line.split()[1])
     except OSError:
         pass
-    try:
-        unicorn_version: str | None = importlib.metadata.version("unicorn")
-    except importlib.metadata.PackageNotFoundError:
-        unicorn_version = None
-    try:
-        commit: str | None = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                            text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"cpu_model": cpu, "nproc": os.cpu_count(), "mem_total_kib": mem_total,
+    return {"cpu_model": harness.cpu_model(), "nproc": os.cpu_count(), "mem_total_kib": mem_total,
             "host_kernel": platform.release(), "python": platform.python_version(),
-            "unicorn": unicorn_version,
-            "hyperdisco_commit": commit, "loadavg_at_start": os.getloadavg()}
+            "unicorn": harness.unicorn_version(),
+            "hyperdisco_commit": harness.hyperdisco_commit(), "loadavg_at_start": os.getloadavg()}
 
 
 # -- the daemon and the verbs --------------------------------------------------------------------------
@@ -462,17 +442,13 @@ def print_table(steps: list[Step], baseline: dict[str, Any]) -> None:
     head = ("domains", "create-to-shell med/max (s)", "batch (s)", "PSS/dom (MiB)", "net PSS/dom",
             "PSS total", "MemAvail drop/dom", "daemon CPU idle (% core)", "idle CPU/dom (%)",
             "host busy (%)", "all answered")
-    rows = [head] + [step_row(s) for s in steps]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = harness.table_lines([head] + [step_row(s) for s in steps])
     b = baseline
     print(f"baseline (daemon, 0 domains): PSS {b['rollup_kib']['Pss'] / 1024:.0f} MiB, "
           f"RSS {b['rollup_kib']['Rss'] / 1024:.0f} MiB, "
           f"idle CPU {_f(b['window'].get('daemon_cpu_pct_one_core'), '.1f')}% of a core; "
           f"MemAvailable {b['mem_available_kib'] / 1024 / 1024:.1f} GiB")
-    for i, r in enumerate(rows):
-        print("  ".join(c.rjust(widths[j]) if j else c.ljust(widths[j]) for j, c in enumerate(r)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print("\n".join(lines))
     last = next((s for s in reversed(steps) if s.memory and s.domains), None)
     if last is not None:
         m = last.memory
@@ -521,11 +497,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    from hyperdisco.images import ensure_default_images
-
-    images = ensure_default_images(lambda msg: say(f"images: {msg}"))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_path: Path = args.out or REPO / "bench" / "results" / f"density-{stamp}.json"
+    images = harness.default_images(say)
+    stamp = harness.timestamp()
+    out_path = harness.results_path(args.out, "density", stamp)
     doc: dict[str, Any] = {
         "benchmark": "density", "started": stamp,
         "config": {"steps": args.steps, "memory_mib": args.memory, "settle_s": args.settle,
@@ -590,9 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.update(baseline=baseline, steps=[dataclasses.asdict(s) | {"ok": s.ok} for s in steps],
                limit_domains=limit, interrupted=interrupted, error=error,
                failed_step=failed.target if failed else None, daemon_log_tail=daemon_tail.splitlines())
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(doc, indent=2) + "\n")
-    say(f"wrote {out_path}")
+    harness.write_json(out_path, doc, say)
     return 0 if failed is None and not interrupted and error is None else 1
 
 
