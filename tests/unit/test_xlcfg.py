@@ -291,3 +291,17 @@ def test_missing_file_and_unreadable_input(tmp_path: Path) -> None:
 def test_error_messages_escape_control_characters() -> None:
     message = error_of("name = 'x'\nmemory = 'a\\nb'")
     assert message == "hyperdisco: dom1.cfg:2: memory: expected an integer, got 'a\\nb'"
+
+
+def test_disk_base_and_persistent_keys(tmp_path: Path) -> None:
+    from hyperdisco.toolstack.xlcfg import disk_persistent, parse_disk
+
+    d = parse_disk("format=cow, vdev=xvda, base=base.img, persistent=no, target=ov.cow", base_dir=tmp_path)
+    assert d.extra["base"] == str(tmp_path / "base.img") and d.target == str(tmp_path / "ov.cow")
+    assert disk_persistent(d) is False
+    assert disk_persistent(parse_disk("/x.img,raw,xvdb,rw")) is True
+    for bad, why in (("vdev=xvda, persistent=maybe, target=/x", "persistent"),
+                     ("vdev=xvda, bogus=1, target=/x", "unknown disk parameter 'bogus'"),
+                     ("vdev=xvda, base=, target=/x", "base= names no image")):
+        with pytest.raises(ConfigError, match=why):
+            parse_disk(bad)
