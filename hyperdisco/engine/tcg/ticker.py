@@ -13,13 +13,17 @@ class Ticker:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._armed: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._wakes_at = float("inf")  # when the ticker thread will next look, if nobody notifies it
         self._thread = threading.Thread(target=self._loop, name="hd-ticker", daemon=True)
         self._thread.start()
 
     def arm(self, key: int, deadline: float, stop: Callable[[], None]) -> None:
         with self._cond:
             self._armed[key] = (deadline, stop)
-            self._cond.notify()
+            # wake the thread only if it would look too late: most slices end before their deadline, and
+            # a thread switch per slice costs more than the rare spurious wake-up this saves
+            if deadline < self._wakes_at:
+                self._cond.notify()
 
     def disarm(self, key: int) -> None:
         with self._cond:
@@ -34,7 +38,9 @@ class Ticker:
                     _, stop = self._armed.pop(k)
                     stop()
                 nxt = min((d for d, _ in self._armed.values()), default=None)
+                self._wakes_at = float("inf") if nxt is None else nxt
                 self._cond.wait(None if nxt is None else max(0.0, nxt - now))
+                self._wakes_at = 0.0  # awake: arm() need not notify until we wait again
 
 
 _ticker: Ticker | None = None
