@@ -218,7 +218,7 @@ class Domain:
         xs = hypervisor.xenstored if hypervisor is not None else None
         if xs is not None:
             sport = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0,
-                                           on_send=lambda: xs.kick(domid)))  # type: ignore[attr-defined]
+                                           on_send=lambda: xs.kick(domid)))
             self.store_port = sport
             self.reserved_ports.add(sport)
             self.params[abi.HVM_PARAM_STORE_PFN] = self.store_ring_gpa >> 12

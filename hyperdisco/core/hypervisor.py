@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from ..backends.blkback import BlockDevices
 from ..backends.console import ConsoleBuffer
+from ..backends.xenstore import Xenstored
 from ..engine.base import get_engine
 from ..errors import ConfigError, HyperdiscoError
 from ..xen import abi
@@ -38,23 +40,13 @@ class Hypervisor:
         self._lock = threading.RLock()
         self._next_domid = 1
         self._changed = threading.Condition(self._lock)
-        self.xenstored = self._start_xenstored()
-        from ..backends.blkback import BlockDevices
+        self.xenstored = Xenstored(self.log)
+        self.xs = self.xenstored.local_connection()  # domain 0's own connection to the store
+        for path, value in (("/local/domain/0/name", "Domain-0"), ("/local/domain/0/domid", "0")):
+            self.xs.write(path, value)
         self.blk = BlockDevices(self)
         self._reaper = threading.Thread(target=self._reap, name="hd-reaper", daemon=True)
         self._reaper.start()
-
-    def _start_xenstored(self) -> object | None:
-        try:
-            from ..backends.xenstore import Xenstored
-        except ImportError:
-            return None
-        xs = Xenstored(self.log)
-        conn = xs.local_connection()
-        for path, value in (("/local/domain/0/name", "Domain-0"), ("/local/domain/0/domid", "0")):
-            conn.write(path, value)
-        self.xs = conn
-        return xs
 
     # -- log --------------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -80,8 +72,6 @@ class Hypervisor:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def create(self, config: DomainConfig, console: ConsoleBuffer | None = None) -> Domain:
-        if config.disks and self.xenstored is None:
-            raise ConfigError("hyperdisco: disks need xenstore")
         disks = self.blk.open_images(config.disks)  # a missing, corrupt or busy image: one line, no domain
         try:
             with self._lock:
@@ -97,7 +87,7 @@ class Hypervisor:
                 self.consoles[domid] = buf
         except BaseException:
             for _spec, image in disks:
-                image.close()  # type: ignore[attr-defined]
+                image.close()
             raise
         dom.on_shutdown = self._domain_stopped
         self._introduce(dom)
@@ -115,8 +105,6 @@ class Hypervisor:
         """The nodes xl writes for a new domain (libxl's permissions: the domain reads its tree, owns
         data/ and control/shutdown), then introduce it to xenstored."""
         xs = self.xenstored
-        if xs is None:
-            return
         n = dom.domid
         base = f"/local/domain/{n}"
         ro, rw = ["n0", f"r{n}"], [f"n{n}"]
@@ -136,7 +124,7 @@ class Hypervisor:
             conn.write(f"{base}/{sub}", "")
             conn.set_perms(f"{base}/{sub}", rw)
         conn.mkdir(f"{base}/device")
-        xs.introduce_domain(n, dom.memory, dom.store_ring_gpa, dom.store_notify)  # type: ignore[attr-defined]
+        xs.introduce_domain(n, dom.memory, dom.store_ring_gpa, dom.store_notify)
 
     def _domain_stopped(self, dom: Domain) -> None:
         with self._lock:
@@ -175,9 +163,8 @@ class Hypervisor:
         with self._lock:
             self.domains.pop(dom.domid, None)
             self.consoles.pop(dom.domid, None)
-        if self.xenstored is not None:
-            self.xenstored.release_domain(dom.domid)  # type: ignore[attr-defined]
-            self.xs.rm(f"/local/domain/{dom.domid}")
+        self.xenstored.release_domain(dom.domid)
+        self.xs.rm(f"/local/domain/{dom.domid}")
         dom.close()
         with self._lock:
             self._changed.notify_all()
@@ -200,8 +187,6 @@ class Hypervisor:
 
     def request_shutdown(self, dom: Domain, reason: str) -> None:
         """Ask the guest to shut down (xl shutdown/reboot): control/shutdown in xenstore."""
-        if self.xenstored is None:
-            raise ConfigError("hyperdisco: this hypervisor has no xenstored")
         self.xs.write(f"/local/domain/{dom.domid}/control/shutdown", reason)
 
     def wait_gone(self, dom: Domain, timeout: float | None = None) -> bool:

@@ -140,9 +140,7 @@ class Daemon:
         return lines
 
     def op_xenstore(self, cmd: str, path: str, value: str | None = None) -> Any:
-        xs = getattr(self.hv, "xs", None)
-        if xs is None:
-            raise HyperdiscoError("hyperdisco: this hypervisor has no xenstored")
+        xs = self.hv.xs
         if cmd == "read":
             v = xs.read(path)
             if v is None:
@@ -242,11 +240,7 @@ class Daemon:
                 events.append((p, token))
                 cond.notify()
 
-        xs = self.hv.xenstored
-        if xs is None:
-            conn.sendall(encode({"ok": False, "error": "hyperdisco: this hypervisor has no xenstored"}))
-            return
-        c = xs.local_connection(on_watch)  # type: ignore[attr-defined]
+        c = self.hv.xenstored.local_connection(on_watch)
         c.watch(path, "hd")
         conn.sendall(encode({"ok": True, "result": None}))
         try:
