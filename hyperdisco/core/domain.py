@@ -203,6 +203,7 @@ class Domain:
             ev.map_ram(0, self.memory.ram_bytes, self.memory.regions[0].host_address)
             ev.map_ram(self.special.gpa, self.special.size, self.special.host_address)
             ev.map_mmio(layout.LAPIC_BASE, PAGE)
+            ev.load_cpuid(self.cpuid.engine_table(i))
             self.vcpus.append(VcpuContext(self, i, ev))
         self._ctx_by_ev = {id(v.ev): v for v in self.vcpus}
         # the PV console: a ring in a special page and an event channel whose far end is the hypervisor

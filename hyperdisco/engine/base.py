@@ -99,6 +99,11 @@ class Vcpu(ABC):
         """From a trap handler: end the current `run` once the trap returns."""
 
     @abstractmethod
+    def load_cpuid(self, table: dict[tuple[int, int | None], tuple[int, int, int, int]]) -> None:
+        """Answer CPUID from this fixed table ((leaf, None): any subleaf; absent: zeros) from now on. An
+        engine may answer inside itself; one that cannot keeps calling TrapHandler.cpuid."""
+
+    @abstractmethod
     def gpr(self, index: int) -> int: ...
 
     @abstractmethod

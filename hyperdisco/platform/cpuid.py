@@ -48,6 +48,16 @@ class CpuidPolicy:
             XEN_BASE + 3: (0, 0, tsc_khz, 0),
         }
 
+    def engine_table(self, vcpu_id: int) -> dict[tuple[int, int | None], Regs]:
+        """Every answer `lookup` gives for this vCPU, as a table an engine can answer from by itself:
+        (leaf, None) matches any subleaf; leaves not in it read as zeros, as in `lookup`."""
+        out: dict[tuple[int, int | None], Regs] = {}
+        for leaf, sub in sorted(self.table):
+            out[(leaf, sub if leaf in SUBLEAF_LEAVES else None)] = self.lookup(leaf, sub, vcpu_id)
+        for leaf in (*self.xen, XEN_BASE + 4):
+            out[(leaf, None)] = self.lookup(leaf, 0, vcpu_id)
+        return out
+
     def lookup(self, leaf: int, subleaf: int, vcpu_id: int) -> Regs:
         if leaf == XEN_BASE + 4:
             return (XEN_HVM_CPUID_VCPU_ID_PRESENT | XEN_HVM_CPUID_DOMID_PRESENT, vcpu_id, self.domid, 0)

@@ -244,3 +244,15 @@ def test_triple_fault_crashes_the_domain(engine: TcgEngine, clock: Clock) -> Non
     dom, _ = _domain_running(b"\x0f\x0b", engine, clock)  # ud2 with no IDT
     assert dom.outcome == "crash"
     dom.close()
+
+
+def test_guest_cpuid_answered_in_the_engine_from_the_policy(engine: TcgEngine, clock: Clock) -> None:
+    out_ebx = b"\xe6\xe9\xc1\xe8\x08" * 3 + b"\xe6\xe9"  # out 0xe9, al; shr eax, 8 (x3); out 0xe9, al
+    code = (b"\xb8\x00\x00\x00\x40"  # mov eax, 0x40000000
+            b"\x0f\xa2"  # cpuid
+            b"\x89\xd8" + out_ebx  # mov eax, ebx: the signature's first four bytes to the debug port
+            + b"\xb0\x20\x66\xba\x00\x06\xee\xf4")  # power off
+    dom, out = _domain_running(code, engine, clock)
+    assert b"".join(out) == b"XenV"
+    assert dom.traps()["cpuid"] == 1
+    dom.close()

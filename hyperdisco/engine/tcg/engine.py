@@ -34,8 +34,15 @@ class _HdVcpu(ctypes.Structure):
         ("hypercall", HYPERCALL_CB), ("opaque", ctypes.c_void_p),
         ("vectors", ctypes.c_uint64 * 256), ("pf_user", ctypes.c_uint64), ("pf_kernel", ctypes.c_uint64),
         ("syscalls", ctypes.c_uint64), ("hypercalls", ctypes.c_uint64), ("bad_intno", ctypes.c_uint64),
-        ("first_syscall_tsc", ctypes.c_uint64), ("hooks", ctypes.c_size_t * 3),
+        ("first_syscall_tsc", ctypes.c_uint64), ("hooks", ctypes.c_size_t * 4),
+        ("cpuid", ctypes.c_void_p), ("ncpuid", ctypes.c_uint64), ("cpuid_count", ctypes.c_uint64),
     ]
+
+
+class _CpuidEntry(ctypes.Structure):
+    """Mirror of struct hd_cpuid_entry in fastpath.c."""
+
+    _fields_ = [(n, ctypes.c_uint32) for n in ("leaf", "subleaf", "any_sub", "eax", "ebx", "ecx", "edx")]
 
 
 _lib: ctypes.CDLL | None = None
@@ -47,6 +54,8 @@ def fastpath() -> ctypes.CDLL:
         lib = ctypes.CDLL(str(fastpath_library()))
         lib.hd_install.argtypes = [ctypes.c_void_p]
         lib.hd_install.restype = ctypes.c_int
+        lib.hd_install_cpuid.argtypes = [ctypes.c_void_p]
+        lib.hd_install_cpuid.restype = ctypes.c_int
         lib.hd_can_inject.argtypes = [ctypes.c_void_p]
         lib.hd_can_inject.restype = ctypes.c_int
         lib.hd_inject.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -109,7 +118,9 @@ class TcgVcpu(Vcpu):
         rc = lib.hd_install(self._hvp)
         if rc != 0:
             raise EngineError(f"hyperdisco: installing the tcg fast path hooks failed ({rc})")
-        self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self._cpuid_table: ctypes.Array[_CpuidEntry] | None = None
+        self._py_cpuid_hook = self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0,
+                                               X.UC_X86_INS_CPUID)
         self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         # No exit addresses: otherwise every emu_start ends by fetching at `until-1`, which faults once the
@@ -173,6 +184,22 @@ class TcgVcpu(Vcpu):
             self.handler.mmio_write(self, base + offset, size, value)
         except BaseException as exc:  # noqa: BLE001
             self._guard("mmio write", exc)
+
+    def load_cpuid(self, table: dict[tuple[int, int | None], tuple[int, int, int, int]]) -> None:
+        """Answer CPUID from `table` in C from now on ((leaf, None) matches any subleaf; anything else is
+        zeros), instead of calling the handler."""
+        entries = (_CpuidEntry * len(table))()
+        ordered = sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))
+        for e, ((leaf, sub), regs) in zip(entries, ordered, strict=True):
+            e.leaf, e.subleaf, e.any_sub = leaf, sub or 0, sub is None
+            e.eax, e.ebx, e.ecx, e.edx = regs
+        first = self._cpuid_table is None
+        self._cpuid_table = entries  # kept alive as long as C reads it
+        self._hv.cpuid, self._hv.ncpuid = ctypes.addressof(entries), len(table)
+        if first:
+            self.uc.hook_del(self._py_cpuid_hook)
+            if self._lib.hd_install_cpuid(self._hvp) != 0:
+                raise EngineError("hyperdisco: installing the CPUID fast path failed")
 
     # -- memory -----------------------------------------------------------------------------------------
     def map_ram(self, gpa: int, size: int, host_address: int) -> None:
@@ -274,7 +301,8 @@ class TcgVcpu(Vcpu):
         return TrapCounts(
             exceptions={v: int(n) for v, n in enumerate(hv.vectors) if n},
             page_faults_user=int(hv.pf_user), page_faults_kernel=int(hv.pf_kernel),
-            syscalls=int(hv.syscalls), hypercalls=int(hv.hypercalls), io=self._io, cpuid=self._cpuid,
+            syscalls=int(hv.syscalls), hypercalls=int(hv.hypercalls), io=self._io,
+            cpuid=self._cpuid + int(hv.cpuid_count),
             mmio=self._mmio, halts=self._halts, slices=self._slices, injected=self._injected,
             first_syscall_tsc=int(hv.first_syscall_tsc),
         )

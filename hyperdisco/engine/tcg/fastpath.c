@@ -51,6 +51,11 @@ typedef struct hd_layout {
     int64_t uc_nested_level, uc_jmp_bufs; /* unicorn's per-nesting-level sigjmp_buf array */
 } hd_layout;
 
+/* One CPUID answer; any_sub: the leaf ignores ECX. Filled by the core's CPUID policy (platform/cpuid.py). */
+typedef struct hd_cpuid_entry {
+    uint32_t leaf, subleaf, any_sub, eax, ebx, ecx, edx;
+} hd_cpuid_entry;
+
 typedef struct hd_vcpu {
     uc_engine *uc;
     uint8_t *cpu;
@@ -63,7 +68,9 @@ typedef struct hd_vcpu {
     uint64_t pf_user, pf_kernel;
     uint64_t syscalls, hypercalls, bad_intno;
     uint64_t first_syscall_tsc;
-    uc_hook hooks[3];
+    uc_hook hooks[4];
+    hd_cpuid_entry *cpuid; /* NULL: CPUID is answered by the Python hook */
+    uint64_t ncpuid, cpuid_count;
 } hd_vcpu;
 
 static inline uint64_t rdtsc_(void) {
@@ -153,6 +160,29 @@ static bool hook_invalid(uc_engine *uc, void *user) {
     v->vectors[EXCP_ILLOP]++;
     x86_cpu_do_interrupt_x86_64(v->cpu);
     return true;
+}
+
+/* CPUID from the vCPU's table, without crossing into Python (glibc runs CPUID at every exec). */
+static int hook_cpuid(uc_engine *uc, void *user) {
+    hd_vcpu *v = user;
+    uint32_t leaf = (uint32_t)REG(v, 0), sub = (uint32_t)REG(v, 1);
+    uint32_t a = 0, b = 0, c = 0, d = 0;
+    (void)uc;
+    v->cpuid_count++;
+    for (uint64_t i = 0; i < v->ncpuid; i++) {
+        hd_cpuid_entry *e = &v->cpuid[i];
+        if (e->leaf == leaf && (e->any_sub || e->subleaf == sub)) {
+            a = e->eax; b = e->ebx; c = e->ecx; d = e->edx;
+            break;
+        }
+    }
+    REG(v, 0) = a; REG(v, 3) = b; REG(v, 1) = c; REG(v, 2) = d;
+    return 1; /* answered: the instruction itself is skipped */
+}
+
+int hd_install_cpuid(hd_vcpu *v) {
+    uc_err e = uc_hook_add(v->uc, &v->hooks[3], UC_HOOK_INSN, (void *)hook_cpuid, v, 1, 0, UC_X86_INS_CPUID);
+    return e == UC_ERR_OK ? 0 : -(int)e;
 }
 
 int hd_install(hd_vcpu *v) {
