@@ -33,6 +33,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.exec_ is not None:
         sys.stdout.buffer.write(report.output)
         sys.stdout.flush()
+    elif sys.stdout.isatty():
+        sys.stdout.write("\r\n")  # the guest's console may have left the cursor mid-line (a prompt)
+        sys.stdout.flush()
     if report.outcome == "crash":
         _progress(f"guest crashed{': ' + report.detail if report.detail else ''}")
     elif report.outcome == "timeout":
