@@ -14,8 +14,12 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 PAGE = 4096
+
+if TYPE_CHECKING:
+    from .sharing import SharedImage
 
 
 class GuestFault(Exception):
@@ -49,6 +53,7 @@ class GuestMemory:
         finally:
             os.close(fd)
         self.ram_bytes = ram_bytes
+        self.shared_bytes = 0  # RAM backed by shared copy-on-write images (core/sharing.py)
         self.regions: list[Region] = [Region(0, ram_bytes, ram, "ram")]
 
     def add_region(self, gpa: int, size: int, name: str) -> Region:
@@ -66,6 +71,14 @@ class GuestMemory:
             raise ValueError("RAM cannot be removed")
         self.regions.remove(region)
         region.mem.close()
+
+    def map_shared_image(self, img: SharedImage) -> None:
+        """Back [img.gpa, img.gpa + img.size) of RAM with a copy-on-write mapping of a shared image."""
+        ram = self.regions[0]
+        if img.gpa % PAGE or img.gpa < 0 or img.gpa + img.size > ram.end:
+            raise ValueError("shared image outside RAM")
+        map_copy_on_write(ram.host_address + img.gpa, img.fd, img.size)
+        self.shared_bytes += img.size
 
     def region_at(self, gpa: int) -> Region | None:
         for r in self.regions:
@@ -126,6 +139,22 @@ class GuestMemory:
         for r in self.regions:
             r.mem.close()
         self.regions.clear()
+
+
+MAP_FIXED = 0x10  # <sys/mman.h> (Linux, all architectures); Python's mmap module does not export it
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_long]
+
+
+def map_copy_on_write(host_address: int, fd: int, size: int) -> None:
+    """Replace the host pages at `host_address` by a private (copy-on-write) mapping of file `fd`."""
+    prot = mmap.PROT_READ | mmap.PROT_WRITE
+    res = _libc.mmap(host_address, size, prot, mmap.MAP_PRIVATE | MAP_FIXED, fd, 0)
+    if res != host_address:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mapping a shared image failed: {os.strerror(err)}")
 
 
 _U32 = struct.Struct("<I")

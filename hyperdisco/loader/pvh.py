@@ -8,6 +8,7 @@ address of struct hvm_start_info (version 1 carries the memory map).
 from __future__ import annotations
 
 from ..core.memory import GuestMemory
+from ..core.sharing import shared_kernel_image
 from ..errors import ConfigError
 from ..platform import layout
 from ..platform.acpi import build_tables
@@ -21,8 +22,8 @@ def load_pvh(mem: GuestMemory, kernel: KernelImage, initrd: bytes | None, cmdlin
     for seg in kernel.segments:
         if seg.paddr < 0x100000 or seg.paddr + seg.memsz > ram:
             raise ConfigError(f"hyperdisco: kernel segment at {seg.paddr:#x} does not fit in {ram >> 20} MiB")
-        mem.write(seg.paddr, seg.data)
-        mem.fill(seg.paddr + len(seg.data), seg.memsz - len(seg.data))
+    # one copy of the loaded kernel for every domain, copy-on-write (core/sharing.py)
+    mem.map_shared_image(shared_kernel_image(kernel))
     cl = cmdline.encode() + b"\0"
     if len(cl) > 4096:
         raise ConfigError("hyperdisco: kernel command line longer than 4095 bytes")

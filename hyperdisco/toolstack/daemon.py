@@ -107,7 +107,8 @@ class Daemon:
                 "nr_cpus": os.cpu_count(), "total_memory": mem["MemTotal"] // 1024,
                 "free_memory": mem["MemAvailable"] // 1024, "engine": self.hv.engine.name,
                 "xen_version": "4.17-hyperdisco", "domains": len(self.hv.domains),
-                "tsc_khz": self.hv.clock.tsc_khz(), "uptime": time.monotonic() - self.hv.started}
+                "tsc_khz": self.hv.clock.tsc_khz(), "uptime": time.monotonic() - self.hv.started,
+                "shared_cow_mib": sum(d.memory.shared_bytes for d in self.hv.domains.values()) >> 20}
 
     def _dom(self, dom: str | int) -> Domain:
         return self.hv.find(dom)
