@@ -126,7 +126,8 @@ def cmd_top(args: argparse.Namespace) -> int:
         lines = [f"{'NAME':<16}{'STATE':>7}{'CPU(sec)':>10}{'CPU(%)':>8}{'MEM(k)':>10}{'VCPUS':>6}"
                  f"{'TRAPS/s':>10}{'EVENTS/s':>10}"]
         host = 100.0 * (cur["host_cpu_s"] - prev["host_cpu_s"]) / dt
-        lines.append(f"{'Domain-0':<16}{'r-----':>7}{cur['host_cpu_s']:>10.0f}{host:>8.1f}{0:>10}"
+        lines.append(f"{'Domain-0':<16}{'r-----':>7}{cur['host_cpu_s']:>10.0f}{host:>8.1f}"
+                     f"{cur.get('dom0_mem_kib', 0):>10}"
                      f"{os.cpu_count() or 1:>6}{0:>10}{0:>10}")
         for d in cur["domains"]:
             b = before.get(d["domid"], d)
