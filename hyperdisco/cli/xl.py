@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import select
 import socket
@@ -153,7 +154,7 @@ def cmd_xenstore(args: argparse.Namespace) -> int:
             return 1
         for line in c.file:
             if line.strip():
-                print(line.decode().strip().split('"path":"', 1)[-1].rstrip('"}'), flush=True)
+                print(json.loads(line)["path"], flush=True)
         return 0
     if args.xs_cmd == "ls":
         for depth, name, value in c.call("xenstore", cmd="ls", path=args.path):
