@@ -20,6 +20,18 @@ from ..toolstack.protocol import Client, encode
 DETACH = b"\x1d"
 
 
+def _stream_ok(first: bytes) -> bool:
+    """The daemon's answer before a stream starts; its one-line error goes to stderr."""
+    try:
+        reply = json.loads(first)
+    except ValueError:
+        reply = {"ok": False, "error": "hyperdisco: the daemon closed the connection"}
+    if not reply.get("ok"):
+        print(reply.get("error", "hyperdisco: refused"), file=sys.stderr)
+        return False
+    return True
+
+
 def _client(args: argparse.Namespace) -> Client:
     return Client(getattr(args, "socket", None))
 
@@ -149,8 +161,7 @@ def cmd_xenstore(args: argparse.Namespace) -> int:
     if args.xs_cmd == "watch":
         c.sock.sendall(encode({"op": "watch", "path": args.path}))
         first = c.file.readline()
-        if b'"ok":true' not in first:
-            print(first.decode().strip(), file=sys.stderr)
+        if not _stream_ok(first):
             return 1
         for line in c.file:
             if line.strip():
@@ -174,8 +185,7 @@ def console(args: argparse.Namespace, dom: str) -> int:
     c = _client(args)
     c.sock.sendall(encode({"op": "console", "dom": dom}))
     first = c.file.readline()
-    if b'"ok":true' not in first:
-        print(first.decode().strip(), file=sys.stderr)
+    if not _stream_ok(first):
         return 1
     sock: socket.socket = c.sock
     fd = sys.stdin.fileno()
