@@ -129,8 +129,9 @@ def host_info() -> dict[str, Any]:
 class Daemon:
     """One ``hyperdisco daemon`` on a temporary socket, in its own session so Ctrl-C reaches only us."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, share_pages: bool = False) -> None:
         self.workdir = workdir
+        self.share_pages = share_pages
         self.socket = workdir / "control.sock"
         self.log_path = workdir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -139,6 +140,8 @@ class Daemon:
         log = open(self.log_path, "wb")
         try:
             argv = [sys.executable, "-m", "hyperdisco", "daemon", "--socket", str(self.socket), "-v"]
+            if self.share_pages:
+                argv.append("--share-pages")
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=REPO, start_new_session=True)
         finally:
@@ -476,6 +479,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-available-gib", type=float, default=2.0,
                    help="stop when host MemAvailable falls below this (default 2)")
     p.add_argument("--out", type=Path, help="JSON results (default bench/results/density-<timestamp>.json)")
+    p.add_argument("--share-pages", action="store_true",
+                   help="run the daemon with --share-pages (host same-page merging; give it --settle 30)")
     args = p.parse_args(argv)
     try:
         args.steps = [int(x) for x in args.steps.split(",") if x.strip()]
@@ -504,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "density", "started": stamp,
         "config": {"steps": args.steps, "memory_mib": args.memory, "settle_s": args.settle,
                    "window_s": args.window, "parallel": args.parallel, "timeout_s": args.timeout,
-                   "min_available_gib": args.min_available_gib, "kernel_release": images.kernel_release,
+                   "min_available_gib": args.min_available_gib, "share_pages": args.share_pages,
+                   "kernel_release": images.kernel_release,
                    "kernel_elf": str(images.kernel), "initrd": str(images.initrd)},
         "host": host_info(),
     }
@@ -515,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     error: str | None = None
     with tempfile.TemporaryDirectory(prefix="hd-density-") as tmp:
         workdir = Path(tmp)
-        daemon = Daemon(workdir)
+        daemon = Daemon(workdir, share_pages=args.share_pages)
         try:
             say(f"starting the daemon on {daemon.socket}")
             daemon.start()

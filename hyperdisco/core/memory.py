@@ -46,12 +46,11 @@ class GuestMemory:
     def __init__(self, ram_bytes: int, name: str = "guest") -> None:
         if ram_bytes <= 0 or ram_bytes % PAGE:
             raise ValueError("RAM size must be a positive multiple of the page size")
-        fd = os.memfd_create(f"hyperdisco-{name}-ram", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, ram_bytes)
-            ram = mmap.mmap(fd, ram_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
+        # Private anonymous memory: untouched pages cost nothing, and the host kernel may merge pages
+        # with identical contents across domains (KSM) when it is enabled (page_sharing.py).
+        ram = mmap.mmap(-1, ram_bytes, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                        mmap.PROT_READ | mmap.PROT_WRITE)
+        ram.madvise(mmap.MADV_MERGEABLE)
         self.ram_bytes = ram_bytes
         self.shared_bytes = 0  # RAM backed by shared copy-on-write images (core/sharing.py)
         self.regions: list[Region] = [Region(0, ram_bytes, ram, "ram")]
@@ -78,6 +77,7 @@ class GuestMemory:
         if img.gpa % PAGE or img.gpa < 0 or img.gpa + img.size > ram.end:
             raise ValueError("shared image outside RAM")
         map_copy_on_write(ram.host_address + img.gpa, img.fd, img.size)
+        _madvise(ram.host_address + img.gpa, img.size, mmap.MADV_MERGEABLE)  # its private copies too
         self.shared_bytes += img.size
 
     def region_at(self, gpa: int) -> Region | None:
@@ -146,6 +146,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                        ctypes.c_long]
+
+
+_libc.madvise.restype = ctypes.c_int
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _madvise(host_address: int, size: int, advice: int) -> None:
+    if _libc.madvise(host_address, size, advice) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"madvise failed: {os.strerror(err)}")
 
 
 def map_copy_on_write(host_address: int, fd: int, size: int) -> None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..core import page_sharing
 from ..core.domain import Domain
 from ..core.hypervisor import Hypervisor
 from ..errors import HyperdiscoError
@@ -49,8 +50,10 @@ def _rss_mib() -> int:
 
 class Daemon:
     def __init__(self, sock: str | None = None, engine: str = "tcg", workers: int | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, share_pages: bool = False) -> None:
         self.path = socket_path(sock)
+        if share_pages:
+            page_sharing.enable()
         self.hv = Hypervisor(engine, workers, log_sink=(lambda m: print(m, flush=True)) if verbose else None)
         self.exec_locks: dict[int, threading.Lock] = {}
 
@@ -114,7 +117,8 @@ class Daemon:
                 "free_memory": mem["MemAvailable"] // 1024, "engine": self.hv.engine.name,
                 "xen_version": "4.17-hyperdisco", "domains": len(self.hv.domains),
                 "tsc_khz": self.hv.clock.tsc_khz(), "uptime": time.monotonic() - self.hv.started,
-                "shared_cow_mib": sum(d.memory.shared_bytes for d in self.hv.domains.values()) >> 20}
+                "shared_cow_mib": sum(d.memory.shared_bytes for d in self.hv.domains.values()) >> 20,
+                "page_sharing": page_sharing.stats()}
 
     def _dom(self, dom: str | int) -> Domain:
         return self.hv.find(dom)
