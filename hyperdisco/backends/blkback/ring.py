@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ...core.grant import GrantError
+from ..disk.base import DiskImage as Disk
 from . import abi
 
 M32 = 0xFFFFFFFF
@@ -54,17 +55,6 @@ class Page(Protocol):
 
 class Grants(Protocol):
     def access(self, ref: int, grantee: int, write: bool) -> AbstractContextManager[Page]: ...
-
-
-class Disk(Protocol):
-    size: int
-    readonly: bool
-
-    def read(self, offset: int, length: int) -> bytes: ...
-    def write(self, offset: int, data: bytes) -> None: ...
-    def flush(self) -> None: ...
-    def discard(self, offset: int, length: int) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass
