@@ -11,7 +11,7 @@ import struct
 import threading
 from collections.abc import Callable
 
-from ..core.memory import GuestMemory
+from ..core.memory import GuestFault, GuestMemory
 
 IN_SIZE, OUT_SIZE = 1024, 2048
 IDX = struct.Struct("<IIII")  # in_cons, in_prod, out_cons, out_prod
@@ -32,6 +32,12 @@ class ConsoleBackend:
 
     def kick(self) -> None:
         """The guest notified us: drain its output, and move any input still waiting."""
+        try:
+            self._drain()
+        except GuestFault:
+            pass  # the domain is gone
+
+    def _drain(self) -> None:
         in_cons, in_prod, out_cons, out_prod = self.mem.unpack(IDX, self.ring + IDX_OFF)
         avail = (out_prod - out_cons) & 0xFFFFFFFF
         if avail > OUT_SIZE:  # a bogus producer index: take one ring's worth, no more
@@ -49,10 +55,13 @@ class ConsoleBackend:
         self._push_input()
 
     def input(self, data: bytes) -> None:
-        """Any thread: keyboard input for the guest."""
+        """Any thread: keyboard input for the guest (dropped once the domain is gone)."""
         with self._lock:
             self._pending_input += data
-        self._push_input()
+        try:
+            self._push_input()
+        except GuestFault:
+            pass
 
     def _push_input(self) -> None:
         with self._lock:

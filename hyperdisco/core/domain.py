@@ -329,8 +329,12 @@ class Domain:
         return sum(ctx.cpu_ns for ctx in self.vcpus) / 1e9
 
     def close(self) -> None:
+        """Release the engine's vCPUs, then guest memory: the domain must be off the scheduler and its
+        backends stopped. Late accesses by other threads then fault (GuestFault) instead of touching
+        freed memory."""
         for ctx in self.vcpus:
             ctx.ev.close()
+        self.memory.close()
 
     def traps(self) -> dict[str, int]:
         """All trap counts of this domain: the engine's and the core's."""

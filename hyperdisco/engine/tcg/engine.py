@@ -128,6 +128,7 @@ class TcgVcpu(Vcpu):
         self.uc.ctl_exits_enabled(True)
         self.q.stop_only_at_block_starts()
         self._stop_requested = False
+        self._closed = False
         self._stop_reason = StopReason.STOP
         self._io = self._cpuid = self._mmio = self._halts = self._slices = self._injected = 0
         self._error: str | None = None
@@ -261,7 +262,8 @@ class TcgVcpu(Vcpu):
         return RunResult(StopReason.SLICE_END)
 
     def kick(self) -> None:
-        self.uc.emu_stop()
+        if not self._closed:  # a late wake-up of a destroyed domain must not reach a freed instance
+            self.uc.emu_stop()
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -308,7 +310,13 @@ class TcgVcpu(Vcpu):
         )
 
     def close(self) -> None:
+        """Free the unicorn instance now (its translated code is tens of MiB), not whenever the garbage
+        collector gets to it. The vCPU must not run again."""
+        self._closed = True
         ticker().disarm(id(self))
+        finalizer = getattr(self.uc, "_Uc__finalizer", None)  # the binding's own uc_close, run once
+        if finalizer is not None:
+            finalizer()
 
 
 class TcgEngine(Engine):
