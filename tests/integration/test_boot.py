@@ -82,27 +82,45 @@ def test_stats_count_traps_by_kind(images: GuestImages) -> None:
     assert "user space" in r.stderr and "first guest output" in r.stderr
 
 
+class Session:
+    """`hyperdisco run` driven as a user would: wait for the prompt, then type."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "hyperdisco", "run"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.out = bytearray()
+
+    def wait_prompt(self, boots: int = 1) -> None:
+        """Until the guest has come up `boots` times and shows a shell prompt."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while self.out.count(b"hyperdisco-guest: up") < boots or not self.out.rstrip().endswith(b"#"):
+            assert time.monotonic() < deadline, self.out[-500:]
+            chunk = self.proc.stdout.read()
+            if chunk:
+                self.out += chunk.replace(b"\x1b[6n", b"")
+            else:
+                time.sleep(0.05)
+
+    def type(self, *lines: bytes) -> None:
+        assert self.proc.stdin is not None
+        for data in lines:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+            time.sleep(0.3)
+
+    def finish(self) -> tuple[int, bytes, bytes]:
+        rest_out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, bytes(self.out) + rest_out, err
+
+
 def _interactive(stdin_script: list[bytes]) -> tuple[int, bytes, bytes]:
-    """Drive `hyperdisco run` as a user would: wait for the prompt, then type."""
-    proc = subprocess.Popen([sys.executable, "-m", "hyperdisco", "run"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdin is not None
-    out = bytearray()
-    deadline = time.monotonic() + 120
-    os.set_blocking(proc.stdout.fileno(), False)
-    while b"hyperdisco-guest: up" not in out or not out.rstrip().endswith(b"#"):
-        assert time.monotonic() < deadline, out[-500:]
-        chunk = proc.stdout.read()
-        if chunk:
-            out += chunk.replace(b"\x1b[6n", b"")
-        else:
-            time.sleep(0.05)
-    for data in stdin_script:
-        proc.stdin.write(data)
-        proc.stdin.flush()
-        time.sleep(0.3)
-    rest_out, err = proc.communicate(timeout=60)
-    return proc.returncode, bytes(out) + rest_out, err
+    s = Session()
+    s.wait_prompt()
+    s.type(*stdin_script)
+    return s.finish()
 
 
 def test_shell_takes_typed_commands_and_poweroff_ends_with_status_0(images: GuestImages) -> None:
@@ -115,4 +133,16 @@ def test_shell_takes_typed_commands_and_poweroff_ends_with_status_0(images: Gues
 def test_ctrl_close_bracket_detaches_and_destroys(images: GuestImages) -> None:
     rc, out, err = _interactive([b"\x1d"])
     assert b"destroyed" in err
+    assert b"Traceback" not in err
+
+
+def test_reboot_in_the_guest_restarts_it(images: GuestImages) -> None:
+    s = Session()
+    s.wait_prompt()
+    s.type(b"echo first > /dev/null; reboot\n")
+    s.wait_prompt(boots=2)  # the same terminal, a new incarnation of the guest
+    s.type(b"echo second-$((1+1))\n", b"poweroff\n")
+    rc, out, err = s.finish()
+    assert b"second-2" in out
+    assert rc == 0, err
     assert b"Traceback" not in err
