@@ -42,3 +42,12 @@ def test_zero_or_absurd_memory(mib: str) -> None:
 def test_non_numeric_memory() -> None:
     p = run_cli("run", "--memory", "lots")
     assert p.returncode != 0 and "Traceback" not in p.stderr
+
+
+def test_no_apt_get_points_to_kernel_option(tmp_path: Path) -> None:
+    import os
+
+    env = dict(os.environ, PATH=str(tmp_path), HYPERDISCO_CACHE=str(tmp_path / "cache"))
+    p = subprocess.run([sys.executable, "-m", "hyperdisco", "run", "--exec", "true"], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert_one_line_error(p, "apt-get is not available", "--kernel")
