@@ -20,6 +20,13 @@ def images() -> GuestImages:
     return ensure_default_images()
 
 
+def domain_cfg(tmp_path: Path, name: str, *lines: str, memory: int = 128) -> str:
+    """An xl.cfg file for domain `name` with the given extra lines; its path."""
+    p = tmp_path / f"{name}.cfg"
+    p.write_text(f'name = "{name}"\nmemory = {memory}\n' + "\n".join(lines) + "\n")
+    return str(p)
+
+
 @dataclass
 class Result:
     returncode: int

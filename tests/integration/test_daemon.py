@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Xl
+from .conftest import Xl, domain_cfg
 
 pytestmark = pytest.mark.slow
 
 
 def write_cfg(tmp_path: Path, name: str, extra: str = "") -> str:
-    p = tmp_path / f"{name}.cfg"
-    p.write_text(f'name = "{name}"\nmemory = 96\n{extra}\n')
-    return str(p)
+    return domain_cfg(tmp_path, name, extra, memory=96)
 
 
 def wait_exec(xl: Xl, dom: str, cmd: str) -> subprocess.CompletedProcess[str]:

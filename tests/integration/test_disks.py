@@ -12,7 +12,7 @@ import pytest
 
 from hyperdisco.images import GuestImages
 
-from .conftest import Xl
+from .conftest import Xl, domain_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +31,6 @@ def ext4_image(path: Path, size_mib: int, files: dict[str, str]) -> Path:
     assert MKFS is not None
     subprocess.run([MKFS, "-q", "-F", "-d", str(seed), str(path)], check=True)
     return path
-
-
-def cfg(tmp_path: Path, name: str, *lines: str) -> str:
-    p = tmp_path / f"{name}.cfg"
-    p.write_text(f'name = "{name}"\nmemory = 128\n' + "\n".join(lines) + "\n")
-    return str(p)
 
 
 def wait_for(xl: Xl, dom: str, test: str, timeout: float = 30.0) -> None:
@@ -59,7 +53,7 @@ def host_file(image: Path, name: str) -> str:
 @needs_mkfs
 def test_data_disk_mount_write_remount(xl: Xl, tmp_path: Path) -> None:
     img = ext4_image(tmp_path / "data.img", 64, {"hello.txt": "hello from the host\n"})
-    xl("create", cfg(tmp_path, "dd1", f"disk = [ 'format=raw, vdev=xvdb, access=rw, target={img}' ]"))
+    xl("create", domain_cfg(tmp_path, "dd1", f"disk = [ 'format=raw, vdev=xvdb, access=rw, target={img}' ]"))
     wait_for(xl, "dd1", "[ -b /dev/xvdb ]")
     r = xl("exec", "dd1", "mkdir -p /mnt/d && mount -t ext4 /dev/xvdb /mnt/d && cat /mnt/d/hello.txt && "
                           "echo written-by-guest > /mnt/d/guest.txt && sync && umount /mnt/d && "
@@ -79,7 +73,8 @@ def test_data_disk_mount_write_remount(xl: Xl, tmp_path: Path) -> None:
     xl("destroy", "dd1")  # closes the image: the host sees the guest's file
     if DEBUGFS is not None:
         assert host_file(img, "/guest.txt").strip() == "written-by-guest"
-    xl("create", cfg(tmp_path, "dd2", f"disk = [ 'vdev=xvdb, target={img}' ]"))  # the lock was released
+    # the lock was released
+    xl("create", domain_cfg(tmp_path, "dd2", f"disk = [ 'vdev=xvdb, target={img}' ]"))
     wait_for(xl, "dd2", "[ -b /dev/xvdb ]")
     assert "written-by-guest" in xl("exec", "dd2", "mount /dev/xvdb /mnt && cat /mnt/guest.txt").stdout
 
@@ -111,7 +106,7 @@ def test_root_disk_survives_reboot(xl: Xl, tmp_path: Path, images: GuestImages) 
         except ImportError:
             pytest.skip("neither rootfs.py nor cpio to build a root image")
     img = _root_image(tmp_path / "root.img", images)
-    xl("create", cfg(tmp_path, "rootd", f"disk = [ 'format=raw, vdev=xvda, access=rw, target={img}' ]",
+    xl("create", domain_cfg(tmp_path, "rootd", f"disk = [ 'format=raw, vdev=xvda, access=rw, target={img}' ]",
                      'root = "/dev/xvda rw"', 'extra = "console=hvc0"', 'on_reboot = "restart"'))
     r = xl("exec", "rootd", "mount | grep ' on / '; echo survived > /root/mark.txt; sync")
     assert "/dev/xvda on / type ext4" in r.stdout, r.stdout
@@ -129,7 +124,7 @@ def test_root_disk_survives_reboot(xl: Xl, tmp_path: Path, images: GuestImages) 
 
 
 def test_root_that_is_not_there_falls_back_to_the_initramfs(xl: Xl, tmp_path: Path) -> None:
-    xl("create", cfg(tmp_path, "noroot", 'extra = "console=hvc0 root=/dev/xvdz"'))
+    xl("create", domain_cfg(tmp_path, "noroot", 'extra = "console=hvc0 root=/dev/xvdz"'))
     r = xl("exec", "noroot", "echo alive", "--timeout", "120")
     assert "alive" in r.stdout
 
@@ -137,11 +132,11 @@ def test_root_that_is_not_there_falls_back_to_the_initramfs(xl: Xl, tmp_path: Pa
 @needs_mkfs
 def test_hotplug_attach_detach(xl: Xl, tmp_path: Path) -> None:
     img = ext4_image(tmp_path / "hot.img", 32, {"f.txt": "hot\n"})
-    xl("create", cfg(tmp_path, "hot"))
+    xl("create", domain_cfg(tmp_path, "hot"))
     other = tmp_path / "other.img"
     with open(other, "wb") as f:
         f.truncate(8 << 20)
-    xl("create", cfg(tmp_path, "bystander", f"disk = [ 'vdev=xvda, target={other}' ]"))
+    xl("create", domain_cfg(tmp_path, "bystander", f"disk = [ 'vdev=xvda, target={other}' ]"))
     assert text(xl("exec", "hot", "ls /sys/block | grep -c xvd", check=False)).strip() == "0"
     for _ in range(2):  # attach, detach, and again
         xl("block-attach", "hot", f"format=raw, vdev=xvdb, access=rw, target={img}")
@@ -169,13 +164,14 @@ def test_hotplug_attach_detach(xl: Xl, tmp_path: Path) -> None:
 def test_bad_disk_config_is_one_line(xl: Xl, tmp_path: Path) -> None:
     img = ext4_image(tmp_path / "one.img", 16, {})
     two = f"disk = [ 'vdev=xvda, target={img}', 'vdev=xvdb, target={img}' ]"
-    r = xl("create", cfg(tmp_path, "twice", two), check=False)
+    r = xl("create", domain_cfg(tmp_path, "twice", two), check=False)
     errs = [ln for ln in r.stderr.splitlines() if not ln.startswith("Parsing config")]
     assert r.returncode != 0 and len(errs) == 1 and "in use" in errs[0], r.stderr
-    r = xl("create", cfg(tmp_path, "gone", f"disk = [ 'vdev=xvda, target={tmp_path / 'nope.img'}' ]"),
+    r = xl("create", domain_cfg(tmp_path, "gone", f"disk = [ 'vdev=xvda, target={tmp_path / 'nope.img'}' ]"),
            check=False)
     errs = [ln for ln in r.stderr.splitlines() if not ln.startswith("Parsing config")]
     assert r.returncode != 0 and len(errs) == 1 and "does not exist" in errs[0], r.stderr
     assert not re.search(r"\b(twice|gone)\b", xl("list").stdout)
-    xl("create", cfg(tmp_path, "fine", f"disk = [ 'vdev=xvda, target={img}' ]"))  # nothing leaked a lock
+    # nothing leaked a lock
+    xl("create", domain_cfg(tmp_path, "fine", f"disk = [ 'vdev=xvda, target={img}' ]"))
     wait_for(xl, "fine", "[ -b /dev/xvda ]")

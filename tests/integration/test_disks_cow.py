@@ -16,7 +16,7 @@ import pytest
 from hyperdisco.backends.disk import open_disk
 from hyperdisco.backends.disk.cow import CowImage
 
-from .conftest import Xl
+from .conftest import Xl, domain_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +25,9 @@ DEBUGFS = shutil.which("debugfs") or shutil.which("debugfs", path="/usr/sbin:/sb
 needs_e2fsprogs = pytest.mark.skipif(MKFS is None or DEBUGFS is None, reason="e2fsprogs not installed")
 
 
-def cfg(tmp_path: Path, name: str, *lines: str) -> str:
-    p = tmp_path / f"{name}.cfg"
-    p.write_text(f'name = "{name}"\nmemory = 128\n' + "\n".join(lines) + "\n")
-    return str(p)
-
-
 def root_cfg(tmp_path: Path, name: str, disk: str) -> str:
-    return cfg(tmp_path, name, f"disk = [ '{disk}' ]", 'root = "/dev/xvda rw"', 'extra = "console=hvc0"')
+    return domain_cfg(tmp_path, name, f"disk = [ '{disk}' ]", 'root = "/dev/xvda rw"',
+                      'extra = "console=hvc0"')
 
 
 def text(r: subprocess.CompletedProcess[str]) -> str:

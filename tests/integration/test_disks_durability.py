@@ -22,7 +22,7 @@ from hyperdisco.backends.disk import open_disk
 from hyperdisco.backends.disk.cow import CowImage
 from hyperdisco.images import GuestImages
 
-from .conftest import Xl
+from .conftest import Xl, domain_cfg
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,10 +45,8 @@ def make_pattern_cmd(tag: str, length: int, path: str) -> str:
 
 
 def cfg(tmp_path: Path, name: str, *disks: str) -> str:
-    p = tmp_path / f"{name}.cfg"
     items = ", ".join(f"'{d}'" for d in disks)
-    p.write_text(f'name = "{name}"\nmemory = 128\ndisk = [ {items} ]\n')
-    return str(p)
+    return domain_cfg(tmp_path, name, f"disk = [ {items} ]")
 
 
 def text(r: subprocess.CompletedProcess[str]) -> str:

@@ -23,7 +23,7 @@ from hyperdisco.backends.blkback import abi
 from hyperdisco.images import GuestImages
 from hyperdisco.images.cpio import CpioWriter
 
-from .conftest import Xl
+from .conftest import Xl, domain_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -91,12 +91,6 @@ def raw_image(path: Path, sectors: int, head: bytes) -> Path:
     return path
 
 
-def cfg(tmp_path: Path, name: str, *lines: str) -> str:
-    p = tmp_path / f"{name}.cfg"
-    p.write_text(f'name = "{name}"\nmemory = 128\n' + "\n".join(lines) + "\n")
-    return str(p)
-
-
 def wait_xs(xl: Xl, path: str, want: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -119,8 +113,8 @@ def test_hostile_frontend_fails_alone(xl: Xl, tmp_path: Path, images: GuestImage
     other = raw_image(tmp_path / "bystander.img", 2048, BYSTANDER)
 
     # a bystander whose disk the stock blkfront drives, in the same daemon
-    xl("create", cfg(tmp_path, "bystander", f"disk = [ 'vdev=xvda, target={other}' ]"))
-    xl("create", cfg(tmp_path, "hostile", f'kernel = "{images.kernel}"', f'ramdisk = "{initrd}"'))
+    xl("create", domain_cfg(tmp_path, "bystander", f"disk = [ 'vdev=xvda, target={other}' ]"))
+    xl("create", domain_cfg(tmp_path, "hostile", f'kernel = "{images.kernel}"', f'ramdisk = "{initrd}"'))
     r = xl("exec", "hostile", "rmmod xen_blkfront && modprobe xen-evtchn && modprobe xen-gntalloc && "
                               "ls /dev/xen && ls -l /bin/hostile", "--timeout", "120")
     assert all(d in r.stdout for d in ("evtchn", "gntalloc", "xenbus", "/bin/hostile")), r.stdout
