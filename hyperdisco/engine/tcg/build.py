@@ -12,6 +12,7 @@ from pathlib import Path
 import unicorn
 
 from ...errors import EngineError
+from ...images.cache import cache_dir
 
 SOURCE = Path(__file__).with_name("fastpath.c")
 
@@ -21,14 +22,6 @@ def _unicorn_dirs() -> tuple[Path, Path]:
     return root / "include", root / "lib"
 
 
-def _cache_root() -> Path:
-    env = os.environ.get("HYPERDISCO_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "hyperdisco"
-
-
 def fastpath_library() -> Path:
     """Path of the compiled fast path, building it if the source or the unicorn build changed."""
     inc, lib = _unicorn_dirs()
@@ -36,7 +29,7 @@ def fastpath_library() -> Path:
     if not libfile.exists():
         raise EngineError(f"hyperdisco: unicorn library not found at {libfile}")
     key = hashlib.sha256(SOURCE.read_bytes() + str(libfile.stat().st_size).encode()).hexdigest()[:16]
-    out = _cache_root() / "engine" / f"fastpath-{key}.so"
+    out = cache_dir() / "engine" / f"fastpath-{key}.so"
     if out.exists():
         return out
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
