@@ -163,6 +163,9 @@ class Domain:
         self.on_shutdown: Callable[[Domain], None] | None = None
         self.reaped = False
         self.restarts = 0
+        # set while on_*=restart builds the next incarnation; then the new domain (or None if it failed)
+        self.restart_pending = False
+        self.successor: Domain | None = None
         self.config = config
         self.name = config.name
         self.engine = engine

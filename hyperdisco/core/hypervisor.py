@@ -148,14 +148,26 @@ class Hypervisor:
         if action == "preserve":
             return  # stays listed, stopped, until destroyed
         console = self.consoles.get(dom.domid)
+        dom.restart_pending = action == "restart"
         self._remove(dom)
         if action == "restart":
             try:
                 new = self.create(replace(dom.config), console=console)
+                new.restarts = dom.restarts + 1
+                dom.successor = new
             except HyperdiscoError as e:  # e.g. its disk image went away: it stays down
                 self.log(f"domain {dom.name} not restarted: {e}")
-                return
-            new.restarts = dom.restarts + 1
+            finally:
+                with self._lock:
+                    dom.restart_pending = False
+                    self._changed.notify_all()
+
+    def successor(self, dom: Domain) -> Domain | None:
+        """After `dom` is gone: the incarnation its on_* restart action created, or None."""
+        with self._lock:
+            while dom.restart_pending:
+                self._changed.wait(1.0)
+            return dom.successor
 
     def _remove(self, dom: Domain) -> None:
         self.scheduler.remove(dom)

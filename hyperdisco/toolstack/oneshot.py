@@ -62,7 +62,7 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
             if not dom.done.wait(left):
                 dom.shutdown("timeout", f"no shutdown within {timeout:.0f}s")
             hv.wait_gone(dom)
-            nxt = next((d for d in hv.domains.values() if d.name == config.name), None)
+            nxt = hv.successor(dom)
             if nxt is None:
                 break
             current.append(nxt)  # on_reboot=restart: follow the new incarnation
