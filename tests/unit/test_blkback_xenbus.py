@@ -167,3 +167,22 @@ def test_second_writer_and_missing_image(front: Front, tmp_path: Path) -> None:
         front.blk.open_images([DiskSpec(target=str(tmp_path / "nope"), vdev="xvdc")])
     with pytest.raises(HyperdiscoError, match="already has"):
         front.blk.attach(front.dh.dom, DiskSpec(target=str(tmp_path / "nope"), vdev="xvdb"))
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_persistent_grants_only_when_both_ends_offer_them(
+        dh: DomainHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offered: bool) -> None:
+    # blkfront always writes its own wish (feature-persistent=1); the backend must not hold grants the
+    # frontend will revoke after each request because we told it we would not (blkif.h, as Linux blkback)
+    from hyperdisco.backends.blkback import device
+    monkeypatch.setattr(device, "OFFER_PERSISTENT", offered)
+    f = Front(dh, tmp_path)
+    try:
+        until(lambda: f.be_state() == "2")
+        assert f.xs.read(f"{f.be}/feature-persistent") == ("1" if offered else "0")
+        f.xs.write(f"{f.fe}/feature-persistent", "1")
+        f.connect()
+        ring = f.blk.devices(1)[0].ring
+        assert ring is not None and ring.persistent is offered
+    finally:
+        f.blk.close_domain(1)

@@ -27,16 +27,22 @@ from .ring import DEFAULT_MAX_INDIRECT_SEGMENTS, BlkRing, Disk, RingError
 BUDGET = abi.RING_SIZE  # requests per round before the thread looks at xenstore again
 INLINE_BUDGET = 8  # requests served on the guest's own vCPU thread when it notifies an idle backend
 MAX_RING_REF = 1 << 32
+# Persistent grants: blkfront copies each block through a pool of pages granted once, instead of granting
+# and revoking every page per request. Measured with bench/disk.py (1 MiB requests): persistent 405 MiB/s
+# write / 720 MiB/s read, per-request grants 260 / 550 even with the backend's grant checks removed. The
+# guest's grant bookkeeping under TCG costs more than its memcpy.
+OFFER_PERSISTENT = True
 
 
 class VbdBackend:
     def __init__(self, dom: Any, xenstored: Any, devid: int, vdev: str, disk: Disk,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], offer_persistent: bool | None = None) -> None:
         self.dom = dom
         self.devid = devid
         self.vdev = vdev
         self.disk = disk
         self._log = log
+        self.offer_persistent = OFFER_PERSISTENT if offer_persistent is None else offer_persistent
         self.be = f"/local/domain/0/backend/vbd/{dom.domid}/{devid}"
         self.fe = f"/local/domain/{dom.domid}/device/vbd/{devid}"
         self._cond = threading.Condition()
@@ -173,7 +179,7 @@ class VbdBackend:
             "discard-secure": "0",
             "feature-max-indirect-segments": str(DEFAULT_MAX_INDIRECT_SEGMENTS),
             "max-ring-page-order": "0",
-            "feature-persistent": "1",
+            "feature-persistent": "1" if self.offer_persistent else "0",
         }
         tx = self.xs.transaction_start()
         for k, v in nodes.items():
@@ -234,7 +240,8 @@ class VbdBackend:
             return self._fatal(f"cannot connect ring-ref {ref} event-channel {port}: {e}")
         self._stack, self.port, self.ring_ref = stack, port, ref
         self._port_obj = self.dom.evtchn.ports.get(port)
-        persistent = self._read("feature-persistent") == "1"
+        # as Linux blkback: persistent only if both ends offer it (the frontend writes its own wish)
+        persistent = self.offer_persistent and self._read("feature-persistent") == "1"
         self.ring = BlkRing(page, self.dom.grants, self.disk, self._notify, self.log, persistent=persistent)
         self._switch(abi.XenbusStateConnected)
         self.log(f"connected: ring-ref {ref}, event channel {port}, {self.disk.size >> 20} MiB"
