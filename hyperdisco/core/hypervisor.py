@@ -216,3 +216,4 @@ class Hypervisor:
         for dom in list(self.domains.values()):
             self.destroy(dom)
         self.scheduler.shutdown()
+        self.blk.close()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
 from unit_support import DomainHarness
 
 from hyperdisco.backends.blkback import abi
+from hyperdisco.backends.blkback.ioqueue import DomainIoQueue, IoWorkers
 from hyperdisco.backends.blkback.ring import BlkRing, RingError
 from hyperdisco.core.grant import GRANT_ENTRY_V1, GTF_permit_access, GTF_readonly
 from hyperdisco.xen import abi as xen_abi
@@ -339,3 +342,101 @@ def test_persistent_grants_are_checked_once_and_held_until_close(rig: Rig) -> No
     rig.ring.close()
     flags = rig.mem.unpack(GRANT_ENTRY_V1, rig.table + 10 * 8)[0]
     assert not flags & (GTF_reading | GTF_writing)  # released at disconnect
+
+
+# -- out-of-order completion through the I/O queue ------------------------------------------------------
+class GatedDisk(FakeDisk):
+    """Reads of sector 0 wait until the test opens the gate: a slow request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset == 0:
+            self.entered.set()
+            assert self.gate.wait(5)
+        return super().read(offset, length)
+
+
+@pytest.fixture
+def qrig(dh: DomainHarness) -> Iterator[tuple[Rig, DomainIoQueue]]:
+    r = Rig(dh, GatedDisk())
+    workers = IoWorkers(2)
+    q = DomainIoQueue(workers, limit=2)
+    wakes = threading.Semaphore(0)
+    r.ring.queue, r.ring.wake = q, wakes.release
+    yield r, q
+    assert isinstance(r.disk, GatedDisk)
+    r.disk.gate.set()
+    r.ring.close()
+    workers.shutdown()
+    r.stack.close()
+
+
+def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_slow_request_does_not_hold_up_the_ones_behind_it(qrig: tuple[Rig, DomainIoQueue]) -> None:
+    rig, q = qrig
+    assert isinstance(rig.disk, GatedDisk)
+    rig.rw(abi.OP_READ, 0, [(10, 0, 7)], rid=1)  # slow
+    rig.rw(abi.OP_READ, 8, [(11, 0, 7)], rid=2)
+    assert rig.ring.process(1000) is False
+    until(lambda: rig.idx(abi.RSP_PROD) == 1)
+    assert rig.response(0) == (2, abi.OP_READ, abi.RSP_OKAY)  # the second answered first
+    assert rig.disk.entered.is_set() and rig.ring.inflight == 1
+    rig.disk.gate.set()
+    until(lambda: rig.idx(abi.RSP_PROD) == 2)
+    assert rig.response(1) == (1, abi.OP_READ, abi.RSP_OKAY)
+    until(lambda: q.inflight == 0 and rig.ring.inflight == 0)
+    assert rig.ring.stats.requests == 2 and rig.ring.stats.errors == 0
+
+
+def test_the_domain_bound_leaves_requests_on_the_ring(qrig: tuple[Rig, DomainIoQueue]) -> None:
+    rig, q = qrig
+    assert isinstance(rig.disk, GatedDisk)
+    other = q.try_start(lambda: None)  # another device of the domain holds one of its two slots
+    assert other
+    for rid in range(4):
+        rig.rw(abi.OP_READ, 0, [(10 + rid, 0, 0)], rid=rid)  # all slow
+    assert rig.ring.process(1000) is False
+    assert rig.ring.req_cons == 1 and q.inflight == 2  # one taken, three wait on the ring
+    q.finish()  # the other device's request is done: its slot goes to us
+    assert rig.ring.process(1000) is False
+    assert rig.ring.req_cons == 2
+    rig.disk.gate.set()
+    while rig.idx(abi.RSP_PROD) < 4:
+        rig.ring.process(1000)
+        time.sleep(0.005)
+    assert sorted(rig.response(i)[0] for i in range(4)) == [0, 1, 2, 3]
+
+
+def test_a_flush_waits_for_the_requests_before_it(qrig: tuple[Rig, DomainIoQueue]) -> None:
+    rig, q = qrig
+    assert isinstance(rig.disk, GatedDisk)
+    rig.rw(abi.OP_READ, 0, [(10, 0, 7)], rid=1)  # slow
+    rig.rw(abi.OP_WRITE, 8, [(11, 0, 7)], rid=2)
+    rig.put(abi.REQUEST_HEAD.pack(abi.OP_FLUSH_DISKCACHE, 0, 0, 3, 0))
+    rig.rw(abi.OP_READ, 16, [(12, 0, 7)], rid=4)
+    assert rig.ring.process(1000) is False
+    until(lambda: rig.idx(abi.RSP_PROD) == 1)  # the write finished...
+    assert rig.ring.req_cons == 2 and "flush" not in rig.disk.calls  # ...but the flush waits
+    rig.disk.gate.set()
+    until(lambda: rig.ring.inflight == 0)
+    assert rig.ring.process(1000) is False  # woken: the flush, then the read behind it
+    until(lambda: rig.idx(abi.RSP_PROD) == 4)
+    assert [rig.response(i)[0] for i in range(4)] == [2, 1, 3, 4]
+    assert rig.disk.calls.index("flush") > rig.disk.calls.index(f"write {8 * 512} 4096")
+
+
+def test_a_lone_request_is_served_on_the_consumers_thread(qrig: tuple[Rig, DomainIoQueue]) -> None:
+    rig, q = qrig
+    rig.rw(abi.OP_READ, 8, [(10, 0, 7)], rid=5)
+    assert rig.ring.process(1000) is False
+    assert rig.idx(abi.RSP_PROD) == 1 and q.workers._threads == []  # answered before process returned

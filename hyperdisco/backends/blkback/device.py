@@ -22,6 +22,7 @@ from ...core.evtchn import EvtchnError
 from ...core.grant import GrantError
 from ...xen import abi as xen_abi
 from . import abi
+from .ioqueue import DomainIoQueue
 from .ring import DEFAULT_MAX_INDIRECT_SEGMENTS, BlkRing, Disk, RingError
 
 BUDGET = abi.RING_SIZE  # requests per round before the thread looks at xenstore again
@@ -36,12 +37,14 @@ OFFER_PERSISTENT = True
 
 class VbdBackend:
     def __init__(self, dom: Any, xenstored: Any, devid: int, vdev: str, disk: Disk,
-                 log: Callable[[str], None], offer_persistent: bool | None = None) -> None:
+                 log: Callable[[str], None], offer_persistent: bool | None = None,
+                 io: DomainIoQueue | None = None) -> None:
         self.dom = dom
         self.devid = devid
         self.vdev = vdev
         self.disk = disk
         self._log = log
+        self.io = io  # where requests that may complete out of order run (None: all in ring order)
         self.offer_persistent = OFFER_PERSISTENT if offer_persistent is None else offer_persistent
         self.be = f"/local/domain/0/backend/vbd/{dom.domid}/{devid}"
         self.fe = f"/local/domain/{dom.domid}/device/vbd/{devid}"
@@ -91,6 +94,12 @@ class VbdBackend:
                 self._serving.release()
             if not more:
                 return
+        with self._cond:
+            self._kicked = True
+            self._cond.notify()
+
+    def _wake(self) -> None:
+        """A request in flight finished: the device thread takes what was left on the ring."""
         with self._cond:
             self._kicked = True
             self._cond.notify()
@@ -242,7 +251,8 @@ class VbdBackend:
         self._port_obj = self.dom.evtchn.ports.get(port)
         # as Linux blkback: persistent only if both ends offer it (the frontend writes its own wish)
         persistent = self.offer_persistent and self._read("feature-persistent") == "1"
-        self.ring = BlkRing(page, self.dom.grants, self.disk, self._notify, self.log, persistent=persistent)
+        self.ring = BlkRing(page, self.dom.grants, self.disk, self._notify, self.log, persistent=persistent,
+                            queue=self.io, wake=self._wake)
         self._switch(abi.XenbusStateConnected)
         self.log(f"connected: ring-ref {ref}, event channel {port}, {self.disk.size >> 20} MiB"
                  f"{' read-only' if self.disk.readonly else ''}")

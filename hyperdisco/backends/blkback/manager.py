@@ -16,6 +16,7 @@ from typing import Any
 from ...errors import ConfigError
 from . import abi
 from .device import VbdBackend
+from .ioqueue import DomainIoQueue, IoWorkers
 from .ring import Disk
 
 DETACH_TIMEOUT_S = 10.0  # libxl waits LIBXL_DESTROY_TIMEOUT (10 s) for the frontend, then forces removal
@@ -45,6 +46,8 @@ class BlockDevices:
         self.hv = hv
         self._lock = threading.Lock()
         self._devices: dict[int, dict[int, tuple[VbdBackend, Any]]] = {}
+        self._workers = IoWorkers(log=hv.log)
+        self._queues: dict[int, DomainIoQueue] = {}  # per domain: its bound on requests in flight
 
     # -- images -----------------------------------------------------------------------------------------
     def open_images(self, specs: list[Any]) -> list[tuple[Any, Disk]]:
@@ -77,7 +80,8 @@ class BlockDevices:
                 raise ConfigError(f"hyperdisco: {dom.name} already has a disk {spec.vdev}")
             if disk is None:
                 disk = open_image(spec)
-            dev = VbdBackend(dom, xsd, devid, spec.vdev, disk, self.hv.log)
+            io = self._queues.setdefault(dom.domid, DomainIoQueue(self._workers))
+            dev = VbdBackend(dom, xsd, devid, spec.vdev, disk, self.hv.log, io=io)
             self._devices.setdefault(dom.domid, {})[devid] = (dev, spec)
         try:
             self._write_nodes(dom, devid, spec, disk)
@@ -163,6 +167,7 @@ class BlockDevices:
         """The domain is going: stop its backends (no handshake), close its images."""
         with self._lock:
             devs = self._devices.pop(domid, {})
+            self._queues.pop(domid, None)
         for dev, _spec in devs.values():
             dev.stop()
             _close(dev.disk)
@@ -171,6 +176,10 @@ class BlockDevices:
                 self.hv.xs.rm(f"/local/domain/0/backend/vbd/{domid}")
             except Exception:
                 pass
+
+    def close(self) -> None:
+        """The hypervisor is going (every domain closed first): stop the I/O threads."""
+        self._workers.shutdown()
 
     # -- listing ----------------------------------------------------------------------------------------
     def rows(self, dom: Any) -> list[dict[str, Any]]:

@@ -17,10 +17,19 @@ between is not missed and the frontend signals us for the next one.
 
 Durability: a flush (BLKIF_OP_FLUSH_DISKCACHE) or barrier (BLKIF_OP_WRITE_BARRIER: flush, write, flush)
 is answered only after disk.flush() returned.
+
+Order: requests are taken off the ring in order. With an I/O queue (ioqueue.DomainIoQueue), reads,
+writes and discards that have company (more requests behind them, or others still in flight) run on the
+shared I/O threads and are answered as they finish, out of order; a lone request is served at once on the
+consumer's thread (the common queue-depth-1 case, where a hand-off would only add latency). A flush or
+barrier first waits until every request taken before it has been answered (as Linux blkback's
+drain_io), then runs alone; requests behind it are taken only after it. Without a queue (unit tests, or
+a caller that wants strict order) every request is served in ring order on the consumer's thread.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, nullcontext
@@ -30,11 +39,14 @@ from typing import Protocol
 from ...core.grant import GrantError
 from ..disk.base import DiskImage as Disk
 from . import abi
+from .ioqueue import DomainIoQueue
 
 M32 = 0xFFFFFFFF
 DEFAULT_MAX_INDIRECT_SEGMENTS = 256  # what Linux blkback offers (MAX_INDIRECT_SEGMENTS)
 MAX_PERSISTENT_GRANTS = 4096  # per ring; Linux blkback's default max_persistent_grants is 1056
 LOG_INTERVAL_S = 10.0  # one log line per kind of bad request per device per this many seconds
+DRAIN_TIMEOUT_S = 60.0  # close() waits this long for requests in flight before it gives up their pages
+ORDERED_OPS = (abi.OP_FLUSH_DISKCACHE, abi.OP_WRITE_BARRIER)
 
 
 class RingError(Exception):
@@ -79,13 +91,21 @@ class RingStats:
 
 
 class BlkRing:
-    """One single-page ring (ring-ref), served by the device's thread only."""
+    """One single-page ring (ring-ref). One consumer at a time calls process(); responses are published
+    under a lock by whichever thread finished the request."""
 
     def __init__(self, page: Page, grants: Grants, disk: Disk, notify: Callable[[], None],
                  log: Callable[[str], None], backend_domid: int = 0,
                  max_indirect_segments: int = DEFAULT_MAX_INDIRECT_SEGMENTS,
-                 clock: Callable[[], float] = time.monotonic, persistent: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, persistent: bool = False,
+                 queue: DomainIoQueue | None = None, wake: Callable[[], None] | None = None) -> None:
         self.page = page
+        self.queue = queue
+        # called when a request in flight finished, so the consumer can take what it left on the ring
+        self.wake = wake or (lambda: None)
+        self._lock = threading.Lock()  # responses, stats, in-flight count, persistent grants
+        self._drained = threading.Condition(self._lock)
+        self.inflight = 0
         # Persistent grants (blkif.h "feature-persistent"): the frontend keeps a pool of pages granted
         # read-write for the life of the connection and copies data through them, so it does not grant
         # and revoke pages per request. Each is checked once, at first use, and held (busy) until close.
@@ -107,20 +127,32 @@ class BlkRing:
         self.disk_sectors = disk.size // abi.SECTOR
 
     def close(self) -> None:
-        """Release the persistent grants (their busy bits) at disconnect."""
-        self._pgrants.clear()
-        self._held.close()
+        """Wait for the requests in flight, then release the persistent grants (their busy bits). The
+        caller has stopped calling process()."""
+        if not self.drain(DRAIN_TIMEOUT_S):
+            self.log(f"{self.inflight} requests still in flight after {DRAIN_TIMEOUT_S:.0f}s at close")
+        with self._lock:
+            self._pgrants.clear()
+            self._held.close()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Until no request is in flight (True), or `timeout` seconds passed (False)."""
+        with self._drained:
+            return self._drained.wait_for(lambda: self.inflight == 0, timeout)
 
     def _grant(self, gref: int, write: bool) -> AbstractContextManager[Page]:
         if self.persistent:
             page = self._pgrants.get(gref)
-            if page is None and len(self._pgrants) < MAX_PERSISTENT_GRANTS:
-                try:
-                    page = self._held.enter_context(self.grants.access(gref, self.domid, write=True))
-                except GrantError:
-                    page = None  # not a read-write grant: used per request, as a non-persistent one
-                else:
-                    self._pgrants[gref] = page
+            if page is None:
+                with self._lock:
+                    page = self._pgrants.get(gref)
+                    if page is None and len(self._pgrants) < MAX_PERSISTENT_GRANTS:
+                        try:
+                            page = self._held.enter_context(self.grants.access(gref, self.domid, write=True))
+                        except GrantError:
+                            page = None  # not a read-write grant: used per request, as a non-persistent one
+                        else:
+                            self._pgrants[gref] = page
             if page is not None:
                 return nullcontext(page)
         return self.grants.access(gref, self.domid, write=write)
@@ -134,8 +166,9 @@ class BlkRing:
 
     # -- the loop ---------------------------------------------------------------------------------------
     def process(self, budget: int) -> bool:
-        """Answer up to `budget` requests. True if more may be waiting (call again), False when the ring
-        is empty and req_event is armed. Raises RingError if the ring is unusable."""
+        """Take up to `budget` requests. True if more may be waiting (call again); False when the ring is
+        empty and req_event is armed, or when the next request must wait for requests in flight (their
+        completion calls `wake`). Raises RingError if the ring is unusable."""
         done = 0
         while True:
             prod = self._get(abi.REQ_PROD)
@@ -148,16 +181,51 @@ class BlkRing:
                     raise RingError("request consumer overran the responses")
                 slot = abi.RING_HEADER + (self.req_cons % self.size) * abi.REQUEST_SIZE
                 raw = self.page.read(slot, abi.REQUEST_SIZE)  # one copy: never re-read the guest's page
-                self.req_cons = (self.req_cons + 1) & M32
-                op, rid, status = self.handle(raw)
-                self._respond(rid, op, status)
+                if not self._dispatch(raw, alone=(self.req_cons + 1) & M32 == prod):
+                    return False
                 done += 1
             # RING_FINAL_CHECK_FOR_REQUESTS
             self._set(abi.REQ_EVENT, self.req_cons + 1)
             if self._get(abi.REQ_PROD) == self.req_cons:
                 return False
 
-    def _respond(self, rid: int, op: int, status: int) -> None:
+    def _dispatch(self, raw: bytes, alone: bool) -> bool:
+        """Serve the request at req_cons now, or hand it to the I/O queue; False if it must wait."""
+        with self._lock:
+            inflight = self.inflight
+        if raw[0] in ORDERED_OPS and inflight:
+            return False  # drain first; the last completion wakes the consumer
+        if self.queue is None or raw[0] in ORDERED_OPS or (alone and not inflight):
+            self.req_cons = (self.req_cons + 1) & M32
+            self._respond(*self.handle(raw))
+            return True
+        if not self.queue.try_start(self.wake):
+            return False  # the domain is at its bound
+        self.req_cons = (self.req_cons + 1) & M32
+        with self._lock:
+            self.inflight += 1
+        self.queue.run(lambda: self._serve_async(raw))
+        return True
+
+    def _serve_async(self, raw: bytes) -> None:
+        assert self.queue is not None
+        try:
+            self._respond(*self.handle(raw))
+        finally:
+            with self._lock:
+                self.inflight -= 1
+                self._drained.notify_all()
+            self.queue.finish()
+            self.wake()
+
+    def _respond(self, op: int, rid: int, status: int) -> None:
+        with self._lock:
+            self.stats.requests += 1
+            if status != abi.RSP_OKAY:
+                self.stats.errors += 1
+            self._publish(rid, op, status)
+
+    def _publish(self, rid: int, op: int, status: int) -> None:
         slot = abi.RING_HEADER + (self.rsp_prod_pvt % self.size) * abi.REQUEST_SIZE
         self.page.write(slot, abi.RESPONSE.pack(rid, op & 0xFF, status))
         # RING_PUSH_RESPONSES_AND_CHECK_NOTIFY
@@ -174,7 +242,6 @@ class BlkRing:
         """(operation to echo, id, status) for one request; never raises."""
         op, _nseg, _handle, rid, _sector = abi.REQUEST_HEAD.unpack_from(raw)
         echo = raw[1] if op == abi.OP_INDIRECT and raw[1] in (abi.OP_READ, abi.OP_WRITE) else op
-        self.stats.requests += 1
         try:
             req = self.parse(raw)
             echo = req.op
@@ -182,19 +249,15 @@ class BlkRing:
             return echo, rid, abi.RSP_OKAY
         except BadRequest as e:
             self._complain(e.kind, str(e))
-            self.stats.errors += 1
             return echo, rid, e.status
         except GrantError as e:
             self._complain("grant", f"bad grant: {e}")
-            self.stats.errors += 1
             return echo, rid, abi.RSP_ERROR
         except (OSError, ValueError) as e:
             self._complain("io", f"{abi.OP_NAMES.get(echo, echo)} at sector {_sector} failed: {e}")
-            self.stats.errors += 1
             return echo, rid, abi.RSP_ERROR
         except Exception as e:  # a bug here fails the request, never the backend thread
             self._complain("internal", f"internal error: {e!r}")
-            self.stats.errors += 1
             return echo, rid, abi.RSP_ERROR
 
     def parse(self, raw: bytes) -> Request:
@@ -280,7 +343,8 @@ class BlkRing:
 
     def _flush(self) -> None:
         self.disk.flush()
-        self.stats.flushes += 1
+        with self._lock:
+            self.stats.flushes += 1
 
     def _spans(self, req: Request) -> Iterator[tuple[int, int, int, int]]:
         """(gref, offset in the page, offset in the transfer, length) per segment."""
@@ -296,7 +360,8 @@ class BlkRing:
         for gref, off, pos, n in self._spans(req):  # the disk is read into the guest's pages
             with self._grant(gref, write=True) as page:
                 page.write(off, data[pos:pos + n])
-        self.stats.bytes_read += total
+        with self._lock:
+            self.stats.bytes_read += total
 
     def _write(self, req: Request) -> None:
         self._readonly_check()
@@ -306,15 +371,17 @@ class BlkRing:
                 parts.append(page.read(off, n))
         data = b"".join(parts)
         self.disk.write(req.sector * abi.SECTOR, data)
-        self.stats.bytes_written += len(data)
+        with self._lock:
+            self.stats.bytes_written += len(data)
 
     # -- logging ----------------------------------------------------------------------------------------
     def _complain(self, kind: str, msg: str) -> None:
         now = self.clock()
-        last = self._last_log.get(kind)
-        if last is not None and now - last[0] < LOG_INTERVAL_S:
-            self._last_log[kind] = (last[0], last[1] + 1)
-            return
-        more = f" ({last[1]} more like it suppressed)" if last and last[1] else ""
-        self._last_log[kind] = (now, 0)
+        with self._lock:
+            last = self._last_log.get(kind)
+            if last is not None and now - last[0] < LOG_INTERVAL_S:
+                self._last_log[kind] = (last[0], last[1] + 1)
+                return
+            more = f" ({last[1]} more like it suppressed)" if last and last[1] else ""
+            self._last_log[kind] = (now, 0)
         self.log(f"request failed: {msg}{more}")
