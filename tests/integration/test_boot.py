@@ -52,7 +52,8 @@ def test_guest_clock_runs_at_host_rate(images: GuestImages) -> None:
     assert r.returncode == 0, r.stderr
     up0, wall, up1 = r.stdout.splitlines()
     guest_sleep = float(up1.split()[0]) - float(up0.split()[0])
-    assert 1.9 <= guest_sleep <= 2.8
+    # the guest measures at least its sleep, and never more time than passed on the host around it
+    assert 1.9 <= guest_sleep <= t1 - t0, (guest_sleep, t1 - t0)
     assert t0 - 2 <= int(wall) <= t1 + 2  # wall clock from shared_info matches the host's
     assert t1 - t0 >= 2.0
 
