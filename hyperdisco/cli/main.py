@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     import faulthandler
 
     faulthandler.enable()  # a crash in native code (the CPU engine) still says where each thread was
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: where every thread of a live process is, on stderr
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -84,6 +84,17 @@ class VcpuContext:
         self.ev.request_stop()
 
     # -- one scheduling step ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        """One line on where this vCPU is, for a guest that stopped making progress (read racily: the
+        vCPU may be running)."""
+        dom = self.dom
+        state = "halted" if self.halted else "blocked" if self.blocked else "runnable"
+        deadline = self.wake_deadline_ns()
+        timer = "no timer" if deadline is None else f"timer in {(deadline - dom.clock.now_ns()) / 1e6:.1f} ms"
+        upcall = dom.callback_vector is not None and dom.evtchn.upcall_pending(self.index)
+        return (f"vcpu{self.index} {state} rip={self.ev.rip:#x} cpl={self.ev.cpl()} "
+                f"IF={int(self.ev.interrupts_enabled())} upcall_pending={int(upcall)} {timer}")
+
     def wake_deadline_ns(self) -> int | None:
         ds = [d for d in (self.timer_ns, self.periodic_ns and self.periodic_next, self.poll_deadline) if d]
         return min(ds) if ds else None

@@ -60,7 +60,8 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not dom.done.wait(left):
-                dom.shutdown("timeout", f"no shutdown within {timeout:.0f}s")
+                where = "; ".join(c.describe() for c in dom.vcpus)
+                dom.shutdown("timeout", f"no shutdown within {timeout:.0f}s; {where}")
             hv.wait_gone(dom)
             nxt = hv.successor(dom)
             if nxt is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,10 +36,27 @@ class Result:
 
 
 def hyperdisco(*args: str, input: bytes | None = None, timeout: float = 180) -> Result:
+    """Run the CLI. A `run --exec` gets its own --timeout a little shorter than ours, so a guest that
+    hangs ends with its console transcript on stdout; a process that still hangs is asked for a dump
+    of its threads (SIGUSR1, see cli/main.py) before it is killed, and the test fails showing both."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "hyperdisco", *args], input=input, capture_output=True,
-                          timeout=timeout, env=env)
-    return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    argv = list(args)
+    if argv[:1] == ["run"] and "--exec" in argv and "--timeout" not in argv:
+        argv += ["--timeout", str(max(10.0, timeout - 30))]
+    proc = subprocess.Popen([sys.executable, "-m", "hyperdisco", *argv], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"hyperdisco {' '.join(argv)[:200]} hung for {timeout:.0f}s; "
+                             f"stderr (thread dump):\n"
+                             f"{err.decode(errors='replace')[-6000:]}\nstdout:\n"
+                             f"{out.decode(errors='replace')[-3000:]}") from None
+    return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 @pytest.fixture

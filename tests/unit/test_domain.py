@@ -256,3 +256,13 @@ def test_guest_cpuid_answered_in_the_engine_from_the_policy(engine: TcgEngine, c
     assert b"".join(out) == b"XenV"
     assert dom.traps()["cpuid"] == 1
     dom.close()
+
+
+def test_describe_says_where_a_vcpu_is(dh: DomainHarness) -> None:
+    ctx = dh.ctx
+    line = ctx.describe()
+    assert line.startswith("vcpu0 runnable rip=0x") and "no timer" in line
+    ctx.halted = True
+    ctx.timer_ns = dh.dom.clock.now_ns() + 5_000_000
+    line = ctx.describe()
+    assert "vcpu0 halted" in line and "timer in " in line and " ms" in line
