@@ -83,8 +83,23 @@ class Xl:
         return {ln.split()[0]: ln.split() for ln in lines[1:]}
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test that failed with a daemon running gets the daemon's log, and a dump of its threads, in its
+    report: what a hang or a race looked like from the inside."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    daemon = getattr(item, "hd_daemon", None)
+    if rep.when == "call" and rep.failed and daemon is not None:
+        proc, log_path = daemon
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack into the log
+            time.sleep(1)
+        rep.sections.append(("hyperdisco daemon log (tail)", log_path.read_text(errors="replace")[-8000:]))
+
+
 @pytest.fixture
-def xl(images: GuestImages, tmp_path: Path) -> Iterator[Xl]:
+def xl(images: GuestImages, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Xl]:
     sock = tmp_path / "hd.sock"
     log = open(tmp_path / "daemon.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "hyperdisco", "daemon", "--socket", str(sock), "-v"],
@@ -95,6 +110,7 @@ def xl(images: GuestImages, tmp_path: Path) -> Iterator[Xl]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert (sock.stat().st_mode & 0o777) == 0o600
+    request.node.hd_daemon = (proc, tmp_path / "daemon.log")
     yield Xl(sock)
     proc.terminate()
     try:
