@@ -1,10 +1,19 @@
-"""One host thread that ends running vCPUs' time slices at their deadlines."""
+"""One host thread that ends running vCPUs' time slices at their deadlines.
+
+A stop can be lost: unicorn's uc_emu_stop() does nothing while the engine is between two uc_emu_start()
+calls, and uc_emu_start() clears a stop request as it begins. A deadline that passes while the vCPU thread
+is still on its way into uc_emu_start() (a 50 µs slice, a busy host) would leave the slice running until
+the guest itself exits, and a guest spinning on a timer interrupt never does. So a due slice is stopped
+again every RETRY_S until its vCPU disarms it on return.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+
+RETRY_S = 0.001
 
 
 class Ticker:
@@ -33,9 +42,9 @@ class Ticker:
         with self._cond:
             while True:
                 now = time.monotonic()
-                due = [k for k, (d, _) in self._armed.items() if d <= now]
-                for k in due:
-                    _, stop = self._armed.pop(k)
+                due = [(k, stop) for k, (d, stop) in self._armed.items() if d <= now]
+                for k, stop in due:
+                    self._armed[k] = (now + RETRY_S, stop)  # until disarm(): see the module's docstring
                     stop()
                 nxt = min((d for d, _ in self._armed.values()), default=None)
                 self._wakes_at = float("inf") if nxt is None else nxt
