@@ -57,19 +57,9 @@ DEFAULT_TIMEOUT = 120.0
 
 
 @dataclasses.dataclass
-class RunResult:
-    kind: str
-    index: int  # 1-based run number of this kind
-    argv: list[str]
-    ok: bool = False
-    failure: str | None = None
-    exit_status: int | None = None
-    marks: dict[str, float] = dataclasses.field(default_factory=dict)
-    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+class RunResult(harness.Run):
     traps: dict[str, int] = dataclasses.field(default_factory=dict)
     self_timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    stdout_tail: list[str] = dataclasses.field(default_factory=list)
-    stderr_tail: list[str] = dataclasses.field(default_factory=list)
 
 
 # -- running one child ---------------------------------------------------------------------------------

@@ -60,22 +60,12 @@ ERR_RE = re.compile(r"DISKBENCH:error (.*)$")
 
 
 @dataclasses.dataclass
-class RunResult:
-    kind: str
-    index: int  # 1-based run number of this kind
-    argv: list[str]
-    ok: bool = False
-    failure: str | None = None
-    exit_status: int | None = None
+class RunResult(harness.Run):
     caches_dropped: bool = False
-    marks: dict[str, float] = dataclasses.field(default_factory=dict)
     guest_times: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     randread: dict[str, float] = dataclasses.field(default_factory=dict)
     device: dict[str, str] = dataclasses.field(default_factory=dict)
-    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     image_allocated_mib: float | None = None
-    stdout_tail: list[str] = dataclasses.field(default_factory=list)
-    stderr_tail: list[str] = dataclasses.field(default_factory=list)
 
 
 # -- building the guest side ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ it also puts the repository on sys.path, so that the scripts can import ``hyperd
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -19,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from hyperdisco.images import GuestImages
@@ -181,13 +182,20 @@ def hyperdisco_commit() -> str | None:
 # -- summarising ---------------------------------------------------------------------------------------
 
 
-class Run(Protocol):
+@dataclasses.dataclass
+class Run:
+    """One child run of a benchmark: what every script records; each adds its own fields."""
+
     kind: str
-    index: int
-    ok: bool
-    metrics: dict[str, float]
-    stdout_tail: list[str]
-    stderr_tail: list[str]
+    index: int  # 1-based run number of this kind
+    argv: list[str]
+    ok: bool = False
+    failure: str | None = None
+    exit_status: int | None = None
+    marks: dict[str, float] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    stdout_tail: list[str] = dataclasses.field(default_factory=list)
+    stderr_tail: list[str] = dataclasses.field(default_factory=list)
 
 
 def medians(runs: Sequence[Run], keys: Iterable[str]) -> dict[str, float]:
