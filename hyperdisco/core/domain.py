@@ -91,7 +91,7 @@ class VcpuContext:
         state = "halted" if self.halted else "blocked" if self.blocked else "runnable"
         deadline = self.wake_deadline_ns()
         timer = "no timer" if deadline is None else f"timer in {(deadline - dom.clock.now_ns()) / 1e6:.1f} ms"
-        upcall = dom.callback_vector is not None and dom.evtchn.upcall_pending(self.index)
+        upcall = self._upcall_pending()
         return (f"vcpu{self.index} {state} rip={self.ev.rip:#x} cpl={self.ev.cpl()} "
                 f"IF={int(self.ev.interrupts_enabled())} upcall_pending={int(upcall)} {timer}")
 
@@ -112,12 +112,16 @@ class VcpuContext:
             self.poll_deadline = None
             self.blocked = False
 
+    def _upcall_pending(self) -> bool:
+        """An event waits for this vCPU and the guest registered a callback vector to receive it."""
+        return self.dom.callback_vector is not None and self.dom.evtchn.upcall_pending(self.index)
+
     def _inject(self) -> bool:
         """Deliver one pending interrupt if the guest can take it; True if something is pending."""
         dom, ev = self.dom, self.ev
         vec = None
         lapic_pending = bool(self.lapic.pending)
-        upcall = dom.callback_vector is not None and dom.evtchn.upcall_pending(self.index)
+        upcall = self._upcall_pending()
         if not (lapic_pending or upcall):
             return False
         if ev.interrupts_enabled():

@@ -94,12 +94,11 @@ class VbdBackend:
                 self._serving.release()
             if not more:
                 return
-        with self._cond:
-            self._kicked = True
-            self._cond.notify()
+        self._wake()
 
     def _wake(self) -> None:
-        """A request in flight finished: the device thread takes what was left on the ring."""
+        """Hand the ring to the device thread (after a kick it could not finish, or when a request in
+        flight finished and the consumer left requests on the ring)."""
         with self._cond:
             self._kicked = True
             self._cond.notify()
