@@ -12,13 +12,30 @@
 overlay: the domain sees a writable disk, the file never changes.
 
 Read-write opens take an exclusive lock on the file, read-only opens (and bases) a shared one.
+
+Host files are reached only through a FileOpener (base.py), chosen per call with ``open_disk(...,
+opener=...)`` and used for the whole chain: HostOpener (the default) opens the host's files;
+RecordingOpener(inner) also keeps a dup of every descriptor it returns, as (kind, path, readonly, fd)
+records, so that they can be sent to another process; HandedOpener(records) serves exactly those
+descriptors there and refuses every other file. Closing an image closes its descriptors and never
+unlocks explicitly, so a process holding a handed dup keeps the lock.
 """
 
 from __future__ import annotations
 
 import os
 
-from hyperdisco.backends.disk.base import SECTOR, DiskImage
+from hyperdisco.backends.disk.base import (
+    SECTOR,
+    DiskImage,
+    FileOpener,
+    HandedOpener,
+    HostOpener,
+    ImageMissing,
+    OpenRecord,
+    RecordingOpener,
+    pread_full,
+)
 from hyperdisco.backends.disk.cow import COW_MAGIC, CowImage
 from hyperdisco.backends.disk.qcow2 import QCOW2_MAGIC, Qcow2Image
 from hyperdisco.backends.disk.raw import RawImage
@@ -27,19 +44,20 @@ from hyperdisco.errors import ImageError
 FORMATS = ("raw", "cow", "qcow2")
 
 __all__ = [
-    "FORMATS", "SECTOR", "CowImage", "DiskImage", "Qcow2Image", "RawImage", "open_disk", "probe_format",
+    "FORMATS", "SECTOR", "CowImage", "DiskImage", "FileOpener", "HandedOpener", "HostOpener", "ImageMissing",
+    "OpenRecord", "Qcow2Image", "RawImage", "RecordingOpener", "open_disk", "probe_format",
 ]
 
 
-def probe_format(path: str) -> str:
+def probe_format(path: str, opener: FileOpener | None = None) -> str:
     """Guess a (base) image's format from its magic: qcow2, cow, else raw."""
+    fd = (opener or HostOpener()).open(path, readonly=True)
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except FileNotFoundError:
-        raise ImageError(f"hyperdisco: {path}: disk image does not exist") from None
+        head = pread_full(fd, 8, 0)
     except OSError as exc:
-        raise ImageError(f"hyperdisco: {path}: cannot open disk image ({exc.strerror or exc})") from None
+        raise ImageError(f"hyperdisco: {path}: cannot read disk image ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     if head[:4] == QCOW2_MAGIC:
         return "qcow2"
     if head == COW_MAGIC:
@@ -53,28 +71,38 @@ def open_disk(
     readonly: bool = False,
     persistent: bool = True,
     base: str | None = None,
+    *,
+    opener: FileOpener | None = None,
     _depth: int = 0,
 ) -> DiskImage:
-    """Open (or, for a new cow overlay, create) a disk image. Errors are one-line ImageErrors."""
+    """Open (or, for a new cow overlay, create) a disk image. Errors are one-line ImageErrors.
+
+    Every host file of the image's chain (cow bases, qcow2 backing files, temporary overlays) is opened
+    through ``opener`` (default: HostOpener, the host's files directly).
+    """
     if _depth > 16:
         raise ImageError(f"hyperdisco: {target}: backing chain is too long (or loops)")
     if format not in FORMATS:
         raise ImageError(f"hyperdisco: {target}: unknown disk format {format!r} (expected one of "
                          f"{', '.join(FORMATS)})")
+    files: FileOpener = opener if opener is not None else HostOpener()
 
-    def opener(path: str, fmt: str) -> DiskImage:
-        return open_disk(path, fmt, readonly=True, _depth=_depth + 1)
+    def open_lower(path: str, fmt: str) -> DiskImage:
+        return open_disk(path, fmt, readonly=True, opener=files, _depth=_depth + 1)
+
+    def probe(path: str) -> str:
+        return probe_format(path, files)
 
     if format == "cow":
         if not persistent:
             if base is None:
                 raise ImageError(f"hyperdisco: {target}: a non-persistent cow disk needs a base image")
-            base_img = opener(base, probe_format(base))
-            return CowImage.temporary(base_img, os.path.dirname(target) or None)
-        return CowImage.open(target, readonly, base, opener, probe_format)
+            base_img = open_lower(base, probe(base))
+            return CowImage.temporary(base_img, os.path.dirname(target) or None, opener=files)
+        return CowImage.open(target, readonly, base, open_lower, probe, opener=files)
     if not persistent and not readonly:
-        base_img = open_disk(target, format, readonly=True, _depth=_depth + 1)
-        return CowImage.temporary(base_img, None)
+        base_img = open_disk(target, format, readonly=True, opener=files, _depth=_depth + 1)
+        return CowImage.temporary(base_img, None, opener=files)
     if format == "raw":
-        return RawImage(target, readonly)
-    return Qcow2Image(target, readonly, opener, probe_format)
+        return RawImage(target, readonly, opener=files)
+    return Qcow2Image(target, readonly, open_lower, probe, opener=files)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import tempfile
 import threading
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from hyperdisco.errors import ImageError
 
@@ -48,23 +50,13 @@ def check_writable(readonly: bool, name: str) -> None:
         raise OSError(errno.EROFS, f"{name}: disk is read-only")
 
 
-def open_locked(path: str, readonly: bool, create: bool = False) -> int:
-    """Open ``path`` and lock it: exclusive for read-write, shared for read-only (flock, non-blocking).
+def _lock(fd: int, path: str, readonly: bool) -> None:
+    """flock ``fd``: shared for read-only, exclusive for read-write, never waiting. Closes ``fd`` on failure.
 
-    A base image shared by many read-only users therefore cannot be opened read-write meanwhile, and a
-    read-write image has one user only. Errors are one-line ImageErrors naming the file.
+    The lock belongs to the open file description, so a dup of ``fd`` (kept by RecordingOpener, or sent to
+    another process with SCM_RIGHTS) holds it too; it goes away when the last descriptor is closed. That
+    is why nothing here ever unlocks explicitly (LOCK_UN would drop every holder's lock at once).
     """
-    flags = os.O_RDONLY if readonly else os.O_RDWR
-    if create:
-        flags |= os.O_CREAT | os.O_EXCL
-    try:
-        fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
-    except FileNotFoundError:
-        raise ImageError(f"hyperdisco: {path}: disk image does not exist") from None
-    except FileExistsError:
-        raise ImageError(f"hyperdisco: {path}: disk image already exists") from None
-    except OSError as exc:
-        raise ImageError(f"hyperdisco: {path}: cannot open disk image ({exc.strerror or exc})") from None
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -73,7 +65,160 @@ def open_locked(path: str, readonly: bool, create: bool = False) -> int:
     except OSError as exc:
         os.close(fd)
         raise ImageError(f"hyperdisco: {path}: cannot lock disk image ({exc.strerror or exc})") from None
-    return fd
+
+
+class ImageMissing(ImageError):
+    """The disk image file does not exist (a new persistent cow overlay may then be created)."""
+
+
+@runtime_checkable
+class FileOpener(Protocol):
+    """How the disk package reaches host files: every open of an image, base, backing file or scratch
+    overlay goes through one of these (open_disk(..., opener=...) passes it down the whole chain).
+
+    Descriptors returned are owned by the caller, close-on-exec, and locked (flock: exclusive for
+    read-write, shared for read-only). Errors are one-line ImageErrors naming the file.
+    """
+
+    def open(self, path: str, readonly: bool, create: bool = False) -> int:
+        """Open (with ``create``: create, failing if it exists) and lock the image file ``path``."""
+        ...
+
+    def temporary(self, directory: str | None) -> int:
+        """An anonymous, already unlinked read-write scratch file (for non-persistent overlays), in
+        ``directory`` when possible, else in the system's temporary directory."""
+        ...
+
+    def check_backing(self, path: str, named_by: str) -> None:
+        """Raise ImageError unless ``path``, a backing file named inside the image ``named_by`` (a qcow2
+        backing file name, a cow header's base), may be opened."""
+        ...
+
+
+class HostOpener:
+    """The host's files, opened directly (what a process with access to the images uses)."""
+
+    def open(self, path: str, readonly: bool, create: bool = False) -> int:
+        flags = os.O_RDONLY if readonly else os.O_RDWR
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            raise ImageMissing(f"hyperdisco: {path}: disk image does not exist") from None
+        except FileExistsError:
+            raise ImageError(f"hyperdisco: {path}: disk image already exists") from None
+        except OSError as exc:
+            raise ImageError(f"hyperdisco: {path}: cannot open disk image ({exc.strerror or exc})") from None
+        _lock(fd, path, readonly)
+        return fd
+
+    def temporary(self, directory: str | None) -> int:
+        dirs = [directory, None] if directory else [None]
+        why: object = None
+        for d in dirs:
+            try:
+                with tempfile.TemporaryFile(dir=d) as f:
+                    return os.dup(f.fileno())
+            except OSError as exc:
+                why = exc.strerror or exc
+        raise ImageError(f"hyperdisco: cannot create a temporary overlay ({why})")
+
+    def check_backing(self, path: str, named_by: str) -> None:
+        return None
+
+
+class OpenRecord(NamedTuple):
+    """One descriptor a RecordingOpener handed out: ``kind`` "open" (``path`` as asked for, ``readonly``)
+    or "temporary" (``path`` the directory asked for, "" for none); ``fd`` is the recorder's own dup."""
+
+    kind: str
+    path: str
+    readonly: bool
+    fd: int
+
+
+class RecordingOpener:
+    """Delegates to ``inner`` and keeps a dup of every descriptor it returns, in ``records`` (in order), so
+    that they can be handed to another process (SCM_RIGHTS) and served there by a HandedOpener.
+
+    Opens with ``create`` (scratch names used while creating a new overlay) are not recorded: nothing
+    but the creating process ever uses them. close() closes the recorded dups (not the images).
+    """
+
+    def __init__(self, inner: FileOpener | None = None) -> None:
+        self.inner: FileOpener = inner if inner is not None else HostOpener()
+        self.records: list[OpenRecord] = []
+
+    def open(self, path: str, readonly: bool, create: bool = False) -> int:
+        fd = self.inner.open(path, readonly, create)
+        if not create:
+            self.records.append(OpenRecord("open", path, readonly, _dup(fd)))
+        return fd
+
+    def temporary(self, directory: str | None) -> int:
+        fd = self.inner.temporary(directory)
+        self.records.append(OpenRecord("temporary", directory or "", False, _dup(fd)))
+        return fd
+
+    def check_backing(self, path: str, named_by: str) -> None:
+        self.inner.check_backing(path, named_by)
+
+    def close(self) -> None:
+        records, self.records = self.records, []
+        for rec in records:
+            os.close(rec.fd)
+
+
+class HandedOpener:
+    """Serves exactly the descriptors another process handed over (the records of a RecordingOpener, or
+    (kind, path, readonly, fd) tuples with received fds): ``open`` of a handed (path, readonly), and the
+    handed temporaries in order, each time as a new dup. Anything else is refused ("not handed to this
+    domain"): a process using it can open no other host file through the disk package.
+
+    Backing-file policy checks pass: they were made when the files were opened for handing, and only
+    handed files can be opened here. close() closes the handed descriptors.
+    """
+
+    def __init__(self, records: Iterable[tuple[str, str, bool, int]]) -> None:
+        self._files: dict[tuple[str, bool], int] = {}
+        self._temporaries: list[int] = []
+        self._next_temporary = 0
+        for kind, path, readonly, fd in records:
+            if kind == "open":
+                self._files.setdefault((path, bool(readonly)), fd)
+            elif kind == "temporary":
+                self._temporaries.append(fd)
+            else:
+                raise ValueError(f"unknown opener record kind {kind!r}")
+
+    def open(self, path: str, readonly: bool, create: bool = False) -> int:
+        fd = None if create else self._files.get((path, bool(readonly)))
+        if fd is None:
+            mode = "read-only" if readonly else "read-write"
+            raise ImageError(f"hyperdisco: {path}: not handed to this domain ({mode})")
+        return _dup(fd)
+
+    def temporary(self, directory: str | None) -> int:
+        if self._next_temporary >= len(self._temporaries):
+            raise ImageError("hyperdisco: temporary overlay not handed to this domain")
+        fd = self._temporaries[self._next_temporary]
+        self._next_temporary += 1
+        return _dup(fd)
+
+    def check_backing(self, path: str, named_by: str) -> None:
+        return None
+
+    def close(self) -> None:
+        fds = {*self._files.values(), *self._temporaries}
+        self._files.clear()
+        self._temporaries.clear()
+        for fd in fds:
+            os.close(fd)
+
+
+def _dup(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
 
 
 def file_size(fd: int) -> int:

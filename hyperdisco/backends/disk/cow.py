@@ -37,18 +37,20 @@ from __future__ import annotations
 
 import array
 import os
+import secrets
 import struct
 import sys
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable
 
 from hyperdisco.backends.disk.base import (
     DiskImage,
+    FileOpener,
+    HostOpener,
+    ImageMissing,
     LayeredImage,
     file_size,
-    open_locked,
     pread_full,
     pwrite_full,
     pwrite_runs,
@@ -98,19 +100,13 @@ class CowImage(LayeredImage):
 
     @classmethod
     def temporary(cls, base: DiskImage, directory: str | None,
-                  cluster_bits: int = DEFAULT_CLUSTER_BITS) -> CowImage:
+                  cluster_bits: int = DEFAULT_CLUSTER_BITS, opener: FileOpener | None = None) -> CowImage:
         """A non-persistent overlay: an anonymous file in ``directory`` (else the temp dir)."""
         try:
-            try:
-                f = tempfile.TemporaryFile(dir=directory)
-            except OSError:
-                f = tempfile.TemporaryFile()
-        except OSError as exc:
+            fd = (opener or HostOpener()).temporary(directory)
+        except BaseException:
             base.close()
-            why = exc.strerror or exc
-            raise ImageError(f"hyperdisco: cannot create a temporary overlay ({why})") from None
-        fd = os.dup(f.fileno())
-        f.close()
+            raise
         cs = 1 << cluster_bits
         entries = (base.size + cs - 1) // cs
         table = array.array("Q", bytes(8 * entries))
@@ -119,7 +115,8 @@ class CowImage(LayeredImage):
 
     @classmethod
     def create(cls, path: str, base_path: str, base_format: str,
-               base_size: int, cluster_bits: int = DEFAULT_CLUSTER_BITS) -> None:
+               base_size: int, cluster_bits: int = DEFAULT_CLUSTER_BITS,
+               opener: FileOpener | None = None) -> None:
         """Write a new empty overlay file (atomically: temporary name, fsync, rename)."""
         cs = 1 << cluster_bits
         entries = (base_size + cs - 1) // cs
@@ -134,9 +131,13 @@ class CowImage(LayeredImage):
         header[_HEADER.size:_HEADER.size + len(fmt) + len(bpath)] = fmt + bpath
         struct.pack_into("<I", header, 52, zlib.crc32(header))
         directory = os.path.dirname(os.path.abspath(path))
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}.{secrets.token_hex(4)}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = (opener or HostOpener()).open(tmp, readonly=False, create=True)
+        except ImageError as exc:
+            why = str(exc).rsplit(": ", 1)[-1]
+            raise ImageError(f"hyperdisco: {path}: cannot create cow overlay ({why})") from None
+        try:
             try:
                 pwrite_full(fd, header, 0)
                 os.ftruncate(fd, data_offset)  # the table: sparse zeros
@@ -152,7 +153,7 @@ class CowImage(LayeredImage):
         except FileExistsError:
             raise ImageError(f"hyperdisco: {path}: disk image already exists") from None
         except OSError as exc:
-            why = exc.strerror or exc
+            why = exc.strerror or str(exc)
             raise ImageError(f"hyperdisco: {path}: cannot create cow overlay ({why})") from None
         finally:
             try:
@@ -161,24 +162,27 @@ class CowImage(LayeredImage):
                 pass
 
     @classmethod
-    def open(cls, path: str, readonly: bool, base: str | None, opener: Opener,
-             probe: Callable[[str], str]) -> CowImage:
+    def open(cls, path: str, readonly: bool, base: str | None, open_base: Opener,
+             probe: Callable[[str], str], opener: FileOpener | None = None) -> CowImage:
         """Open the overlay at ``path``; when it does not exist and ``base`` is given, create it first."""
-        if not os.path.exists(path):
+        files = opener or HostOpener()
+        try:
+            fd = files.open(path, readonly)
+        except ImageMissing:
             if base is None:
                 raise ImageError(
                     f"hyperdisco: {path}: disk image does not exist (a new cow disk needs a base)"
-                )
+                ) from None
             if readonly:
-                raise ImageError(f"hyperdisco: {path}: disk image does not exist")
+                raise
             fmt = probe(base)
-            probe_img = opener(base, fmt)
+            probe_img = open_base(base, fmt)
             size = probe_img.size
             probe_img.close()
-            cls.create(path, base, fmt, size)
-        fd = open_locked(path, readonly)
+            cls.create(path, base, fmt, size, opener=files)
+            fd = files.open(path, readonly)
         try:
-            return cls._open_fd(fd, path, readonly, base, opener)
+            return cls._open_fd(fd, path, readonly, base, open_base)
         except BaseException:
             os.close(fd)
             raise

@@ -55,9 +55,10 @@ from collections.abc import Callable
 
 from hyperdisco.backends.disk.base import (
     DiskImage,
+    FileOpener,
+    HostOpener,
     LayeredImage,
     file_size,
-    open_locked,
     pread_full,
     pwrite_full,
     pwrite_runs,
@@ -118,14 +119,15 @@ def _be_bytes(table: array.array[int]) -> bytes:
 class Qcow2Image(LayeredImage):
     """An open qcow2 image (see the module docstring for coverage and the write ordering)."""
 
-    def __init__(self, path: str, readonly: bool, opener: Opener, probe: Callable[[str], str]) -> None:
+    def __init__(self, path: str, readonly: bool, open_backing: Opener, probe: Callable[[str], str],
+                 opener: FileOpener | None = None) -> None:
         self.path = path
         self.readonly = readonly
         self.backing: DiskImage | None = None
-        self._fd = open_locked(path, readonly)
+        self._fd = (opener or HostOpener()).open(path, readonly)
         self._lock = threading.Lock()
         try:
-            self._load(opener, probe)
+            self._load(open_backing, probe)
         except BaseException:
             os.close(self._fd)
             self._fd = -1

@@ -9,10 +9,11 @@ from typing import Any
 
 from hyperdisco.backends.disk.base import (
     SECTOR,
+    FileOpener,
+    HostOpener,
     check_range,
     check_writable,
     file_size,
-    open_locked,
     pread_full,
     pwrite_full,
     round_up,
@@ -52,10 +53,10 @@ class RawImage:
     """pread/pwrite on the file. The virtual size is the file size rounded up to a sector (a partial last
     sector reads as zeros past the end of the file)."""
 
-    def __init__(self, path: str, readonly: bool = False) -> None:
+    def __init__(self, path: str, readonly: bool = False, opener: FileOpener | None = None) -> None:
         self.path = path
         self.readonly = readonly
-        self._fd = open_locked(path, readonly)
+        self._fd = (opener or HostOpener()).open(path, readonly)
         self.size = round_up(file_size(self._fd), SECTOR)
         self._can_punch = True
 
@@ -85,4 +86,4 @@ class RawImage:
                 if not self.readonly:
                     os.fdatasync(fd)
             finally:
-                os.close(fd)  # also drops the flock
+                os.close(fd)  # drops the flock once no dup of it is left (never LOCK_UN: see base._lock)
