@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from hyperdisco.errors import ImageError
+from hyperdisco.images.hostfile import MAX_KERNEL_BYTES, read_regular_file
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 
@@ -102,6 +103,7 @@ def _lz4_legacy(payload: bytes, name: str) -> bytes:
     total = len(payload)
     pos = 4
     out: list[bytes] = []
+    produced = 0
     while pos + 4 <= total:
         (size,) = struct.unpack_from("<I", payload, pos)
         pos += 4
@@ -116,29 +118,45 @@ def _lz4_legacy(payload: bytes, name: str) -> bytes:
             out.append(lz4.block.decompress(payload[pos : pos + size], uncompressed_size=_LZ4_LEGACY_BLOCK))
         except lz4.block.LZ4BlockError as exc:
             raise _fail(name, f"corrupt LZ4 kernel payload at offset {pos}: {exc}") from None
+        produced += len(out[-1])
+        if produced > MAX_KERNEL_BYTES:
+            raise _fail(name, f"kernel payload decompresses to more than {MAX_KERNEL_BYTES >> 20} MiB")
         pos += size
     if not out:
         raise _fail(name, "empty LZ4 kernel payload")
     return b"".join(out)
 
 
+def _bounded(out: bytes, more: bool, name: str) -> bytes:
+    """``out``, unless the payload decompresses to more than MAX_KERNEL_BYTES (a decompression bomb)."""
+    if more or len(out) > MAX_KERNEL_BYTES:
+        raise _fail(name, f"kernel payload decompresses to more than {MAX_KERNEL_BYTES >> 20} MiB")
+    return out
+
+
 def _gzip(payload: bytes, name: str) -> bytes:
     try:
-        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(payload)
+        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        out = d.decompress(payload, MAX_KERNEL_BYTES + 1)
+        return _bounded(out, bool(d.unconsumed_tail) and not d.eof, name)
     except zlib.error as exc:
         raise _fail(name, f"corrupt gzip kernel payload: {exc}") from None
 
 
 def _lzma(payload: bytes, name: str, fmt: int) -> bytes:
     try:
-        return lzma.LZMADecompressor(format=fmt).decompress(payload)
+        d = lzma.LZMADecompressor(format=fmt)
+        out = d.decompress(payload, MAX_KERNEL_BYTES + 1)
+        return _bounded(out, not d.eof and not d.needs_input, name)
     except lzma.LZMAError as exc:
         raise _fail(name, f"corrupt xz/lzma kernel payload: {exc}") from None
 
 
 def _bzip2(payload: bytes, name: str) -> bytes:
     try:
-        return bz2.BZ2Decompressor().decompress(payload)
+        d = bz2.BZ2Decompressor()
+        out = d.decompress(payload, MAX_KERNEL_BYTES + 1)
+        return _bounded(out, not d.eof and not d.needs_input, name)
     except OSError as exc:
         raise _fail(name, f"corrupt bzip2 kernel payload: {exc}") from None
 
@@ -206,14 +224,10 @@ def kernel_elf_from_bytes(data: bytes, name: str = "kernel") -> bytes:
 
 
 def load_kernel_elf(path: Path) -> bytes:
-    """Read a kernel file (bzImage or ELF) and return its PVH-capable ELF image."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise _fail(str(path), "no such kernel file") from None
-    except IsADirectoryError:
-        raise _fail(str(path), "is a directory, not a kernel file") from None
-    except OSError as exc:
-        raise _fail(str(path), f"cannot read kernel: {exc.strerror or exc}") from None
+    """Read a kernel file (bzImage or ELF) and return its PVH-capable ELF image.
+
+    Only a regular file of at most 256 MiB is read (never blocking: a FIFO is refused, not waited on), and
+    a compressed payload may decompress to at most as much.
+    """
+    data = read_regular_file(path, MAX_KERNEL_BYTES, "kernel")
     return kernel_elf_from_bytes(data, str(path))

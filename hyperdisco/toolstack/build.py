@@ -9,6 +9,7 @@ from pathlib import Path
 from ..core.domain import DomainConfig
 from ..errors import ConfigError, ImageError
 from ..images import check_cpio, ensure_default_images, load_kernel_elf
+from ..images.hostfile import MAX_RAMDISK_BYTES, read_regular_file
 from ..loader.elf import KernelImage, parse_kernel
 from ..platform import layout
 
@@ -30,15 +31,14 @@ def _file_key(path: Path) -> tuple[str, int, int]:
 # ~50 MB: a private copy per domain cost as much host memory as the guest's own RAM use).
 @functools.lru_cache(maxsize=8)
 def _kernel(path: str, _mtime: int, _size: int) -> KernelImage:
+    # load_kernel_elf reads a regular file of at most 256 MiB, never blocking (images/hostfile.py)
     return parse_kernel(load_kernel_elf(Path(path)), path)
 
 
 @functools.lru_cache(maxsize=8)
 def _initrd(path: str, _mtime: int, _size: int) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ImageError(f"hyperdisco: {path}: {exc.strerror or exc}") from None
+    # a regular file of at most 1 GiB, read without blocking (a FIFO or /dev/zero is refused in one line)
+    data = read_regular_file(path, MAX_RAMDISK_BYTES, "ramdisk")
     check_cpio(data, path)
     return data
 

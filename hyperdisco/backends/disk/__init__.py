@@ -11,7 +11,9 @@
 ``persistent=False`` with ``raw`` or ``qcow2`` opens ``target`` read-only as the base of a temporary
 overlay: the domain sees a writable disk, the file never changes.
 
-Read-write opens take an exclusive lock on the file, read-only opens (and bases) a shared one.
+Read-write opens take an exclusive lock on the file, read-only opens (and bases) a shared one. Only regular
+files and block devices are images: a directory, FIFO, socket or character device anywhere in a chain is
+refused in one line, and no open ever blocks.
 
 Host files are reached only through a FileOpener (base.py), chosen per call with ``open_disk(...,
 opener=...)`` and used for the whole chain: HostOpener (the default) opens the host's files;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -67,6 +68,12 @@ def _lock(fd: int, path: str, readonly: bool) -> None:
         raise ImageError(f"hyperdisco: {path}: cannot lock disk image ({exc.strerror or exc})") from None
 
 
+def _refuse_special(path: str, mode: int) -> None:
+    what = special_file(mode)
+    if what is not None:
+        raise ImageError(f"hyperdisco: {path}: is {what}, not a disk image (regular file or block device)")
+
+
 class ImageMissing(ImageError):
     """The disk image file does not exist (a new persistent cow overlay may then be created)."""
 
@@ -95,21 +102,55 @@ class FileOpener(Protocol):
         ...
 
 
+def special_file(mode: int) -> str | None:
+    """What a file that cannot be a disk image is ("a FIFO", ...); None for regular files, block devices."""
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    return "a special file"
+
+
 class HostOpener:
-    """The host's files, opened directly (what a process with access to the images uses)."""
+    """The host's files, opened directly (what a process with access to the images uses).
+
+    Only regular files and block devices are disk images: a directory, FIFO, socket or character device is
+    refused in one line, before it is opened (opening some devices has side effects) and again after
+    (fstat of what was opened). Opens never block (O_NONBLOCK, cleared again once the file is known to be
+    a regular file or block device) and are close-on-exec.
+    """
 
     def open(self, path: str, readonly: bool, create: bool = False) -> int:
-        flags = os.O_RDONLY if readonly else os.O_RDWR
+        flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
         if create:
             flags |= os.O_CREAT | os.O_EXCL
+        else:
+            try:
+                _refuse_special(path, os.stat(path).st_mode)
+            except OSError:
+                pass  # the open below says why
         try:
-            fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, flags, 0o644)
         except FileNotFoundError:
             raise ImageMissing(f"hyperdisco: {path}: disk image does not exist") from None
         except FileExistsError:
             raise ImageError(f"hyperdisco: {path}: disk image already exists") from None
+        except IsADirectoryError:
+            raise ImageError(f"hyperdisco: {path}: is a directory, not a disk image") from None
         except OSError as exc:
             raise ImageError(f"hyperdisco: {path}: cannot open disk image ({exc.strerror or exc})") from None
+        try:
+            _refuse_special(path, os.fstat(fd).st_mode)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except BaseException:
+            os.close(fd)
+            raise
         _lock(fd, path, readonly)
         return fd
 
