@@ -1,12 +1,19 @@
 """Disk images for the block backend: raw files and devices, hyperdisco's copy-on-write overlay, qcow2.
 
-``open_disk(target, format, readonly, persistent, base)`` returns a DiskImage (see base.py):
+``open_disk(target, format, readonly, persistent, base, *, base_format, opener)`` returns a DiskImage
+(see base.py):
 
-- ``raw``: the file or block device itself.
-- ``cow``: hyperdisco's overlay (format in cow.py) over a read-only ``base``; with ``persistent=False``
-  the overlay is an anonymous temporary file, so every write is gone at close (Disco's non-persistent
-  disk). Reopening an existing persistent overlay reads the base from its header.
-- ``qcow2``: QEMU's format, versions 2 and 3, with backing files (qcow2.py).
+- ``raw``: the file or block device itself, byte for byte: never probed, whatever its contents.
+- ``cow``: hyperdisco's overlay (format in cow.py) over a read-only ``base`` of format ``base_format``
+  (default raw: a base's format is never guessed from its contents, which a guest may have written);
+  with ``persistent=False`` the overlay is an anonymous temporary file, so every write is gone at close
+  (Disco's non-persistent disk). Reopening an existing persistent overlay reads the base and its format
+  from its header.
+- ``qcow2``: QEMU's format, versions 2 and 3, with backing files whose format the image records
+  (qcow2.py).
+
+Backing files named inside images (qcow2 backing files, a cow header's base) are followed only inside
+the image's own directory tree and the directories in ``$HYPERDISCO_BACKING_DIRS`` (base.py).
 
 ``persistent=False`` with ``raw`` or ``qcow2`` opens ``target`` read-only as the base of a temporary
 overlay: the domain sees a writable disk, the file never changes.
@@ -52,7 +59,9 @@ __all__ = [
 
 
 def probe_format(path: str, opener: FileOpener | None = None) -> str:
-    """Guess a (base) image's format from its magic: qcow2, cow, else raw."""
+    """Guess an image's format from its magic: qcow2, cow, else raw. For people and tools only: open_disk
+    never uses it (a format is always given or recorded, never guessed from possibly guest-written data).
+    """
     fd = (opener or HostOpener()).open(path, readonly=True)
     try:
         head = pread_full(fd, 8, 0)
@@ -74,6 +83,7 @@ def open_disk(
     persistent: bool = True,
     base: str | None = None,
     *,
+    base_format: str | None = None,
     opener: FileOpener | None = None,
     _depth: int = 0,
 ) -> DiskImage:
@@ -92,19 +102,19 @@ def open_disk(
     def open_lower(path: str, fmt: str) -> DiskImage:
         return open_disk(path, fmt, readonly=True, opener=files, _depth=_depth + 1)
 
-    def probe(path: str) -> str:
-        return probe_format(path, files)
-
+    if base_format is not None and base_format not in FORMATS:
+        raise ImageError(f"hyperdisco: {target}: unknown base format {base_format!r} (expected one of "
+                         f"{', '.join(FORMATS)})")
     if format == "cow":
         if not persistent:
             if base is None:
                 raise ImageError(f"hyperdisco: {target}: a non-persistent cow disk needs a base image")
-            base_img = open_lower(base, probe(base))
+            base_img = open_lower(base, base_format or "raw")
             return CowImage.temporary(base_img, os.path.dirname(target) or None, opener=files)
-        return CowImage.open(target, readonly, base, open_lower, probe, opener=files)
+        return CowImage.open(target, readonly, base, open_lower, opener=files, base_format=base_format)
     if not persistent and not readonly:
         base_img = open_disk(target, format, readonly=True, opener=files, _depth=_depth + 1)
         return CowImage.temporary(base_img, None, opener=files)
     if format == "raw":
         return RawImage(target, readonly, opener=files)
-    return Qcow2Image(target, readonly, open_lower, probe, opener=files)
+    return Qcow2Image(target, readonly, open_lower, opener=files)

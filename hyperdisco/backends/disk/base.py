@@ -1,4 +1,12 @@
-"""What every disk image format shares: the DiskImage protocol, argument checks, locking and file access."""
+"""What every disk image format shares: the DiskImage protocol, argument checks, locking and file access.
+
+Backing files (a qcow2's backing file name, the base recorded in a cow overlay's header) are data inside
+an image, so they are only followed inside directories the administrator allowed: the directory tree of
+the image that names them (after resolving symlinks: an absolute name elsewhere, a ``..`` escape or a
+symlink pointing out is refused), plus the directories listed in ``$HYPERDISCO_BACKING_DIRS``
+(os.pathsep-separated, read when a HostOpener is made) and those given as ``HostOpener(backing_dirs=...)``.
+A base named explicitly by the administrator (``base=`` of a disk spec) is not subject to this.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +83,26 @@ def _refuse_special(path: str, mode: int) -> None:
 
 
 class ImageMissing(ImageError):
-    """The disk image file does not exist (a new persistent cow overlay may then be created)."""
+    """The disk image file ``path`` does not exist (a new persistent cow overlay may then be created)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"hyperdisco: {path}: disk image does not exist")
+        self.path = path
+
+
+BACKING_DIRS_ENV = "HYPERDISCO_BACKING_DIRS"
+
+
+def backing_path(name: str, named_by: str) -> str:
+    """Where the backing file ``name``, found inside the image ``named_by``, is: relative names are
+    relative to that image's directory. Purely lexical (the same in every process); whether it may be
+    opened is the opener's check_backing."""
+    path = name if os.path.isabs(name) else os.path.join(os.path.dirname(named_by) or ".", name)
+    return os.path.normpath(path)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 @runtime_checkable
@@ -120,11 +147,18 @@ def special_file(mode: int) -> str | None:
 class HostOpener:
     """The host's files, opened directly (what a process with access to the images uses).
 
+    Backing files are allowed inside the naming image's directory tree, ``backing_dirs`` and the
+    directories of ``$HYPERDISCO_BACKING_DIRS`` (see the module docstring).
+
     Only regular files and block devices are disk images: a directory, FIFO, socket or character device is
     refused in one line, before it is opened (opening some devices has side effects) and again after
     (fstat of what was opened). Opens never block (O_NONBLOCK, cleared again once the file is known to be
     a regular file or block device) and are close-on-exec.
     """
+
+    def __init__(self, backing_dirs: Iterable[str] = ()) -> None:
+        env = [d for d in os.environ.get(BACKING_DIRS_ENV, "").split(os.pathsep) if d]
+        self.backing_dirs: tuple[str, ...] = (*backing_dirs, *env)
 
     def open(self, path: str, readonly: bool, create: bool = False) -> int:
         flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -138,7 +172,7 @@ class HostOpener:
         try:
             fd = os.open(path, flags, 0o644)
         except FileNotFoundError:
-            raise ImageMissing(f"hyperdisco: {path}: disk image does not exist") from None
+            raise ImageMissing(path) from None
         except FileExistsError:
             raise ImageError(f"hyperdisco: {path}: disk image already exists") from None
         except IsADirectoryError:
@@ -166,7 +200,15 @@ class HostOpener:
         raise ImageError(f"hyperdisco: cannot create a temporary overlay ({why})")
 
     def check_backing(self, path: str, named_by: str) -> None:
-        return None
+        real, image = os.path.realpath(path), os.path.realpath(named_by)
+        if real == image:
+            raise ImageError(f"hyperdisco: {named_by}: image is its own backing file")
+        roots = [os.path.dirname(image), *(os.path.realpath(d) for d in self.backing_dirs)]
+        if not any(_inside(real, root) for root in roots):
+            raise ImageError(
+                f"hyperdisco: {named_by}: backing file {path} is outside the directories allowed for backing "
+                f"files ({os.pathsep.join(roots)}; ${BACKING_DIRS_ENV} adds more)"
+            )
 
 
 class OpenRecord(NamedTuple):

@@ -10,7 +10,7 @@ On-disk format (all integers little-endian), version 1::
      24   8  table_offset     4096
      32   8  table_entries    ceil(size / cluster size)
      40   8  data_offset      first byte of the data area: table end rounded up to a cluster
-     48   2  base_format_len
+     48   2  base_format_len  0: no format recorded, the base is raw
      50   2  base_path_len
      52   4  header_crc       zlib.crc32 of the 4096 header bytes with this field zeroed
      56   .  base format (ascii: raw, qcow2 or cow), then the base's absolute path (utf-8); zero padding
@@ -28,6 +28,12 @@ before the entry was written: the worst case is unreferenced clusters at the end
 are simply never used (allocation starts at the end of the file). Table entries are naturally aligned
 8-byte values inside 512-byte sectors, so a torn sector mixes old and new entries, each of them valid.
 Rewrites of clusters already in the overlay go in place, durable at the next flush like any disk.
+
+The base's format is the one recorded in the header (or given explicitly, and then checked against it),
+never guessed from the base's contents: a base a guest has written (a raw disk holding a qcow2 header)
+is read as what the administrator said it is. A base path read from the header is followed only inside
+the directories allowed for backing files (base.py); a base named explicitly (``base=``) must be the
+file the header names.
 
 A non-persistent overlay is an unlinked temporary file (no header; the table lives in memory only):
 nothing of it survives close() or a crash.
@@ -66,7 +72,18 @@ DEFAULT_CLUSTER_BITS = 16
 _HEADER = struct.Struct("<8sIIQQQQHHI")  # through header_crc; base format and path follow
 _MAX_ENTRIES = 1 << 28  # 2 GiB of table: refuse anything larger as corrupt
 
+BASE_FORMATS = ("raw", "qcow2", "cow")
+
 Opener = Callable[[str, str], DiskImage]
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two spellings of a path name the same file: equal once absolute and normalised (no file
+    system access, so the same answer in a process that only has handed descriptors), else equal after
+    resolving symlinks."""
+    if os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b)):
+        return True
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _table_bytes(table: array.array[int], first: int, count: int) -> bytes:
@@ -163,32 +180,43 @@ class CowImage(LayeredImage):
 
     @classmethod
     def open(cls, path: str, readonly: bool, base: str | None, open_base: Opener,
-             probe: Callable[[str], str], opener: FileOpener | None = None) -> CowImage:
-        """Open the overlay at ``path``; when it does not exist and ``base`` is given, create it first."""
+             opener: FileOpener | None = None, base_format: str | None = None) -> CowImage:
+        """Open the overlay at ``path``; when it does not exist and ``base`` is given, create it first.
+
+        The base's format is ``base_format`` when given (checked against the header of an existing
+        overlay), else the one the header records (raw when it records none); a new overlay records
+        ``base_format`` or raw. It is never guessed from the base's contents.
+        """
         files = opener or HostOpener()
+        if base_format is not None and base_format not in BASE_FORMATS:
+            raise ImageError(f"hyperdisco: {path}: unknown base format {base_format!r} (expected one of "
+                             f"{', '.join(BASE_FORMATS)})")
         try:
             fd = files.open(path, readonly)
-        except ImageMissing:
+        except ImageMissing as exc:
+            if exc.path != path:
+                raise
             if base is None:
                 raise ImageError(
                     f"hyperdisco: {path}: disk image does not exist (a new cow disk needs a base)"
                 ) from None
             if readonly:
                 raise
-            fmt = probe(base)
-            probe_img = open_base(base, fmt)
-            size = probe_img.size
-            probe_img.close()
+            fmt = base_format or "raw"
+            base_img = open_base(base, fmt)
+            size = base_img.size
+            base_img.close()
             cls.create(path, base, fmt, size, opener=files)
             fd = files.open(path, readonly)
         try:
-            return cls._open_fd(fd, path, readonly, base, open_base)
+            return cls._open_fd(fd, path, readonly, base, base_format, open_base, files)
         except BaseException:
             os.close(fd)
             raise
 
     @classmethod
-    def _open_fd(cls, fd: int, path: str, readonly: bool, base: str | None, opener: Opener) -> CowImage:
+    def _open_fd(cls, fd: int, path: str, readonly: bool, base: str | None, base_format: str | None,
+                 open_base: Opener, files: FileOpener) -> CowImage:
         header = bytearray(pread_full(fd, HEADER_SIZE, 0))
         fsize = file_size(fd)
 
@@ -212,10 +240,10 @@ class CowImage(LayeredImage):
             raise corrupt("table or data offsets beyond the file")
         if _HEADER.size + flen + plen > HEADER_SIZE:
             raise corrupt("base name beyond the header")
-        fmt = bytes(header[_HEADER.size:_HEADER.size + flen]).decode(errors="replace")
-        bpath = bytes(header[_HEADER.size + flen:_HEADER.size + flen + plen]).decode(errors="replace")
-        if base is not None and os.path.realpath(base) != os.path.realpath(bpath):
-            raise ImageError(f"hyperdisco: {path}: overlay belongs to base {bpath}, not {base}")
+        fmt = bytes(header[_HEADER.size:_HEADER.size + flen]).decode(errors="replace") if flen else "raw"
+        bpath = os.fsdecode(bytes(header[_HEADER.size + flen:_HEADER.size + flen + plen]))
+        if not os.path.isabs(bpath):
+            raise corrupt(f"base path {bpath!r} is not absolute")
         table = array.array("Q", pread_full(fd, 8 * entries, toff))
         if sys.byteorder == "big":
             table.byteswap()
@@ -223,11 +251,22 @@ class CowImage(LayeredImage):
         for i, off in enumerate(table):
             if off and (off % cs or off < doff or off >= end):
                 raise corrupt(f"cluster {i} maps to bad offset {off}")
-        if fmt not in ("raw", "qcow2", "cow"):
+        if fmt not in BASE_FORMATS:
             raise corrupt(f"unknown base format {fmt!r}")
-        if not os.path.exists(bpath):
-            raise ImageError(f"hyperdisco: {path}: base image {bpath} does not exist")
-        base_img = opener(bpath, fmt)
+        if base_format is not None and base_format != fmt:
+            raise ImageError(f"hyperdisco: {path}: overlay records base format {fmt}, not {base_format}")
+        if base is not None:  # named by the administrator: it must be the base the overlay was made for
+            if not _same_file(base, bpath):
+                raise ImageError(f"hyperdisco: {path}: overlay belongs to base {bpath}, not {base}")
+            bpath = base
+        else:  # named by the overlay's header: only inside the directories allowed for backing files
+            files.check_backing(bpath, path)
+        try:
+            base_img = open_base(bpath, fmt)
+        except ImageMissing as exc:
+            if exc.path != bpath:
+                raise
+            raise ImageError(f"hyperdisco: {path}: base image {bpath} does not exist") from None
         if base_img.size != size:
             base_img.close()
             raise ImageError(f"hyperdisco: {path}: base image {bpath} changed size "

@@ -35,6 +35,12 @@ So at any crash point the file on disk only holds pointers to clusters whose con
 durable first: at worst clusters are leaked (refcount 1, unreferenced), which ``qemu-img check`` reports
 as leaks, never as corruption. Everything written before a flush() reads back after a crash.
 
+Backing files: the name is resolved against the image's directory and followed only inside the
+directories allowed for backing files (base.py: the image's own directory tree by default); its format
+must be recorded in the backing file format extension (0xe2792aca) and is never guessed from its contents,
+which a guest may have written (QEMU refuses such images too since 6.1): an image without it is refused
+with the 'qemu-img rebase -u -F' command that records it.
+
 Not supported (one-line ImageError at open): encryption, external data files, extended L2 entries,
 dirty images (lazy refcounts needing repair), unknown incompatible features, and writing images with
 internal snapshots or the corrupt bit. Reading a compressed cluster fails that request with EIO.
@@ -57,7 +63,9 @@ from hyperdisco.backends.disk.base import (
     DiskImage,
     FileOpener,
     HostOpener,
+    ImageMissing,
     LayeredImage,
+    backing_path,
     file_size,
     pread_full,
     pwrite_full,
@@ -119,15 +127,16 @@ def _be_bytes(table: array.array[int]) -> bytes:
 class Qcow2Image(LayeredImage):
     """An open qcow2 image (see the module docstring for coverage and the write ordering)."""
 
-    def __init__(self, path: str, readonly: bool, open_backing: Opener, probe: Callable[[str], str],
+    def __init__(self, path: str, readonly: bool, open_backing: Opener,
                  opener: FileOpener | None = None) -> None:
         self.path = path
         self.readonly = readonly
         self.backing: DiskImage | None = None
-        self._fd = (opener or HostOpener()).open(path, readonly)
+        files = opener or HostOpener()
+        self._fd = files.open(path, readonly)
         self._lock = threading.Lock()
         try:
-            self._load(open_backing, probe)
+            self._load(open_backing, files)
         except BaseException:
             os.close(self._fd)
             self._fd = -1
@@ -140,7 +149,7 @@ class Qcow2Image(LayeredImage):
     def _bad(self, why: str) -> ImageError:
         return ImageError(f"hyperdisco: {self.path}: {why}")
 
-    def _load(self, opener: Opener, probe: Callable[[str], str]) -> None:
+    def _load(self, open_backing: Opener, files: FileOpener) -> None:
         fd = self._fd
         fsize = file_size(fd)
         head = pread_full(fd, _HEADER_V2.size + _HEADER_V3.size, 0)
@@ -223,17 +232,24 @@ class Qcow2Image(LayeredImage):
             raw_name = first[backing_off:backing_off + backing_len]
             if b"\0" in raw_name:
                 raise self._bad("corrupt qcow2 header: backing file name contains NUL bytes")
-            name = raw_name.decode(errors="replace")
-            resolved = name if os.path.isabs(name) else os.path.join(os.path.dirname(self.path), name)
-            if os.path.realpath(resolved) == os.path.realpath(self.path):
-                raise self._bad("qcow2 image is its own backing file")
-            if not os.path.exists(resolved):
-                raise self._bad(f"backing file {resolved} does not exist")
+            name = os.fsdecode(raw_name)
+            resolved = backing_path(name, self.path)
+            files.check_backing(resolved, self.path)
+            # The backing format is what the header records, never guessed from the backing file's
+            # contents (which a guest may have written): without the extension the image is refused.
             fmt_raw = exts.get(EXT_BACKING_FORMAT)
-            fmt = fmt_raw.decode(errors="replace") if fmt_raw is not None else probe(resolved)
+            if fmt_raw is None:
+                raise self._bad(f"the format of backing file {name} is not recorded; record it with "
+                                f"'qemu-img rebase -u -b {name} -F raw|qcow2 {self.path}'")
+            fmt = fmt_raw.decode("ascii", errors="replace")
             if fmt not in BACKING_FORMATS:
-                raise self._bad(f"backing file format {fmt!r} is not supported (raw, qcow2)")
-            self.backing = opener(resolved, fmt)
+                raise self._bad(f"backing file format {fmt!r} is not supported (raw, qcow2, cow)")
+            try:
+                self.backing = open_backing(resolved, fmt)
+            except ImageMissing as exc:
+                if exc.path != resolved:
+                    raise
+                raise self._bad(f"backing file {resolved} does not exist") from None
             self.backing_file = resolved
 
         if autoclear and not self.readonly:
