@@ -22,7 +22,11 @@ the config file (xl would look it up relative to its working directory, and pref
 with ``/dev``); relative paths in command-line overrides are left relative to the current directory.
 
 Every problem is a :class:`ConfigError` with one line naming the file, the line and the key, e.g.
-``hyperdisco: dom1.cfg:7: unknown key 'memroy' (did you mean 'memory'?)``.
+``hyperdisco: dom1.cfg:7: unknown key 'memroy' (did you mean 'memory'?)``; user text quoted in a message is
+escaped and cut to MAX_ECHO characters, so the line stays short whatever the input. Hostile input gets
+nothing else: lists nest at most MAX_LIST_DEPTH deep (xl's only nested lists, vnuma's, are two deep),
+numbers have at most MAX_NUMBER_DIGITS digits (xl's strtol stops at 64 bits anyway), strings cannot hold NUL
+(xl's C strings end there), and the parsers run in time linear in their input.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ MIN_MEMORY_MIB = 32
 MAX_MEMORY_MIB = 3072
 MAX_VCPUS = 64
 MAX_FILE_BYTES = 1 << 20
+MAX_LIST_DEPTH = 8
+MAX_NUMBER_DIGITS = 32      # of an integer setting (after any 0x): 2**64 has 20 decimal digits
+MAX_ECHO = 80               # characters of user text quoted in one error message
 
 KNOWN_KEYS = frozenset({
     "name", "type", "kernel", "ramdisk", "extra", "cmdline", "root", "memory", "maxmem", "vcpus",
@@ -131,10 +138,17 @@ class _Setting:
     base_dir: Path | None
 
 
+def _q(text: str) -> str:
+    """User text for a message: repr() (escapes controls and newlines), cut to MAX_ECHO characters."""
+    if len(text) <= MAX_ECHO:
+        return repr(text)
+    return f"{text[:MAX_ECHO]!r}... ({len(text)} characters)"
+
+
 def _fail(where: str, key: str | None, message: str) -> ConfigError:
     prefix = f"hyperdisco: {where}: "
-    if key is not None:
-        prefix += f"{key}: "
+    if key is not None:     # an identifier (no quoting needed), of any length
+        prefix += f"{key if len(key) <= MAX_ECHO else key[:MAX_ECHO] + '...'}: "
     return ConfigError(prefix + message)
 
 
@@ -142,8 +156,8 @@ def _describe(value: _Value) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, _Number):
-        return repr(value.text)
-    return repr(value)
+        return _q(value.text)
+    return _q(value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,13 +176,14 @@ class _Token:
             return "end of line"
         if self.kind == "EOF":
             return "end of file"
-        return repr(self.raw if self.kind == "STRING" else self.text)
+        return _q(self.raw if self.kind == "STRING" else self.text)
 
 
 _ESCAPES = {'"': '"', "'": "'", "\\": "\\", "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
             "t": "\t", "v": "\v"}
 _IDENT_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
-_IDENT_CHARS = _IDENT_START | frozenset("0123456789")
+_DIGITS = frozenset("0123456789")   # str.isdigit() would take other scripts' digits too
+_IDENT_CHARS = _IDENT_START | _DIGITS
 _NUMBER_CHARS = _IDENT_CHARS | frozenset(".")
 
 
@@ -182,6 +197,7 @@ class _Parser:
         self.where_fixed = where        # overrides: one location for every line
         self.source = source
         self.key: str | None = None     # the key of the statement being parsed, for messages
+        self.depth = 0                  # lists open around the current token
         self.tokens = self._lex()
         self.lookahead: _Token | None = None
         self.tok = next(self.tokens)
@@ -215,7 +231,7 @@ class _Parser:
             elif c in "[],=;":
                 yield _Token(c, c, self.line)
                 self.pos += 1
-            elif c in _IDENT_START or c.isdigit():
+            elif c in _IDENT_START or c in _DIGITS:
                 kind, chars = ("IDENT", _IDENT_CHARS) if c in _IDENT_START else ("NUMBER", _NUMBER_CHARS)
                 start = self.pos
                 while self.pos < n and text[self.pos] in chars:
@@ -233,16 +249,18 @@ class _Parser:
         i = start + 1
         while True:
             if i >= n or text[i] == "\n":
-                raise self.error(self.line, f"unterminated string {text[start:i]!r}")
+                raise self.error(self.line, f"unterminated string {_q(text[start:i])}")
             c = text[i]
             if c == quote:
                 break
+            if c == "\0":
+                raise self.error(self.line, "NUL character in string")
             if c != "\\":
                 out.append(c)
                 i += 1
                 continue
             if i + 1 >= n or text[i + 1] == "\n":
-                raise self.error(self.line, f"unterminated string {text[start:i + 1]!r}")
+                raise self.error(self.line, f"unterminated string {_q(text[start:i + 1])}")
             e = text[i + 1]
             if e in _ESCAPES:
                 out.append(_ESCAPES[e])
@@ -250,7 +268,7 @@ class _Parser:
             elif e == "x":
                 digits = text[i + 2:i + 4]
                 if len(digits) != 2 or any(d not in "0123456789abcdefABCDEF" for d in digits):
-                    raise self.error(self.line, f"invalid escape {text[i:i + 4]!r} in string "
+                    raise self.error(self.line, f"invalid escape {_q(text[i:i + 4])} in string "
                                                 "(\\x needs two hex digits)")
                 out.append(chr(int(digits, 16)))
                 i += 4
@@ -261,7 +279,9 @@ class _Parser:
                 out.append(chr(int(text[i + 1:j], 8)))
                 i = j
             else:
-                raise self.error(self.line, f"invalid escape {text[i:i + 2]!r} in string")
+                raise self.error(self.line, f"invalid escape {_q(text[i:i + 2])} in string")
+            if out[-1] == "\0":
+                raise self.error(self.line, "NUL character in string (from an escape)")
         self.pos = i + 1
         return _Token("STRING", "".join(out), self.line, raw=text[start:i + 1])
 
@@ -323,6 +343,15 @@ class _Parser:
         raise self.error(tok.line, f"syntax error near {tok.near()}{hint}")
 
     def list_value(self) -> list[_Value]:
+        if self.depth >= MAX_LIST_DEPTH:
+            raise self.error(self.tok.line, f"lists nested more than {MAX_LIST_DEPTH} deep")
+        self.depth += 1
+        try:
+            return self._list_items()
+        finally:
+            self.depth -= 1
+
+    def _list_items(self) -> list[_Value]:
         opened = self.advance().line
         items: list[_Value] = []
         self.skip_newlines()
@@ -352,14 +381,15 @@ def _store(settings: dict[str, _Setting], key: str, op: str, value: _Value, wher
     if key not in KNOWN_KEYS:
         hint = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
         suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise _fail(where, None, f"unknown key {key!r}{suffix}")
+        raise _fail(where, None, f"unknown key {_q(key)}{suffix}")
     prev = settings.pop(key, None)      # re-insert so the order follows the last setting
     if op == "+=" and prev is not None:
         old = prev.value
         if isinstance(old, _Number) or isinstance(value, _Number):
             raise _fail(where, key, "can't use += with numbers")
         if isinstance(old, list) and isinstance(value, list):
-            value = old + value
+            old.extend(value)       # in place: a file of N `disk += [...]` lines costs O(N), not O(N**2)
+            value = old
         elif isinstance(old, str) and isinstance(value, str):
             value = old + value
         else:
@@ -376,7 +406,7 @@ def _parse_settings(text: str, source: str, overrides: Sequence[str],
     for key, op, value, line in parser.statements():
         _store(settings, key, op, value, parser.where(line), base_dir)
     for item in overrides:
-        where = f"{source}: override {item!r}"
+        where = f"{source}: override {_q(item)}"
         oparser = _Parser(item, where, source)
         count = 0
         for key, op, value, _line in oparser.statements():
@@ -403,8 +433,11 @@ def _as_int(s: _Setting, low: int, high: int, unit: str = "") -> int:
     text = s.value.text if isinstance(s.value, _Number) else s.value
     m = _INT_RE.fullmatch(text.rstrip())
     if m is None:
-        raise _fail(s.where, s.key, f"expected an integer, got {text!r}")
+        raise _fail(s.where, s.key, f"expected an integer, got {_q(text)}")
     sign, digits = m.groups()
+    count = len(digits) - 2 if digits[:2] in ("0x", "0X") else len(digits)
+    if count > MAX_NUMBER_DIGITS:    # checked before int(), which refuses over 4300 digits with a ValueError
+        raise _fail(s.where, s.key, f"number too long ({count} digits, at most {MAX_NUMBER_DIGITS})")
     if digits[:2] in ("0x", "0X"):
         n = int(digits, 16)
     elif len(digits) > 1 and digits.startswith("0"):
@@ -440,9 +473,9 @@ def _action(s: _Setting) -> str:
     if action in SUPPORTED_ACTIONS:
         return action
     if action in XL_ACTIONS:
-        raise _fail(s.where, s.key, f"{action!r} is not supported (hyperdisco implements "
+        raise _fail(s.where, s.key, f"{_q(action)} is not supported (hyperdisco implements "
                                     f"{', '.join(SUPPORTED_ACTIONS)})")
-    raise _fail(s.where, s.key, f"unknown action {action!r} (expected one of {', '.join(XL_ACTIONS)})")
+    raise _fail(s.where, s.key, f"unknown action {_q(action)} (expected one of {', '.join(XL_ACTIONS)})")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -464,19 +497,24 @@ def disk_persistent(spec: DiskSpec) -> bool:
 def parse_disk(spec: str, where: str = "<disk>", base_dir: Path | None = None) -> DiskSpec:
     """Parse one DISKSPEC (xl-disk-configuration(5)); ``where`` locates it in messages."""
     def bad(message: str) -> ConfigError:
-        return _fail(where, "disk", f"{message} in {spec!r}")
+        return _fail(where, "disk", f"{message} in {_q(spec)}")
 
+    if "\0" in spec:
+        raise bad("NUL character")
     named: dict[str, str] = {}
     extra: dict[str, str] = {}
     positional = ["target", "format", "vdev", "access"]
     deprecated_prefix = False
-    rest = spec
+    pos = 0         # walked by index, never by re-slicing the rest: linear in the spec's length
     while True:
-        item, sep, rest = rest.partition(",")
-        item = item.lstrip()
+        comma = spec.find(",", pos)
+        end = len(spec) if comma < 0 else comma
+        item = spec[pos:end].lstrip()
+        start = end - len(item)
+        pos = end + 1
         if item.startswith("target="):
             # target= swallows the rest of the spec, commas and trailing whitespace included
-            value = item[len("target="):] + sep + rest
+            value = spec[start + len("target="):]
             if named.get("target"):
                 raise bad("target given twice")
             named["target"] = value
@@ -485,7 +523,7 @@ def parse_disk(spec: str, where: str = "<disk>", base_dir: Path | None = None) -
             key, _, value = item.partition("=")
             key = key.strip()
             if key in named or key in extra:
-                raise bad(f"{key!r} given twice")
+                raise bad(f"{_q(key)} given twice")
             if key in positional:
                 named[key] = value.strip()
             else:
@@ -501,7 +539,7 @@ def parse_disk(spec: str, where: str = "<disk>", base_dir: Path | None = None) -
             free = [p for p in positional if p not in named]
             if not free:
                 if value:
-                    raise bad(f"unexpected parameter {value!r}")
+                    raise bad(f"unexpected parameter {_q(value)}")
             else:
                 slot = free[0]
                 if slot == "target":
@@ -512,7 +550,7 @@ def parse_disk(spec: str, where: str = "<disk>", base_dir: Path | None = None) -
                         # the old syntax is [<format>:]<target>,<vdev>,<access>: no format position
                         positional = ["target", "vdev", "access"]
                 named[slot] = value
-        if not sep:
+        if comma < 0:
             break
 
     target = named.get("target", "")
@@ -521,23 +559,23 @@ def parse_disk(spec: str, where: str = "<disk>", base_dir: Path | None = None) -
     fmt = named.get("format") or "raw"
     if fmt not in DISK_FORMATS:
         what = "is not supported" if fmt in XL_ONLY_DISK_FORMATS else "is not a disk format"
-        raise bad(f"format {fmt!r} {what} (expected {', '.join(DISK_FORMATS)})")
+        raise bad(f"format {_q(fmt)} {what} (expected {', '.join(DISK_FORMATS)})")
     vdev = named.get("vdev", "")
     if not vdev:
         raise bad("no vdev (e.g. xvda)")
     if not _VDEV_RE.fullmatch(vdev):
-        raise bad(f"vdev {vdev!r} is not supported (expected xvd[a-z]+, e.g. xvda)")
+        raise bad(f"vdev {_q(vdev)} is not supported (expected xvd[a-z]+, e.g. xvda)")
     default_access = "ro" if extra.get("devtype") == "cdrom" else "rw"
     access = named.get("access") or default_access
     if access not in DISK_ACCESS:
-        raise bad(f"access {access!r} is invalid (expected ro, r, rw or w)")
+        raise bad(f"access {_q(access)} is invalid (expected ro, r, rw or w)")
     unknown = sorted(set(extra) - KNOWN_DISK_KEYS)
     if unknown:
-        raise bad(f"unknown disk parameter {unknown[0]!r}")
+        raise bad(f"unknown disk parameter {_q(unknown[0])}")
     # hyperdisco's own: base= (the read-only image under a new cow overlay), persistent=yes|no
     # (no: the disk's writes are kept only until the domain goes, as Disco's non-persistent disks)
     if extra.get("persistent", "yes") not in BOOLEANS:
-        raise bad(f"persistent={extra['persistent']!r} (expected yes or no)")
+        raise bad(f"persistent={_q(extra['persistent'])} (expected yes or no)")
     if "base" in extra and not extra["base"]:
         raise bad("base= names no image")
     if base_dir is not None:
@@ -567,6 +605,8 @@ def _strip_disk_prefixes(target: str) -> tuple[str, str | None, bool]:
 def parse_vif(spec: str, where: str = "<vif>") -> VifSpec:
     """Parse one vif spec: comma-separated ``key=value`` pairs; empty items are ignored."""
     params: dict[str, str] = {}
+    if "\0" in spec:
+        raise _fail(where, "vif", f"NUL character in {_q(spec)}")
     for item in spec.split(","):
         item = item.strip()
         if not item:
@@ -574,13 +614,13 @@ def parse_vif(spec: str, where: str = "<vif>") -> VifSpec:
         key, eq, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not eq or not key:
-            raise _fail(where, "vif", f"expected key=value, got {item!r} in {spec!r}")
+            raise _fail(where, "vif", f"expected key=value, got {_q(item)} in {_q(spec)}")
         if key in params:
-            raise _fail(where, "vif", f"{key!r} given twice in {spec!r}")
+            raise _fail(where, "vif", f"{_q(key)} given twice in {_q(spec)}")
         params[key] = value
     mac = params.get("mac")
     if mac is not None and not _MAC_RE.fullmatch(mac):
-        raise _fail(where, "vif", f"mac {mac!r} is not a MAC address (expected xx:xx:xx:xx:xx:xx)")
+        raise _fail(where, "vif", f"mac {_q(mac)} is not a MAC address (expected xx:xx:xx:xx:xx:xx)")
     return VifSpec(params)
 
 
@@ -594,14 +634,14 @@ def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
     s = settings["name"]
     name = _as_str(s)
     if not _NAME_RE.fullmatch(name):
-        raise _fail(s.where, s.key, f"invalid domain name {name!r} (use letters, digits, '_', '.', '-')")
+        raise _fail(s.where, s.key, f"invalid domain name {_q(name)} (use letters, digits, '_', '.', '-')")
     spec = DomainSpec(name=name, source=source)
 
     for key, s in settings.items():
         if key == "type":
             kind = _as_str(s)
             if kind != "pvh":
-                raise _fail(s.where, key, f"{kind!r} is not supported (only pvh)")
+                raise _fail(s.where, key, f"{_q(kind)} is not supported (only pvh)")
             spec.type = kind
         elif key in ("kernel", "ramdisk"):
             path = _as_str(s)
@@ -623,7 +663,7 @@ def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
             for item in _as_str_list(s):
                 disk = parse_disk(item, s.where, s.base_dir)
                 if disk.vdev in seen:
-                    raise _fail(s.where, key, f"vdev {disk.vdev!r} is used by two disks")
+                    raise _fail(s.where, key, f"vdev {_q(disk.vdev)} is used by two disks")
                 seen[disk.vdev] = item
                 spec.disks.append(disk)
         elif key == "vif":
@@ -631,7 +671,7 @@ def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
         elif key == "uuid":
             uuid = _as_str(s)
             if not _UUID_RE.fullmatch(uuid):
-                raise _fail(s.where, key, f"{uuid!r} is not a UUID "
+                raise _fail(s.where, key, f"{_q(uuid)} is not a UUID "
                                           "(expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
             spec.uuid = uuid.lower()
         elif key == "cpus":
