@@ -11,7 +11,7 @@ import struct
 import threading
 from collections.abc import Callable
 
-from ..core.memory import GuestFault, GuestMemory
+from ..core.memory import GuestFault, PhysicalPages
 
 IN_SIZE, OUT_SIZE = 1024, 2048
 IDX = struct.Struct("<IIII")  # in_cons, in_prod, out_cons, out_prod
@@ -19,12 +19,14 @@ IDX_OFF = IN_SIZE + OUT_SIZE
 
 
 class ConsoleBackend:
-    def __init__(self, mem: GuestMemory, ring_gpa: int, sink: Callable[[bytes], None]) -> None:
+    MAX_PENDING_INPUT = 1 << 20  # input waiting for the guest to read it; more is refused
+
+    def __init__(self, mem: PhysicalPages, ring_gpa: int, sink: Callable[[bytes], None],
+                 notify: Callable[[], None]) -> None:
         self.mem = mem
         self.ring = ring_gpa
         self.sink = sink
-        self.port: int | None = None  # the guest's event channel for this console
-        self.notify: Callable[[int], None] | None = None
+        self.notify = notify  # signal the guest's console event channel
         self._pending_input = bytearray()
         self._lock = threading.Lock()
         self.bytes_out = 0
@@ -54,14 +56,22 @@ class ConsoleBackend:
             self._signal()
         self._push_input()
 
-    def input(self, data: bytes) -> None:
-        """Any thread: keyboard input for the guest (dropped once the domain is gone)."""
+    def input(self, data: bytes) -> bool:
+        """Any thread: keyboard input for the guest, delivered as the guest makes room in its ring
+        (dropped once the domain is gone). False if the guest has left too much input unread."""
         with self._lock:
+            if len(self._pending_input) + len(data) > self.MAX_PENDING_INPUT:
+                return False
             self._pending_input += data
         try:
             self._push_input()
         except GuestFault:
             pass
+        return True
+
+    def pending_input(self) -> int:
+        with self._lock:
+            return len(self._pending_input)
 
     def _push_input(self) -> None:
         with self._lock:
@@ -75,15 +85,17 @@ class ConsoleBackend:
                 return
             chunk = bytes(self._pending_input[:n])
             del self._pending_input[:n]
-            for i, b in enumerate(chunk):
-                self.mem.set_u8(self.ring + (in_prod + i) % IN_SIZE, b)
+            start = in_prod % IN_SIZE
+            first = min(n, IN_SIZE - start)
+            self.mem.write(self.ring + start, chunk[:first])
+            if n > first:
+                self.mem.write(self.ring, chunk[first:])
             self.mem.set_u32(self.ring + IDX_OFF + 4, (in_prod + n) & 0xFFFFFFFF)
             self.bytes_in += n
         self._signal()
 
     def _signal(self) -> None:
-        if self.port is not None and self.notify is not None:
-            self.notify(self.port)
+        self.notify()
 
 
 class ConsoleBuffer:

@@ -74,8 +74,8 @@ def cmd_images_fetch(args: argparse.Namespace) -> int:
 def cmd_daemon(args: argparse.Namespace) -> int:
     from ..toolstack.daemon import Daemon
 
-    Daemon(args.socket, args.engine, args.workers, verbose=args.verbose,
-           share_pages=args.share_pages).serve_forever()
+    Daemon(args.socket, args.engine, verbose=args.verbose, share_pages=args.share_pages,
+           overcommit=args.overcommit).serve_forever()
     return 0
 
 
@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--socket", help="control socket path (default $HYPERDISCO_SOCKET or "
                                     "/run/hyperdisco/control.sock)")
     d.add_argument("--engine", default="tcg")
-    d.add_argument("--workers", type=int, default=None, help="worker threads (default: one per host core)")
+    d.add_argument("--overcommit", type=float, default=None, metavar="R",
+                   help="admit domains up to R x host memory (default $HYPERDISCO_OVERCOMMIT or 1.0)")
     d.add_argument("-v", "--verbose", action="store_true", help="print the log (dmesg) to stdout too")
     d.add_argument("--share-pages", action="store_true",
                    help="merge identical guest pages across domains (starts the host's KSM scanner; root)")

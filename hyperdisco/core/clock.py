@@ -13,8 +13,14 @@ class Clock:
     the hypervisor and the guest compute exactly the same time from the same TSC value.
     """
 
-    def __init__(self, tsc: Callable[[], int], calibrate_s: float = 0.05) -> None:
+    def __init__(self, tsc: Callable[[], int], calibrate_s: float = 0.05,
+                 params: dict[str, float] | None = None) -> None:
         self.tsc = tsc
+        if params is not None:  # the same clock another process calibrated (domain 0's, for all domains)
+            self.tsc_hz, self.shift = float(params["tsc_hz"]), int(params["shift"])
+            self.mul = int(params["mul"])
+            self.tsc0, self.mono0 = int(params["tsc0"]), float(params["mono0"])
+            return
         t0, c0 = self._pair()
         time.sleep(calibrate_s)
         t1, c1 = self._pair()
@@ -40,6 +46,11 @@ class Clock:
                 best = (p1 - p0, (p0 + p1) / 2e9, c)
         assert best is not None
         return best[1], best[2]
+
+    def params(self) -> dict[str, float]:
+        """What another process needs to run this same clock (CLOCK_MONOTONIC and the TSC are host-wide)."""
+        return {"tsc_hz": self.tsc_hz, "shift": self.shift, "mul": self.mul, "tsc0": self.tsc0,
+                "mono0": self.mono0}
 
     def ns_at(self, tsc: int) -> int:
         d = tsc - self.tsc0

@@ -14,9 +14,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..backends.console import ConsoleBackend
 from ..engine.base import Engine, StopReason, Vcpu
 from ..loader.elf import KernelImage
 from ..loader.pvh import load_pvh
@@ -32,8 +31,6 @@ from .grant import GrantTable
 from .memory import PAGE, GuestMemory, VirtualAccess
 
 if TYPE_CHECKING:
-    from ..toolstack.xlcfg import DiskSpec
-    from .hypervisor import Hypervisor
     from .scheduler import Scheduler
 
 SLICE_NS = 10_000_000
@@ -53,7 +50,13 @@ class DomainConfig:
     on_reboot: str = "restart"
     on_crash: str = "destroy"
     extra: dict[str, str] = field(default_factory=dict)
-    disks: list[DiskSpec] = field(default_factory=list)  # vbds served by backends/blkback
+    disks: list[Any] = field(default_factory=list)  # disk specs (toolstack.xlcfg.DiskSpec) for blkback
+
+
+class DomainDirectory(Protocol):
+    """The other domains a domain's inter-domain event channels can reach from where it runs."""
+
+    def domain(self, domid: int) -> Domain | None: ...
 
 
 class VcpuContext:
@@ -172,9 +175,13 @@ class VcpuContext:
 class Domain:
     def __init__(self, domid: int, config: DomainConfig, engine: Engine, clock: Clock,
                  console_sink: Callable[[bytes], None], log: Callable[[str], None],
-                 hypervisor: Hypervisor | None = None) -> None:
+                 peers: DomainDirectory | None = None, special_fd: int | None = None) -> None:
         self.domid = domid
-        self.hv = hypervisor
+        self.peers = peers
+        self.console_sink = console_sink
+        # domain 0's ends of the console and xenstore channels: whoever serves them sets these
+        self.on_console_kick: Callable[[], None] = _nothing
+        self.on_store_kick: Callable[[], None] = _nothing
         self.on_shutdown: Callable[[Domain], None] | None = None
         self.reaped = False
         self.restarts = 0
@@ -199,16 +206,17 @@ class Domain:
         self.memory = GuestMemory(config.memory_mib << 20, config.name)
         self.vcpus: list[VcpuContext] = []
         try:
-            self._build(config, engine, clock, console_sink, hypervisor)
+            self._build(config, engine, clock, special_fd)
         except BaseException:
             self.close()
             self.memory.close()
             raise
 
-    def _build(self, config: DomainConfig, engine: Engine, clock: Clock,
-               console_sink: Callable[[bytes], None], hypervisor: Hypervisor | None) -> None:
+    def _build(self, config: DomainConfig, engine: Engine, clock: Clock, special_fd: int | None) -> None:
         domid = self.domid
-        self.special = self.memory.add_region(layout.SPECIAL_BASE, layout.SPECIAL_PAGES * PAGE, "special")
+        # the special pages (console and store rings): a memfd domain 0 also maps, when it gave one
+        self.special = self.memory.add_region(layout.SPECIAL_BASE, layout.SPECIAL_PAGES * PAGE, "special",
+                                              fd=special_fd)
         self.params: dict[int, int] = {}
         self.callback_vector: int | None = None
         self.grant_frames: dict[int, int] = {}  # frame index -> gpa
@@ -224,30 +232,29 @@ class Domain:
             ev.load_cpuid(self.cpuid.engine_table(i))
             self.vcpus.append(VcpuContext(self, i, ev))
         self._ctx_by_ev = {id(v.ev): v for v in self.vcpus}
-        # the PV console: a ring in a special page and an event channel whose far end is the hypervisor
-        self.console = ConsoleBackend(self.memory, layout.special_gpa(layout.CONSOLE_PAGE), console_sink)
-        cport = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0, on_send=self.console.kick))
-        self.console.port = cport
-        self.console.notify = self.evtchn.notify
-        self.reserved_ports = {cport}
-        self.params[abi.HVM_PARAM_CONSOLE_PFN] = layout.special_gpa(layout.CONSOLE_PAGE) >> 12
-        self.params[abi.HVM_PARAM_CONSOLE_EVTCHN] = cport
-        # the xenstore ring, served by the hypervisor's xenstored (domain 0) when there is one
+        # the PV console and the xenstore ring: pages in the special region and event channels whose far
+        # end is domain 0 (xenconsoled and xenstored, in the daemon)
+        self.console_port = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0,
+                                                   on_send=lambda: self.on_console_kick()))
+        self.store_port = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0,
+                                                 on_send=lambda: self.on_store_kick()))
+        self.reserved_ports = {self.console_port, self.store_port}
+        self.console_ring_gpa = layout.special_gpa(layout.CONSOLE_PAGE)
         self.store_ring_gpa = layout.special_gpa(layout.STORE_PAGE)
-        xs = hypervisor.xenstored if hypervisor is not None else None
-        if xs is not None:
-            sport = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0,
-                                           on_send=lambda: xs.kick(domid)))
-            self.store_port = sport
-            self.reserved_ports.add(sport)
-            self.params[abi.HVM_PARAM_STORE_PFN] = self.store_ring_gpa >> 12
-            self.params[abi.HVM_PARAM_STORE_EVTCHN] = sport
+        self.params[abi.HVM_PARAM_CONSOLE_PFN] = self.console_ring_gpa >> 12
+        self.params[abi.HVM_PARAM_CONSOLE_EVTCHN] = self.console_port
+        self.params[abi.HVM_PARAM_STORE_PFN] = self.store_ring_gpa >> 12
+        self.params[abi.HVM_PARAM_STORE_EVTCHN] = self.store_port
         start_info = load_pvh(self.memory, config.kernel, config.initrd, config.cmdline, config.vcpus)
         self.vcpus[0].ev.set_pvh_entry(config.kernel.pvh_entry, start_info, layout.SCRATCH)
 
     def store_notify(self) -> None:
         """xenstored answered: signal the guest's store event channel (any thread)."""
         self.evtchn.notify(self.store_port)
+
+    def console_notify(self) -> None:
+        """xenconsoled moved data in the console ring: signal the guest (any thread)."""
+        self.evtchn.notify(self.console_port)
 
     # -- logging and output -----------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -256,7 +263,7 @@ class Domain:
     def console_output(self, data: bytes) -> None:
         if self.first_output is None:
             self.first_output = time.monotonic()
-        self.console.sink(data)
+        self.console_sink(data)
 
     # -- memory -----------------------------------------------------------------------------------------
     def is_ram(self, gpa: int) -> bool:
@@ -374,6 +381,10 @@ class Domain:
         out.update({k: v for k, v in self.stats.items() if k.startswith(("hypercall.", "inject.", "timer."))})
         out["evtchn.raised"] = self.evtchn.raised
         return dict(out)
+
+
+def _nothing() -> None:
+    pass
 
 
 class _TrapGlue:

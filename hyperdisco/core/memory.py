@@ -42,49 +42,12 @@ class Region:
         return self.gpa + self.size
 
 
-class GuestMemory:
-    def __init__(self, ram_bytes: int, name: str = "guest") -> None:
-        if ram_bytes <= 0 or ram_bytes % PAGE:
-            raise ValueError("RAM size must be a positive multiple of the page size")
-        # Private anonymous memory: untouched pages cost nothing, and the host kernel may merge pages
-        # with identical contents across domains (KSM) when it is enabled (page_sharing.py).
-        ram = mmap.mmap(-1, ram_bytes, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                        mmap.PROT_READ | mmap.PROT_WRITE)
-        ram.madvise(mmap.MADV_MERGEABLE)
-        self.ram_bytes = ram_bytes
-        self.shared_bytes = 0  # RAM backed by shared copy-on-write images (core/sharing.py)
-        self.regions: list[Region] = [Region(0, ram_bytes, ram, "ram")]
+class PhysicalPages:
+    """Guest-physical memory as a list of mapped regions, with bounds-checked accessors: an access that
+    does not lie wholly inside one region raises GuestFault."""
 
-    def add_region(self, gpa: int, size: int, name: str) -> Region:
-        if gpa % PAGE or size <= 0 or size % PAGE:
-            raise ValueError("regions are page aligned")
-        for r in self.regions:
-            if gpa < r.end and r.gpa < gpa + size:
-                raise ValueError(f"region {name} at {gpa:#x} overlaps {r.name}")
-        reg = Region(gpa, size, mmap.mmap(-1, size, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS), name)
-        self.regions.append(reg)
-        return reg
-
-    def remove_region(self, region: Region) -> None:
-        if region.name == "ram":
-            raise ValueError("RAM cannot be removed")
-        self.regions.remove(region)
-        region.mem.close()
-
-    def map_shared_image(self, img: SharedImage) -> None:
-        """Back [img.gpa, img.gpa + img.size) of RAM with a copy-on-write mapping of a shared image."""
-        ram = self.regions[0]
-        if img.gpa % PAGE or img.gpa < 0 or img.gpa + img.size > ram.end:
-            raise ValueError("shared image outside RAM")
-        map_copy_on_write(ram.host_address + img.gpa, img.fd, img.size)
-        _madvise(ram.host_address + img.gpa, img.size, mmap.MADV_MERGEABLE)  # its private copies too
-        self.shared_bytes += img.size
-
-    def region_at(self, gpa: int) -> Region | None:
-        for r in self.regions:
-            if r.gpa <= gpa < r.end:
-                return r
-        return None
+    def __init__(self) -> None:
+        self.regions: list[Region] = []
 
     def _locate(self, gpa: int, n: int) -> tuple[mmap.mmap, int]:
         if n < 0:
@@ -139,6 +102,78 @@ class GuestMemory:
         for r in self.regions:
             r.mem.close()
         self.regions.clear()
+
+
+class GuestMemory(PhysicalPages):
+    def __init__(self, ram_bytes: int, name: str = "guest") -> None:
+        if ram_bytes <= 0 or ram_bytes % PAGE:
+            raise ValueError("RAM size must be a positive multiple of the page size")
+        # Private anonymous memory: untouched pages cost nothing, and the host kernel may merge pages
+        # with identical contents across domains (KSM) when it is enabled (page_sharing.py).
+        ram = mmap.mmap(-1, ram_bytes, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                        mmap.PROT_READ | mmap.PROT_WRITE)
+        ram.madvise(mmap.MADV_MERGEABLE)
+        self.ram_bytes = ram_bytes
+        self.shared_bytes = 0  # RAM backed by shared copy-on-write images (core/sharing.py)
+        super().__init__()
+        self.regions.append(Region(0, ram_bytes, ram, "ram"))
+
+    def add_region(self, gpa: int, size: int, name: str, fd: int | None = None) -> Region:
+        """A page-aligned region outside RAM: anonymous shared memory, or the first `size` bytes of the
+        file `fd` (a memfd another process maps too) when given."""
+        if gpa % PAGE or size <= 0 or size % PAGE:
+            raise ValueError("regions are page aligned")
+        for r in self.regions:
+            if gpa < r.end and r.gpa < gpa + size:
+                raise ValueError(f"region {name} at {gpa:#x} overlaps {r.name}")
+        if fd is None:
+            mem = mmap.mmap(-1, size, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        else:
+            if os.fstat(fd).st_size < size:
+                raise ValueError(f"region {name}: its file is smaller than {size} bytes")
+            mem = mmap.mmap(fd, size, mmap.MAP_SHARED)
+        reg = Region(gpa, size, mem, name)
+        self.regions.append(reg)
+        return reg
+
+    def remove_region(self, region: Region) -> None:
+        if region.name == "ram":
+            raise ValueError("RAM cannot be removed")
+        self.regions.remove(region)
+        region.mem.close()
+
+    def map_shared_image(self, img: SharedImage) -> None:
+        """Back [img.gpa, img.gpa + img.size) of RAM with a copy-on-write mapping of a shared image."""
+        ram = self.regions[0]
+        if img.gpa % PAGE or img.gpa < 0 or img.gpa + img.size > ram.end:
+            raise ValueError("shared image outside RAM")
+        map_copy_on_write(ram.host_address + img.gpa, img.fd, img.size)
+        _madvise(ram.host_address + img.gpa, img.size, mmap.MADV_MERGEABLE)  # its private copies too
+        self.shared_bytes += img.size
+
+    def region_at(self, gpa: int) -> Region | None:
+        for r in self.regions:
+            if r.gpa <= gpa < r.end:
+                return r
+        return None
+
+
+class ForeignPages(PhysicalPages):
+    """Domain 0's mapping of a few pages another process's guest owns (Xen's foreign mapping): each
+    (gpa, offset) maps one page of the memfd `fd` at `offset`. Nothing else of that guest is reachable."""
+
+    def __init__(self, fd: int, pages: list[tuple[int, int]]) -> None:
+        super().__init__()
+        size = os.fstat(fd).st_size
+        try:
+            for gpa, offset in pages:
+                if gpa % PAGE or offset % PAGE or offset + PAGE > size:
+                    raise ValueError(f"foreign page {gpa:#x} at offset {offset:#x} is not in the file")
+                self.regions.append(Region(gpa, PAGE, mmap.mmap(fd, PAGE, mmap.MAP_SHARED, offset=offset),
+                                           f"foreign-{gpa:#x}"))
+        except BaseException:
+            self.close()
+            raise
 
 
 MAP_FIXED = 0x10  # <sys/mman.h> (Linux, all architectures); Python's mmap module does not export it

@@ -46,3 +46,10 @@ def shared_kernel_image(kernel: KernelImage) -> SharedImage:
         img = SharedImage(fd, lo, hi - lo)
         _images[id(kernel)] = (kernel, img)  # the KernelImage is kept alive with it: ids stay unique
         return img
+
+
+def adopt_shared_image(kernel: KernelImage, img: SharedImage) -> None:
+    """Use `img` (made by another process, handed over as a descriptor) as the one shared image of
+    `kernel` here: a domain process maps domain 0's copy instead of making its own."""
+    with _lock:
+        _images[id(kernel)] = (kernel, img)

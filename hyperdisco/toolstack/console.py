@@ -13,6 +13,8 @@ import tty
 from collections.abc import Callable
 from typing import Any
 
+from ..dom0.handle import GUEST_READY
+
 DETACH = b"\x1d"  # Ctrl-]
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -66,9 +68,9 @@ class ExecSession:
     typed line cannot contain (the marker is assembled by printf), then `poweroff` if asked to.
     """
 
-    READY = b"hyperdisco-guest: up"
+    READY = GUEST_READY
 
-    def __init__(self, command: str, send: Callable[[bytes], None], poweroff: bool = True,
+    def __init__(self, command: str, send: Callable[[bytes], object], poweroff: bool = True,
                  booting: bool = True) -> None:
         self.command = command
         self.booting = booting

@@ -1,11 +1,18 @@
-"""`hyperdisco daemon`: the hypervisor process. It hosts every domain, xenstored and the console
-backends, and serves the control protocol (toolstack/protocol.py) on a Unix socket."""
+"""`hyperdisco daemon`: domain 0. It starts and supervises one jailed process per domain (dom0/), runs
+xenstored and the consoles, and serves the control protocol (toolstack/protocol.py, docs/control-api.md)
+on a Unix socket.
+
+It never waits on a client or a domain: every request is validated (requests.py) and answered in one
+line on a connection that stays open; console and watch streams go through bounded per-client queues
+(a client that stops reading is dropped).
+"""
 
 from __future__ import annotations
 
 import base64
-import json
 import os
+import queue
+import select
 import socket
 import socketserver
 import threading
@@ -14,32 +21,52 @@ from pathlib import Path
 from typing import Any
 
 from ..core import page_sharing
-from ..core.domain import Domain
-from ..core.hypervisor import Hypervisor
+from ..dom0.handle import DomainHandle
+from ..dom0.host import Host
 from ..errors import HyperdiscoError
+from ..platform import layout
 from .build import domain_config
 from .console import ExecSession
 from .protocol import encode, socket_path
-from .xlcfg import DiskSpec
+from .requests import MAX_REQUEST_BYTES, RequestError, check_name, field, parse_request
+from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec
+
+MAX_VCPUS = 1
+CLIENT_QUEUE_BYTES = 4 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
+LISTEN_BACKLOG = 128
 
 
-def domain_state(dom: Domain, hv: Hypervisor) -> str:
+def domain_state(dom: DomainHandle) -> str:
     """xl's six state letters: running, blocked, paused, shutdown, crashed, dying."""
-    running = any(ctx in hv.scheduler.running() for ctx in dom.vcpus)
-    blocked = all(ctx.halted or ctx.blocked for ctx in dom.vcpus)
+    vcpus = dom.vcpu_rows()
+    running = any(v.get("running") for v in vcpus)
+    blocked = bool(vcpus) and all(v.get("blocked") for v in vcpus)
     shut = dom.finished and dom.outcome != "crash"
     crashed = dom.finished and dom.outcome == "crash"
-    flags = (("r", running), ("b", blocked and not running and not dom.finished), ("p", dom.paused),
-             ("s", shut), ("c", crashed), ("d", False))
+    flags = (("r", running and not dom.finished), ("b", blocked and not running and not dom.finished),
+             ("p", dom.paused), ("s", shut), ("c", crashed), ("d", False))
     return "".join(c if f else "-" for c, f in flags)
 
 
-def _disk_spec(d: dict[str, Any]) -> DiskSpec:
-    """A DiskSpec sent over the socket (dataclasses.asdict of the client's); unknown keys refused."""
-    if not isinstance(d, dict) or not isinstance(d.get("target"), str) or not isinstance(d.get("vdev"), str):
-        raise HyperdiscoError("hyperdisco: bad disk specification")
-    known = {"target", "format", "vdev", "access", "extra"}
-    return DiskSpec(**{k: v for k, v in d.items() if k in known})
+def _disk_spec(d: Any) -> DiskSpec:
+    """A DiskSpec sent over the socket (dataclasses.asdict of the client's); every field type-checked."""
+    if not isinstance(d, dict):
+        raise RequestError("hyperdisco: bad disk specification")
+    for key in d:
+        if key not in ("target", "format", "vdev", "access", "extra"):
+            raise RequestError(f"hyperdisco: bad disk specification: unknown key {str(key)[:40]!r}")
+    target, fmt, vdev = d.get("target"), d.get("format", "raw"), d.get("vdev", "")
+    access = d.get("access", "rw")
+    extra = d.get("extra", {})
+    if not (isinstance(target, str) and isinstance(fmt, str) and isinstance(vdev, str)
+            and isinstance(access, str)) or "\0" in target + fmt + vdev + access:
+        raise RequestError("hyperdisco: bad disk specification: target, format, vdev, access are strings")
+    if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) and "\0" not in k + v
+                                              for k, v in extra.items()):
+        raise RequestError("hyperdisco: bad disk specification: extra must map strings to strings")
+    if fmt not in DISK_FORMATS or access not in ("ro", "rw") or not target:
+        raise RequestError("hyperdisco: bad disk specification: format, access or target")
+    return DiskSpec(target=target, format=fmt, vdev=vdev, access=access, extra=dict(extra))
 
 
 def _rss_mib() -> int:
@@ -48,144 +75,216 @@ def _rss_mib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
 
 
+class ClientStream:
+    """Output to one streaming client (console, watch) through a bounded queue and a writer thread of its
+    own: the producer never blocks; a client that falls CLIENT_QUEUE_BYTES behind is disconnected."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.q: queue.Queue[bytes | None] = queue.Queue()
+        self.queued = 0
+        self.closed = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._write, name="hd-client", daemon=True)
+        self._thread.start()
+
+    def put(self, data: bytes) -> None:
+        if self.closed.is_set():
+            return
+        with self._lock:
+            if self.queued + len(data) > CLIENT_QUEUE_BYTES:
+                self.close()
+                return
+            self.queued += len(data)
+        self.q.put(data)
+
+    def _write(self) -> None:
+        while True:
+            data = self.q.get()
+            if data is None:
+                break
+            with self._lock:
+                self.queued -= len(data)
+            try:
+                self.conn.sendall(data)
+            except OSError:
+                self.close()
+                break
+
+    def close(self) -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            self.q.put(None)
+            try:
+                self.conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class Daemon:
-    def __init__(self, sock: str | None = None, engine: str = "tcg", workers: int | None = None,
-                 verbose: bool = False, share_pages: bool = False) -> None:
+    def __init__(self, sock: str | None = None, engine: str = "tcg", verbose: bool = False,
+                 share_pages: bool = False, overcommit: float | None = None) -> None:
         self.path = socket_path(sock)
         if share_pages:
             page_sharing.enable()
-        self.hv = Hypervisor(engine, workers, log_sink=(lambda m: print(m, flush=True)) if verbose else None)
+        self.host = Host(engine, log_sink=(lambda m: print(m, flush=True)) if verbose else None,
+                         run_dir=str(self.path.parent), overcommit=overcommit)
         self.exec_locks: dict[int, threading.Lock] = {}
 
     # -- operations -------------------------------------------------------------------------------------
     def op_create(self, config: dict[str, Any]) -> dict[str, Any]:
-        get = config.get
-        cfg = domain_config(config["name"], get("kernel"), get("ramdisk"), get("cmdline"),
-                            int(get("memory", 256)), int(get("vcpus", 1)))
+        name = check_name(config.get("name"), "create")
+        memory = field(config, "memory", int, 256, layout.MIN_RAM >> 20, layout.MAX_RAM >> 20)
+        vcpus = field(config, "vcpus", int, 1, 1, MAX_VCPUS)
+        kernel = field(config, "kernel", str, None)
+        ramdisk = field(config, "ramdisk", str, None)
+        cmdline = field(config, "cmdline", str, None)
+        cfg = domain_config(name, kernel, ramdisk, cmdline, memory, vcpus)
         for key in ("on_poweroff", "on_reboot", "on_crash"):
             if key in config:
-                setattr(cfg, key, config[key])
-        cfg.disks = [_disk_spec(d) for d in get("disks") or []]
-        dom = self.hv.create(cfg)
+                action = field(config, key, str, "destroy")
+                if action not in SUPPORTED_ACTIONS:
+                    raise RequestError(f"hyperdisco: create: {key} must be one of "
+                                       f"{', '.join(SUPPORTED_ACTIONS)}")
+                setattr(cfg, key, action)
+        disks = config.get("disks") or []
+        if not isinstance(disks, list) or len(disks) > 16:
+            raise RequestError("hyperdisco: create: disks must be a list of at most 16 disks")
+        cfg.disks = [_disk_spec(d) for d in disks]
+        dom = self.host.create(cfg)
         return {"domid": dom.domid, "name": dom.name}
 
     # -- virtual block devices (xl block-attach, block-detach, block-list) ----------------------------
-    def op_block_attach(self, dom: str, disk: dict[str, Any]) -> int:
-        return self.hv.blk.attach(self._dom(dom), _disk_spec(disk))
+    def op_block_attach(self, dom: str | int, disk: dict[str, Any]) -> int:
+        return self.host.blk.attach(self._dom(dom), _disk_spec(disk))
 
-    def op_block_detach(self, dom: str, vdev: str, timeout: float = 10.0) -> bool:
-        return self.hv.blk.detach(self._dom(dom), vdev, timeout)
+    def op_block_detach(self, dom: str | int, vdev: str, timeout: float = 10.0) -> bool:
+        return self.host.blk.detach(self._dom(dom), vdev, timeout)
 
-    def op_block_list(self, dom: str) -> list[dict[str, Any]]:
-        return self.hv.blk.rows(self._dom(dom))
+    def op_block_list(self, dom: str | int) -> list[dict[str, Any]]:
+        return self.host.blk.rows(self._dom(dom))
 
-    def _row(self, d: Domain) -> dict[str, Any]:
-        return {"name": d.name, "domid": d.domid, "mem": d.config.memory_mib, "vcpus": len(d.vcpus),
-                "state": domain_state(d, self.hv), "time": round(d.cpu_seconds(), 1),
+    def _row(self, d: DomainHandle) -> dict[str, Any]:
+        return {"name": d.name, "domid": d.domid, "mem": d.config.memory_mib, "vcpus": d.config.vcpus,
+                "state": domain_state(d), "time": round(d.cpu_seconds(), 1),
                 "outcome": d.outcome, "restarts": d.restarts}
+
+    def _domains(self) -> list[DomainHandle]:
+        doms = sorted(self.host.domains.values(), key=lambda d: d.domid)
+        for d in doms:
+            d.query()
+        return doms
 
     def op_list(self, long: bool = False) -> list[dict[str, Any]]:
         rows = [{"name": "Domain-0", "domid": 0, "mem": _rss_mib(), "vcpus": os.cpu_count() or 1,
-                 "state": "r-----", "time": round(self._dom0_cpu_s(), 1)}]
-        for d in sorted(self.hv.domains.values(), key=lambda d: d.domid):
+                 "state": "r-----", "time": round(time.process_time(), 1)}]
+        for d in self._domains():
             row = self._row(d)
             if long:
-                row.update(cmdline=d.config.cmdline, on_crash=d.config.on_crash, traps=d.traps())
+                row.update(cmdline=d.config.cmdline, on_crash=d.config.on_crash, traps=d.traps(), pid=d.pid,
+                           jail=d.jail)
             rows.append(row)
         return rows
 
     def op_top(self) -> dict[str, Any]:
         doms = []
-        for d in sorted(self.hv.domains.values(), key=lambda d: d.domid):
+        for d in self._domains():
             t = d.traps()
             events = t.get("evtchn.raised", 0)
             doms.append({**self._row(d), "cpu_s": d.cpu_seconds(), "traps": sum(t.values()) - events,
                          "events": events, "mem_kib": d.config.memory_mib * 1024})
-        return {"time": time.monotonic(), "host_cpu_s": self._dom0_cpu_s(), "dom0_mem_kib": _rss_mib() << 10,
+        return {"time": time.monotonic(), "host_cpu_s": time.process_time(), "dom0_mem_kib": _rss_mib() << 10,
                 "domains": doms}
-
-    def _dom0_cpu_s(self) -> float:
-        """Domain 0's own CPU time: this process's, less what its threads spent running guests."""
-        guests = sum(d.cpu_seconds() for d in self.hv.domains.values())
-        return max(0.0, time.process_time() - guests)
 
     def op_info(self) -> dict[str, Any]:
         with open("/proc/meminfo") as f:
             mem = {ln.split(":")[0]: int(ln.split()[1]) for ln in f}
+        host = self.host
         return {"host": os.uname().nodename, "release": os.uname().release, "machine": os.uname().machine,
                 "nr_cpus": os.cpu_count(), "total_memory": mem["MemTotal"] // 1024,
-                "free_memory": mem["MemAvailable"] // 1024, "engine": self.hv.engine.name,
-                "xen_version": "4.17-hyperdisco", "domains": len(self.hv.domains),
-                "tsc_khz": self.hv.clock.tsc_khz(), "uptime": time.monotonic() - self.hv.started,
-                "shared_cow_mib": sum(d.memory.shared_bytes for d in self.hv.domains.values()) >> 20,
-                "page_sharing": page_sharing.stats()}
+                "free_memory": mem["MemAvailable"] // 1024, "engine": host.engine_name,
+                "xen_version": "4.17-hyperdisco", "domains": len(host.domains),
+                "tsc_khz": host.tsc_khz, "uptime": time.monotonic() - host.started,
+                "shared_cow_mib": sum(int(d.stats.get("shared_bytes", 0)) for d in self._domains()) >> 20,
+                "page_sharing": page_sharing.stats(), "overcommit": host.admission.overcommit,
+                "admission_limit_mib": host.admission.limit_mib,
+                "jail_root": host.jail_root, "cgroups": str(host.cgroups.root) if host.cgroups else None}
 
-    def _dom(self, dom: str | int) -> Domain:
-        return self.hv.find(dom)
+    def _dom(self, dom: str | int) -> DomainHandle:
+        return self.host.find(dom)
 
-    def op_domid(self, dom: str) -> int:
+    def op_domid(self, dom: str | int) -> int:
         return self._dom(dom).domid
 
-    def op_domname(self, dom: str) -> str:
+    def op_domname(self, dom: str | int) -> str:
         return self._dom(dom).name
 
-    def op_pause(self, dom: str) -> None:
-        self.hv.pause(self._dom(dom))
+    def op_pause(self, dom: str | int) -> None:
+        self.host.pause(self._dom(dom))
 
-    def op_unpause(self, dom: str) -> None:
-        self.hv.unpause(self._dom(dom))
+    def op_unpause(self, dom: str | int) -> None:
+        self.host.unpause(self._dom(dom))
 
-    def op_destroy(self, dom: str) -> None:
-        self.hv.destroy(self._dom(dom))
+    def op_destroy(self, dom: str | int) -> None:
+        self.host.destroy(self._dom(dom))
 
-    def op_shutdown(self, dom: str, reason: str = "poweroff") -> None:
-        self.hv.request_shutdown(self._dom(dom), reason)
+    def op_shutdown(self, dom: str | int, reason: str = "poweroff") -> None:
+        if reason not in ("poweroff", "reboot", "halt", "suspend"):
+            raise RequestError("hyperdisco: shutdown: reason must be poweroff, reboot, halt or suspend")
+        self.host.request_shutdown(self._dom(dom), reason)
 
-    def op_wait(self, dom: str, timeout: float = 60.0) -> bool:
-        return self.hv.wait_gone(self._dom(dom), timeout)
+    def op_wait(self, dom: str | int, timeout: float = 60.0) -> bool:
+        return self.host.wait_gone(self._dom(dom), timeout)
 
     def op_dmesg(self, clear: bool = False) -> list[str]:
-        lines = list(self.hv.dmesg)
+        lines = list(self.host.dmesg)
         if clear:
-            self.hv.dmesg.clear()
+            self.host.dmesg.clear()
         return lines
 
     def op_xenstore(self, cmd: str, path: str, value: str | None = None) -> Any:
-        xs = self.hv.xs
-        if cmd == "read":
-            v = xs.read(path)
-            if v is None:
-                raise HyperdiscoError(f"hyperdisco: xenstore: {path}: no such node")
-            return v
-        if cmd == "write":
-            xs.write(path, value or "")
-            return None
-        if cmd == "rm":
-            xs.rm(path)
-            return None
-        if cmd == "ls":
-            return self._ls(xs, path)
-        raise HyperdiscoError(f"hyperdisco: xenstore: unknown command {cmd!r}")
+        xs = self.host.xs
+        try:
+            if cmd == "read":
+                v = xs.read(path)
+                if v is None:
+                    raise HyperdiscoError(f"hyperdisco: xenstore: {path}: no such node")
+                return v
+            if cmd == "write":
+                xs.write(path, value or "")
+                return None
+            if cmd == "rm":
+                xs.rm(path)
+                return None
+            if cmd == "ls":
+                return self._ls(xs, path)
+        except HyperdiscoError:
+            raise
+        except Exception as exc:  # xenstored's own errors (ENOENT, EINVAL, E2BIG...): one line
+            raise HyperdiscoError(f"hyperdisco: xenstore {cmd} {path[:200]}: {exc}") from None
+        raise RequestError(f"hyperdisco: xenstore: unknown command {cmd[:20]!r}")
 
     def _ls(self, xs: Any, path: str, depth: int = 0) -> list[list[Any]]:
         out: list[list[Any]] = []
         for child in xs.directory(path) or []:
             full = path.rstrip("/") + "/" + child
             out.append([depth, child, xs.read(full) or ""])
-            out.extend(self._ls(xs, full, depth + 1))
+            if depth < 32:
+                out.extend(self._ls(xs, full, depth + 1))
         return out
 
-    def op_exec(self, dom: str, command: str, timeout: float = 120.0) -> dict[str, Any]:
+    def op_exec(self, dom: str | int, command: str, timeout: float = 120.0,
+                conn: socket.socket | None = None) -> dict[str, Any]:
         d = self._dom(dom)
         lock = self.exec_locks.setdefault(d.domid, threading.Lock())
-        with lock:
-            console = self.hv.consoles[d.domid]
-            fresh = d.first_output is None or b"hyperdisco-guest: up" not in console.history()
-            session = ExecSession(command, d.console.input, poweroff=False, booting=fresh)
-            if fresh:
-                console.attach(session.feed, replay=True)
-            else:
-                console.attach(session.feed)
+        if not lock.acquire(timeout=timeout):
+            raise HyperdiscoError(f"hyperdisco: exec in {d.name}: another exec is still running")
+        try:
+            console = self.host.consoles[d.domid]
+            fresh = not d.guest_up
+            session = ExecSession(command, d.input, poweroff=False, booting=fresh)
+            console.attach(session.feed, replay=fresh)
+            if not fresh:
                 session.start()
             deadline = time.monotonic() + timeout
             try:
@@ -193,91 +292,110 @@ class Daemon:
                     if d.finished:
                         raise HyperdiscoError(f"hyperdisco: exec in {d.name}: domain stopped ({d.outcome})")
                     if time.monotonic() > deadline:
+                        d.input(b"\x03")  # interrupt what still runs, so the next exec finds a prompt
                         raise HyperdiscoError(f"hyperdisco: exec in {d.name}: no answer in {timeout:.0f}s")
+                    if conn is not None and _client_gone(conn):
+                        d.input(b"\x03")
+                        raise HyperdiscoError(f"hyperdisco: exec in {d.name}: the client went away")
             finally:
                 console.detach(session.feed)
+        finally:
+            lock.release()
         return {"status": session.exit_status, "output": base64.b64encode(session.output).decode()}
 
     # -- serving ----------------------------------------------------------------------------------------
     def handle(self, conn: socket.socket) -> None:
         f = conn.makefile("rb")
-        for line in f:
+        while True:
+            line = f.readline(MAX_REQUEST_BYTES + 1)
+            if not line:
+                return
+            if len(line) > MAX_REQUEST_BYTES and not line.endswith(b"\n"):
+                conn.sendall(encode({"ok": False, "error": f"hyperdisco: request larger than "
+                                                          f"{MAX_REQUEST_BYTES} bytes"}))
+                return  # the rest of the line cannot be resynchronised: close
             try:
-                req = json.loads(line)
-                op = req.pop("op")
+                op, args = parse_request(line)
                 if op == "console":
-                    self._console_stream(conn, f, req["dom"])
+                    self._console_stream(conn, f, args["dom"])
                     return
                 if op == "watch":
-                    self._watch_stream(conn, req["path"])
+                    self._watch_stream(conn, f, args["path"])
                     return
-                fn = getattr(self, f"op_{op}", None)
-                if fn is None:
-                    raise HyperdiscoError(f"hyperdisco: unknown operation {op!r}")
-                reply = {"ok": True, "result": fn(**req)}
+                if op == "exec":
+                    args["conn"] = conn
+                reply = {"ok": True, "result": getattr(self, f"op_{op}")(**args)}
             except HyperdiscoError as exc:
-                reply = {"ok": False, "error": str(exc)}
-            except (KeyError, TypeError, ValueError) as exc:
-                reply = {"ok": False, "error": f"hyperdisco: bad request: {exc}"}
+                reply = {"ok": False, "error": _one_line(str(exc))}
+            except Exception as exc:  # a bug must cost one request, not the connection or the daemon
+                self.host.log(f"control: {type(exc).__name__}: {exc}"[:400])
+                reply = {"ok": False, "error": f"hyperdisco: internal error ({type(exc).__name__})"}
             conn.sendall(encode(reply))
 
-    def _console_stream(self, conn: socket.socket, f: Any, dom: str) -> None:
+    def _console_stream(self, conn: socket.socket, f: Any, dom: str | int) -> None:
         d = self._dom(dom)
-        console = self.hv.consoles[d.domid]
+        console = self.host.consoles[d.domid]
         conn.sendall(encode({"ok": True, "result": {"domid": d.domid}}))
-
-        def out(data: bytes) -> None:
-            try:
-                conn.sendall(data)
-            except OSError:
-                console.detach(out)
-
-        console.attach(out, replay=True)
+        out = ClientStream(conn)
+        console.attach(out.put, replay=True)
         try:
-            while True:
-                data = f.read1(4096) if hasattr(f, "read1") else conn.recv(4096)
+            while not out.closed.is_set():
+                data = f.read1(4096)
                 if not data or d.finished:
                     break
-                d.console.input(data)
+                if not d.input(data):
+                    break  # the guest left too much input unread
+        except OSError:
+            pass
         finally:
-            console.detach(out)
+            console.detach(out.put)
+            out.close()
 
-    def _watch_stream(self, conn: socket.socket, path: str) -> None:
-        events: list[tuple[str, str]] = []
-        cond = threading.Condition()
+    def _watch_stream(self, conn: socket.socket, f: Any, path: str) -> None:
+        out = ClientStream(conn)
 
         def on_watch(p: str, token: str) -> None:
-            with cond:
-                events.append((p, token))
-                cond.notify()
+            out.put(encode({"path": p}))
 
-        c = self.hv.xenstored.local_connection(on_watch)
-        c.watch(path, "hd")
-        conn.sendall(encode({"ok": True, "result": None}))
+        c = self.host.xenstored.local_connection(on_watch)
         try:
-            while True:
-                with cond:
-                    cond.wait_for(lambda: bool(events), timeout=1.0)
-                    batch, events[:] = list(events), []
-                for p, _t in batch:
-                    conn.sendall(encode({"path": p}))
-                if not batch:
-                    conn.sendall(b"")
+            try:
+                c.watch(path, "hd")
+            except Exception as exc:
+                err = f"hyperdisco: xenstore watch {path[:200]}: {exc}"
+                conn.sendall(encode({"ok": False, "error": _one_line(err)}))
+                return
+            conn.sendall(encode({"ok": True, "result": None}))
+            while not out.closed.is_set():  # until the client hangs up
+                r, _w, _x = select.select([conn], [], [], 1.0)
+                if r and not f.read1(4096):
+                    break
         except OSError:
             pass
         finally:
             c.close()
+            out.close()
 
     def serve_forever(self) -> None:
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HyperdiscoError(f"hyperdisco: cannot create {path.parent}: {exc.strerror}") from None
+        if path.exists() or path.is_symlink():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(str(path))
                 raise HyperdiscoError(f"hyperdisco: a daemon is already serving {path}")
+            except PermissionError:
+                raise HyperdiscoError(f"hyperdisco: {path} belongs to a daemon you may not reach "
+                                      "(permission denied); choose another --socket") from None
             except OSError:
-                path.unlink()
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    raise HyperdiscoError(f"hyperdisco: cannot remove the stale socket {path}: "
+                                          f"{exc.strerror}") from None
             finally:
                 probe.close()
         daemon = self
@@ -289,17 +407,41 @@ class Daemon:
                 except OSError:
                     pass
 
+        class Server(socketserver.ThreadingUnixStreamServer):
+            request_queue_size = LISTEN_BACKLOG
+            daemon_threads = True
+
         old = os.umask(0o177)
         try:
-            server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+            server = Server(str(path), Handler)
+        except OSError as exc:
+            raise HyperdiscoError(f"hyperdisco: cannot serve {path}: {exc.strerror}") from None
         finally:
             os.umask(old)
-        server.daemon_threads = True
         os.chmod(path, 0o600)
-        self.hv.log(f"hyperdisco daemon serving {path}")
+        self.host.log(f"hyperdisco daemon serving {path}")
+        import signal
+
+        def on_term(_sig: int, _frame: Any) -> None:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_term)
         try:
             server.serve_forever()
         finally:
             server.server_close()
             Path(path).unlink(missing_ok=True)
-            self.hv.close()
+            self.host.close()
+
+
+def _client_gone(conn: socket.socket) -> bool:
+    """The client hung up (its end is readable and at EOF); never blocks."""
+    try:
+        r, _w, _x = select.select([conn], [], [], 0)
+        return bool(r) and conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:1000]

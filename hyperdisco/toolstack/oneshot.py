@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass, field, replace
 
 from ..backends.console import ConsoleBuffer
-from ..core.domain import Domain, DomainConfig
-from ..core.hypervisor import Hypervisor
+from ..core.domain import DomainConfig
+from ..dom0.handle import DomainHandle
+from ..dom0.host import Host
 from .console import ExecSession, TerminalAttachment
 
 
@@ -30,15 +31,15 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
                timeout: float | None = None, t_start: float | None = None, verbose: bool = False,
                quiet_console: bool = False) -> RunReport:
     t0 = t_start if t_start is not None else time.monotonic()
-    hv = Hypervisor(engine_name, workers=1, log_sink=log_to_stderr if verbose else None)
+    hv = Host(engine_name, log_sink=log_to_stderr if verbose else None)
     console = ConsoleBuffer()
-    current: list[Domain] = []
+    current: list[DomainHandle] = []
     transcript = bytearray()
     console.attach(transcript.extend)
 
     def send(data: bytes) -> None:
         if current:
-            current[-1].console.input(data)
+            current[-1].input(data)
 
     session: ExecSession | None = None
     attach: TerminalAttachment | None = None
@@ -60,8 +61,8 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not dom.done.wait(left):
-                where = "; ".join(c.describe() for c in dom.vcpus)
-                dom.shutdown("timeout", f"no shutdown within {timeout:.0f}s; {where}")
+                dom.query()
+                dom.shutdown("timeout", f"no shutdown within {timeout:.0f}s; {dom.describe()}")
             hv.wait_gone(dom)
             nxt = hv.successor(dom)
             if nxt is None:
@@ -77,9 +78,9 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
     timings = {"total_s": t_end - t0}
     if first.first_output is not None:
         timings["first_output_s"] = first.first_output - t0
-    first_tsc = min((c.ev.counts().first_syscall_tsc for c in first.vcpus), default=0)
-    if first_tsc:
-        timings["user_space_s"] = hv.clock.mono_at(first_tsc) - t0
+    user_space = first.stats.get("user_space_mono")
+    if isinstance(user_space, float):
+        timings["user_space_s"] = user_space - t0
     hv.close()
     outcome = dom.outcome or "unknown"
     status = {"poweroff": 0, "reboot": 0, "destroyed": 0}.get(outcome, 1)

@@ -36,6 +36,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -86,6 +87,16 @@ class DiskSpec:
     @property
     def readonly(self) -> bool:
         return self.access == "ro"
+
+    @property
+    def persistent(self) -> bool:
+        return disk_persistent(self)
+
+    def open_args(self) -> dict[str, Any]:
+        """What the disk package's open_disk takes for this disk (sent to the domain process as is)."""
+        return {"target": self.target, "format": self.format, "readonly": self.readonly,
+                "persistent": self.persistent, "base": self.extra.get("base"),
+                "base_format": self.extra.get("base_format"), "vdev": self.vdev}
 
 
 @dataclass

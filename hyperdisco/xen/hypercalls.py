@@ -298,8 +298,8 @@ class Hypercalls:
     def _peer(self, domid: int) -> Domain | None:
         if domid == self.dom.domid:
             return self.dom
-        hv = self.dom.hv
-        return hv.domain(domid) if hv is not None else None
+        peers = self.dom.peers
+        return peers.domain(domid) if peers is not None else None
 
     def _bind_interdomain(self, remote: int, rport: int) -> int:
         """Xen's evtchn_bind_interdomain: the remote port must be unbound and offered to this domain."""

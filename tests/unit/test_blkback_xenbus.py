@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from unit_support import DomainHarness
 
-from hyperdisco.backends.blkback import BlockDevices, abi
+from hyperdisco.backends.blkback import BlockDevices, VbdHost, abi
 from hyperdisco.backends.xenstore import Xenstored
 from hyperdisco.core.evtchn import Port
 from hyperdisco.core.grant import GRANT_ENTRY_V1, GTF_permit_access
@@ -33,6 +34,22 @@ def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+class InProcessVbds:
+    """The domain's side of its vbds run in this process: what a domain process does with the descriptors
+    domain 0 hands it over the channel (dup'ed here as SCM_RIGHTS would)."""
+
+    def __init__(self, dom: Any, xsd: Xenstored, log: Callable[[str], None]) -> None:
+        self.domid, self.name = dom.domid, dom.name
+        self.vbds = VbdHost(dom, xsd, log)
+
+    def attach_vbd(self, devid: int, args: dict[str, Any], records: list[tuple[str, str, bool]],
+                   fds: list[int]) -> None:
+        self.vbds.attach(devid, args, [(*r, os.dup(fd)) for r, fd in zip(records, fds, strict=True)])
+
+    def detach_vbd(self, devid: int, wait_s: float) -> bool:
+        return self.vbds.detach(devid, wait_s)
+
+
 class Front:
     def __init__(self, dh: DomainHarness, tmp_path: Path, readonly: bool = False) -> None:
         self.dh = dh
@@ -41,10 +58,11 @@ class Front:
         self.xs = self.xsd.local_connection()
         self.hv: Any = SimpleNamespace(xenstored=self.xsd, xs=self.xs, log=self.logs.append)
         self.blk = BlockDevices(self.hv)
+        self.target = InProcessVbds(dh.dom, self.xsd, self.logs.append)
         self.img = tmp_path / "disk.img"
         self.img.write_bytes(bytes(1 << 20))
         self.spec = DiskSpec(target=str(self.img), vdev="xvdb", access="ro" if readonly else "rw")
-        self.devid = self.blk.attach(dh.dom, self.spec)
+        self.devid = self.blk.attach(self.target, self.spec)
         self.be = f"/local/domain/0/backend/vbd/1/{self.devid}"
         self.fe = f"/local/domain/1/device/vbd/{self.devid}"
         mem = dh.dom.memory
@@ -72,6 +90,7 @@ class Front:
 def front(dh: DomainHarness, tmp_path: Path) -> Iterator[Front]:
     f = Front(dh, tmp_path)
     yield f
+    f.target.vbds.close()
     f.blk.close_domain(1)
 
 
@@ -106,7 +125,7 @@ def test_connect_serve_close_reconnect(front: Front) -> None:
     assert abi.RESPONSE.unpack(mem.read(slot, 16)) == (42, abi.OP_WRITE, 0)
     assert front.port in dom.evtchn._queue  # the frontend was notified
     until(lambda: front.img.read_bytes()[8 * 512:16 * 512] == b"Z" * 4096)
-    rows = front.blk.rows(dom)
+    rows = front.blk.rows(front.target)
     assert rows[0]["state"] == 3 and rows[0]["evtch"] == front.port and rows[0]["ringref"] == 1
     # the frontend closes: so do we, and its port is unbound again (still offered to domain 0)
     front.xs.write(f"{front.fe}/state", "5")
@@ -147,26 +166,26 @@ def test_ring_overflow_disconnects(front: Front) -> None:
 def test_detach(front: Front) -> None:
     front.connect()
     done: list[bool] = []
-    t = threading.Thread(target=lambda: done.append(front.blk.detach(front.dh.dom, "xvdb", timeout=5)))
+    t = threading.Thread(target=lambda: done.append(front.blk.detach(front.target, "xvdb", timeout=5)))
     t.start()
     until(lambda: front.be_state() == "5")  # the toolstack asks the frontend to close
     front.xs.write(f"{front.fe}/state", "6")
     t.join(10)
     assert done == [True]
     assert front.xs.read(f"{front.be}/state") is None and front.xs.read(f"{front.fe}/state") is None
-    assert front.blk.rows(front.dh.dom) == []
+    assert front.blk.rows(front.target) == []
     with pytest.raises(HyperdiscoError, match="no disk"):
-        front.blk.detach(front.dh.dom, "xvdb")
-    front.blk.attach(front.dh.dom, front.spec)  # the image was closed and unlocked
+        front.blk.detach(front.target, "xvdb")
+    front.blk.attach(front.target, front.spec)  # the image was closed and unlocked
 
 
 def test_second_writer_and_missing_image(front: Front, tmp_path: Path) -> None:
     with pytest.raises(HyperdiscoError, match="in use"):
-        front.blk.attach(front.dh.dom, DiskSpec(target=str(front.img), vdev="xvdc"))
+        front.blk.attach(front.target, DiskSpec(target=str(front.img), vdev="xvdc"))
     with pytest.raises(HyperdiscoError, match="does not exist"):
         front.blk.open_images([DiskSpec(target=str(tmp_path / "nope"), vdev="xvdc")])
     with pytest.raises(HyperdiscoError, match="already has"):
-        front.blk.attach(front.dh.dom, DiskSpec(target=str(tmp_path / "nope"), vdev="xvdb"))
+        front.blk.attach(front.target, DiskSpec(target=str(tmp_path / "nope"), vdev="xvdb"))
 
 
 @pytest.mark.parametrize("offered", [True, False])
@@ -182,7 +201,8 @@ def test_persistent_grants_only_when_both_ends_offer_them(
         assert f.xs.read(f"{f.be}/feature-persistent") == ("1" if offered else "0")
         f.xs.write(f"{f.fe}/feature-persistent", "1")
         f.connect()
-        ring = f.blk.devices(1)[0].ring
+        ring = f.target.vbds.devices()[0].ring
         assert ring is not None and ring.persistent is offered
     finally:
+        f.target.vbds.close()
         f.blk.close_domain(1)

@@ -28,7 +28,7 @@ def test_construction(dh: DomainHarness) -> None:
     dom = dh.dom
     assert dom.memory.ram_bytes == 32 << 20
     assert dom.special.gpa == layout.SPECIAL_BASE
-    cport = dom.console.port
+    cport = dom.console_port
     assert cport in dom.evtchn.ports and cport in dom.reserved_ports
     assert dom.evtchn.ports[cport].state == abi.EVTCHNSTAT_interdomain
     assert dom.params[abi.HVM_PARAM_CONSOLE_EVTCHN] == cport
@@ -179,7 +179,7 @@ def test_notify_from_backend_unblocks_via_upcall(dh: DomainHarness) -> None:
     dom.callback_vector = 0xF3
     ctx.blocked = True
     assert ctx.step() == float("inf")
-    dom.evtchn.notify(dom.console.port)
+    dom.evtchn.notify(dom.console_port)
     assert dom.evtchn.has_queued()
     # the vCPU's own step applies the notification; the upcall wakes it (interrupts are off at the
     # PVH entry, so the vector is not injected yet and the vCPU runs its slice)

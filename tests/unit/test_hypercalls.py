@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from unit_support import SCRATCH_VA, DomainHarness
 
+from hyperdisco.backends.console import ConsoleBackend
 from hyperdisco.core.memory import PAGE
 from hyperdisco.platform import layout
 from hyperdisco.xen import abi
@@ -196,10 +197,10 @@ def test_hvm_get_console_params(dh: DomainHarness) -> None:
                                                         layout.SPECIAL_BASE >> 12)
     dh.put(abi.HVM_PARAM, abi.DOMID_SELF, abi.HVM_PARAM_CONSOLE_EVTCHN, 0)
     assert dh.call("hvm_op", abi.HVMOP_get_param, arg) == 0
-    assert dh.dom.memory.unpack(abi.HVM_PARAM, arg)[2] == dh.dom.console.port
+    assert dh.dom.memory.unpack(abi.HVM_PARAM, arg)[2] == dh.dom.console_port
     dh.put(abi.HVM_PARAM, abi.DOMID_SELF, abi.HVM_PARAM_STORE_PFN, 99)
     assert dh.call("hvm_op", abi.HVMOP_get_param, arg) == 0
-    assert dh.dom.memory.unpack(abi.HVM_PARAM, arg)[2] == 0
+    assert dh.dom.memory.unpack(abi.HVM_PARAM, arg)[2] == layout.special_gpa(layout.STORE_PAGE) >> 12
 
 
 def test_hvm_pagetable_dying(dh: DomainHarness) -> None:
@@ -434,7 +435,7 @@ def test_reservation_queries(dh: DomainHarness) -> None:
 
 # -- event_channel_op -----------------------------------------------------------------------------------
 def test_evtchn_send_unbound_port_einval(dh: DomainHarness) -> None:
-    for port in (0, 2, 77, 4095, 4096, 0xFFFFFFFF):
+    for port in (0, 3, 77, 4095, 4096, 0xFFFFFFFF):
         arg = dh.put(abi.EVTCHN_PORT, port)
         assert dh.call("event_channel_op", abi.EVTCHNOP_send, arg) == -abi.EINVAL
 
@@ -470,7 +471,10 @@ def test_evtchn_send_to_console_drains_ring(dh: DomainHarness) -> None:
     mem = dh.dom.memory
     mem.write(ring + 1024, b"hvc0 says hi")
     mem.set_u32(ring + 3072 + 12, 12)  # out_prod
-    arg = dh.put(abi.EVTCHN_PORT, dh.dom.console.port)
+    # domain 0's console backend, as the daemon wires it (here it reads this process's mapping)
+    con = ConsoleBackend(mem, ring, dh.output.append, dh.dom.console_notify)
+    dh.dom.on_console_kick = con.kick
+    arg = dh.put(abi.EVTCHN_PORT, dh.dom.console_port)
     assert dh.call("event_channel_op", abi.EVTCHNOP_send, arg) == 0
     assert b"".join(dh.output) == b"hvc0 says hi"
     assert mem.u32(ring + 3072 + 8) == 12
@@ -478,9 +482,9 @@ def test_evtchn_send_to_console_drains_ring(dh: DomainHarness) -> None:
 
 
 def test_evtchn_close(dh: DomainHarness) -> None:
-    arg = dh.put(abi.EVTCHN_PORT, dh.dom.console.port)
+    arg = dh.put(abi.EVTCHN_PORT, dh.dom.console_port)
     assert dh.call("event_channel_op", abi.EVTCHNOP_close, arg) == -abi.EINVAL
-    assert dh.dom.console.port in dh.dom.evtchn.ports
+    assert dh.dom.console_port in dh.dom.evtchn.ports
     dh.put(abi.EVTCHN_PORT, 55)
     assert dh.call("event_channel_op", abi.EVTCHNOP_close, arg) == -abi.EINVAL
     dh.put(abi.EVTCHN_BIND_IPI, 0, 0)
@@ -527,7 +531,7 @@ def test_evtchn_bind_vcpu(make_domain: Callable[..., DomainHarness]) -> None:
     dh.put(abi.EVTCHN_BIND_VCPU, timer, 1)
     assert dh.call("event_channel_op", abi.EVTCHNOP_bind_vcpu, arg) == 0
     assert dh.dom.evtchn.ports[timer].vcpu == 0  # the per-vCPU timer stays where it is
-    cport = dh.dom.console.port
+    cport = dh.dom.console_port
     dh.put(abi.EVTCHN_BIND_VCPU, cport, 1)
     assert dh.call("event_channel_op", abi.EVTCHNOP_bind_vcpu, arg) == 0
     assert dh.dom.evtchn.ports[cport].vcpu == 1

@@ -32,7 +32,7 @@ def pair(kernel: KernelImage, engine: TcgEngine,
     for domid in (1, 2):
         cfg = DomainConfig(f"d{domid}", kernel, None, "console=hvc0", 32)
         dom = Domain(domid, cfg, engine, clock, lambda b: None, lambda m: None,
-                     hypervisor=hv)  # type: ignore[arg-type]
+                     peers=hv)
         hv.domains[domid] = dom
         h = DomainHarness(dom, [])
         h.call("memory_op", abi.XENMEM_add_to_physmap,

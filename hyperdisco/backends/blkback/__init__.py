@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .abi import devid_to_vdev, vdev_to_devid
 from .device import VbdBackend
-from .manager import BlockDevices, open_image
+from .host import VbdHost
+from .manager import BlockDevices, PreparedDisk, prepare_image
 from .ring import BlkRing, RingError
 
-__all__ = ["BlkRing", "BlockDevices", "RingError", "VbdBackend", "devid_to_vdev", "open_image",
-           "vdev_to_devid"]
+__all__ = ["BlkRing", "BlockDevices", "PreparedDisk", "RingError", "VbdBackend", "VbdHost", "devid_to_vdev",
+           "prepare_image", "vdev_to_devid"]

@@ -1,35 +1,58 @@
-"""The toolstack's side of virtual block devices: open the images, write the xenstore nodes libxl writes
-for a vbd, start a backend per device, detach the way libxl does, and tidy up when a domain goes.
+"""The toolstack's side of virtual block devices (domain 0): open and check the images, write the
+xenstore nodes libxl writes for a vbd, hand the image descriptors to the domain's backend (in its domain
+process, backends/blkback/host.py), detach the way libxl does, and tidy up when a domain goes.
 
 Nodes (libxl's libxl__device_disk_add / libxl__device_generic_add): the backend directory
 /local/domain/0/backend/vbd/<domid>/<devid> is owned by domain 0 and readable by the guest; the frontend
 directory /local/domain/<domid>/device/vbd/<devid> is owned by the guest and readable by domain 0. Both
 start in state 1 (Initialising), written in one transaction so the guest's xenbus sees them whole.
+
+The domain object given to attach/detach provides ``domid``, ``name``, ``attach_vbd(devid, args,
+records, fds)`` and ``detach_vbd(devid, wait_s)`` (dom0/handle.py over the channel; tests in process).
 """
 
 from __future__ import annotations
 
+import os
 import threading
-import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ConfigError
+from ..disk import open_disk
+from ..disk.base import OpenRecord, RecordingOpener
 from . import abi
-from .device import VbdBackend
-from .ioqueue import DomainIoQueue, IoWorkers
-from .ring import Disk
 
 DETACH_TIMEOUT_S = 10.0  # libxl waits LIBXL_DESTROY_TIMEOUT (10 s) for the frontend, then forces removal
 
 
-def open_image(spec: Any) -> Disk:
-    """Open the image a DiskSpec names: a one-line ImageError when it is missing, corrupt or in use."""
-    from ...toolstack.xlcfg import disk_persistent
-    from ..disk import open_disk
+@dataclass
+class PreparedDisk:
+    """An image domain 0 opened and checked, as descriptors ready to hand to a domain process."""
 
-    image: Disk = open_disk(spec.target, format=spec.format, readonly=spec.access == "ro",
-                            persistent=disk_persistent(spec), base=spec.extra.get("base"))
-    return image
+    args: dict[str, Any]
+    records: list[OpenRecord] = field(default_factory=list)
+
+    def close(self) -> None:
+        for rec in self.records:
+            _close_fd(rec.fd)
+        self.records = []
+
+
+def prepare_image(spec: Any) -> PreparedDisk:
+    """Open the image a DiskSpec names (its whole chain), check it, keep its descriptors: a one-line
+    ImageError when it is missing, corrupt, in use or not a regular file."""
+    args = spec.open_args()
+    rec = RecordingOpener()
+    try:
+        extra = {"base_format": args["base_format"]} if args.get("base_format") else {}
+        image = open_disk(args["target"], args["format"], readonly=args["readonly"],
+                          persistent=args["persistent"], base=args.get("base"), opener=rec, **extra)
+        image.close()  # the recorded duplicates keep the files (and their locks) open
+    except BaseException:
+        rec.close()
+        raise
+    return PreparedDisk(args, rec.records)
 
 
 def devid_of(vdev: str) -> int:
@@ -40,19 +63,17 @@ def devid_of(vdev: str) -> int:
 
 
 class BlockDevices:
-    """Every domain's vbds. `hv` gives xenstored, the dom0 connection (hv.xs) and the log."""
+    """Every domain's vbds, domain 0's side. `host` gives the dom0 xenstore connection (host.xs), log."""
 
-    def __init__(self, hv: Any) -> None:
-        self.hv = hv
+    def __init__(self, host: Any) -> None:
+        self.host = host
         self._lock = threading.Lock()
-        self._devices: dict[int, dict[int, tuple[VbdBackend, Any]]] = {}
-        self._workers = IoWorkers(log=hv.log)
-        self._queues: dict[int, DomainIoQueue] = {}  # per domain: its bound on requests in flight
+        self._devices: dict[int, dict[int, Any]] = {}  # domid -> devid -> DiskSpec
 
     # -- images -----------------------------------------------------------------------------------------
-    def open_images(self, specs: list[Any]) -> list[tuple[Any, Disk]]:
+    def open_images(self, specs: list[Any]) -> list[tuple[Any, PreparedDisk]]:
         """Open every disk of a new domain, or none (the error is one line naming the image)."""
-        opened: list[tuple[Any, Disk]] = []
+        opened: list[tuple[Any, PreparedDisk]] = []
         try:
             seen: set[int] = set()
             for spec in specs:
@@ -60,46 +81,43 @@ class BlockDevices:
                 if devid in seen:
                     raise ConfigError(f"hyperdisco: vdev {spec.vdev!r} is used by two disks")
                 seen.add(devid)
-                opened.append((spec, open_image(spec)))
+                opened.append((spec, prepare_image(spec)))
         except BaseException:
             for _spec, disk in opened:
-                _close(disk)
+                disk.close()
             raise
         return opened
 
     # -- attach -----------------------------------------------------------------------------------------
-    def attach(self, dom: Any, spec: Any, disk: Disk | None = None) -> int:
-        xsd = self.hv.xenstored
-        if xsd is None:
-            raise ConfigError("hyperdisco: disks need xenstore")
+    def attach(self, dom: Any, spec: Any, disk: PreparedDisk | None = None) -> int:
         devid = devid_of(spec.vdev)
-        with self._lock:
-            if devid in self._devices.get(dom.domid, {}):
-                if disk is not None:
-                    _close(disk)
-                raise ConfigError(f"hyperdisco: {dom.name} already has a disk {spec.vdev}")
-            if disk is None:
-                disk = open_image(spec)
-            io = self._queues.setdefault(dom.domid, DomainIoQueue(self._workers))
-            dev = VbdBackend(dom, xsd, devid, spec.vdev, disk, self.hv.log, io=io)
-            self._devices.setdefault(dom.domid, {})[devid] = (dev, spec)
         try:
-            self._write_nodes(dom, devid, spec, disk)
-            dev.start()
-        except Exception:
             with self._lock:
-                self._devices.get(dom.domid, {}).pop(devid, None)
-            dev.stop()
-            _close(disk)
-            raise
-        self.hv.log(f"d{dom.domid}: disk {spec.vdev} ({devid}) -> {spec.target} "
-                    f"[{spec.format}, {spec.access}]")
+                if devid in self._devices.get(dom.domid, {}):
+                    raise ConfigError(f"hyperdisco: {dom.name} already has a disk {spec.vdev}")
+                self._devices.setdefault(dom.domid, {})[devid] = spec
+            try:
+                if disk is None:
+                    disk = prepare_image(spec)
+                self._write_nodes(dom, devid, spec)
+                records = [(r.kind, r.path, r.readonly) for r in disk.records]
+                dom.attach_vbd(devid, disk.args, records, [r.fd for r in disk.records])
+            except BaseException:
+                with self._lock:
+                    self._devices.get(dom.domid, {}).pop(devid, None)
+                self._remove_nodes(dom.domid, devid)
+                raise
+        finally:
+            if disk is not None:
+                disk.close()  # handed over (or failed): domain 0 keeps no descriptor of it
+        self.host.log(f"d{dom.domid}: disk {spec.vdev} ({devid}) -> {spec.target} "
+                      f"[{spec.format}, {spec.access}]")
         return devid
 
-    def _write_nodes(self, dom: Any, devid: int, spec: Any, disk: Disk) -> None:
-        xs = self.hv.xs
+    def _write_nodes(self, dom: Any, devid: int, spec: Any) -> None:
+        xs = self.host.xs
         n = dom.domid
-        be, fe = f"/local/domain/0/backend/vbd/{n}/{devid}", f"/local/domain/{n}/device/vbd/{devid}"
+        be, fe = backend_path(n, devid), frontend_path(n, devid)
         while True:
             tx = xs.transaction_start()
             for path in (be, fe):
@@ -112,7 +130,7 @@ class BlockDevices:
             for k, v in (("frontend", fe), ("frontend-id", str(n)), ("params", spec.target),
                          ("mode", "r" if spec.access == "ro" else "w"), ("type", "file"), ("online", "1"),
                          ("removable", "0"), ("bootable", "1"), ("dev", spec.vdev), ("device-type", "disk"),
-                         ("discard-enable", "0" if disk.readonly else "1"),
+                         ("discard-enable", "0" if spec.access == "ro" else "1"),
                          ("state", str(abi.XenbusStateInitialising))):
                 xs.write(f"{be}/{k}", v, tx)
             xs.mkdir(fe, tx)
@@ -129,29 +147,24 @@ class BlockDevices:
         remove both directories. False if the guest did not close in time (removed anyway)."""
         devid = devid_of(vdev)
         with self._lock:
-            entry = self._devices.get(dom.domid, {}).get(devid)
-        if entry is None:
+            known = devid in self._devices.get(dom.domid, {})
+        if not known:
             raise ConfigError(f"hyperdisco: {dom.name} has no disk {vdev}")
-        dev, _spec = entry
-        xs = self.hv.xs
-        xs.write(f"{dev.be}/online", "0")
-        xs.write(f"{dev.be}/state", str(abi.XenbusStateClosing))
-        clean = dev.closed.wait(timeout)
+        xs = self.host.xs
+        be = backend_path(dom.domid, devid)
+        xs.write(f"{be}/online", "0")
+        xs.write(f"{be}/state", str(abi.XenbusStateClosing))
+        clean = dom.detach_vbd(devid, timeout)
         if not clean:
-            self.hv.log(f"d{dom.domid}: {vdev}: frontend did not close in {timeout:.0f}s, removing it anyway")
-        self._remove(dom.domid, devid)
+            self.host.log(f"d{dom.domid}: {vdev}: frontend did not close in {timeout:.0f}s, removing it")
+        with self._lock:
+            self._devices.get(dom.domid, {}).pop(devid, None)
+        self._remove_nodes(dom.domid, devid)
         return clean
 
-    def _remove(self, domid: int, devid: int) -> None:
-        with self._lock:
-            entry = self._devices.get(domid, {}).pop(devid, None)
-        if entry is None:
-            return
-        dev, _spec = entry
-        dev.stop()
-        _close(dev.disk)
-        xs = self.hv.xs
-        for path in (dev.fe, dev.be):
+    def _remove_nodes(self, domid: int, devid: int) -> None:
+        xs = self.host.xs
+        for path in (frontend_path(domid, devid), backend_path(domid, devid)):
             try:
                 xs.rm(path)
             except Exception:
@@ -164,22 +177,17 @@ class BlockDevices:
             pass
 
     def close_domain(self, domid: int) -> None:
-        """The domain is going: stop its backends (no handshake), close its images."""
+        """The domain is going (its process stops its backends and closes its images): remove the nodes."""
         with self._lock:
             devs = self._devices.pop(domid, {})
-            self._queues.pop(domid, None)
-        for dev, _spec in devs.values():
-            dev.stop()
-            _close(dev.disk)
         if devs:
             try:
-                self.hv.xs.rm(f"/local/domain/0/backend/vbd/{domid}")
+                self.host.xs.rm(f"/local/domain/0/backend/vbd/{domid}")
             except Exception:
                 pass
 
     def close(self) -> None:
-        """The hypervisor is going (every domain closed first): stop the I/O threads."""
-        self._workers.shutdown()
+        pass
 
     # -- listing ----------------------------------------------------------------------------------------
     def rows(self, dom: Any) -> list[dict[str, Any]]:
@@ -187,35 +195,32 @@ class BlockDevices:
         and ring-ref as the frontend published them, -1 when absent)."""
         with self._lock:
             devs = sorted(self._devices.get(dom.domid, {}).items())
-        xs = self.hv.xs
+        xs = self.host.xs
         rows = []
 
         def num(path: str) -> int:
             v = xs.read(path)
-            return int(v) if v is not None and v.isdigit() else -1
+            return int(v) if v is not None and v.isascii() and v.isdigit() and len(v) < 12 else -1
 
-        for devid, (dev, spec) in devs:
+        for devid, spec in devs:
+            fe, be = frontend_path(dom.domid, devid), backend_path(dom.domid, devid)
             rows.append({"vdev": devid, "name": spec.vdev, "be": 0, "handle": dom.domid,
-                         "state": num(f"{dev.fe}/state"), "evtch": num(f"{dev.fe}/event-channel"),
-                         "ringref": num(f"{dev.fe}/ring-ref"),
-                         "bepath": dev.be, "target": spec.target, "backend_state": dev.state})
+                         "state": num(f"{fe}/state"), "evtch": num(f"{fe}/event-channel"),
+                         "ringref": num(f"{fe}/ring-ref"), "bepath": be, "target": spec.target,
+                         "backend_state": num(f"{be}/state")})
         return rows
 
-    def devices(self, domid: int) -> list[VbdBackend]:
-        with self._lock:
-            return [d for d, _s in self._devices.get(domid, {}).values()]
 
-    def wait_connected(self, domid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(d.ring is not None for d in self.devices(domid)):
-                return True
-            time.sleep(0.05)
-        return False
+def backend_path(domid: int, devid: int) -> str:
+    return f"/local/domain/0/backend/vbd/{domid}/{devid}"
 
 
-def _close(disk: Any) -> None:
+def frontend_path(domid: int, devid: int) -> str:
+    return f"/local/domain/{domid}/device/vbd/{devid}"
+
+
+def _close_fd(fd: int) -> None:
     try:
-        disk.close()
-    except Exception:
+        os.close(fd)
+    except OSError:
         pass

@@ -18,7 +18,7 @@ consumer, or an output consumer that claims to have read more than was produced,
 
 from __future__ import annotations
 
-from ...core.memory import GuestMemory
+from ...core.memory import PhysicalPages
 
 RING_SIZE = 1024  # XENSTORE_RING_SIZE
 REQ = 0
@@ -53,7 +53,7 @@ class RingError(Exception):
 
 
 class Ring:
-    def __init__(self, mem: GuestMemory, gpa: int) -> None:
+    def __init__(self, mem: PhysicalPages, gpa: int) -> None:
         self.mem = mem
         self.gpa = gpa
 

@@ -19,8 +19,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ...core.memory import GuestFault, GuestMemory
+from ...core.memory import GuestFault, PhysicalPages
 from . import store as st
+from .client import XenstoreClient
 from .ring import ERROR_COMM, ERROR_PROTO, RING_SIZE, Ring, RingError
 from .store import Caller, Change, Context, Perm, Perms, Store
 from .transaction import Transaction
@@ -102,7 +103,7 @@ class _Conn:
 
 
 class _GuestConn(_Conn):
-    def __init__(self, domid: int, mem: GuestMemory, ring_gpa: int, notify: Callable[[], None]) -> None:
+    def __init__(self, domid: int, mem: PhysicalPages, ring_gpa: int, notify: Callable[[], None]) -> None:
         super().__init__(domid, privileged=False)
         self.ring = Ring(mem, ring_gpa)
         self.notify = notify
@@ -145,7 +146,7 @@ class Xenstored:
 
     # ---- domains -------------------------------------------------------------------------------
 
-    def introduce_domain(self, domid: int, mem: GuestMemory, ring_gpa: int,
+    def introduce_domain(self, domid: int, mem: PhysicalPages, ring_gpa: int,
                          notify: Callable[[], None]) -> None:
         if not 0 < domid < DOMID_FIRST_RESERVED:
             raise ValueError(f"domain id {domid} cannot be introduced")
@@ -594,7 +595,7 @@ def _domid(text: str) -> int:
     return int(text)
 
 
-class LocalConnection:
+class LocalConnection(XenstoreClient):
     """Domain 0's in-process connection: privileged, relative paths resolve to /local/domain/0."""
 
     def __init__(self, server: Xenstored, conn: _LocalConn) -> None:
@@ -605,66 +606,6 @@ class LocalConnection:
         """One raw request: (reply type, reply payload); XS_ERROR with b"EACCES\\0" and the like."""
         return self._server._local_request(self._conn, msg_type, payload, tx_id)
 
-    def _ok(self, msg_type: int, payload: bytes, tx: int = 0) -> bytes:
-        rtype, reply = self.request(msg_type, payload, tx)
-        if rtype == XS_ERROR:
-            raise XsError(reply.rstrip(b"\0").decode("latin-1"))
-        return reply
-
-    def read_bytes(self, path: str, tx: int = 0) -> bytes | None:
-        try:
-            return self._ok(XS_READ, _z(path), tx)
-        except XsError as e:
-            if e.name == "ENOENT":
-                return None
-            raise
-
-    def read(self, path: str, tx: int = 0) -> str | None:
-        value = self.read_bytes(path, tx)
-        return None if value is None else value.decode("utf-8", "surrogateescape")
-
-    def write(self, path: str, value: str | bytes, tx: int = 0) -> None:
-        data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-        self._ok(XS_WRITE, _z(path) + data, tx)
-
-    def mkdir(self, path: str, tx: int = 0) -> None:
-        self._ok(XS_MKDIR, _z(path), tx)
-
-    def rm(self, path: str, tx: int = 0) -> None:
-        self._ok(XS_RM, _z(path), tx)
-
-    def directory(self, path: str, tx: int = 0) -> list[str]:
-        reply = self._ok(XS_DIRECTORY, _z(path), tx)
-        return [] if not reply else reply[:-1].decode("latin-1").split("\0")
-
-    def get_perms(self, path: str, tx: int = 0) -> list[str]:
-        return self._ok(XS_GET_PERMS, _z(path), tx)[:-1].decode("latin-1").split("\0")
-
-    def set_perms(self, path: str, perms: Sequence[str], tx: int = 0) -> None:
-        self._ok(XS_SET_PERMS, _z(path) + b"".join(_z(p) for p in perms), tx)
-
-    def watch(self, path: str, token: str) -> None:
-        self._ok(XS_WATCH, _z(path) + _z(token))
-
-    def unwatch(self, path: str, token: str) -> None:
-        self._ok(XS_UNWATCH, _z(path) + _z(token))
-
-    def transaction_start(self) -> int:
-        return int(self._ok(XS_TRANSACTION_START, b"\0").rstrip(b"\0"))
-
-    def transaction_end(self, tx: int, commit: bool = True) -> bool:
-        """True if committed (or aborted as asked); False on EAGAIN: the caller should retry."""
-        try:
-            self._ok(XS_TRANSACTION_END, b"T\0" if commit else b"F\0", tx)
-        except XsError as e:
-            if e.name == "EAGAIN":
-                return False
-            raise
-        return True
-
-    def get_domain_path(self, domid: int) -> str:
-        return self._ok(XS_GET_DOMAIN_PATH, _z(str(domid)))[:-1].decode()
-
     def close(self) -> None:
         with self._server._lock:
             self._conn.closed = True
@@ -672,6 +613,3 @@ class LocalConnection:
             if self._conn in self._server._locals:
                 self._server._locals.remove(self._conn)
 
-
-def _z(s: str) -> bytes:
-    return s.encode("latin-1") + b"\0"

@@ -1,0 +1,1 @@
+"""Domain 0: the host's domains (each a jailed process), xenstored, consoles, and their supervision."""

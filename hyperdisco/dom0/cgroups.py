@@ -1,0 +1,84 @@
+"""Memory accounting of domain processes in cgroups, where the host lets domain 0 make them.
+
+Each domain process goes into a cgroup of its own, `hyperdisco/d<pid>` under domain 0's own cgroup,
+with a memory limit of its RAM plus the engine's overhead (dom0/admission.py) and some slack; a domain
+that exceeds it is OOM-killed alone (domain 0 sees its process die and applies on_crash). cgroup v2 is
+used when its memory controller is available, else v1's memory hierarchy; without either (or without
+permission) domains run unaccounted and `info` says so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..core.domain import DomainConfig
+from .admission import cost_mib
+
+SLACK_MIB = 64
+
+
+class Cgroups:
+    def __init__(self, root: Path, version: int) -> None:
+        self.root = root
+        self.version = version
+
+    def _limit_file(self) -> str:
+        return "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+
+    def place(self, pid: int, config: DomainConfig) -> None:
+        path = self.root / f"d{pid}"
+        try:
+            path.mkdir(exist_ok=True)
+            limit = (cost_mib(config) + SLACK_MIB) << 20
+            (path / self._limit_file()).write_text(str(limit))
+            (path / "cgroup.procs").write_text(str(pid))
+        except OSError:
+            pass  # accounting is best effort: the domain still runs
+
+    def remove(self, pid: int) -> None:
+        try:
+            (self.root / f"d{pid}").rmdir()
+        except OSError:
+            pass
+
+
+def _own(hierarchy: str) -> str | None:
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            num, controllers, path = line.split(":", 2)
+            if controllers == hierarchy or hierarchy in controllers.split(","):
+                return path
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def detect() -> Cgroups | None:
+    """A writable place for domain cgroups, or None."""
+    candidates: list[tuple[Path, int]] = []
+    v2 = _own("")
+    for mount in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        if (mount / "cgroup.controllers").exists() and v2 is not None:
+            candidates.append((mount / v2.lstrip("/"), 2))
+    v1 = _own("memory")
+    if v1 is not None and Path("/sys/fs/cgroup/memory").is_dir():
+        candidates.append((Path("/sys/fs/cgroup/memory") / v1.lstrip("/"), 1))
+    for base, version in candidates:
+        if version == 2:
+            try:
+                if "memory" not in (base / "cgroup.controllers").read_text().split():
+                    continue
+            except OSError:
+                continue
+        root = base / "hyperdisco"
+        try:
+            root.mkdir(exist_ok=True)
+            if version == 2:
+                (base / "cgroup.subtree_control").write_text("+memory")
+                (root / "cgroup.subtree_control").write_text("+memory")
+            if os.access(root, os.W_OK):
+                return Cgroups(root, version)
+        except OSError:
+            continue
+    return None

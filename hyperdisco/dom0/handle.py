@@ -1,0 +1,397 @@
+"""Domain 0's handle on one domain: the domain process it started, the channel to it, and the backends
+that live in domain 0 for it (xenconsoled's end of the console ring, xenstored's end of the store ring,
+the relayed xenstore connections of its block backends).
+
+Domain 0 maps only the domain's special pages (a memfd it made and handed to the process), never its RAM.
+Nothing here waits on the domain process: messages to it are sent without blocking (a process that stops
+reading its channel is killed), and its messages are handled on one reader thread per domain.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import mmap
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..backends.console import ConsoleBackend, ConsoleBuffer
+from ..core.domain import DomainConfig
+from ..core.memory import PAGE, ForeignPages
+from ..core.sharing import shared_kernel_image
+from ..errors import HyperdiscoError
+from ..platform import layout
+from ..vmm.channel import Channel, ChannelClosed, ChannelFull
+from .relay import XenstoreRelay
+
+if TYPE_CHECKING:
+    from .host import Host
+
+# what the default guest's init prints once its shell is up (hyperdisco/images/guest/rc)
+GUEST_READY = b"hyperdisco-guest: up"
+BUILD_TIMEOUT_S = 120.0
+QUERY_TIMEOUT_S = 2.0
+BLK_TIMEOUT_S = 30.0
+MAX_LOG_LINE = 512
+
+
+class DomainHandle:
+    def __init__(self, host: Host, domid: int, config: DomainConfig, console: ConsoleBuffer) -> None:
+        self.host = host
+        self.domid = domid
+        self.config = config
+        self.name = config.name
+        self.console_buffer = console
+        self.created = time.monotonic()
+        self.first_output: float | None = None
+        self.guest_up = False  # GUEST_READY seen on its console (kept even when the history scrolls)
+        self._tail = b""
+        self.outcome: str | None = None
+        self.outcome_detail = ""
+        self.finished = False
+        self.paused = False
+        self.done = threading.Event()
+        self.reaped = False
+        self.restarts = 0
+        self.restart_pending = False
+        self.successor: DomainHandle | None = None
+        self.on_shutdown: Callable[[DomainHandle], None] | None = None
+        self.stats: dict[str, Any] = {}
+        self.jail = ""
+        self.pid = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ch: Channel | None = None
+        self.pages: ForeignPages | None = None
+        self.console: ConsoleBackend | None = None
+        self.relay: XenstoreRelay | None = None
+        self.console_port = 0
+        self._ids = itertools.count(1)
+        self._replies: dict[int, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+
+    # -- start ------------------------------------------------------------------------------------------
+    def start(self, engine: str, clock_params: dict[str, float], jail_root: str | None,
+              cgroup: Callable[[int, DomainConfig], None] | None = None) -> None:
+        """Start the domain process and build the domain in it; a one-line HyperdiscoError if it could not
+        be built (the process is gone again then)."""
+        cfg = self.config
+        special = os.memfd_create(f"hyperdisco-d{self.domid}-special", os.MFD_CLOEXEC)
+        parent, child = Channel.pair()
+        initrd_fd = None
+        try:
+            os.ftruncate(special, layout.SPECIAL_PAGES * PAGE)
+            img = shared_kernel_image(cfg.kernel)
+            fds = [special, img.fd]
+            if cfg.initrd is not None:
+                initrd_fd = _memfd_with(f"hyperdisco-d{self.domid}-initrd", cfg.initrd)
+                fds.append(initrd_fd)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hyperdisco.vmm", str(child.fileno())], pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+            self.pid = self.proc.pid
+            child.sock.close()  # the process has its own copy (no shutdown: that would end it for both)
+            if cgroup is not None:
+                cgroup(self.pid, cfg)
+            self.ch = parent
+            self._send_build(parent, {
+                "t": "build", "domid": self.domid, "name": cfg.name, "engine": engine, "clock": clock_params,
+                "memory_mib": cfg.memory_mib, "vcpus": cfg.vcpus, "cmdline": cfg.cmdline,
+                "kernel": {"pvh_entry": cfg.kernel.pvh_entry, "gpa": img.gpa, "size": img.size,
+                           "segments": [[s.paddr, s.memsz] for s in cfg.kernel.segments]},
+                "initrd_size": len(cfg.initrd) if cfg.initrd is not None else None,
+                "jail_root": jail_root}, fds)
+            try:
+                reply = self._await_built()
+            except ChannelClosed:
+                raise HyperdiscoError(f"hyperdisco: domain {self.name}: its process died while building it"
+                                      f"{self._exit_text()}") from None
+            self.jail = str(reply.get("jail", ""))
+            self.console_port = int(reply["console_port"])
+            self.pages = ForeignPages(special, [(layout.special_gpa(i), i * PAGE)
+                                                for i in (layout.CONSOLE_PAGE, layout.STORE_PAGE)])
+        except BaseException:
+            self.kill()
+            parent.close()
+            raise
+        finally:
+            os.close(special)
+            if initrd_fd is not None:
+                os.close(initrd_fd)
+        self.console = ConsoleBackend(self.pages, layout.special_gpa(layout.CONSOLE_PAGE), self._console_out,
+                                      lambda: self.notify("console"))
+        self.relay = XenstoreRelay(self.domid, self.host.xenstored, self.send)
+        self._reader = threading.Thread(target=self._read, name=f"hd-d{self.domid}", daemon=True)
+        self._reader.start()
+
+    def _send_build(self, ch: Channel, msg: dict[str, Any], fds: list[int]) -> None:
+        try:
+            ch.send(msg, fds)
+        except ChannelClosed:
+            if self.proc is not None:
+                try:
+                    self.proc.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    pass
+            raise HyperdiscoError(f"hyperdisco: domain {self.name}: its process did not start"
+                                  f"{self._exit_text()}") from None
+
+    def _await_built(self) -> dict[str, Any]:
+        assert self.ch is not None
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HyperdiscoError(f"hyperdisco: domain {self.name}: its process did not start in "
+                                      f"{BUILD_TIMEOUT_S:.0f}s")
+            ready, _w, _x = select.select([self.ch.sock], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            try:
+                msg, fds = self.ch.recv()
+            except ChannelClosed:
+                raise HyperdiscoError(f"hyperdisco: domain {self.name}: its process died while building it"
+                                      f"{self._exit_text()}") from None
+            for fd in fds:
+                os.close(fd)
+            if msg.get("t") == "built":
+                return msg
+            if msg.get("t") == "error":
+                raise HyperdiscoError(_one_line(str(msg.get("msg", "domain build failed"))))
+            if msg.get("t") == "log":
+                self.host.log(f"(d{self.domid}) {_one_line(str(msg.get('msg', '')))[:MAX_LOG_LINE]}")
+
+    # -- to the domain process --------------------------------------------------------------------------
+    def send(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
+        """Never blocks: a domain process that stopped reading its channel is killed (crash)."""
+        ch = self.ch
+        if ch is None or self.finished:
+            return
+        try:
+            ch.send(msg, fds, wait=False)
+        except ChannelFull:
+            self.host.log(f"domain {self.domid} ({self.name}): its process stopped reading; killing it")
+            self.kill()
+        except ChannelClosed:
+            pass
+
+    def notify(self, what: str) -> None:
+        self.send({"t": "notify", "what": what})
+
+    def call(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = (),
+             timeout: float = QUERY_TIMEOUT_S) -> dict[str, Any] | None:
+        """A request the process answers with a reply carrying the same id; None if it does not in time."""
+        req = next(self._ids)
+        done = threading.Event()
+        box: list[dict[str, Any]] = []
+        with self._lock:
+            self._replies[req] = (done, box)
+        try:
+            self.send({**msg, "id": req}, fds)
+            if not done.wait(timeout):
+                return None
+            return box[0]
+        finally:
+            with self._lock:
+                self._replies.pop(req, None)
+
+    def query(self) -> dict[str, Any]:
+        """Fresh statistics if the process answers quickly, else the last ones."""
+        if not self.finished:
+            reply = self.call({"t": "query"}, timeout=0.5)
+            if reply is not None and isinstance(reply.get("stats"), dict):
+                self.stats = reply["stats"]
+        return self.stats
+
+    def pause(self) -> None:
+        self.paused = True
+        self.send({"t": "pause"})
+
+    def unpause(self) -> None:
+        self.paused = False
+        self.send({"t": "unpause"})
+
+    def shutdown(self, outcome: str, detail: str = "") -> None:
+        """Stop the domain now (xl destroy): ask its process, which reports back; kill it if it does not."""
+        if self.finished:
+            return
+        self.send({"t": "destroy", "outcome": outcome, "detail": detail})
+        if not self.done.wait(5.0):
+            self.kill()
+            self._finished(outcome, detail or "its process did not stop; killed")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # -- virtual block devices (the toolstack side is backends/blkback/manager.py) ----------------------
+    def attach_vbd(self, devid: int, args: dict[str, Any], records: list[tuple[str, str, bool]],
+                   fds: list[int]) -> None:
+        reply = self.call({"t": "blk-attach", "devid": devid, "args": args, "files": records}, fds,
+                          timeout=BLK_TIMEOUT_S)
+        if reply is None:
+            raise HyperdiscoError(f"hyperdisco: {self.name}: its process did not take disk {args['vdev']}")
+        if reply.get("error"):
+            raise HyperdiscoError(_one_line(str(reply["error"])))
+
+    def detach_vbd(self, devid: int, wait_s: float) -> bool:
+        reply = self.call({"t": "blk-detach", "devid": devid, "wait": wait_s}, timeout=wait_s + BLK_TIMEOUT_S)
+        return bool(reply and reply.get("ok"))
+
+    def input(self, data: bytes) -> bool:
+        return self.console.input(data) if self.console is not None else False
+
+    # -- from the domain process ------------------------------------------------------------------------
+    def _console_out(self, data: bytes) -> None:
+        if self.first_output is None:
+            self.first_output = time.monotonic()
+        if not self.guest_up:
+            window = self._tail + data
+            self.guest_up = GUEST_READY in window
+            self._tail = window[-(len(GUEST_READY) - 1):]
+        self.console_buffer.write(data)
+
+    def _read(self) -> None:
+        assert self.ch is not None
+        while True:
+            try:
+                msg, fds = self.ch.recv()
+            except ChannelClosed:
+                break
+            for fd in fds:  # a domain process has no business sending descriptors
+                os.close(fd)
+            try:
+                if self._handle(msg):
+                    break
+            except Exception as exc:  # the domain's messages are input: a bad one ends the domain
+                self.host.log(f"domain {self.domid}: bad message from its process: {type(exc).__name__}")
+                self.kill()
+                break
+        if not self.finished:
+            if self.proc is not None:
+                try:
+                    self.proc.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+            self._finished("crash", f"its process died{self._exit_text()}")
+        self._reap_process()
+
+    def _handle(self, msg: dict[str, Any]) -> bool:
+        t = msg.get("t")
+        if t == "kick":
+            if msg.get("what") == "console" and self.console is not None:
+                self.console.kick()
+            elif msg.get("what") == "store":
+                self.host.xenstored.kick(self.domid)
+        elif t == "out":
+            data = base64.b64decode(str(msg.get("data", "")))
+            self._console_out(data)
+        elif t == "log":
+            self.host.log(f"(d{self.domid}) {_one_line(str(msg.get('msg', '')))[:MAX_LOG_LINE]}")
+        elif t == "xs" and self.relay is not None:
+            self.relay.request(msg)
+        elif t == "xs-close" and self.relay is not None:
+            self.relay.close_conn(msg.get("conn"))
+        elif t == "reply":
+            req = msg.get("id")
+            with self._lock:
+                waiter = self._replies.get(req) if isinstance(req, int) else None
+            if waiter is not None:
+                waiter[1].append(msg)
+                waiter[0].set()
+        elif t == "shutdown":
+            if isinstance(msg.get("stats"), dict):
+                self.stats = msg["stats"]
+            outcome = msg.get("outcome")
+            self._finished(outcome if outcome in OUTCOMES else "crash", _one_line(str(msg.get("detail", ""))))
+            return True
+        return False
+
+    def _finished(self, outcome: str, detail: str) -> None:
+        with self._lock:
+            if self.finished:
+                return
+            self.outcome, self.outcome_detail, self.finished = outcome, detail, True
+        self.host.log(f"(d{self.domid}) shutdown: {outcome}{' (' + detail + ')' if detail else ''}")
+        self.done.set()
+        if self.on_shutdown is not None:
+            self.on_shutdown(self)
+
+    def _exit_text(self) -> str:
+        if self.proc is None:
+            return ""
+        code = self.proc.poll()
+        if code is None:
+            return ""
+        if code < 0:
+            try:
+                return f" (signal {signal.Signals(-code).name})"
+            except ValueError:
+                return f" (signal {-code})"
+        return f" (exit status {code})"
+
+    def _reap_process(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.proc.wait()
+
+    # -- end --------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release domain 0's side: the process must be finished (or is killed now)."""
+        self.kill()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(10.0)
+        if self.relay is not None:
+            self.relay.close()
+        if self.ch is not None:
+            self.ch.close()
+        if self.pages is not None:
+            self.pages.close()
+
+    # -- what list/top/run show -------------------------------------------------------------------------
+    def cpu_seconds(self) -> float:
+        return float(self.stats.get("cpu_s", 0.0))
+
+    def traps(self) -> dict[str, int]:
+        traps = self.stats.get("traps", {})
+        return {str(k): int(v) for k, v in traps.items()} if isinstance(traps, dict) else {}
+
+    def vcpu_rows(self) -> list[dict[str, Any]]:
+        rows = self.stats.get("vcpus")
+        return rows if isinstance(rows, list) else [{} for _ in range(self.config.vcpus)]
+
+    def describe(self) -> str:
+        return "; ".join(str(v.get("describe", "")) for v in self.vcpu_rows())
+
+
+OUTCOMES = ("poweroff", "reboot", "crash", "destroyed", "suspend", "watchdog", "soft_reset", "timeout")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _memfd_with(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, len(data))
+        if data:
+            with mmap.mmap(fd, len(data)) as m:
+                m[:] = data
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

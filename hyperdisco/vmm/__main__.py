@@ -1,0 +1,5 @@
+import sys
+
+from .domain_process import main
+
+sys.exit(main(sys.argv[1:]))

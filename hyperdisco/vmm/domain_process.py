@@ -1,0 +1,189 @@
+"""The domain process: one domain's vCPUs, its hypervisor state and its block backends, in a jail.
+
+Domain 0 starts it with one end of a channel (vmm/channel.py) and sends the build message: the domain's
+configuration and the descriptors it needs (the special-pages memfd it shares with domain 0, the shared
+kernel image, the initramfs). The process builds the domain (builder.py), enters its jail (jail.py), says
+"built", and runs the guest on its own scheduler. From then on it answers domain 0's messages:
+
+  notify console|store     domain 0's xenconsoled/xenstored moved data in a ring: signal the guest
+  pause, unpause, destroy  as xl's verbs
+  query                    statistics and the vCPUs' whereabouts, for list/top/run --stats
+  blk-attach, blk-detach   a virtual block device with its image descriptors (opened by domain 0)
+  xs-reply, xs-watch       answers for the relayed xenstore connections of its block backends
+
+and sends its own: kick console|store (the guest signalled domain 0's end of a channel), out (bytes the
+guest wrote to the debug port or console_io), log, and finally shutdown with the outcome and last
+statistics, then exits. If domain 0 goes away the domain is destroyed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from ..backends.blkback.host import VbdHost
+from ..core.domain import Domain
+from ..core.scheduler import Scheduler
+from ..errors import HyperdiscoError
+from .builder import build_domain, domain_stats
+from .channel import Channel, ChannelClosed
+from .jail import Jail
+from .remote_xenstore import RemoteXenstore
+
+OUT_CHUNK = 16 * 1024
+
+
+class DomainProcess:
+    def __init__(self, channel: Channel) -> None:
+        self.ch = channel
+        self.dom: Domain | None = None
+        self.xs = RemoteXenstore(channel)
+        self.vbds: VbdHost | None = None
+        self.scheduler: Scheduler | None = None
+        self.gone = threading.Event()  # domain 0 went away or asked for destruction
+
+    # -- to domain 0 ------------------------------------------------------------------------------------
+    def send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.ch.send(msg)
+        except ChannelClosed:
+            self._lost()
+
+    def log(self, msg: str) -> None:
+        self.send({"t": "log", "msg": msg[:4096]})
+
+    def output(self, data: bytes) -> None:
+        for i in range(0, len(data), OUT_CHUNK):
+            self.send({"t": "out", "data": base64.b64encode(data[i:i + OUT_CHUNK]).decode()})
+
+    # -- life -------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            msg, fds = self.ch.recv()
+        except ChannelClosed:
+            return 1
+        try:
+            if msg.get("t") != "build":
+                raise HyperdiscoError("hyperdisco: domain process: expected a build message")
+            dom = build_domain(msg, fds, self.output, self.log)
+            dom.on_console_kick = lambda: self.send({"t": "kick", "what": "console"})
+            dom.on_store_kick = lambda: self.send({"t": "kick", "what": "store"})
+            self.dom = dom
+            self.vbds = VbdHost(dom, self.xs, self.log)
+            jail = Jail(dom.domid, msg.get("jail_root"))
+            jail.enter()
+        except Exception as exc:  # anything: one line to domain 0, which refuses the create
+            detail = str(exc) if isinstance(exc, HyperdiscoError) else f"{type(exc).__name__}: {exc}"
+            self.send({"t": "error", "msg": detail})
+            return 1
+        self.send({"t": "built", "jail": jail.report(), "pid": os.getpid(), "console_port": dom.console_port})
+        reader = threading.Thread(target=self._read, name="hd-channel", daemon=True)
+        reader.start()
+        self.scheduler = Scheduler(workers=max(1, min(len(dom.vcpus), os.cpu_count() or 1)))
+        self.scheduler.add(dom)
+        while not dom.done.wait(0.5):
+            if self.gone.is_set():
+                dom.shutdown("destroyed", "domain 0 went away")
+        self._finish(dom)
+        return 0
+
+    def _finish(self, dom: Domain) -> None:
+        assert self.scheduler is not None
+        self.scheduler.remove(dom)
+        if self.vbds is not None:
+            self.vbds.close()  # closes (flushes) the images
+        self.send({"t": "shutdown", "outcome": dom.outcome, "detail": dom.outcome_detail,
+                   "stats": domain_stats(dom, self.scheduler)})
+        self.scheduler.shutdown()
+
+    def _lost(self) -> None:
+        self.gone.set()
+        if self.dom is not None:
+            self.dom.shutdown("destroyed", "domain 0 went away")
+
+    # -- from domain 0 ----------------------------------------------------------------------------------
+    def _read(self) -> None:
+        while True:
+            try:
+                msg, fds = self.ch.recv()
+            except ChannelClosed:
+                self._lost()
+                return
+            try:
+                self._handle(msg, fds)
+            except Exception as exc:  # a bug here must not take the guest down silently
+                tb = traceback.extract_tb(exc.__traceback__)[-1]
+                self.log(f"domain process: {msg.get('t')!r}: {type(exc).__name__}: {exc} "
+                         f"at {tb.filename}:{tb.lineno}")
+                for fd in fds:
+                    os.close(fd)
+
+    def _handle(self, msg: dict[str, Any], fds: list[int]) -> None:
+        dom = self.dom
+        assert dom is not None
+        t = msg.get("t")
+        if t == "notify":
+            if msg.get("what") == "console":
+                dom.console_notify()
+            elif msg.get("what") == "store":
+                dom.store_notify()
+        elif t == "xs-reply":
+            self.xs.reply(msg)
+        elif t == "xs-watch":
+            self.xs.watch_event(msg)
+        elif t == "pause":
+            dom.paused = True
+            for ctx in dom.vcpus:
+                ctx.ev.kick()
+        elif t == "unpause":
+            dom.paused = False
+            dom.wake()
+        elif t == "destroy":
+            outcome = msg.get("outcome")
+            dom.shutdown(outcome if outcome in ("destroyed", "timeout") else "destroyed",
+                         str(msg.get("detail", ""))[:4096])
+        elif t == "query":
+            self.send({"t": "reply", "id": msg.get("id"), "stats": domain_stats(dom, self.scheduler)})
+        elif t == "blk-attach":
+            self._blk_attach(msg, fds)
+        elif t == "blk-detach":
+            self._blk_detach(msg)
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    def _blk_attach(self, msg: dict[str, Any], fds: list[int]) -> None:
+        assert self.vbds is not None
+        records = msg["files"]
+        if not isinstance(records, list) or len(records) != len(fds):
+            raise ValueError("descriptor count does not match the records")
+        handed = [(str(r[0]), str(r[1]), bool(r[2]), fd) for r, fd in zip(records, fds, strict=True)]
+        try:
+            self.vbds.attach(int(msg["devid"]), msg["args"], handed)
+        except HyperdiscoError as exc:
+            self.send({"t": "reply", "id": msg.get("id"), "error": str(exc)})
+            return
+        self.send({"t": "reply", "id": msg.get("id"), "ok": True})
+
+    def _blk_detach(self, msg: dict[str, Any]) -> None:
+        assert self.vbds is not None
+        ok = self.vbds.detach(int(msg["devid"]), float(msg.get("wait", 0.0)))
+        self.send({"t": "reply", "id": msg.get("id"), "ok": ok})
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not argv[0].isdigit():
+        print("usage: python -m hyperdisco.vmm CHANNEL_FD (the daemon starts it)", file=sys.stderr)
+        return 2
+    sock = socket.socket(fileno=int(argv[0]))
+    code = DomainProcess(Channel(sock)).run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(0)  # let daemon threads see the end
+    os._exit(code)

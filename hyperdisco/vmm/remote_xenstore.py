@@ -1,0 +1,90 @@
+"""A domain process's xenstore connections, relayed to domain 0's xenstored over the channel.
+
+The block backends that run inside a domain process do the xenbus handshake through these. Domain 0
+answers each request through a connection of its own that only reaches this domain's device
+directories (dom0/relay.py), so a compromised domain process cannot touch another domain's nodes.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import threading
+from collections.abc import Callable
+
+from ..backends.xenstore.client import XenstoreClient
+from ..backends.xenstore.wire import XS_ERROR, error_payload
+from .channel import Channel, ChannelClosed
+
+REPLY_TIMEOUT_S = 30.0
+
+
+class RemoteXenstore:
+    """Makes relayed connections (the `local_connection` of the in-process xenstored, for backends)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._waiting: dict[int, tuple[threading.Event, list[tuple[int, bytes]]]] = {}
+        self._conns: dict[int, RelayedConnection] = {}
+
+    def local_connection(self, on_watch: Callable[[str, str], None] | None = None) -> RelayedConnection:
+        conn = RelayedConnection(self, next(self._ids), on_watch)
+        with self._lock:
+            self._conns[conn.conn_id] = conn
+        return conn
+
+    def request(self, conn_id: int, msg_type: int, payload: bytes, tx_id: int) -> tuple[int, bytes]:
+        req = next(self._ids)
+        done = threading.Event()
+        box: list[tuple[int, bytes]] = []
+        with self._lock:
+            self._waiting[req] = (done, box)
+        try:
+            self.channel.send({"t": "xs", "id": req, "conn": conn_id, "type": msg_type, "tx": tx_id,
+                               "payload": base64.b64encode(payload).decode()})
+            if not done.wait(REPLY_TIMEOUT_S):
+                return XS_ERROR, error_payload("EIO")
+        except ChannelClosed:
+            return XS_ERROR, error_payload("EIO")
+        finally:
+            with self._lock:
+                self._waiting.pop(req, None)
+        return box[0]
+
+    # -- messages from domain 0 (the channel's reader thread) -------------------------------------------
+    def reply(self, msg: dict[str, object]) -> None:
+        with self._lock:
+            waiter = self._waiting.get(int(msg["id"]))  # type: ignore[call-overload]
+        if waiter is not None:
+            waiter[1].append((int(msg["type"]), base64.b64decode(str(msg["payload"]))))  # type: ignore[call-overload]
+            waiter[0].set()
+
+    def watch_event(self, msg: dict[str, object]) -> None:
+        with self._lock:
+            conn = self._conns.get(int(msg["conn"]))  # type: ignore[call-overload]
+        if conn is not None and conn.on_watch is not None:
+            conn.on_watch(str(msg["path"]), str(msg["token"]))
+
+    def forget(self, conn_id: int) -> None:
+        with self._lock:
+            self._conns.pop(conn_id, None)
+        try:
+            self.channel.send({"t": "xs-close", "conn": conn_id})
+        except ChannelClosed:
+            pass
+
+
+class RelayedConnection(XenstoreClient):
+    def __init__(self, hub: RemoteXenstore, conn_id: int,
+                 on_watch: Callable[[str, str], None] | None) -> None:
+        self.hub = hub
+        self.conn_id = conn_id
+        self.on_watch = on_watch
+
+    def request(self, msg_type: int, payload: bytes, tx_id: int = 0) -> tuple[int, bytes]:
+        return self.hub.request(self.conn_id, msg_type, payload, tx_id)
+
+    def close(self) -> None:
+        self.hub.forget(self.conn_id)
