@@ -90,6 +90,19 @@ class ImageMissing(ImageError):
         self.path = path
 
 
+class CorruptImage(ImageError, OSError):
+    """An image's metadata found inconsistent while serving I/O. It is an OSError (EIO), so the block
+    backend fails that request as an I/O error, and an ImageError with a one-line message; the image
+    fails every later request the same way (only that disk, never the domain or other disks)."""
+
+    def __init__(self, message: str) -> None:
+        OSError.__init__(self, errno.EIO, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 BACKING_DIRS_ENV = "HYPERDISCO_BACKING_DIRS"
 
 

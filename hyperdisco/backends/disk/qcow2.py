@@ -44,13 +44,25 @@ with the 'qemu-img rebase -u -F' command that records it.
 Not supported (one-line ImageError at open): encryption, external data files, extended L2 entries,
 dirty images (lazy refcounts needing repair), unknown incompatible features, and writing images with
 internal snapshots or the corrupt bit. Reading a compressed cluster fails that request with EIO.
-discard() is a no-op. I/O-time inconsistencies (a table pointing past the end of the file) raise
-OSError(EIO) so that the block backend fails the request rather than the domain.
+discard() is a no-op.
+
+Metadata checks (QEMU's overlap checks, its "cached" set): at open every metadata cluster is mapped by
+kind -- main header, active L1 table, L2 tables, refcount table and blocks, snapshot table, inactive
+(snapshot) L1 tables, bitmap directory -- and metadata that overlaps other metadata or lies beyond the
+file refuses the image. An L2 entry (standard or preallocated-zero) whose cluster is unaligned, beyond the
+file or on metadata is refused when its table is first read. Before an image is opened for writing,
+every L2 table is read: no host cluster may be mapped twice and every mapped cluster (and L2 table) must
+have a non-zero refcount, else the image is refused (``qemu-img check -r all`` repairs it). Every guest
+data write and L2 table write is checked against the map just before it is issued. An inconsistency
+found while serving I/O fails that disk alone: the request and every later one raise CorruptImage (an
+OSError(EIO) that the block backend turns into an error response, and a one-line ImageError), and a
+writable v3 image gets its corrupt bit, as QEMU does, so it is not written again before a repair.
 """
 
 from __future__ import annotations
 
 import array
+import bisect
 import errno
 import os
 import struct
@@ -60,6 +72,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from hyperdisco.backends.disk.base import (
+    CorruptImage,
     DiskImage,
     FileOpener,
     HostOpener,
@@ -100,9 +113,13 @@ EXT_END = 0
 EXT_BACKING_FORMAT = 0xE2792ACA
 EXT_FEATURE_NAMES = 0x6803F857
 EXT_DATA_FILE = 0x44415441
+EXT_BITMAPS = 0x23852875
 
 MAX_L1_BYTES = 32 << 20  # QEMU's implementation limits: 32 MiB L1, 8 MiB refcount table
 MAX_RT_BYTES = 8 << 20
+MAX_SNAPSHOTS = 65536  # hyperdisco's bounds on a snapshot table it will parse
+MAX_SNAPSHOT_TABLE_BYTES = 64 << 20
+_SNAPSHOT_HEAD = struct.Struct(">QIHHIIQII")  # 40 bytes: l1 offset, l1 size, id/name lengths, ..., extra
 L2_CACHE_TABLES = 64
 BACKING_FORMATS = ("raw", "qcow2", "cow")
 
@@ -122,6 +139,65 @@ def _be_bytes(table: array.array[int]) -> bytes:
         copy.byteswap()
         return copy.tobytes()
     return table.tobytes()
+
+
+class _MetadataMap:
+    """Which host clusters hold qcow2 metadata, by kind (QEMU's overlap-check kinds: main header, active
+    L1, active L2, refcount table, refcount blocks, snapshot table, inactive L1, bitmap directory).
+
+    Single clusters (L2 tables, refcount blocks, the header) are a dict; contiguous tables are
+    non-overlapping ranges kept sorted by their first cluster.
+    """
+
+    def __init__(self) -> None:
+        self._single: dict[int, str] = {}
+        self._starts: list[int] = []
+        self._ranges: list[tuple[int, int, str]] = []  # (first cluster, end cluster, kind)
+
+    def kind(self, cluster: int) -> str | None:
+        found = self._single.get(cluster)
+        if found is not None:
+            return found
+        i = bisect.bisect_right(self._starts, cluster) - 1
+        if i >= 0 and cluster < self._ranges[i][1]:
+            return self._ranges[i][2]
+        return None
+
+    def overlap(self, first: int, count: int) -> str | None:
+        """The kind of metadata in clusters [first, first+count), if any."""
+        i = bisect.bisect_left(self._starts, first + count) - 1
+        if i >= 0 and self._ranges[i][1] > first:
+            return self._ranges[i][2]
+        if count <= len(self._single):
+            for c in range(first, first + count):
+                if c in self._single:
+                    return self._single[c]
+        else:
+            for c, kind in self._single.items():
+                if first <= c < first + count:
+                    return kind
+        return None
+
+    def add(self, cluster: int, kind: str) -> str | None:
+        """Record one metadata cluster; returns the kind already there (nothing recorded) if any."""
+        clash = self.kind(cluster)
+        if clash is None:
+            self._single[cluster] = kind
+        return clash
+
+    def add_range(self, first: int, count: int, kind: str) -> str | None:
+        clash = self.overlap(first, count) if count else None
+        if clash is None and count:
+            i = bisect.bisect_left(self._starts, first)
+            self._starts.insert(i, first)
+            self._ranges.insert(i, (first, first + count, kind))
+        return clash
+
+    def remove_range(self, first: int) -> None:
+        i = bisect.bisect_left(self._starts, first)
+        if i < len(self._starts) and self._starts[i] == first:
+            del self._starts[i]
+            del self._ranges[i]
 
 
 class Qcow2Image(LayeredImage):
@@ -156,7 +232,7 @@ class Qcow2Image(LayeredImage):
         if fsize < _HEADER_V2.size or head[:4] != QCOW2_MAGIC:
             raise self._bad("not a qcow2 image (bad magic)")
         (_, version, backing_off, backing_len, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters,
-         nb_snapshots, _snap_off) = _HEADER_V2.unpack_from(head)
+         nb_snapshots, snap_off) = _HEADER_V2.unpack_from(head)
         if version not in (2, 3):
             raise self._bad(f"unsupported qcow2 version {version}")
         if not 9 <= cbits <= 21:
@@ -225,6 +301,13 @@ class Qcow2Image(LayeredImage):
         self._dirty_l2: set[int] = set()
         self._dirty_l1: set[int] = set()
         self.compatible_features = compat
+        self._incompat = incompat
+        self._broken: CorruptImage | None = None
+        self._checked_l2: set[int] = set()  # L2 tables whose entries were checked (or that we made)
+        self._meta = _MetadataMap()
+        self._map_metadata(nb_snapshots, snap_off, exts)
+        if not self.readonly:
+            self._check_all_l2()
 
         if backing_off:
             if backing_len == 0 or backing_len > 1023 or backing_off + backing_len > min(cs, fsize):
@@ -278,10 +361,192 @@ class Qcow2Image(LayeredImage):
                 names[table[i + 1]] = table[i + 2:i + 48].rstrip(b"\0").decode(errors="replace")
         return names
 
+    # ---- metadata checks (QEMU's overlap checks: guest data never lands on metadata)
+
+    def _clusters(self, nbytes: int) -> int:
+        return -(-nbytes // self._cs)
+
+    def _map_metadata(self, nb_snapshots: int, snap_off: int, exts: dict[int, bytes]) -> None:
+        """Record every metadata cluster at open; overlapping or out-of-file metadata refuses the image."""
+        cs, meta, end = self._cs, self._meta, self._end
+
+        def place(off: int, nbytes: int, kind: str) -> None:
+            if nbytes == 0:
+                return
+            if off % cs or off + nbytes > end or (off == 0 and kind != "header"):
+                raise self._bad(f"corrupt qcow2 image: {kind} at {off:#x} is unaligned or beyond the file")
+            clash = meta.add_range(off // cs, self._clusters(nbytes), kind)
+            if clash is not None:
+                raise self._bad(f"corrupt qcow2 image: {kind} at {off:#x} overlaps the {clash}")
+
+        place(0, cs, "header")
+        place(self._l1_off, 8 * len(self._l1), "active L1 table")
+        place(self._rt_off, self._rt_clusters * cs, "refcount table")
+        if nb_snapshots:
+            for l1_off, l1_bytes in self._snapshot_l1s(nb_snapshots, snap_off):
+                place(l1_off, l1_bytes, "inactive L1 table")
+        bitmaps = exts.get(EXT_BITMAPS)
+        if bitmaps is not None and len(bitmaps) >= 24:
+            dir_size, dir_off = struct.unpack_from(">QQ", bitmaps, 8)
+            if dir_size:
+                place(dir_off, dir_size, "bitmap directory")
+        for ti, entry in enumerate(self._rt):
+            off = entry & RT_OFFSET_MASK
+            if not off:
+                continue
+            if off % cs or off + cs > end:
+                raise self._bad(f"corrupt qcow2 image: refcount block {ti} at {off:#x} is unaligned or "
+                                "beyond the file")
+            clash = meta.add(off // cs, "refcount block")
+            if clash is not None:
+                raise self._bad(f"corrupt qcow2 image: refcount block {ti} at {off:#x} overlaps the {clash}")
+        for l1i, entry in enumerate(self._l1):
+            off = entry & OFFSET_MASK
+            if not off:
+                continue
+            if off % cs or off + cs > end:
+                raise self._bad(f"corrupt qcow2 image: L1 entry {l1i}: L2 table at {off:#x} is unaligned or "
+                                "beyond the file")
+            clash = meta.add(off // cs, "active L2 table")
+            if clash is not None:
+                raise self._bad(f"corrupt qcow2 image: L1 entry {l1i}: L2 table at {off:#x} overlaps the "
+                                f"{clash}")
+
+    def _snapshot_l1s(self, count: int, off: int) -> list[tuple[int, int]]:
+        """(offset, bytes) of each snapshot's L1 table; records the snapshot table itself."""
+        if count > MAX_SNAPSHOTS:
+            raise self._bad(f"corrupt qcow2 header: {count} snapshots (at most {MAX_SNAPSHOTS})")
+        if off % self._cs or off == 0 or off >= self._end:
+            raise self._bad(f"corrupt qcow2 header: snapshot table offset {off:#x} is invalid or beyond "
+                            "the file")
+        limit = min(MAX_SNAPSHOT_TABLE_BYTES, self._end - off)
+        table = b""
+        l1s: list[tuple[int, int]] = []
+        pos = 0
+        for i in range(count):
+            if pos + _SNAPSHOT_HEAD.size > len(table):  # read on in 64 KiB steps, up to the bound
+                if pos + _SNAPSHOT_HEAD.size > limit:
+                    raise self._bad(f"corrupt qcow2 image: snapshot table entry {i} beyond the file or "
+                                    f"{MAX_SNAPSHOT_TABLE_BYTES >> 20} MiB")
+                want = min(limit, max(2 * len(table), pos + _SNAPSHOT_HEAD.size + 65536))
+                table = pread_full(self._fd, want, off)
+            l1_off, l1_size, id_len, name_len, *_times, extra = _SNAPSHOT_HEAD.unpack_from(table, pos)
+            if l1_size * 8 > MAX_L1_BYTES:
+                raise self._bad(f"corrupt qcow2 image: snapshot {i} has an absurd L1 table size {l1_size}")
+            if l1_size:
+                l1s.append((l1_off, 8 * l1_size))
+            pos = round_up(pos + _SNAPSHOT_HEAD.size + extra + id_len + name_len, 8)
+        if pos > limit:
+            raise self._bad("corrupt qcow2 image: snapshot table beyond the file")
+        clash = self._meta.add_range(off // self._cs, self._clusters(pos), "snapshot table")
+        if clash is not None:
+            raise self._bad(f"corrupt qcow2 image: snapshot table at {off:#x} overlaps the {clash}")
+        return l1s
+
+    def _l2_problem(self, l1i: int, table: array.array[int], seen: bytearray | None) -> str | None:
+        """What is wrong with the entries of L1 entry ``l1i``'s L2 table, if anything: a data cluster
+        unaligned, beyond the file or on metadata; with ``seen`` (a bitmap of host clusters already
+        referenced) also a data cluster mapped twice."""
+        cs, meta, end = self._cs, self._meta, self._end
+        for l2i, entry in enumerate(table):
+            if not entry or entry & OFLAG_COMPRESSED:
+                continue  # unallocated, or compressed (never written in place; reading it fails)
+            host = entry & OFFSET_MASK
+            if not host:
+                continue
+            guest = (l1i * self._l2n + l2i) * cs
+            if host % cs or host >= end:
+                return f"guest offset {guest:#x} maps to {host:#x}, unaligned or beyond the file"
+            c = host // cs
+            kind = meta.kind(c)
+            if kind is not None:
+                return f"guest offset {guest:#x} maps onto the {kind} at {host:#x}"
+            if seen is not None:
+                if seen[c >> 3] >> (c & 7) & 1:
+                    return f"guest offset {guest:#x} maps to cluster {host:#x}, which is mapped twice"
+                seen[c >> 3] |= 1 << (c & 7)
+        return None
+
+    def _check_all_l2(self) -> None:
+        """Before an image is written: every L2 table checked, no host cluster mapped twice, and every
+        mapped cluster (and L2 table) with a refcount of at least one (so it is never handed out again)."""
+        seen = bytearray(self._end // self._cs // 8 + 1)
+        blocks: dict[int, bytes] = {}
+        for l1i, entry in enumerate(self._l1):
+            off = entry & OFFSET_MASK
+            if not off:
+                continue
+            table = _be_array(pread_full(self._fd, self._cs, off))
+            why = self._l2_problem(l1i, table, seen)
+            if why is None:
+                why = self._unreferenced(off, table, blocks)
+            if why is not None:
+                raise self._bad(f"corrupt qcow2 image: {why}; repair it with 'qemu-img check -r all'")
+            self._checked_l2.add(off)
+
+    def _unreferenced(self, l2_off: int, table: array.array[int], blocks: dict[int, bytes]) -> str | None:
+        """A cluster this L2 table (or the table itself) uses whose refcount is 0, if any."""
+        hosts = [e & OFFSET_MASK for e in table if e and not e & OFLAG_COMPRESSED]
+        for host in (l2_off, *hosts):
+            if not host:
+                continue
+            if self._refcount(host // self._cs, blocks) == 0:
+                return f"cluster {host:#x} is in use but its refcount is 0"
+        return None
+
+    def _refcount(self, cluster: int, blocks: dict[int, bytes]) -> int:
+        ti, bi = divmod(cluster, self._rc_per_block)
+        if ti >= len(self._rt):
+            return 0
+        off = self._rt[ti] & RT_OFFSET_MASK
+        if not off:
+            return 0
+        block = blocks.get(off)
+        if block is None:
+            if len(blocks) >= 64:
+                blocks.clear()
+            block = blocks[off] = pread_full(self._fd, self._cs, off)
+        bits = self._rc_bits
+        if bits >= 8:
+            width = bits // 8
+            return int.from_bytes(block[bi * width:(bi + 1) * width], "big")
+        byte, shift = divmod(bi * bits, 8)
+        return block[byte] >> shift & ((1 << bits) - 1)
+
+    def _corrupt(self, why: str) -> CorruptImage:
+        """Fail this image for good: this request and every later one (QEMU marks the image corrupt and
+        stops using it too). A writable v3 image gets its corrupt bit, so it is not written before repair."""
+        if self._broken is None:
+            self._broken = CorruptImage(f"hyperdisco: {self.path}: corrupt qcow2 image: {why}; the disk is "
+                                        "stopped (check it with 'qemu-img check')")
+            if not self.readonly and self.version >= 3:
+                try:
+                    pwrite_full(self._fd, struct.pack(">Q", self._incompat | INCOMPAT_CORRUPT), 72)
+                    os.fdatasync(self._fd)
+                except OSError:
+                    pass
+        return self._broken
+
+    def _check_data_write(self, host: int, length: int) -> None:
+        """QEMU's pre-write overlap check: guest data must not land on any metadata."""
+        cs = self._cs
+        first = host // cs
+        kind = self._meta.overlap(first, (host + length - 1) // cs - first + 1)
+        if kind is not None:
+            raise self._corrupt(f"a guest write at {host:#x} would overwrite the {kind}")
+
+    def _keeps_writes(self) -> bool:
+        return not self.readonly and self._broken is None  # close() writes nothing more to a corrupt image
+
+    def flush(self) -> None:
+        if self._broken is not None:
+            raise self._broken  # what was written since the last flush is not durable: say so
+        super().flush()
+
     # ---- metadata access
 
-    def _eio(self, why: str) -> OSError:
-        return OSError(errno.EIO, f"hyperdisco: {self.path}: corrupt qcow2 image: {why}")
+    def _eio(self, why: str) -> CorruptImage:
+        return self._corrupt(why)
 
     def _l2(self, l1i: int, allocate: bool) -> tuple[int, array.array[int] | None]:
         """The L2 table for L1 index ``l1i`` as (offset, entries); (0, None) when unallocated."""
@@ -290,6 +555,8 @@ class Qcow2Image(LayeredImage):
             if not allocate:
                 return 0, None
             off = self._alloc(1)
+            self._meta.add(off // self._cs, "active L2 table")
+            self._checked_l2.add(off)
             table = array.array("Q", bytes(self._cs))
             self._l2_cache[off] = table
             self._dirty_l2.add(off)  # written at flush, before the L1 entry that points at it
@@ -304,6 +571,11 @@ class Qcow2Image(LayeredImage):
         if off % self._cs or off + self._cs > self._end:
             raise self._eio(f"L2 table offset {off:#x} is invalid or beyond the file")
         table = _be_array(pread_full(self._fd, self._cs, off))
+        if off not in self._checked_l2:  # checked once: only we change it (the image is locked)
+            why = self._l2_problem(l1i, table, None)
+            if why is not None:
+                raise self._corrupt(why)
+            self._checked_l2.add(off)
         self._l2_cache[off] = table
         self._evict()
         return off, table
@@ -363,6 +635,7 @@ class Qcow2Image(LayeredImage):
         off = self._end
         self._end += self._cs
         own = off // self._cs
+        self._meta.add(own, "refcount block")
         block = bytearray(self._cs)
         self_covered = own // self._rc_per_block == ti
         pwrite_full(self._fd, block, off)
@@ -392,6 +665,7 @@ class Qcow2Image(LayeredImage):
         old_off, old_clusters = self._rt_off, self._rt_clusters
         new_off = self._end
         self._end += clusters * cs
+        self._meta.add_range(new_off // cs, clusters, "refcount table")
         table = array.array("Q", self._rt)
         table.extend(array.array("Q", bytes(8 * (clusters * per_cluster - len(table)))))
         self._rt, self._rt_off = table, new_off  # new blocks record themselves in the new table
@@ -401,6 +675,7 @@ class Qcow2Image(LayeredImage):
         pwrite_full(self._fd, _RT_FIELDS.pack(new_off, clusters), 48)
         os.fdatasync(self._fd)
         self._rt_clusters = clusters
+        self._meta.remove_range(old_off // cs)  # free now (never reused: allocation is at the end)
         self._set_refcounts(old_off // cs, old_clusters, 0)  # a crash before this only leaks
 
     # ---- I/O
@@ -425,6 +700,8 @@ class Qcow2Image(LayeredImage):
         return 0, host
 
     def _read(self, offset: int, length: int) -> bytes:
+        if self._broken is not None:
+            raise self._broken
         cs, l2n = self._cs, self._l2n
         parts: list[bytes] = []
         run_kind, run_at, run_len = -1, 0, 0
@@ -458,6 +735,8 @@ class Qcow2Image(LayeredImage):
         return self._read_backing(at, length)
 
     def _write(self, offset: int, data: memoryview) -> None:
+        if self._broken is not None:
+            raise self._broken
         cs, l2n = self._cs, self._l2n
         pending: list[tuple[int, memoryview | bytes]] = []
         pos, end, i = offset, offset + len(data), 0
@@ -505,15 +784,22 @@ class Qcow2Image(LayeredImage):
                 i += n
                 l2i += 1
             # the data goes out before anything else can run a flush that writes these L2 entries
+            for at, chunk in pending:
+                self._check_data_write(at, len(chunk))
             pwrite_runs(self._fd, pending)
             pending.clear()
         self._evict()
 
     def _flush(self) -> None:
+        if self._broken is not None:
+            raise self._broken
         fd = self._fd
         os.fdatasync(fd)  # data clusters, refcount blocks and table entries
         if self._dirty_l2:
             for off in sorted(self._dirty_l2):
+                if self._meta.kind(off // self._cs) != "active L2 table":  # QEMU checks metadata writes too
+                    raise self._corrupt(f"an L2 table write at {off:#x} would overwrite the "
+                                        f"{self._meta.kind(off // self._cs)}")
                 pwrite_full(fd, _be_bytes(self._l2_cache[off]), off)
             self._dirty_l2.clear()
             os.fdatasync(fd)  # L2 tables before the L1 entries that point at new ones
