@@ -146,3 +146,17 @@ def test_cow_bad_input(tmp_path: Path) -> None:
     os.rename(base, tmp_path / "moved.img")
     with pytest.raises(ImageError, match="base image .*base.img does not exist"):
         open_disk(str(overlay), "cow")
+
+
+def test_cow_table_entries_mapping_one_cluster_twice(tmp_path: Path) -> None:
+    base, _ = make_base(tmp_path)
+    overlay = tmp_path / "o.cow"
+    disk = open_disk(str(overlay), "cow", base=str(base))
+    disk.write(0, b"\x01" * 65536)
+    disk.close()
+    raw = bytearray(overlay.read_bytes())
+    raw[4096 + 8:4096 + 16] = raw[4096:4104]  # guest cluster 1 -> guest cluster 0's data
+    overlay.write_bytes(bytes(raw))
+    with pytest.raises(ImageError, match="which another cluster maps to as well") as exc:
+        open_disk(str(overlay), "cow")
+    assert "\n" not in str(exc.value)

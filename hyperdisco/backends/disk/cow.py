@@ -248,9 +248,16 @@ class CowImage(LayeredImage):
         if sys.byteorder == "big":
             table.byteswap()
         end = round_up(fsize, cs)
+        seen = bytearray((end - doff) // cs // 8 + 1)  # data clusters already mapped
         for i, off in enumerate(table):
-            if off and (off % cs or off < doff or off >= end):
+            if not off:
+                continue
+            if off % cs or off < doff or off >= end:
                 raise corrupt(f"cluster {i} maps to bad offset {off}")
+            c = (off - doff) // cs
+            if seen[c >> 3] >> (c & 7) & 1:
+                raise corrupt(f"cluster {i} maps to offset {off}, which another cluster maps to as well")
+            seen[c >> 3] |= 1 << (c & 7)
         if fmt not in BASE_FORMATS:
             raise corrupt(f"unknown base format {fmt!r}")
         if base_format is not None and base_format != fmt:
