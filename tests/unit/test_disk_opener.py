@@ -78,6 +78,7 @@ def test_cow_overlay_and_temporary_recorded_then_handed(tmp_path: Path) -> None:
     data = random.Random(2).randbytes(MIB)
     base.write_bytes(data)
     overlay = tmp_path / "o.cow"
+    fds_before = len(os.listdir("/proc/self/fd"))
     rec = RecordingOpener()
     disk = open_disk(str(overlay), "cow", base=str(base), opener=rec)  # creates the overlay
     disk.write(65536, b"\xcc" * 512)
@@ -100,6 +101,7 @@ def test_cow_overlay_and_temporary_recorded_then_handed(tmp_path: Path) -> None:
         open_disk(str(base), "raw", persistent=False, opener=handed)
     handed.close()
     rec.close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before  # every descriptor closed exactly once
     assert base.read_bytes() == data
 
 

@@ -280,7 +280,9 @@ class HandedOpener:
         self._files: dict[tuple[str, bool], int] = {}
         self._temporaries: list[int] = []
         self._next_temporary = 0
+        self._all: list[int] = []  # every handed descriptor (one path may come more than once)
         for kind, path, readonly, fd in records:
+            self._all.append(fd)
             if kind == "open":
                 self._files.setdefault((path, bool(readonly)), fd)
             elif kind == "temporary":
@@ -306,7 +308,7 @@ class HandedOpener:
         return None
 
     def close(self) -> None:
-        fds = {*self._files.values(), *self._temporaries}
+        fds, self._all = set(self._all), []
         self._files.clear()
         self._temporaries.clear()
         for fd in fds:
