@@ -3,7 +3,8 @@
 Arguments arrive in RDI, RSI, RDX, R10, R8 with the number in RAX (xen/include/public/arch-x86/xen-x86_64.h);
 the result goes back in RAX as a value or a negated Xen errno. Every pointer is a guest-virtual address
 and is read through `VirtualAccess`, which faults (-EFAULT) on anything the guest does not own. Every
-index and count is checked before use. What is not built yet answers -ENOSYS and is logged once.
+index and count is checked before use. What is not built yet answers -ENOSYS and is logged once. The
+guest decides how often these lines happen, so they go through a rate limiter (core/ratelimit.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..core.evtchn import EvtchnError, Port
 from ..core.memory import PAGE, GuestFault
+from ..core.ratelimit import RateLimiter
 from . import abi
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ class Hypercalls:
             15: self.set_timer_op,
         }
         self.unknown_logged: set[tuple[int, int]] = set()
+        self.limit = RateLimiter()  # this domain's log lines, by kind
 
     def dispatch(self, ctx: VcpuContext) -> None:
         ev = ctx.ev
@@ -50,7 +53,7 @@ class Hypercalls:
             try:
                 ret = fn(ctx, *args)
             except GuestFault as exc:
-                self.dom.log(f"{name}: bad guest buffer: {exc}")
+                self.limit.log(self.dom.log, "bad buffer", f"{name}: bad guest buffer: {exc}")
                 ret = -abi.EFAULT
             except EvtchnError as exc:
                 ret = -exc.errno
@@ -60,7 +63,8 @@ class Hypercalls:
         key = (nr, cmd & 0xFFFF) if nr in abi.HYPERCALLS and cmd < 64 else (-1, -1)
         if key not in self.unknown_logged:
             self.unknown_logged.add(key)
-            self.dom.log(f"hypercall {abi.HYPERCALLS.get(nr, nr)} cmd {cmd} not implemented (-ENOSYS)")
+            self.limit.log(self.dom.log, "unimplemented",
+                           f"hypercall {abi.HYPERCALLS.get(nr, nr)} cmd {cmd} not implemented (-ENOSYS)")
         return -abi.ENOSYS
 
     def _own_domid(self, domid: int) -> bool:

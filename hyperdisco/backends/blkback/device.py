@@ -20,6 +20,7 @@ from typing import Any
 
 from ...core.evtchn import EvtchnError
 from ...core.grant import GrantError
+from ...core.ratelimit import RateLimiter
 from ...xen import abi as xen_abi
 from . import abi
 from .ioqueue import DomainIoQueue
@@ -44,6 +45,7 @@ class VbdBackend:
         self.vdev = vdev
         self.disk = disk
         self._log = log
+        self.limit = RateLimiter()  # lines the guest can cause (reconnect loops, broken rings), by kind
         self.io = io  # where requests that may complete out of order run (None: all in ring order)
         self.offer_persistent = OFFER_PERSISTENT if offer_persistent is None else offer_persistent
         self.be = f"/local/domain/0/backend/vbd/{dom.domid}/{devid}"
@@ -129,7 +131,7 @@ class VbdBackend:
                 if serve and self.ring is not None:
                     more = self._serve()
         except Exception as e:  # never let a bug escape into the daemon: this device stops
-            self.log(f"internal error: {e!r}")
+            self.limit.log(self.log, "internal", f"internal error: {e!r}")
         finally:
             self._disconnect()
 
@@ -142,9 +144,9 @@ class VbdBackend:
         try:
             return self.ring.process(budget)
         except RingError as e:
-            self.log(f"ring broken, disconnecting: {e}")
+            self.limit.log(self.log, "ring broken", f"ring broken, disconnecting: {e}")
         except GrantError as e:
-            self.log(f"ring page not accessible, disconnecting: {e}")
+            self.limit.log(self.log, "ring page", f"ring page not accessible, disconnecting: {e}")
         self._disconnect()
         self._switch(abi.XenbusStateClosing)
         return False
@@ -168,7 +170,7 @@ class VbdBackend:
         try:
             self.xs.write(f"{self.be}/state", str(state))
         except Exception as e:
-            self.log(f"cannot write state {state}: {e}")
+            self.limit.log(self.log, "state", f"cannot write state {state}: {e}")
 
     def _advertise(self) -> None:
         """Features and device properties (blkif.h "Backend XenBus Nodes")."""
@@ -217,7 +219,7 @@ class VbdBackend:
 
     def _fatal(self, msg: str) -> None:
         """As xenbus_dev_fatal: say why in the backend's error node and close."""
-        self.log(msg)
+        self.limit.log(self.log, "fatal", msg)
         try:
             self.xs.write(f"{self.be}/error", msg)
         except Exception:
@@ -253,8 +255,8 @@ class VbdBackend:
         self.ring = BlkRing(page, self.dom.grants, self.disk, self._notify, self.log, persistent=persistent,
                             queue=self.io, wake=self._wake)
         self._switch(abi.XenbusStateConnected)
-        self.log(f"connected: ring-ref {ref}, event channel {port}, {self.disk.size >> 20} MiB"
-                 f"{' read-only' if self.disk.readonly else ''}")
+        self.limit.log(self.log, "connected", f"connected: ring-ref {ref}, event channel {port}, "
+                       f"{self.disk.size >> 20} MiB{' read-only' if self.disk.readonly else ''}")
         with self._cond:
             self._kicked = True  # requests queued before we connected
         return None

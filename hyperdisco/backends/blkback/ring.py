@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ...core.grant import GrantError
+from ...core.ratelimit import RateLimiter
 from ..disk.base import DiskImage as Disk
 from . import abi
 from .ioqueue import DomainIoQueue
@@ -123,14 +124,15 @@ class BlkRing:
         self.req_cons = 0  # BACK_RING_INIT
         self.rsp_prod_pvt = 0
         self.stats = RingStats()
-        self._last_log: dict[str, tuple[float, int]] = {}  # kind -> (when logged, suppressed since)
+        self._limit = RateLimiter(burst=1, rate=1 / LOG_INTERVAL_S, clock=clock)  # by kind of bad request
         self.disk_sectors = disk.size // abi.SECTOR
 
     def close(self) -> None:
         """Wait for the requests in flight, then release the persistent grants (their busy bits). The
         caller has stopped calling process()."""
         if not self.drain(DRAIN_TIMEOUT_S):
-            self.log(f"{self.inflight} requests still in flight after {DRAIN_TIMEOUT_S:.0f}s at close")
+            self._limit.log(self.log, "close",
+                            f"{self.inflight} requests still in flight after {DRAIN_TIMEOUT_S:.0f}s at close")
         with self._lock:
             self._pgrants.clear()
             self._held.close()
@@ -376,12 +378,4 @@ class BlkRing:
 
     # -- logging ----------------------------------------------------------------------------------------
     def _complain(self, kind: str, msg: str) -> None:
-        now = self.clock()
-        with self._lock:
-            last = self._last_log.get(kind)
-            if last is not None and now - last[0] < LOG_INTERVAL_S:
-                self._last_log[kind] = (last[0], last[1] + 1)
-                return
-            more = f" ({last[1]} more like it suppressed)" if last and last[1] else ""
-            self._last_log[kind] = (now, 0)
-        self.log(f"request failed: {msg}{more}")
+        self._limit.log(self.log, kind, f"request failed: {msg}")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ...core.memory import GuestFault, PhysicalPages
+from ...core.ratelimit import RateLimiter
 from . import store as st
 from .client import XenstoreClient
 from .ring import ERROR_COMM, ERROR_PROTO, RING_SIZE, Ring, RingError
@@ -31,6 +32,7 @@ from .wire import (
     OK,
     PAYLOAD_MAX,
     REL_PATH_MAX,
+    TYPE_NAMES,
     XS_CONTROL,
     XS_DIRECTORY,
     XS_DIRECTORY_PART,
@@ -130,6 +132,7 @@ class _LocalConn(_Conn):
 class Xenstored:
     def __init__(self, log: Callable[[str], None], quota: Quota | None = None) -> None:
         self.log = log
+        self.limit = RateLimiter()  # lines a guest can cause, by (domid, kind)
         self.quota = quota or Quota()
         self.store = Store()
         self._lock = threading.RLock()
@@ -194,7 +197,7 @@ class Xenstored:
                 if conn is not None:
                     self._service(conn)
         except Exception as e:  # a bug here must not take the caller's thread (a vCPU) down
-            self.log(f"xenstore: dom{domid}: internal error: {e!r}")
+            self.limit.log(self.log, (domid, "internal"), f"xenstore: dom{domid}: internal error: {e!r}")
         self._run_callbacks()
 
     def local_connection(self, on_watch: Callable[[str, str], None] | None = None) -> LocalConnection:
@@ -287,7 +290,8 @@ class Xenstored:
     def _break(self, conn: _GuestConn, code: int, why: str) -> None:
         """xenstore-ring.txt "connection error": set the indicator and stop talking to the guest,
         discarding queued data, watches and transactions (a reconnect may revive the ring)."""
-        self.log(f"xenstore: dom{conn.domid}: connection broken (error {code}): {why}")
+        self.limit.log(self.log, (conn.domid, "broken"),
+                       f"xenstore: dom{conn.domid}: connection broken (error {code}): {why}")
         conn.reset()
         conn.broken = True
         try:
@@ -313,7 +317,8 @@ class Xenstored:
                 try:
                     fn()
                 except Exception as e:
-                    self.log(f"xenstore: notification or watch callback failed: {e!r}")
+                    self.limit.log(self.log, "callback",
+                                   f"xenstore: notification or watch callback failed: {e!r}")
 
     # ---- requests ------------------------------------------------------------------------------
 
@@ -344,7 +349,9 @@ class Xenstored:
             return msg_type, reply, post
         except XsError as e:
             if e.name in _LOGGED or e.why.startswith("no transaction"):
-                self.log(f"xenstore: dom{conn.domid}: {type_name(msg_type)} refused: {e}")
+                kind = ("refused", msg_type if msg_type in TYPE_NAMES else -1)  # a bounded set of kinds
+                self.limit.log(self.log, (conn.domid, kind),
+                               f"xenstore: dom{conn.domid}: {type_name(msg_type)} refused: {e}")
             # docs/misc/xenstore.txt: an error reply has type ERROR and the request's req_id and tx_id
             return XS_ERROR, error_payload(e.name), post
 
@@ -581,8 +588,9 @@ class Xenstored:
             return
         if len(conn.out) >= self.quota.max_queued_events:
             conn.dropped_events += 1
-            self.log(f"xenstore: dom{conn.domid}: watch event for {path} dropped: "
-                     f"{len(conn.out)} messages unread")
+            self.limit.log(self.log, (conn.domid, "event dropped"),
+                           f"xenstore: dom{conn.domid}: watch event for {path} dropped: "
+                           f"{len(conn.out)} messages unread")
             return
         payload = path.encode("latin-1") + b"\0" + token.encode("latin-1") + b"\0"
         # WATCH_EVENT: "req_id and tx_id are both 0" (docs/misc/xenstore.txt)
