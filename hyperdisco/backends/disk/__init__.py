@@ -13,7 +13,8 @@
   (qcow2.py).
 
 Backing files named inside images (qcow2 backing files, a cow header's base) are followed only inside
-the image's own directory tree and the directories in ``$HYPERDISCO_BACKING_DIRS`` (base.py).
+the image's own directory tree, the directories in ``$HYPERDISCO_BACKING_DIRS`` and those of
+``HostOpener(backing_dirs=...)`` (base.py).
 
 ``persistent=False`` with ``raw`` or ``qcow2`` opens ``target`` read-only as the base of a temporary
 overlay: the domain sees a writable disk, the file never changes.
