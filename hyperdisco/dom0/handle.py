@@ -10,6 +10,7 @@ reading its channel is killed), and its messages are handled on one reader threa
 from __future__ import annotations
 
 import base64
+import collections
 import itertools
 import mmap
 import os
@@ -25,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 from ..backends.console import ConsoleBackend, ConsoleBuffer
 from ..core.domain import DomainConfig
 from ..core.memory import PAGE, ForeignPages
+from ..core.ratelimit import RateLimiter
 from ..core.sharing import shared_kernel_image
 from ..errors import HyperdiscoError
 from ..platform import layout
-from ..vmm.channel import Channel, ChannelClosed, ChannelFull
+from ..vmm.channel import Channel, ChannelClosed
 from .relay import XenstoreRelay
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 GUEST_READY = b"hyperdisco-guest: up"
 BUILD_TIMEOUT_S = 120.0
 QUERY_TIMEOUT_S = 2.0
+MAX_QUEUED = 4096  # messages waiting for a domain process to read them
 BLK_TIMEOUT_S = 30.0
 MAX_LOG_LINE = 512
 
@@ -76,6 +79,12 @@ class DomainHandle:
         self._replies: dict[int, tuple[threading.Event, list[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
+        self._outq: collections.deque[tuple[dict[str, Any], list[int]]] = collections.deque()
+        self._out_cond = threading.Condition()
+        self._out_closed = False
+        self._notify_pending: set[str] = set()
+        self._log_limit = RateLimiter(burst=100, rate=20.0)
 
     # -- start ------------------------------------------------------------------------------------------
     def start(self, engine: str, clock_params: dict[str, float], jail_root: str | None,
@@ -130,6 +139,8 @@ class DomainHandle:
         self.relay = XenstoreRelay(self.domid, self.host.xenstored, self.send)
         self._reader = threading.Thread(target=self._read, name=f"hd-d{self.domid}", daemon=True)
         self._reader.start()
+        self._writer = threading.Thread(target=self._write, name=f"hd-d{self.domid}-out", daemon=True)
+        self._writer.start()
 
     def _send_build(self, ch: Channel, msg: dict[str, Any], fds: list[int]) -> None:
         try:
@@ -170,20 +181,49 @@ class DomainHandle:
 
     # -- to the domain process --------------------------------------------------------------------------
     def send(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
-        """Never blocks: a domain process that stopped reading its channel is killed (crash)."""
-        ch = self.ch
-        if ch is None or self.finished:
+        """Never blocks: the message joins this domain's queue, which its writer thread drains (the
+        socket holds only a few datagrams). A process that lets MAX_QUEUED messages pile up has stopped
+        reading its channel: it is killed (crash). The descriptors are duplicated for the queue."""
+        if self.ch is None or self.finished:
             return
-        try:
-            ch.send(msg, fds, wait=False)
-        except ChannelFull:
+        with self._out_cond:
+            if len(self._outq) >= MAX_QUEUED:
+                overflow = True
+            else:
+                overflow = False
+                self._outq.append((msg, [os.dup(fd) for fd in fds]))
+                self._out_cond.notify()
+        if overflow:
             self.host.log(f"domain {self.domid} ({self.name}): its process stopped reading; killing it")
             self.kill()
-        except ChannelClosed:
-            pass
 
     def notify(self, what: str) -> None:
+        """Signal the guest's console or store port; a signal already waiting to be sent covers this one."""
+        with self._out_cond:
+            if what in self._notify_pending:
+                return
+            self._notify_pending.add(what)
         self.send({"t": "notify", "what": what})
+
+    def _write(self) -> None:
+        ch = self.ch
+        assert ch is not None
+        while True:
+            with self._out_cond:
+                while not self._outq and not self._out_closed:
+                    self._out_cond.wait()
+                if not self._outq:
+                    return
+                msg, fds = self._outq.popleft()
+                if msg.get("t") == "notify":
+                    self._notify_pending.discard(str(msg.get("what")))
+            try:
+                ch.send(msg, fds)
+            except ChannelClosed:
+                pass
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
     def call(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = (),
              timeout: float = QUERY_TIMEOUT_S) -> dict[str, Any] | None:
@@ -296,8 +336,11 @@ class DomainHandle:
         elif t == "out":
             data = base64.b64decode(str(msg.get("data", "")))
             self._console_out(data)
-        elif t == "log":
-            self.host.log(f"(d{self.domid}) {_one_line(str(msg.get('msg', '')))[:MAX_LOG_LINE]}")
+        elif t == "log":  # already limited per kind in the process; this bounds a compromised one
+            text = _one_line(str(msg.get("msg", "")))[:MAX_LOG_LINE]
+            prefix = f"(d{self.domid}) "
+            line = text if text.startswith(prefix) else prefix + text
+            self._log_limit.log(self.host.log, "process", line)
         elif t == "xs" and self.relay is not None:
             self.relay.request(msg)
         elif t == "xs-close" and self.relay is not None:
@@ -354,10 +397,19 @@ class DomainHandle:
         self.kill()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(10.0)
+        with self._out_cond:
+            self._out_closed = True
+            for _msg, fds in self._outq:
+                for fd in fds:
+                    os.close(fd)
+            self._outq.clear()
+            self._out_cond.notify()
         if self.relay is not None:
             self.relay.close()
         if self.ch is not None:
             self.ch.close()
+        if self._writer is not None and self._writer is not threading.current_thread():
+            self._writer.join(5.0)
         if self.pages is not None:
             self.pages.close()
 

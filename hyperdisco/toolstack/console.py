@@ -82,6 +82,9 @@ class ExecSession:
         self._line = (f"printf '%s%s\\n' HDX{tag} B; ( {command}\n); printf '%s%s %d\\n' HDX{tag} E $?"
                       + ("; sync; poweroff -f" if poweroff else "") + "\n")
         self.buffer = bytearray()
+        self._scan = 0  # where the next search for a marker starts
+        self._begin = -1  # where the begin marker was found
+        self._end_re = re.compile(re.escape(self.end) + rb" (\d+)\r?\n")
         self.typed = False
         self.exit_status: int | None = None
         self.output = b""
@@ -93,23 +96,34 @@ class ExecSession:
             self.send(b"\n")
 
     def feed(self, data: bytes) -> None:
+        """Console output as it arrives. Each search starts where the last one ended (less a marker's
+        length), so a command printing megabytes costs linear time, not quadratic."""
         self.buffer += data
         if not self.typed:
             i = self.buffer.find(self.READY) if self.booting else 0
             if i >= 0 and b"# " in self.buffer[i:]:
                 self.typed = True
+                self._scan = 0
                 self.send(self._line.encode())
+            elif i < 0 and len(self.buffer) > 1 << 20:  # boot chatter before the prompt: keep its tail only
+                del self.buffer[:-4096]
             return
         if self.exit_status is None:
-            b = self.buffer.find(self.begin + b"\r\n")
-            if b < 0:
-                b = self.buffer.find(self.begin + b"\n")
-            if b < 0:
+            if self._begin < 0:
+                b = self.buffer.find(self.begin, self._scan)
+                if b < 0 or self.buffer.find(b"\n", b) < 0:
+                    self._scan = max(0, len(self.buffer) - len(self.begin) - 2)
+                    return
+                self._begin = b
+                self._scan = b
+            b = self._begin
+            m = self._end_re.search(self.buffer, max(b, self._scan))
+            if m is None:
+                self._scan = max(b, len(self.buffer) - len(self.end) - 16)
                 return
-            m = re.search(re.escape(self.end) + rb" (\d+)\r?\n", self.buffer[b:])
-            if m:
-                start = self.buffer.index(b"\n", b) + 1
-                body = bytes(self.buffer[start:b + m.start()])
-                self.output = ANSI.sub(b"", body).replace(b"\r\n", b"\n")
-                self.exit_status = int(m.group(1))
-                self.done.set()
+            start = self.buffer.index(b"\n", b) + 1
+            body = bytes(self.buffer[start:m.start()])
+            self.output = ANSI.sub(b"", body).replace(b"\r\n", b"\n")
+            self.exit_status = int(m.group(1))
+            self.done.set()
+

@@ -32,7 +32,7 @@ from .requests import MAX_REQUEST_BYTES, RequestError, check_name, field, parse_
 from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec
 
 MAX_VCPUS = 1
-CLIENT_QUEUE_BYTES = 4 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
+CLIENT_QUEUE_BYTES = 1 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
 LISTEN_BACKLOG = 128
 
 

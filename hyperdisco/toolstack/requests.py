@@ -72,6 +72,8 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         if key not in schema:
             raise RequestError(f"hyperdisco: {op}: unknown argument {str(key)[:64]!r}")
     for key, (kind, required) in schema.items():
+        if key in req and req[key] is None and not required:
+            del req[key]  # an optional argument sent as null: its default
         if key not in req:
             if required:
                 raise RequestError(f"hyperdisco: {op}: missing argument {key!r}")

@@ -68,9 +68,13 @@ class Xl:
     def __init__(self, sock: Path) -> None:
         self.env = dict(os.environ, HYPERDISCO_SOCKET=str(sock), PYTHONUNBUFFERED="1")
 
+    @staticmethod
+    def argv(*args: str) -> list[str]:
+        return [sys.executable, "-m", "hyperdisco", *args]
+
     def __call__(self, *args: str, check: bool = True,
                  timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run([sys.executable, "-m", "hyperdisco", *args], capture_output=True, text=True,
+        p = subprocess.run(self.argv(*args), capture_output=True, text=True,
                            env=self.env, timeout=timeout)
         assert "Traceback" not in p.stderr, p.stderr
         if check:
