@@ -68,7 +68,7 @@ DISK_FORMAT_PREFIXES = {"raw": "raw", "qcow2": "qcow2", "qcow": "qcow", "vhd": "
 DISK_IGNORED_PREFIXES = frozenset({"tapdisk", "tap2", "tap", "aio", "ioemu", "file", "phy"})
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-_VDEV_RE = re.compile(r"xvd[a-z]+")
+_VDEV_RE = re.compile(r"xvd[a-z]{1,4}")  # xvda..xvdzzzz: more than blkif's device numbers hold anyway
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 _UUID_RE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 _INT_RE = re.compile(r"\s*([+-]?)(0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*)")
@@ -498,7 +498,7 @@ BOOLEANS = {"yes": True, "1": True, "true": True, "on": True, "no": False, "0": 
 # xl-disk-configuration(5)'s other keys (accepted, not all acted on) and hyperdisco's base/persistent
 KNOWN_DISK_KEYS = {"devtype", "backend", "backendtype", "script", "discard", "no-discard", "direct-io-safe",
                    "trusted", "untrusted", "colo", "colo-host", "colo-port", "colo-export", "active-disk",
-                   "hidden-disk", "specification", "base", "persistent"} | set(DISK_FLAGS)
+                   "hidden-disk", "specification", "base", "base_format", "persistent"} | set(DISK_FLAGS)
 
 
 def disk_persistent(spec: DiskSpec) -> bool:
@@ -583,12 +583,15 @@ def parse_disk(spec: str, where: str = "<disk>", base_dir: Path | None = None) -
     unknown = sorted(set(extra) - KNOWN_DISK_KEYS)
     if unknown:
         raise bad(f"unknown disk parameter {_q(unknown[0])}")
-    # hyperdisco's own: base= (the read-only image under a new cow overlay), persistent=yes|no
+    # hyperdisco's own: base= (the read-only image under a new cow overlay) and its base_format= (raw
+    # unless given: formats are never guessed from image contents), persistent=yes|no
     # (no: the disk's writes are kept only until the domain goes, as Disco's non-persistent disks)
     if extra.get("persistent", "yes") not in BOOLEANS:
         raise bad(f"persistent={_q(extra['persistent'])} (expected yes or no)")
     if "base" in extra and not extra["base"]:
         raise bad("base= names no image")
+    if "base_format" in extra and extra["base_format"] not in DISK_FORMATS:
+        raise bad(f"base_format={_q(extra['base_format'])} (expected one of {', '.join(DISK_FORMATS)})")
     if base_dir is not None:
         if not Path(target).is_absolute():
             target = str(base_dir / target)

@@ -352,3 +352,12 @@ def test_parsing_is_linear_in_the_input() -> None:
     with pytest.raises(ConfigError, match="no target"):
         parse_disk("," * 1000000)
     assert time.monotonic() - start < 5
+
+
+def test_base_format_and_vdev_bounds() -> None:
+    spec = parse_disk("format=cow, vdev=xvdb, target=o.cow, base=b.qcow2, base_format=qcow2")
+    assert spec.open_args()["base_format"] == "qcow2"
+    with pytest.raises(ConfigError, match="base_format"):
+        parse_disk("format=cow, vdev=xvdb, target=o.cow, base=b.img, base_format=vmdk")
+    with pytest.raises(ConfigError):
+        parse_disk("format=raw, vdev=xvd" + "a" * 5000 + ", target=x.img")
