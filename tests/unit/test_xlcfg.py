@@ -355,9 +355,9 @@ def test_parsing_is_linear_in_the_input() -> None:
 
 
 def test_base_format_and_vdev_bounds() -> None:
-    spec = parse_disk("format=cow, vdev=xvdb, target=o.cow, base=b.qcow2, base_format=qcow2")
+    spec = parse_disk("format=cow, vdev=xvdb, base=b.qcow2, base_format=qcow2, target=o.cow")
     assert spec.open_args()["base_format"] == "qcow2"
     with pytest.raises(ConfigError, match="base_format"):
-        parse_disk("format=cow, vdev=xvdb, target=o.cow, base=b.img, base_format=vmdk")
+        parse_disk("format=cow, vdev=xvdb, base=b.img, base_format=vmdk, target=o.cow")
     with pytest.raises(ConfigError):
         parse_disk("format=raw, vdev=xvd" + "a" * 5000 + ", target=x.img")
