@@ -32,7 +32,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import hyperdisco, unicorn, pytest, ruff, mypy' 2>/dev/null \
+if ! .venv/bin/python -c 'import hyperdisco, unicorn, pytest, ruff, mypy, hypothesis, importlinter' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   echo "setup: installing hyperdisco into .venv" >&2
   .venv/bin/pip install -q --upgrade pip

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache   # the layers of README.md
 .venv/bin/hyperdisco images fetch >/dev/null
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout 600 "$@"

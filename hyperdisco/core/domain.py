@@ -24,10 +24,10 @@ from ..platform.cpuid import CpuidPolicy
 from ..platform.lapic import Lapic
 from ..platform.rtc import DATA_PORT, INDEX_PORT, CmosRtc
 from ..xen import abi
-from ..xen.hypercalls import XEN_VERSION, Hypercalls
 from .clock import Clock
 from .evtchn import EventChannels, Port
 from .grant import GrantTable
+from .hypercalls import XEN_VERSION, Hypercalls
 from .memory import PAGE, GuestMemory, VirtualAccess
 
 if TYPE_CHECKING:

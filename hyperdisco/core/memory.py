@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-PAGE = 4096
+from ..xen.abi import PAGE
 
 if TYPE_CHECKING:
-    from .sharing import SharedImage
+    from ..loader.shared_image import SharedImage
 
 
 class GuestFault(Exception):
@@ -114,7 +114,7 @@ class GuestMemory(PhysicalPages):
                         mmap.PROT_READ | mmap.PROT_WRITE)
         ram.madvise(mmap.MADV_MERGEABLE)
         self.ram_bytes = ram_bytes
-        self.shared_bytes = 0  # RAM backed by shared copy-on-write images (core/sharing.py)
+        self.shared_bytes = 0  # RAM backed by shared copy-on-write images (loader/shared_image.py)
         super().__init__()
         self.regions.append(Region(0, ram_bytes, ram, "ram"))
 

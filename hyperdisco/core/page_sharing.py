@@ -1,7 +1,7 @@
 """Content-based page sharing (Disco's transparent page sharing, for identical pages of any origin).
 
 Every domain's RAM is private anonymous memory marked MADV_MERGEABLE (core/memory.py), and so are the
-private copies a guest makes of its shared boot image (core/sharing.py). The host kernel's same-page
+private copies a guest makes of its shared boot image (loader/shared_image.py). The host kernel's same-page
 merging (KSM) then keeps one copy-on-write page for every set of identical pages across all domains: zero
 pages, the kernel text every guest patched the same way at boot, the same files in every page cache.
 This module turns the host's scanner on when the hypervisor is asked to (`hyperdisco daemon
@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import HyperdiscoError
+from .memory import PAGE
 
 KSM = Path("/sys/kernel/mm/ksm")
-PAGE = 4096
 
 
 def _read(name: str) -> int:

@@ -27,8 +27,8 @@ from ..backends.console import ConsoleBackend, ConsoleBuffer
 from ..core.domain import DomainConfig
 from ..core.memory import PAGE, ForeignPages
 from ..core.ratelimit import RateLimiter
-from ..core.sharing import shared_kernel_image
 from ..errors import HyperdiscoError
+from ..loader.shared_image import shared_kernel_image
 from ..platform import layout
 from ..vmm.channel import Channel, ChannelClosed
 from .relay import XenstoreRelay

@@ -7,13 +7,17 @@ address of struct hvm_start_info (version 1 carries the memory map).
 
 from __future__ import annotations
 
-from ..core.memory import GuestMemory
-from ..core.sharing import shared_kernel_image
+from typing import TYPE_CHECKING
+
 from ..errors import ConfigError
 from ..platform import layout
 from ..platform.acpi import build_tables
 from ..xen import abi
 from .elf import KernelImage
+from .shared_image import shared_kernel_image
+
+if TYPE_CHECKING:
+    from ..core.memory import GuestMemory
 
 
 def load_pvh(mem: GuestMemory, kernel: KernelImage, initrd: bytes | None, cmdline: str, nr_cpus: int) -> int:
@@ -22,7 +26,7 @@ def load_pvh(mem: GuestMemory, kernel: KernelImage, initrd: bytes | None, cmdlin
     for seg in kernel.segments:
         if seg.paddr < 0x100000 or seg.paddr + seg.memsz > ram:
             raise ConfigError(f"hyperdisco: kernel segment at {seg.paddr:#x} does not fit in {ram >> 20} MiB")
-    # one copy of the loaded kernel for every domain, copy-on-write (core/sharing.py)
+    # one copy of the loaded kernel for every domain, copy-on-write (loader/shared_image.py)
     mem.map_shared_image(shared_kernel_image(kernel))
     cl = cmdline.encode() + b"\0"
     if len(cl) > 4096:

@@ -10,10 +10,10 @@ from typing import Any
 from ..core.clock import Clock
 from ..core.domain import Domain, DomainConfig
 from ..core.scheduler import Scheduler
-from ..core.sharing import SharedImage, adopt_shared_image
 from ..engine.base import get_engine
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage, Segment
+from ..loader.shared_image import SharedImage, adopt_shared_image
 
 MAX_INITRD = 1 << 30
 

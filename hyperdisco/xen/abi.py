@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import struct
 
+# --- xen.h / arch-x86/xen.h: the page (XEN_PAGE_SHIFT 12): the one definition every layer uses --------
+PAGE = 4096
+
 # --- xen.h: hypercall numbers --------------------------------------------------------------------------
 HYPERCALLS: dict[int, str] = {
     0: "set_trap_table", 1: "mmu_update", 2: "set_gdt", 3: "stack_switch", 4: "set_callbacks",

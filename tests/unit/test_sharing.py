@@ -1,11 +1,11 @@
-"""Boot images shared copy-on-write between domains (core/sharing.py)."""
+"""Boot images shared copy-on-write between domains (loader/shared_image.py)."""
 
 from __future__ import annotations
 
 from unit_support import KERNEL_PADDR, make_elf
 
 from hyperdisco.core.memory import GuestMemory
-from hyperdisco.core.sharing import shared_kernel_image
+from hyperdisco.loader.shared_image import shared_kernel_image
 from hyperdisco.loader.elf import parse_kernel
 from hyperdisco.loader.pvh import load_pvh
 

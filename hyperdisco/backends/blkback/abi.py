@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import struct
 
-PAGE = 4096
+from ...xen.abi import PAGE
+
 SECTOR = 512
 SECTORS_PER_PAGE = PAGE // SECTOR  # last_sect may be at most 7 (blkif.h: 512-byte units in a frame)
 

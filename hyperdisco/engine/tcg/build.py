@@ -11,8 +11,8 @@ from pathlib import Path
 
 import unicorn
 
+from ...cachedir import cache_dir
 from ...errors import EngineError
-from ...images.cache import cache_dir
 
 SOURCE = Path(__file__).with_name("fastpath.c")
 

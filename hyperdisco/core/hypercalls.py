@@ -13,13 +13,13 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..core.evtchn import EvtchnError, Port
-from ..core.memory import PAGE, GuestFault
-from ..core.ratelimit import RateLimiter
-from . import abi
+from ..xen import abi
+from .evtchn import EvtchnError, Port
+from .memory import PAGE, GuestFault
+from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from ..core.domain import Domain, VcpuContext
+    from .domain import Domain, VcpuContext
 
 MAX_CONSOLE_WRITE = 16 * 1024
 GRANT_FRAMES_MAX = 32

@@ -14,8 +14,8 @@ import os
 import threading
 from dataclasses import dataclass
 
-from ..loader.elf import KernelImage
-from .memory import PAGE
+from ..xen.abi import PAGE
+from .elf import KernelImage
 
 
 @dataclass(frozen=True)
