@@ -356,16 +356,18 @@ class DomainHandle:
             if isinstance(msg.get("stats"), dict):
                 self.stats = msg["stats"]
             outcome = msg.get("outcome")
-            self._finished(outcome if outcome in OUTCOMES else "crash", _one_line(str(msg.get("detail", ""))))
+            self._finished(outcome if outcome in OUTCOMES else "crash", _one_line(str(msg.get("detail", ""))),
+                           logged=True)  # the process said so in its own log line
             return True
         return False
 
-    def _finished(self, outcome: str, detail: str) -> None:
+    def _finished(self, outcome: str, detail: str, logged: bool = False) -> None:
         with self._lock:
             if self.finished:
                 return
             self.outcome, self.outcome_detail, self.finished = outcome, detail, True
-        self.host.log(f"(d{self.domid}) shutdown: {outcome}{' (' + detail + ')' if detail else ''}")
+        if not logged:
+            self.host.log(f"(d{self.domid}) shutdown: {outcome}{' (' + detail + ')' if detail else ''}")
         self.done.set()
         if self.on_shutdown is not None:
             self.on_shutdown(self)

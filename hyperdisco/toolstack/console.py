@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..dom0.handle import GUEST_READY
+from ..errors import HyperdiscoError
 
 DETACH = b"\x1d"  # Ctrl-]
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
@@ -61,6 +62,30 @@ class TerminalAttachment:
             self._saved = None
 
 
+MAX_TYPED_LINE = 200  # characters per typed line: busybox ash's line editor keeps 1024 bytes of a line
+MAX_COMMAND = 64 * 1024
+
+
+def exec_script(command: str, tag: str, poweroff: bool) -> str:
+    """What is typed at the guest's shell for `command`. A short command is typed as it is; a long one is
+    first copied into a file in short lines (each a quoted printf), then sourced, so that no typed line
+    exceeds the shell's line editor and every byte arrives as given."""
+    if len(command) > MAX_COMMAND:
+        raise HyperdiscoError(f"hyperdisco: exec: command longer than {MAX_COMMAND} characters")
+    if "\0" in command:
+        raise HyperdiscoError("hyperdisco: exec: the command contains a NUL character")
+    begin = f"printf '%s%s\\n' HDX{tag} B"
+    end = f"printf '%s%s %d\\n' HDX{tag} E $s" + ("; sync; poweroff -f" if poweroff else "")
+    if len(command) <= MAX_TYPED_LINE and "\n" not in command:
+        return f"{begin}; ( {command}\n); s=$?; {end}\n"
+    path = f"/tmp/.hdx{tag}"
+    lines = [f": > {path}"]
+    for i in range(0, len(command), MAX_TYPED_LINE):
+        chunk = command[i:i + MAX_TYPED_LINE].replace("'", "'\\''")
+        lines.append(f"printf '%s' '{chunk}' >> {path}")
+    return "\n".join(lines) + f"\n{begin}; ( . {path}\n); s=$?; rm -f {path}; {end}\n"
+
+
 class ExecSession:
     """Runs one shell command in the guest through its console and collects output and exit status.
 
@@ -79,8 +104,7 @@ class ExecSession:
         tag = secrets.token_hex(4)
         self.begin = f"HDX{tag}B".encode()
         self.end = f"HDX{tag}E".encode()
-        self._line = (f"printf '%s%s\\n' HDX{tag} B; ( {command}\n); printf '%s%s %d\\n' HDX{tag} E $?"
-                      + ("; sync; poweroff -f" if poweroff else "") + "\n")
+        self._line = exec_script(command, tag, poweroff)
         self.buffer = bytearray()
         self._scan = 0  # where the next search for a marker starts
         self._begin = -1  # where the begin marker was found

@@ -125,6 +125,7 @@ class Daemon:
     def __init__(self, sock: str | None = None, engine: str = "tcg", verbose: bool = False,
                  share_pages: bool = False, overcommit: float | None = None) -> None:
         self.path = socket_path(sock)
+        self._claim_socket()  # before anything else: a second daemon or another user's socket is one line
         if share_pages:
             page_sharing.enable()
         self.host = Host(engine, log_sink=(lambda m: print(m, flush=True)) if verbose else None,
@@ -376,7 +377,7 @@ class Daemon:
             c.close()
             out.close()
 
-    def serve_forever(self) -> None:
+    def _claim_socket(self) -> None:
         path = self.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,6 +399,9 @@ class Daemon:
                                           f"{exc.strerror}") from None
             finally:
                 probe.close()
+
+    def serve_forever(self) -> None:
+        path = self.path
         daemon = self
 
         class Handler(socketserver.BaseRequestHandler):

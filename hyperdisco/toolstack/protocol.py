@@ -37,7 +37,12 @@ class Client:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(str(self.path))
+        except PermissionError:
+            self.sock.close()
+            raise DaemonError(f"hyperdisco: permission denied on {self.path}: the daemon runs, but its "
+                              "socket is not yours (ask its administrator or use another)") from None
         except OSError as exc:
+            self.sock.close()
             raise DaemonError(f"hyperdisco: cannot reach the daemon at {self.path} ({exc.strerror}); "
                               "start it with 'hyperdisco daemon'") from None
         self.file = self.sock.makefile("rb")

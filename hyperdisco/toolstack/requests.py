@@ -87,8 +87,10 @@ def check(op: str, key: str, kind: str, value: Any) -> Any:
         return RequestError(f"hyperdisco: {op}: {key} must be {what}")
 
     if kind == "str":
-        if not isinstance(value, str) or len(value) > MAX_STRING:
+        if not isinstance(value, str):
             raise bad("a string")
+        if len(value) > MAX_STRING:
+            raise RequestError(f"hyperdisco: {op}: {key} is longer than {MAX_STRING} characters")
         if "\0" in value:
             raise bad("a string without NUL characters")
         return value
