@@ -51,6 +51,7 @@ class DomainConfig:
     on_crash: str = "destroy"
     extra: dict[str, str] = field(default_factory=dict)
     disks: list[Any] = field(default_factory=list)  # disk specs (toolstack.xlcfg.DiskSpec) for blkback
+    record: Any = None  # the toolstack's own description, kept by the domain process for a new domain 0
 
 
 class DomainDirectory(Protocol):

@@ -16,11 +16,13 @@ import mmap
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends.console import ConsoleBackend, ConsoleBuffer
@@ -72,6 +74,8 @@ class DomainHandle:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ch: Channel | None = None
         self.pages: ForeignPages | None = None
+        self.adopt_path: Path | None = None
+        self.adopted_vbds: dict[str, Any] = {}
         self.console: ConsoleBackend | None = None
         self.relay: XenstoreRelay | None = None
         self.console_port = 0
@@ -88,13 +92,16 @@ class DomainHandle:
 
     # -- start ------------------------------------------------------------------------------------------
     def start(self, engine: str, clock_params: dict[str, float], jail_root: str | None,
-              cgroup: Callable[[int, DomainConfig], None] | None = None) -> None:
+              cgroup: Callable[[int, DomainConfig], None] | None = None,
+              adopt_path: Path | None = None, record: Any = None) -> None:
         """Start the domain process and build the domain in it; a one-line HyperdiscoError if it could not
-        be built (the process is gone again then)."""
+        be built (the process is gone again then). With `adopt_path`, the process listens there for a
+        new domain 0 should this one die, and gives it `record` (this domain's configuration)."""
         cfg = self.config
         special = os.memfd_create(f"hyperdisco-d{self.domid}-special", os.MFD_CLOEXEC)
         parent, child = Channel.pair()
         initrd_fd = None
+        listener: socket.socket | None = None
         try:
             os.ftruncate(special, layout.SPECIAL_PAGES * PAGE)
             img = shared_kernel_image(cfg.kernel)
@@ -102,6 +109,12 @@ class DomainHandle:
             if cfg.initrd is not None:
                 initrd_fd = _memfd_with(f"hyperdisco-d{self.domid}-initrd", cfg.initrd)
                 fds.append(initrd_fd)
+            adopt_index = None
+            if adopt_path is not None:
+                listener = _listen(adopt_path)
+                self.adopt_path = adopt_path
+                adopt_index = len(fds)
+                fds.append(listener.fileno())
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hyperdisco.vmm", str(child.fileno())], pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
@@ -116,7 +129,7 @@ class DomainHandle:
                 "kernel": {"pvh_entry": cfg.kernel.pvh_entry, "gpa": img.gpa, "size": img.size,
                            "segments": [[s.paddr, s.memsz] for s in cfg.kernel.segments]},
                 "initrd_size": len(cfg.initrd) if cfg.initrd is not None else None,
-                "jail_root": jail_root}, fds)
+                "jail_root": jail_root, "adopt_fd": adopt_index, "record": record}, fds)
             try:
                 reply = self._await_built()
             except ChannelClosed:
@@ -134,6 +147,56 @@ class DomainHandle:
             os.close(special)
             if initrd_fd is not None:
                 os.close(initrd_fd)
+            if listener is not None:
+                listener.close()  # the process has it
+        self._serve()
+
+    @classmethod
+    def adopt(cls, host: Host, path: Path, config_of: Callable[[Any], DomainConfig]) -> DomainHandle:
+        """Take over a domain whose domain 0 died: connect to its process's adoption socket, get its
+        state and its special pages, and serve it from here on (HyperdiscoError if it cannot be)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.settimeout(5.0)
+        try:
+            sock.connect(str(path))
+        except OSError as exc:
+            sock.close()
+            raise HyperdiscoError(f"hyperdisco: {path}: no domain process answers ({exc.strerror})") from None
+        ch = Channel(sock)
+        fds: list[int] = []
+        try:
+            ch.send({"t": "adopt"})
+            msg, fds = ch.recv()
+            if msg.get("t") != "hello" or len(fds) != 1 or not isinstance(msg.get("domid"), int):
+                raise HyperdiscoError(f"hyperdisco: {path}: not a domain process")
+            sock.settimeout(None)
+            config = config_of(msg.get("record"))
+            dom = cls(host, int(msg["domid"]), config, ConsoleBuffer())
+            dom.ch, dom.pid, dom.adopt_path = ch, int(msg.get("pid", 0)), path
+            dom.jail = str(msg.get("jail", ""))
+            dom.console_port = int(msg["console_port"])
+            dom.paused = bool(msg.get("paused"))
+            vbds = msg.get("vbds")
+            dom.adopted_vbds = vbds if isinstance(vbds, dict) else {}
+            dom.stats = msg["stats"] if isinstance(msg.get("stats"), dict) else {}
+            dom.guest_up = True  # it booted under the domain 0 before us
+            dom.pages = ForeignPages(fds[0], [(layout.special_gpa(i), i * PAGE)
+                                              for i in (layout.CONSOLE_PAGE, layout.STORE_PAGE)])
+        except ChannelClosed:
+            ch.close()
+            raise HyperdiscoError(f"hyperdisco: {path}: the domain process hung up") from None
+        except (KeyError, TypeError, ValueError):
+            ch.close()
+            raise HyperdiscoError(f"hyperdisco: {path}: a bad answer from a domain process") from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        dom._serve()
+        return dom
+
+    def _serve(self) -> None:
+        """Domain 0's backends for this domain, and the threads that carry its channel."""
+        assert self.pages is not None
         self.console = ConsoleBackend(self.pages, layout.special_gpa(layout.CONSOLE_PAGE), self._console_out,
                                       lambda: self.notify("console"))
         self.relay = XenstoreRelay(self.domid, self.host.xenstored, self.send)
@@ -268,10 +331,12 @@ class DomainHandle:
             self._finished(outcome, detail or "its process did not stop; killed")
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is not None:
+            return
+        if self.pid > 0:
             try:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                os.kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
 
     # -- virtual block devices (the toolstack side is backends/blkback/manager.py) ----------------------
@@ -414,6 +479,8 @@ class DomainHandle:
             self._writer.join(5.0)
         if self.pages is not None:
             self.pages.close()
+        if self.adopt_path is not None:
+            self.adopt_path.unlink(missing_ok=True)
 
     # -- what list/top/run show -------------------------------------------------------------------------
     def cpu_seconds(self) -> float:
@@ -432,6 +499,19 @@ class DomainHandle:
 
 
 OUTCOMES = ("poweroff", "reboot", "crash", "destroyed", "suspend", "watchdog", "soft_reset", "timeout")
+
+
+def _listen(path: Path) -> socket.socket:
+    """The adoption socket of a new domain process: domain 0's own, mode 0600."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(1)
+    return sock
 
 
 def _one_line(text: str) -> str:

@@ -9,17 +9,21 @@ reason (destroy, restart, preserve). Creating a domain is atomic: any failure un
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from ..backends.blkback import BlockDevices
 from ..backends.console import ConsoleBuffer
-from ..backends.xenstore import Xenstored
+from ..backends.xenstore import Xenstored, persist
 from ..core.clock import Clock
 from ..core.domain import DomainConfig
+from ..core.ratelimit import RateLimiter
 from ..engine.base import get_engine
 from ..errors import ConfigError, HyperdiscoError
 from ..platform import layout
@@ -34,7 +38,13 @@ DEFAULT_RUN_DIR = "/run/hyperdisco"
 
 class Host:
     def __init__(self, engine: str = "tcg", log_sink: Callable[[str], None] | None = None,
-                 run_dir: str = DEFAULT_RUN_DIR, overcommit: float | None = None) -> None:
+                 run_dir: str = DEFAULT_RUN_DIR, overcommit: float | None = None,
+                 state_dir: str | None = None,
+                 config_of: Callable[[Any], DomainConfig] | None = None) -> None:
+        """With `state_dir`, domains outlive this process: each domain process listens in
+        state_dir/domains for a new domain 0, xenstored's state is kept in state_dir/xenstore.json, and
+        the domains found there are adopted now (`config_of` turns a domain's record back into its
+        configuration)."""
         self.engine_name = engine
         eng = get_engine(engine)  # builds/loads the engine once here, so domain processes only load it
         self.clock = Clock(eng.guest_tsc)
@@ -45,6 +55,7 @@ class Host:
         self.dmesg: collections.deque[str] = collections.deque(maxlen=5000)
         self.log_sink = log_sink
         self.admission = Admission(overcommit)
+        self._log_limit = RateLimiter()
         self._lock = threading.RLock()
         self._next_domid = 1
         self._changed = threading.Condition(self._lock)
@@ -59,8 +70,84 @@ class Host:
         for path, value in (("/local/domain/0/name", "Domain-0"), ("/local/domain/0/domid", "0")):
             self.xs.write(path, value)
         self.blk = BlockDevices(self)
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._config_of = config_of
+        if self.state_dir is not None:
+            (self.state_dir / "domains").mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._adopt_all()
+            threading.Thread(target=self._keep_state, name="hd-xs-state", daemon=True).start()
         self._reaper = threading.Thread(target=self._reap, name="hd-reaper", daemon=True)
         self._reaper.start()
+
+    # -- outliving domain 0 -----------------------------------------------------------------------------
+    def _adopt_all(self) -> None:
+        """Take over the domains a previous domain 0 left running (it died or was killed)."""
+        assert self.state_dir is not None
+        state = self.state_dir / "xenstore.json"
+        try:
+            snap = persist.load(state)
+        except HyperdiscoError as exc:
+            self.log(f"xenstore state not restored: {exc}")
+            snap = None
+        sockets = sorted((self.state_dir / "domains").glob("*.sock"))
+        # the store first: an adopted process's backends read it as soon as they are served
+        restored = bool(sockets and snap)
+        watches = persist.restore(self.xenstored, snap) if snap and restored else {}
+        adopted: list[DomainHandle] = []
+        for path in sockets:
+            try:
+                adopted.append(DomainHandle.adopt(self, path, self._adopted_config))
+            except HyperdiscoError as exc:
+                self.log(f"not adopted: {exc}")
+                path.unlink(missing_ok=True)
+        alive = {d.domid for d in adopted}
+        for node in self.xs.directory("/local/domain") if restored else []:
+            if node.isdigit() and int(node) not in alive and node != "0":
+                for stale in (f"/local/domain/{node}", f"/local/domain/0/backend/vbd/{node}"):
+                    try:
+                        self.xs.rm(stale)
+                    except Exception:
+                        pass
+        for dom in adopted:
+            with self._lock:
+                self.domains[dom.domid] = dom
+                self.consoles[dom.domid] = dom.console_buffer
+                self._next_domid = max(self._next_domid, dom.domid + 1)
+            dom.on_shutdown = self._domain_stopped
+            assert dom.pages is not None and dom.console is not None
+            if restored:
+                ring = layout.special_gpa(layout.STORE_PAGE)
+                notify = functools.partial(dom.notify, "store")
+                self.xenstored.introduce_domain(dom.domid, dom.pages, ring, notify, watches.get(dom.domid))
+            else:
+                self._introduce(dom)
+            self.blk.adopt(dom, dom.adopted_vbds)
+            self.xenstored.kick(dom.domid)  # what the guest wrote while nobody served it
+            dom.console.kick()
+            self.log(f"adopted domain {dom.domid} ({dom.name}), pid {dom.pid}")
+
+    def _adopted_config(self, record: Any) -> DomainConfig:
+        if self._config_of is None:
+            raise HyperdiscoError("hyperdisco: this domain 0 cannot adopt domains")
+        return self._config_of(record)
+
+    def _keep_state(self) -> None:
+        """Write xenstored's state whenever it changed (at most every 200 ms), for a successor."""
+        assert self.state_dir is not None
+        path = self.state_dir / "xenstore.json"
+        last = None
+        while True:
+            time.sleep(0.2)
+            try:
+                now = persist.version(self.xenstored)
+                if now != last:
+                    persist.save(path, persist.snapshot(self.xenstored))
+                    last = now
+            except Exception as exc:  # a full disk must not end domain 0
+                self.limit_log(f"xenstore state not saved: {exc}")
+
+    def limit_log(self, msg: str) -> None:
+        self._log_limit.log(self.log, "state", msg)
 
     # -- log --------------------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -109,7 +196,8 @@ class Host:
                 self.consoles[domid] = buf
             dom.on_shutdown = self._domain_stopped
             cg = self.cgroups.place if self.cgroups is not None else None
-            dom.start(self.engine_name, self.clock.params(), self.jail_root, cg)
+            adopt = self.state_dir / "domains" / f"{domid}.sock" if self.state_dir is not None else None
+            dom.start(self.engine_name, self.clock.params(), self.jail_root, cg, adopt, config.record)
             self._introduce(dom)
             for spec, image in disks:
                 self.blk.attach(dom, spec, image)
@@ -246,6 +334,9 @@ class Host:
         return True
 
     def close(self) -> None:
+        """An orderly stop of domain 0 stops its domains too (only a domain 0 that dies leaves them)."""
         for dom in list(self.domains.values()):
             self.destroy(dom)
         self.blk.close()
+        if self.state_dir is not None:
+            (self.state_dir / "xenstore.json").unlink(missing_ok=True)

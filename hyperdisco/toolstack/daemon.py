@@ -15,15 +15,18 @@ import queue
 import select
 import socket
 import socketserver
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..core import page_sharing
+from ..core.domain import DomainConfig
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
 from ..errors import HyperdiscoError
+from ..loader.elf import KernelImage
 from ..platform import layout
 from .build import domain_config
 from .console import ExecSession
@@ -32,6 +35,8 @@ from .requests import MAX_REQUEST_BYTES, RequestError, check_name, field, parse_
 from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec
 
 MAX_VCPUS = 1
+RECORD_KEYS = ("name", "memory", "vcpus", "kernel", "ramdisk", "cmdline", "on_poweroff", "on_reboot",
+               "on_crash", "disks")
 CLIENT_QUEUE_BYTES = 1 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
 LISTEN_BACKLOG = 128
 
@@ -129,11 +134,19 @@ class Daemon:
         if share_pages:
             page_sharing.enable()
         self.host = Host(engine, log_sink=(lambda m: print(m, flush=True)) if verbose else None,
-                         run_dir=str(self.path.parent), overcommit=overcommit)
+                         run_dir=str(self.path.parent), overcommit=overcommit,
+                         state_dir=str(self.path.with_name(self.path.name + ".state")),
+                         config_of=self._adopted_config)
         self.exec_locks: dict[int, threading.Lock] = {}
 
     # -- operations -------------------------------------------------------------------------------------
     def op_create(self, config: dict[str, Any]) -> dict[str, Any]:
+        dom = self.host.create(self._config(config))
+        return {"domid": dom.domid, "name": dom.name}
+
+    def _config(self, config: dict[str, Any]) -> DomainConfig:
+        """A create request's config, checked field by field, as a DomainConfig whose record is what
+        _config needs to build it again (a new daemon adopting the domain calls _adopted_config)."""
         name = check_name(config.get("name"), "create")
         memory = field(config, "memory", int, 256, layout.MIN_RAM >> 20, layout.MAX_RAM >> 20)
         vcpus = field(config, "vcpus", int, 1, 1, MAX_VCPUS)
@@ -152,8 +165,24 @@ class Daemon:
         if not isinstance(disks, list) or len(disks) > 16:
             raise RequestError("hyperdisco: create: disks must be a list of at most 16 disks")
         cfg.disks = [_disk_spec(d) for d in disks]
-        dom = self.host.create(cfg)
-        return {"domid": dom.domid, "name": dom.name}
+        cfg.record = {k: config[k] for k in RECORD_KEYS if k in config}
+        return cfg
+
+    def _adopted_config(self, record: Any) -> DomainConfig:
+        """The configuration of a domain a previous daemon created (for on_* actions and list)."""
+        if not isinstance(record, dict):
+            raise HyperdiscoError("hyperdisco: an adopted domain has no configuration record")
+        try:
+            return self._config(record)
+        except HyperdiscoError as exc:  # e.g. its kernel is gone: keep the domain, it just cannot restart
+            print(f"hyperdisco: {record.get('name')!r}: its configuration no longer loads ({exc}); "
+                  "it will not be restarted", file=sys.stderr)
+            cfg = DomainConfig(name=check_name(record.get("name"), "adopt"),
+                               kernel=KernelImage([], 0, {}), initrd=None, cmdline="",
+                               memory_mib=field(record, "memory", int, 256), on_reboot="destroy",
+                               on_crash="destroy")
+            cfg.record = record
+            return cfg
 
     # -- virtual block devices (xl block-attach, block-detach, block-list) ----------------------------
     def op_block_attach(self, dom: str | int, disk: dict[str, Any]) -> int:

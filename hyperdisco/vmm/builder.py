@@ -48,9 +48,8 @@ def build_domain(msg: dict[str, Any], fds: list[int], output: Callable[[bytes], 
     clock = Clock(engine.guest_tsc, params=msg["clock"])
     config = DomainConfig(name=str(msg["name"]), kernel=kernel, initrd=initrd, cmdline=str(msg["cmdline"]),
                           memory_mib=int(msg["memory_mib"]), vcpus=int(msg["vcpus"]))
-    dom = Domain(int(msg["domid"]), config, engine, clock, output, log, special_fd=special_fd)
-    os.close(special_fd)  # mapped: the descriptor is no longer needed
-    return dom
+    # special_fd stays open: a new domain 0 that adopts this domain gets it again (domain_process.py)
+    return Domain(int(msg["domid"]), config, engine, clock, output, log, special_fd=special_fd)
 
 
 def domain_stats(dom: Domain, scheduler: Scheduler | None) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from .jail import Jail
 from .remote_xenstore import RemoteXenstore
 
 OUT_CHUNK = 16 * 1024
+# how long a domain whose domain 0 died keeps running, waiting for a new one to adopt it
+ORPHAN_TIMEOUT_S = float(os.environ.get("HYPERDISCO_ORPHAN_TIMEOUT", "300"))
 
 
 class DomainProcess:
@@ -46,10 +48,21 @@ class DomainProcess:
         self.xs = RemoteXenstore(channel)
         self.vbds: VbdHost | None = None
         self.scheduler: Scheduler | None = None
-        self.gone = threading.Event()  # domain 0 went away or asked for destruction
+        self.gone = threading.Event()  # domain 0 went away for good
+        self.orphaned = threading.Event()  # domain 0 went away; a new one may adopt us
+        self.listener: socket.socket | None = None  # where a new domain 0 connects to adopt us
+        self.special_fd = -1
+        self.record: Any = None  # domain 0's own description of the domain, given back on adoption
+        self.jail_report = ""
+        self._held: list[dict[str, Any]] = []  # log lines from while no domain 0 listened
 
     # -- to domain 0 ------------------------------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> None:
+        if self.orphaned.is_set():
+            # nobody listens: the rings keep what the guest wrote for the next domain 0; log lines wait
+            if msg.get("t") == "log" and len(self._held) < 100:
+                self._held.append(msg)
+            return
         try:
             self.ch.send(msg)
         except ChannelClosed:
@@ -72,6 +85,10 @@ class DomainProcess:
             if msg.get("t") != "build":
                 raise HyperdiscoError("hyperdisco: domain process: expected a build message")
             dom = build_domain(msg, fds, self.output, self.log)
+            self.special_fd = fds[0]
+            self.record = msg.get("record")
+            if isinstance(msg.get("adopt_fd"), int) and 0 <= msg["adopt_fd"] < len(fds):
+                self.listener = socket.socket(fileno=fds[msg["adopt_fd"]])
             dom.on_console_kick = lambda: self.send({"t": "kick", "what": "console"})
             dom.on_store_kick = lambda: self.send({"t": "kick", "what": "store"})
             self.dom = dom
@@ -82,7 +99,9 @@ class DomainProcess:
             detail = str(exc) if isinstance(exc, HyperdiscoError) else f"{type(exc).__name__}: {exc}"
             self.send({"t": "error", "msg": detail})
             return 1
-        self.send({"t": "built", "jail": jail.report(), "pid": os.getpid(), "console_port": dom.console_port})
+        self.jail_report = jail.report()
+        self.send({"t": "built", "jail": self.jail_report, "pid": os.getpid(),
+                   "console_port": dom.console_port})
         reader = threading.Thread(target=self._read, name="hd-channel", daemon=True)
         reader.start()
         self.scheduler = Scheduler(workers=max(1, min(len(dom.vcpus), os.cpu_count() or 1)))
@@ -103,9 +122,51 @@ class DomainProcess:
         self.scheduler.shutdown()
 
     def _lost(self) -> None:
-        self.gone.set()
-        if self.dom is not None:
-            self.dom.shutdown("destroyed", "domain 0 went away")
+        """The channel broke: domain 0 died. Keep running, to be adopted, if we can be reached."""
+        if self.listener is None:
+            self.gone.set()
+            if self.dom is not None:
+                self.dom.shutdown("destroyed", "domain 0 went away")
+            return
+        self.orphaned.set()
+        self.xs.fail_pending()
+
+    def _adopted(self) -> bool:
+        """Wait for a new domain 0 on the listening socket (up to ORPHAN_TIMEOUT_S); hand it our state."""
+        assert self.listener is not None and self.dom is not None
+        deadline = time.monotonic() + ORPHAN_TIMEOUT_S
+        while time.monotonic() < deadline and not self.dom.finished:
+            self.listener.settimeout(min(5.0, max(0.1, deadline - time.monotonic())))
+            try:
+                conn, _addr = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            conn.settimeout(None)
+            ch = Channel(conn)
+            try:
+                msg, fds = ch.recv()
+                for fd in fds:
+                    os.close(fd)
+                if msg.get("t") != "adopt":
+                    raise ChannelClosed("not an adoption")
+                dom = self.dom
+                assert self.vbds is not None
+                ch.send({"t": "hello", "domid": dom.domid, "name": dom.name, "record": self.record,
+                         "console_port": dom.console_port, "paused": dom.paused, "pid": os.getpid(),
+                         "jail": self.jail_report, "vbds": self.vbds.describe(),
+                         "stats": domain_stats(dom, self.scheduler)}, [self.special_fd])
+            except ChannelClosed:
+                ch.close()
+                continue
+            self.ch = ch
+            self.xs.channel = ch
+            self.orphaned.clear()
+            held, self._held = self._held, []
+            for m in held:
+                self.send(m)
+            self.xs.replay_watches()
+            return True
+        return False
 
     # -- from domain 0 ----------------------------------------------------------------------------------
     def _read(self) -> None:
@@ -114,6 +175,9 @@ class DomainProcess:
                 msg, fds = self.ch.recv()
             except ChannelClosed:
                 self._lost()
+                if self.listener is not None and self._adopted():
+                    continue
+                self.gone.set()
                 return
             try:
                 self._handle(msg, fds)
@@ -181,6 +245,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].isdigit():
         print("usage: python -m hyperdisco.vmm CHANNEL_FD (the daemon starts it)", file=sys.stderr)
         return 2
+    import faulthandler
+    import signal
+
+    faulthandler.enable()  # an engine crash says where each thread was (into domain 0's log)
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)  # `kill -USR1 PID`: a thread dump
     sock = socket.socket(fileno=int(argv[0]))
     code = DomainProcess(Channel(sock)).run()
     sys.stdout.flush()

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from ..backends.xenstore.client import XenstoreClient
-from ..backends.xenstore.wire import XS_ERROR, error_payload
+from ..backends.xenstore.wire import XS_ERROR, XS_UNWATCH, XS_WATCH, error_payload
 from .channel import Channel, ChannelClosed
 
 REPLY_TIMEOUT_S = 30.0
@@ -28,6 +28,7 @@ class RemoteXenstore:
         self._lock = threading.Lock()
         self._waiting: dict[int, tuple[threading.Event, list[tuple[int, bytes]]]] = {}
         self._conns: dict[int, RelayedConnection] = {}
+        self._watches: dict[tuple[int, bytes], None] = {}  # (conn, payload): set again on adoption
 
     def local_connection(self, on_watch: Callable[[str, str], None] | None = None) -> RelayedConnection:
         conn = RelayedConnection(self, next(self._ids), on_watch)
@@ -36,6 +37,10 @@ class RemoteXenstore:
         return conn
 
     def request(self, conn_id: int, msg_type: int, payload: bytes, tx_id: int) -> tuple[int, bytes]:
+        if msg_type == XS_WATCH:
+            self._watches[(conn_id, payload)] = None
+        elif msg_type == XS_UNWATCH:
+            self._watches.pop((conn_id, payload), None)
         req = next(self._ids)
         done = threading.Event()
         box: list[tuple[int, bytes]] = []
@@ -52,6 +57,20 @@ class RemoteXenstore:
             with self._lock:
                 self._waiting.pop(req, None)
         return box[0]
+
+    def fail_pending(self) -> None:
+        """Domain 0 is gone: every request waiting for it fails now (EIO) instead of timing out."""
+        with self._lock:
+            waiting = list(self._waiting.values())
+        for done, box in waiting:
+            box.append((XS_ERROR, error_payload("EIO")))
+            done.set()
+
+    def replay_watches(self) -> None:
+        """A new domain 0 adopted us: set our backends' watches again in its xenstored (their paths fire
+        once, which the backends treat as 'look again')."""
+        for conn_id, payload in list(self._watches):
+            threading.Thread(target=self.request, args=(conn_id, XS_WATCH, payload, 0), daemon=True).start()
 
     # -- messages from domain 0 (the channel's reader thread) -------------------------------------------
     def reply(self, msg: dict[str, object]) -> None:
@@ -70,6 +89,8 @@ class RemoteXenstore:
     def forget(self, conn_id: int) -> None:
         with self._lock:
             self._conns.pop(conn_id, None)
+            for key in [k for k in self._watches if k[0] == conn_id]:
+                del self._watches[key]
         try:
             self.channel.send({"t": "xs-close", "conn": conn_id})
         except ChannelClosed:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +28,17 @@ def domain_cfg(tmp_path: Path, name: str, *lines: str, memory: int = 128) -> str
     p = tmp_path / f"{name}.cfg"
     p.write_text(f'name = "{name}"\nmemory = {memory}\n' + "\n".join(lines) + "\n")
     return str(p)
+
+
+def domain_pid(xl: Xl, name: str) -> int:
+    """The domain's process, from the control API's long listing."""
+    sock = xl.env["HYPERDISCO_SOCKET"]
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock)
+        s.sendall(json.dumps({"op": "list", "long": True}).encode() + b"\n")
+        reply = json.loads(s.makefile("rb").readline())
+    rows = {r["name"]: r for r in reply["result"]}
+    return int(rows[name]["pid"])
 
 
 @dataclass

@@ -13,24 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Xl, domain_cfg
+from .conftest import Xl, domain_cfg, domain_pid
 
 pytestmark = pytest.mark.slow
 
 
 def cfg(tmp_path: Path, name: str, *extra: str) -> str:
     return domain_cfg(tmp_path, name, *extra, memory=96)
-
-
-def domain_pid(xl: Xl, name: str) -> int:
-    """The domain's process, from the control API's long listing."""
-    sock = xl.env["HYPERDISCO_SOCKET"]
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(sock)
-        s.sendall(json.dumps({"op": "list", "long": True}).encode() + b"\n")
-        reply = json.loads(s.makefile("rb").readline())
-    rows = {r["name"]: r for r in reply["result"]}
-    return int(rows[name]["pid"])
 
 
 def status(pid: int) -> dict[str, str]:
@@ -108,7 +97,8 @@ def test_special_files_are_refused_before_anything_blocks(xl: Xl, tmp_path: Path
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     for line in (f"disk = [ 'format=raw, vdev=xvdb, access=rw, target={fifo}' ]", f'kernel = "{fifo}"',
-                 f'ramdisk = "{fifo}"', 'ramdisk = "/dev/zero"', f"disk = [ 'vdev=xvdb, target={tmp_path}' ]"):
+                 f'ramdisk = "{fifo}"', 'ramdisk = "/dev/zero"',
+                 f"disk = [ 'vdev=xvdb, target={tmp_path}' ]"):
         p = subprocess.run(["timeout", "30", *xl.argv("create", cfg(tmp_path, "bad", line))],
                            capture_output=True, text=True, env=xl.env)
         assert p.returncode not in (0, 124), (line, p.stderr)  # refused, and not by the timeout

@@ -198,6 +198,8 @@ class VbdBackend:
 
     def _frontend_changed(self) -> None:
         raw = self._read("state")
+        if raw is None and self.ring is not None:
+            self.log("frontend state unreadable")
         fstate = abi.XenbusStateClosed if raw is None or not raw.isdigit() else int(raw)
         if fstate in (abi.XenbusStateInitialising, abi.XenbusStateInitWait):
             if self.state == abi.XenbusStateClosed:  # the frontend reconnects (e.g. module reloaded)
@@ -264,6 +266,7 @@ class VbdBackend:
     def _disconnect(self) -> None:
         if self.ring is None:
             return
+        self.log("disconnected")
         ring, self.ring = self.ring, None
         with self._serving:
             ring.close()

@@ -22,6 +22,7 @@ class VbdHost:
         self.log = log
         self._lock = threading.Lock()
         self._devices: dict[int, tuple[VbdBackend, Disk]] = {}
+        self._args: dict[int, dict[str, Any]] = {}
         self._workers = IoWorkers(log=log)
         self._queue = DomainIoQueue(self._workers)
 
@@ -39,6 +40,7 @@ class VbdHost:
         with self._lock:
             old = self._devices.pop(devid, None)
             self._devices[devid] = (dev, disk)
+            self._args[devid] = dict(args)
         if old is not None:
             _stop(*old)
         dev.start()
@@ -55,6 +57,11 @@ class VbdHost:
             self._devices.pop(devid, None)
         _stop(*entry)
         return clean
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Each device's number and what it serves (for a domain 0 that adopts the domain)."""
+        with self._lock:
+            return {str(devid): dict(self._args[devid]) for devid in self._devices}
 
     def devices(self) -> list[VbdBackend]:
         with self._lock:

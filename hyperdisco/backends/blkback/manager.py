@@ -27,6 +27,16 @@ DETACH_TIMEOUT_S = 10.0  # libxl waits LIBXL_DESTROY_TIMEOUT (10 s) for the fron
 
 
 @dataclass
+class AttachedDisk:
+    """What domain 0 knows of a disk it did not attach itself (an adopted domain's)."""
+
+    vdev: str
+    target: str
+    format: str
+    access: str
+
+
+@dataclass
 class PreparedDisk:
     """An image domain 0 opened and checked, as descriptors ready to hand to a domain process."""
 
@@ -175,6 +185,17 @@ class BlockDevices:
                 xs.rm(parent)
         except Exception:
             pass
+
+    def adopt(self, dom: Any, vbds: dict[str, Any]) -> None:
+        """A domain adopted from a previous domain 0: its devices, as its process reported them."""
+        found: dict[int, Any] = {}
+        for devid, info in vbds.items():
+            if str(devid).isdigit() and isinstance(info, dict):
+                access = "ro" if info.get("readonly") else "rw"
+                found[int(devid)] = AttachedDisk(str(info.get("vdev", "")), str(info.get("target", "")),
+                                                 str(info.get("format", "")), access)
+        with self._lock:
+            self._devices[dom.domid] = found
 
     def close_domain(self, domid: int) -> None:
         """The domain is going (its process stops its backends and closes its images): remove the nodes."""

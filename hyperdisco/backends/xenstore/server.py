@@ -150,7 +150,9 @@ class Xenstored:
     # ---- domains -------------------------------------------------------------------------------
 
     def introduce_domain(self, domid: int, mem: PhysicalPages, ring_gpa: int,
-                         notify: Callable[[], None]) -> None:
+                         notify: Callable[[], None], watches: list[Watch] | None = None) -> None:
+        """A domain's ring is served from now on; `watches` are its watches kept across a restart of
+        domain 0 (persist.py)."""
         if not 0 < domid < DOMID_FIRST_RESERVED:
             raise ValueError(f"domain id {domid} cannot be introduced")
         with self._lock:
@@ -160,6 +162,8 @@ class Xenstored:
                 self.log(f"xenstore: dom{domid}: introduced again, the old connection is dropped")
             conn = _GuestConn(domid, mem, ring_gpa, notify)
             conn.ring.advertise()  # a GuestFault here is the caller's mistake: let it propagate
+            for w in watches or ():
+                conn.watches.add(w)
             self._guests[domid] = conn
             home = st.home_path(domid)
             if self.store.get(home) is None:

@@ -1,0 +1,82 @@
+"""Domain 0 can die and come back without its domains (docs/process-model.md, "Outliving domain 0"):
+after `kill -9` of the daemon the domain processes keep running, and a new daemon on the same socket
+adopts them: their consoles, xenstore state (and the guests' watches) and block devices."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Xl, domain_cfg, domain_pid
+
+pytestmark = pytest.mark.slow
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_kill_9_of_the_daemon_and_a_new_one_adopts_the_domains(xl: Xl, tmp_path: Path,
+                                                               request: pytest.FixtureRequest) -> None:
+    disk = tmp_path / "data.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    xl("create", domain_cfg(tmp_path, "keep", f"disk = [ 'format=raw, vdev=xvdb, access=rw, target={disk}' ]",
+                            memory=96))
+    xl("create", domain_cfg(tmp_path, "other", memory=96))
+    xl("exec", "keep", "echo before > /tmp/mark; echo on-disk | dd of=/dev/xvdb bs=512 count=1 "
+                       "conv=sync,fsync 2>/dev/null", "--timeout", "120")
+    xl("exec", "other", "true", "--timeout", "120")
+    rows = xl("list", "-l").stdout
+    daemon, log_path = request.node.hd_daemon
+    pids = [domain_pid(xl, "keep"), domain_pid(xl, "other")]
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(10)
+    time.sleep(1)
+    assert all(alive(p) for p in pids), rows  # the domains did not die with their domain 0
+
+    log = open(tmp_path / "daemon2.log", "w")
+    sock = Path(xl.env["HYPERDISCO_SOCKET"])
+    new = subprocess.Popen([sys.executable, "-m", "hyperdisco", "daemon", "--socket", str(sock), "-v"],
+                           stdout=log, stderr=subprocess.STDOUT)
+    request.node.hd_daemon = (new, tmp_path / "daemon2.log")
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the stale socket is replaced once the new daemon serves
+            p = xl("list", check=False)
+            if p.returncode == 0:
+                break
+            assert new.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon2.log").read_text()
+            time.sleep(0.2)
+        rows2 = xl.rows()
+        assert {"keep", "other"} <= set(rows2), rows2
+        assert "adopted domain" in (tmp_path / "daemon2.log").read_text()
+        # the same guest, still running: its files, its disk, a clock that went on
+        out = xl("exec", "keep", "cat /tmp/mark; dd if=/dev/xvdb bs=512 count=1 2>/dev/null | head -c 7",
+                 "--timeout", "60").stdout.split()
+        assert out == ["before", "on-disk"], out
+        blocks = xl("block-list", "keep").stdout
+        assert "51728" in blocks
+        # the guest's own xenstore watch on control/shutdown survived: a clean shutdown still works
+        xl("shutdown", "-w", "other", timeout=120)
+        assert "other" not in xl.rows()
+        assert xl("xenstore", "read", "/local/domain/1/name").stdout.strip() == "keep"
+        xl("destroy", "keep")
+        assert "keep" not in xl.rows()
+    finally:
+        new.terminate()
+        try:
+            new.wait(20)
+        except subprocess.TimeoutExpired:
+            new.kill()
+        log.close()
