@@ -13,10 +13,10 @@ import pytest
 from unit_support import SCRATCH_VA, DomainHarness
 
 from hyperdisco.backends.console import ConsoleBackend
+from hyperdisco.core.hypercalls import GRANT_FRAMES_MAX, MAX_CONSOLE_WRITE
 from hyperdisco.core.memory import PAGE
 from hyperdisco.platform import layout
 from hyperdisco.xen import abi
-from hyperdisco.core.hypercalls import GRANT_FRAMES_MAX, MAX_CONSOLE_WRITE
 
 BAD_PTRS = [0x7FFF_0000_0000, 32 << 20, (32 << 20) - 1, 0xFEE00000, 0xFFFF_FFFF_FFFF_F000]
 SHARED_INFO_GPFN = 0x300

@@ -5,9 +5,9 @@ from __future__ import annotations
 from unit_support import KERNEL_PADDR, make_elf
 
 from hyperdisco.core.memory import GuestMemory
-from hyperdisco.loader.shared_image import shared_kernel_image
 from hyperdisco.loader.elf import parse_kernel
 from hyperdisco.loader.pvh import load_pvh
+from hyperdisco.loader.shared_image import shared_kernel_image
 
 
 def test_one_image_many_domains_private_writes() -> None:
