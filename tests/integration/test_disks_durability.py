@@ -22,7 +22,7 @@ from hyperdisco.backends.disk import open_disk
 from hyperdisco.backends.disk.cow import CowImage
 from hyperdisco.images import GuestImages
 
-from .conftest import Xl, domain_cfg
+from .conftest import Xl, domain_cfg, domain_pid
 
 pytestmark = [
     pytest.mark.slow,
@@ -59,6 +59,14 @@ def wait_for_disks(xl: Xl, dom: str, *vdevs: str) -> None:
     r = xl("exec", dom, f"i=0; until {test}; do i=$((i+1)); [ $i -gt 150 ] && exit 1; sleep 0.2; done",
            "--timeout", "90", check=False)
     assert r.returncode == 0, (r.stdout, r.stderr)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((ln for ln in f if ln.startswith("State:")), "")
+    except OSError:
+        return "zombie (gone)"
 
 
 def md5(data: bytes | bytearray) -> str:
@@ -241,8 +249,15 @@ def test_flushed_writes_survive_sigkill_of_the_daemon(daemons: list[Daemon], tmp
     # more writes without a flush may be in flight at the kill: allowed to be lost, must not corrupt
     xl("exec", "k9", "(dd if=/dev/urandom of=/dev/xvdc bs=64k seek=600 count=64 2>/dev/null &) ; "
                      "(dd if=/dev/urandom of=/dev/xvdd bs=64k seek=200 count=32 2>/dev/null &) ; true")
+    # the domain's block backend lives in its domain process: kill that (and domain 0 with it)
+    vmm = domain_pid(xl, "k9")
+    os.kill(vmm, signal.SIGKILL)
     first.proc.send_signal(signal.SIGKILL)
     assert first.proc.wait(10) == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{vmm}") and "zombie" not in _state(vmm):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
 
     expect = {dev: pattern(dev, length) for dev in offs}
     with open(raw, "rb") as f:
