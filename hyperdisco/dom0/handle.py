@@ -208,6 +208,8 @@ class DomainHandle:
     def _send_build(self, ch: Channel, msg: dict[str, Any], fds: list[int]) -> None:
         try:
             ch.send(msg, fds)
+        except ValueError as exc:  # a configuration too large for one message
+            raise HyperdiscoError(f"hyperdisco: domain {self.name}: {exc}") from None
         except ChannelClosed:
             if self.proc is not None:
                 try:

@@ -159,4 +159,8 @@ def get_engine(name: str) -> Engine:
         from .tcg.engine import TcgEngine
 
         return TcgEngine()
-    raise EngineError(f"hyperdisco: unknown CPU engine {name!r} (available: tcg)")
+    if name == "scripted":  # no guest code: for testing what surrounds the engine (engine/scripted.py)
+        from .scripted import ScriptedEngine
+
+        return ScriptedEngine()
+    raise EngineError(f"hyperdisco: unknown CPU engine {name!r} (available: tcg, scripted)")
