@@ -16,14 +16,16 @@ first alone, then beside neighbour domains that each storm one path, one storm k
 * ``console``:   ``yes | head -c 64K >/dev/hvc0`` in a loop
 * ``disk``:      ``dd if=/dev/zero of=/dev/xvdb bs=1M count=16 conv=fsync`` in a loop (a raw image each)
 
-and alone again at the end; the whole list runs ``--rounds`` times. Per scenario it reports the victim's
-median time per workload, its ratio to the median of all solo runs (target: within 5%), the neighbours'
-achieved storm rate (counted in the guest) and hypercall rate (the daemon's trap counters), and who used
-the host's CPUs meanwhile. By default the victim's domain process is pinned to CPU 0 (at nice -10) and
-the daemon, the neighbours and this harness to the other CPUs (``--pin none`` lets them float). See
-bench/README.md.
+and alone again at the end (the whole list ``--rounds`` times). Beside a storm every run is paired with
+one beside the same neighbours paused (ABBA order), because the victim's fork+exec time drifts by more
+than the 5% to be resolved. Per scenario it reports the victim's median time per workload, its ratio to
+the median of all solo runs (target: within 5%) and the median paired ratio, the neighbours' achieved
+storm rate (counted in the guest) and hypercall rate (the daemon's trap counters), the victim's
+run-queue wait, and who used the host's CPUs meanwhile. By default the victim's domain process is pinned
+to CPU 0 (at nice -20) and the daemon, the neighbours and this harness to the other CPUs (``--pin none``
+lets them float). See bench/README.md.
 
-    python bench/isolation.py [--rounds 2] [--repeat 5] [--neighbours 1] [--scenarios solo,busy,...]
+    python bench/isolation.py [--repeat 6] [--rounds 1] [--neighbours 1] [--scenarios solo,busy,...]
                               [--cpu-iterations 100000] [--fork-count 1000] [--pin split|none]
                               [--out bench/results/isolation-<timestamp>.json]
 """
@@ -1016,10 +1018,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "other CPUs (default); none: no affinity")
     p.add_argument("--victim-cpu", type=int, default=0,
                    help="the victim's host CPU with --pin split (default 0)")
-    p.add_argument("--victim-nice", type=int, default=-10,
+    p.add_argument("--victim-nice", type=int, default=-20,
                    help="with --pin split, the victim's threads run at this nice value, so that other "
                         "users' processes the host puts on its CPU take little from it; 0: leave it "
-                        "(default -10)")
+                        "(default -20)")
     p.add_argument("--quiet-pct", type=float, default=10.0,
                    help="before each scenario wait until foreign load is below this %% of one CPU "
                         "(default 10)")
