@@ -60,13 +60,37 @@ def host_cpu_jiffies() -> tuple[int, int]:
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (a daemon and its domain processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
 def smaps_rollup(pid: int) -> dict[str, int]:
-    """The interesting /proc/PID/smaps_rollup lines, in KiB."""
+    """The interesting /proc/PID/smaps_rollup lines, in KiB, summed over the process and its descendants
+    (since each domain runs in a process of its own, the daemon alone is not what the domains cost; PSS
+    sums correctly across processes: a shared page is split between its sharers)."""
     out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ROLLUP_KEYS:
-            out[key] = int(rest.split()[0])
+    for p in process_tree(pid):
+        try:
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, rest = line.partition(":")
+            if key in ROLLUP_KEYS:
+                out[key] = out.get(key, 0) + int(rest.split()[0])
     return out
 
 

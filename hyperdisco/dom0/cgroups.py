@@ -1,10 +1,13 @@
 """Memory accounting of domain processes in cgroups, where the host lets domain 0 make them.
 
-Each domain process goes into a cgroup of its own, `hyperdisco/d<pid>` under domain 0's own cgroup,
-with a memory limit of its RAM plus the engine's overhead (dom0/admission.py) and some slack; a domain
-that exceeds it is OOM-killed alone (domain 0 sees its process die and applies on_crash). cgroup v2 is
+Each domain process goes into a cgroup of its own, `hyperdisco/d<pid>` under domain 0's own cgroup, so
+its memory is accounted (memory.current / memory.usage_in_bytes). A hard limit (its RAM plus the
+engine's overhead, dom0/admission.py, plus slack; a domain that exceeds it is OOM-killed alone) is set
+only with HYPERDISCO_CGROUP_LIMIT=1: the host's page cache of the domain's disk images is charged to
+the same cgroup, and a limit that tight cut sequential disk reads from 784 to 134 MiB/s (bench/disk.py,
+one run each; admission control already keeps the sum of domains within the host). cgroup v2 is
 used when its memory controller is available, else v1's memory hierarchy; without either (or without
-permission) domains run unaccounted and `info` says so.
+permission) domains run unaccounted and `info` says so. HYPERDISCO_CGROUPS=0 turns it off.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ class Cgroups:
         path = self.root / f"d{pid}"
         try:
             path.mkdir(exist_ok=True)
-            limit = (cost_mib(config) + SLACK_MIB) << 20
-            (path / self._limit_file()).write_text(str(limit))
+            if os.environ.get("HYPERDISCO_CGROUP_LIMIT") == "1":
+                limit = (cost_mib(config) + SLACK_MIB) << 20
+                (path / self._limit_file()).write_text(str(limit))
             (path / "cgroup.procs").write_text(str(pid))
         except OSError:
             pass  # accounting is best effort: the domain still runs
@@ -55,7 +59,9 @@ def _own(hierarchy: str) -> str | None:
 
 
 def detect() -> Cgroups | None:
-    """A writable place for domain cgroups, or None."""
+    """A writable place for domain cgroups, or None (also with HYPERDISCO_CGROUPS=0)."""
+    if os.environ.get("HYPERDISCO_CGROUPS", "1") == "0":
+        return None
     candidates: list[tuple[Path, int]] = []
     v2 = _own("")
     for mount in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
