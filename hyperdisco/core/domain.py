@@ -226,7 +226,7 @@ class Domain:
         self.hypercalls = Hypercalls(self)
         self.cpuid = CpuidPolicy(engine.native_cpuid(), domid, XEN_VERSION, clock.tsc_khz())
         for i in range(config.vcpus):
-            ev = engine.create_vcpu(i, _TrapGlue(self))
+            ev = engine.create_vcpu(i, TrapDispatch(self))
             ev.map_ram(0, self.memory.ram_bytes, self.memory.regions[0].host_address)
             ev.map_ram(self.special.gpa, self.special.size, self.special.host_address)
             ev.map_mmio(layout.LAPIC_BASE, PAGE)
@@ -388,7 +388,7 @@ def _nothing() -> None:
     pass
 
 
-class _TrapGlue:
+class TrapDispatch:
     """The core's side of the engine interface for one domain."""
 
     def __init__(self, dom: Domain) -> None:

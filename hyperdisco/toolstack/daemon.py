@@ -29,9 +29,9 @@ from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from ..platform import layout
 from .build import domain_config
-from .console import ExecSession
 from .protocol import encode, socket_path
 from .requests import MAX_REQUEST_BYTES, RequestError, check_name, field, parse_request
+from .sessions import ExecSession
 from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec
 
 MAX_VCPUS = 1

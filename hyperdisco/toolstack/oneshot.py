@@ -10,7 +10,7 @@ from ..backends.console import ConsoleBuffer
 from ..core.domain import DomainConfig
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
-from .console import ExecSession, TerminalAttachment
+from .sessions import ExecSession, TerminalAttachment
 
 
 @dataclass
@@ -31,7 +31,7 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
                timeout: float | None = None, t_start: float | None = None, verbose: bool = False,
                quiet_console: bool = False) -> RunReport:
     t0 = t_start if t_start is not None else time.monotonic()
-    hv = Host(engine_name, log_sink=log_to_stderr if verbose else None)
+    host = Host(engine_name, log_sink=log_to_stderr if verbose else None)
     console = ConsoleBuffer()
     current: list[DomainHandle] = []
     transcript = bytearray()
@@ -52,7 +52,7 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
         if not quiet_console:
             console.attach(attach.output)
         config = replace(config, on_reboot="restart", on_crash="destroy", on_poweroff="destroy")
-    dom = hv.create(config, console=console)
+    dom = host.create(config, console=console)
     current.append(dom)
     if attach is not None:
         attach.start()
@@ -63,8 +63,8 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
             if not dom.done.wait(left):
                 dom.query()
                 dom.shutdown("timeout", f"no shutdown within {timeout:.0f}s; {dom.describe()}")
-            hv.wait_gone(dom)
-            nxt = hv.successor(dom)
+            host.wait_gone(dom)
+            nxt = host.successor(dom)
             if nxt is None:
                 break
             current.append(nxt)  # on_reboot=restart: follow the new incarnation
@@ -81,7 +81,7 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
     user_space = first.stats.get("user_space_mono")
     if isinstance(user_space, float):
         timings["user_space_s"] = user_space - t0
-    hv.close()
+    host.close()
     outcome = dom.outcome or "unknown"
     status = {"poweroff": 0, "reboot": 0, "destroyed": 0}.get(outcome, 1)
     output = b""
