@@ -1,21 +1,17 @@
 """The PV console backend: the xencons_interface ring (xen/include/public/io/console.h).
 
-The ring page holds `in[1024]`, `out[2048]`, then in_cons, in_prod, out_cons, out_prod (u32 each).
-Indices come from the guest and are never trusted: they are masked into the ring, and a producer that
-claims more than a ring's worth of data is clamped to it.
+The ring page holds `in[1024]`, `out[2048]`, then in_cons, in_prod, out_cons, out_prod (u32 each): the
+layout is hyperdisco/xen/io/console.py. Indices come from the guest and are never trusted: they are masked
+into the ring, and a producer that claims more than a ring's worth of data is clamped to it.
 """
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections.abc import Callable
 
 from ..core.memory import GuestFault, PhysicalPages
-
-IN_SIZE, OUT_SIZE = 1024, 2048
-IDX = struct.Struct("<IIII")  # in_cons, in_prod, out_cons, out_prod
-IDX_OFF = IN_SIZE + OUT_SIZE
+from ..xen.io.console import IDX, IDX_OFF, IN_SIZE, OUT_SIZE
 
 
 class ConsoleBackend:

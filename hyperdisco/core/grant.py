@@ -5,7 +5,8 @@ XENMEM_add_to_physmap): struct grant_entry_v1 {uint16_t flags; domid_t domid; ui
 may touch the page only while the entry permits it: type GTF_permit_access, `domid` the backend's domain,
 GTF_readonly clear for writes, and the frame one of the granter's own RAM pages. While a backend uses a
 grant, the GTF_reading / GTF_writing busy bits are set, so the guest's gnttab_end_foreign_access sees the
-page still in use and does not reuse it; they are cleared when the backend is done.
+page still in use and does not reuse it; they are cleared when the backend is done. The entry's layout
+and flags are in hyperdisco/xen/grant_table.py.
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from ..xen.grant_table import (
+    ENTRIES_PER_FRAME,
+    GRANT_ENTRY_V1,
+    GTF_permit_access,
+    GTF_reading,
+    GTF_readonly,
+    GTF_type_mask,
+    GTF_writing,
+)
 from .memory import PAGE
 
 if TYPE_CHECKING:
     from .domain import Domain
 
-GRANT_ENTRY_V1 = struct.Struct("<HHI")  # flags, domid, frame
-ENTRIES_PER_FRAME = PAGE // GRANT_ENTRY_V1.size
-GTF_type_mask = 3
-GTF_permit_access = 1
-GTF_readonly = 1 << 2
-GTF_reading = 1 << 3
-GTF_writing = 1 << 4
-_FLAGS = struct.Struct("<H")
+_FLAGS = struct.Struct("<H")  # the flags field at offset 0 of struct grant_entry_v1
 
 
 class GrantError(Exception):

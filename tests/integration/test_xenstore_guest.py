@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from hyperdisco.xen.io.xs_wire import XS_ERROR, XS_READ, XS_WRITE
+
 from .conftest import Xl
 from .test_daemon import write_cfg
 
 pytestmark = pytest.mark.slow
-
-XS_READ, XS_WRITE, XS_ERROR = 2, 11, 16
 
 # A shell helper for the guest: xsreq TYPE PAYLOAD sends one raw message on a fd kept open on the
 # xenbus device (replies belong to the open file) and prints the reply as hex.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import types
+
 import pytest
 
 from hyperdisco.xen import abi
@@ -56,3 +59,38 @@ def test_misc_constants() -> None:
     assert abi.VMCALL == b"\x0f\x01\xc1" and abi.VMMCALL == b"\x0f\x01\xd9"
     assert (abi.EINVAL, abi.EFAULT, abi.ENOSYS, abi.EPERM, abi.ENOENT, abi.ETIME) == (22, 14, 38, 1, 2, 62)
     assert sorted(abi.SHUTDOWN_NAMES) == list(range(6))
+
+
+
+HEADER_MODULES = ("xen", "errno", "event_channel", "grant_table", "memory", "vcpu", "sched", "hvm", "elfnote",
+                  "version", "features", "arch_x86")
+IO_MODULES = ("ring", "blkif", "xenbus", "protocols", "xs_wire", "console")
+
+
+def _defined_names(mod: types.ModuleType) -> set[str]:
+    """The public names a module defines itself: not the modules, functions and classes it imports."""
+    names = set()
+    for name, value in vars(mod).items():
+        if name.startswith("_") or name == "annotations" or isinstance(value, types.ModuleType):
+            continue
+        if isinstance(value, (types.FunctionType, type)) and value.__module__ != mod.__name__:
+            continue
+        names.add(name)
+    return names
+
+
+def test_one_module_per_header_each_name_defined_once() -> None:
+    seen: dict[str, str] = {}
+    for package, modules in (("hyperdisco.xen", HEADER_MODULES), ("hyperdisco.xen.io", IO_MODULES)):
+        for m in modules:
+            mod = importlib.import_module(f"{package}.{m}")
+            exported = list(mod.__all__)
+            assert len(exported) == len(set(exported)), m
+            own = _defined_names(mod) - ({"PAGE"} if m != "xen" else set())  # PAGE is imported from xen.py
+            assert set(exported) == own, (m, set(exported) ^ own)
+            for name in exported:
+                assert name not in seen, f"{name} defined in {seen.get(name)} and {m}"
+                seen[name] = m
+    # the facade re-exports every non-I/O header name, and nothing else
+    facade = {name for name in vars(abi) if not name.startswith("_") and name != "annotations"}
+    assert facade == {name for name, m in seen.items() if m in HEADER_MODULES}

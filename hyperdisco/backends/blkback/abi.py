@@ -1,126 +1,14 @@
-"""The blkif ABI as the 64-bit (x86_64-abi) frontend lays it out.
+"""The blkif ABI in one namespace for blkback (`from . import abi; abi.X`).
 
-Sources (xen-project/xen): xen/include/public/io/blkif.h (request codes, BLKIF_MAX_SEGMENTS_PER_REQUEST,
-BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, struct blkif_request / _discard / _indirect / _segment,
-struct blkif_response, BLKIF_RSP_*, VDISK_*), xen/include/public/io/ring.h (DEFINE_RING_TYPES: the
-shared ring starts with req_prod, req_event, rsp_prod, rsp_event (RING_IDX = uint32_t) and 48 bytes of
-pvt/__pad, then the entries, each the union of request and response; __RING_SIZE rounds the entry count
-down to a power of two) and xen/include/public/io/xenbus.h (enum xenbus_state).
-
-Struct layouts below are the natural x86-64 C layouts of those declarations (u64 fields 8-aligned).
+Nothing is defined here: the names live in the modules of the Xen public headers that define them and
+are re-exported: xen/io/blkif.py (requests, responses, segments, VDISK_*, the vdev <-> devid encoding),
+xen/io/ring.py (the shared ring's indices and __RING_SIZE), xen/io/xenbus.py (enum xenbus_state) and
+xen/io/protocols.py (the "protocol" node).
 """
 
 from __future__ import annotations
 
-import struct
-
-from ...xen.abi import PAGE
-
-SECTOR = 512
-SECTORS_PER_PAGE = PAGE // SECTOR  # last_sect may be at most 7 (blkif.h: 512-byte units in a frame)
-
-# request codes (blkif.h)
-OP_READ = 0
-OP_WRITE = 1
-OP_WRITE_BARRIER = 2
-OP_FLUSH_DISKCACHE = 3
-OP_RESERVED_1 = 4
-OP_DISCARD = 5
-OP_INDIRECT = 6
-OP_NAMES = {OP_READ: "read", OP_WRITE: "write", OP_WRITE_BARRIER: "barrier", OP_FLUSH_DISKCACHE: "flush",
-            OP_DISCARD: "discard", OP_INDIRECT: "indirect"}
-
-MAX_SEGMENTS_PER_REQUEST = 11
-MAX_INDIRECT_PAGES_PER_REQUEST = 8
-
-# status codes (blkif.h)
-RSP_OKAY = 0
-RSP_ERROR = -1
-RSP_EOPNOTSUPP = -2
-
-# the "info" node's bits (blkif.h)
-VDISK_CDROM = 0x1
-VDISK_REMOVABLE = 0x2
-VDISK_READONLY = 0x4
-
-# struct blkif_request: operation u8, nr_segments u8, handle u16, (pad 4), id u64, sector_number u64,
-# then seg[11] from offset 24
-REQUEST_HEAD = struct.Struct("<BBHxxxxQQ")
-REQUEST_SIZE = REQUEST_HEAD.size + MAX_SEGMENTS_PER_REQUEST * 8  # 112 bytes: the ring's entry size
-# struct blkif_request_segment: gref u32, first_sect u8, last_sect u8, (pad 2)
-SEGMENT = struct.Struct("<IBBxx")
-SEGMENTS_PER_INDIRECT_PAGE = PAGE // SEGMENT.size  # 512
-# struct blkif_request_discard: operation u8, flag u8, handle u16, (pad), id u64, sector_number u64,
-# nr_sectors u64
-DISCARD = struct.Struct("<BBHxxxxQQQ")
-DISCARD_SECURE = 1
-# struct blkif_request_indirect (x86-64, no trailing pad): operation u8, indirect_op u8, nr_segments u16,
-# (pad), id u64, sector_number u64, handle u16, (pad 2), indirect_grefs[8] u32
-INDIRECT = struct.Struct("<BBHxxxxQQHxx8I")
-# struct blkif_response: id u64, operation u8, (pad), status i16, (pad to 16)
-RESPONSE = struct.Struct("<QBxhxxxx")
-
-# the shared ring (ring.h): four RING_IDX then pad to 64 bytes, then the entries
-RING_INDEX = struct.Struct("<I")
-REQ_PROD, REQ_EVENT, RSP_PROD, RSP_EVENT = 0, 4, 8, 12
-RING_HEADER = 64
-
-
-def ring_size(page_bytes: int = PAGE, entry: int = REQUEST_SIZE) -> int:
-    """__RING_SIZE: the number of entries that fit after the header, rounded down to a power of two."""
-    n = (page_bytes - RING_HEADER) // entry
-    return 1 << (n.bit_length() - 1) if n else 0
-
-
-RING_SIZE = ring_size()  # 32 for one 4 KiB page
-
-# enum xenbus_state (xenbus.h)
-XenbusStateUnknown = 0
-XenbusStateInitialising = 1
-XenbusStateInitWait = 2
-XenbusStateInitialised = 3
-XenbusStateConnected = 4
-XenbusStateClosing = 5
-XenbusStateClosed = 6
-XenbusStateReconfiguring = 7
-XenbusStateReconfigured = 8
-
-# the "protocol" node (xen/include/public/io/protocols.h): XEN_IO_PROTO_ABI_X86_64
-PROTO_X86_64 = "x86_64-abi"
-
-# Linux (include/uapi/linux/major.h, drivers/block/xen-blkfront.c): xvd disks are major 202, 16 minors
-# per disk for the first 16; beyond that the "extended" vbd encoding (docs/misc/vbd-interface.txt).
-XVD_MAJOR = 202
-EXTENDED_VBD = 1 << 28
-
-
-def vdev_to_devid(vdev: str) -> int:
-    """xvdX -> the xenstore device id xl uses: 202<<8 | index<<4 for the first 16 disks (xvda -> 51712),
-    then (1<<28) | index<<8 (docs/misc/vbd-interface.txt)."""
-    letters = vdev[3:]
-    if not vdev.startswith("xvd") or not letters or any(not "a" <= c <= "z" for c in letters):
-        raise ValueError(f"vdev {vdev!r} is not xvd[a-z]+")
-    idx = 0
-    for c in letters:
-        idx = idx * 26 + (ord(c) - ord("a") + 1)
-    idx -= 1
-    if idx < 16:
-        return XVD_MAJOR << 8 | idx << 4
-    if idx >= 1 << 20:
-        raise ValueError(f"vdev {vdev!r} is out of range")
-    return EXTENDED_VBD | idx << 8
-
-
-def devid_to_vdev(devid: int) -> str:
-    if devid & EXTENDED_VBD:
-        idx = (devid & ~EXTENDED_VBD) >> 8
-    elif devid >> 8 == XVD_MAJOR:
-        idx = (devid & 0xFF) >> 4
-    else:
-        return str(devid)
-    name = ""
-    idx += 1
-    while idx:
-        idx, r = divmod(idx - 1, 26)
-        name = chr(ord("a") + r) + name
-    return "xvd" + name
+from ...xen.io.blkif import *  # noqa: F403
+from ...xen.io.protocols import *  # noqa: F403
+from ...xen.io.ring import *  # noqa: F403
+from ...xen.io.xenbus import *  # noqa: F403

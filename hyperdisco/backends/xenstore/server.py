@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ...core.memory import GuestFault, PhysicalPages
 from ...core.ratelimit import RateLimiter
+from ...xen.xen import DOMID_FIRST_RESERVED
 from . import store as st
 from .client import XenstoreClient
 from .ring import ERROR_COMM, ERROR_PROTO, RING_SIZE, Ring, RingError
@@ -68,7 +69,6 @@ from .wire import (
 
 XenstoreError = XsError
 
-DOMID_FIRST_RESERVED = 0x7FF0  # xen.h: DOMID_SELF and friends start here
 MAX_ROUNDS = 64  # ring passes per kick: bounded work however fast the guest produces
 
 # Errors that mean "refused" or "malformed" and are logged; ENOENT, EEXIST, EAGAIN are ordinary answers.

@@ -1,0 +1,35 @@
+"""xen/include/public/event_channel.h: the event_channel_op hypercall's commands, port states and argument
+layouts, and the 2-level ABI's number of channels."""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "EVTCHNOP_bind_interdomain", "EVTCHNOP_bind_virq", "EVTCHNOP_bind_pirq", "EVTCHNOP_close",
+    "EVTCHNOP_send", "EVTCHNOP_status", "EVTCHNOP_alloc_unbound", "EVTCHNOP_bind_ipi", "EVTCHNOP_bind_vcpu",
+    "EVTCHNOP_unmask", "EVTCHNOP_reset", "EVTCHNOP_init_control", "EVTCHNOP_expand_array",
+    "EVTCHNOP_set_priority", "EVTCHNSTAT_closed", "EVTCHNSTAT_unbound", "EVTCHNSTAT_interdomain",
+    "EVTCHNSTAT_pirq", "EVTCHNSTAT_virq", "EVTCHNSTAT_ipi", "EVTCHN_ALLOC_UNBOUND", "EVTCHN_BIND_INTERDOMAIN",
+    "EVTCHN_BIND_VIRQ", "EVTCHN_BIND_IPI", "EVTCHN_BIND_VCPU", "EVTCHN_PORT", "EVTCHN_STATUS",
+    "EVTCHN_STATUS_UNION", "EVTCHN_2L_NR_CHANNELS",
+]
+
+# --- event_channel.h ----------------------------------------------------------------------------------
+EVTCHNOP_bind_interdomain, EVTCHNOP_bind_virq, EVTCHNOP_bind_pirq, EVTCHNOP_close = 0, 1, 2, 3
+EVTCHNOP_send, EVTCHNOP_status, EVTCHNOP_alloc_unbound, EVTCHNOP_bind_ipi = 4, 5, 6, 7
+EVTCHNOP_bind_vcpu, EVTCHNOP_unmask, EVTCHNOP_reset, EVTCHNOP_init_control = 8, 9, 10, 11
+EVTCHNOP_expand_array, EVTCHNOP_set_priority = 12, 13
+EVTCHNSTAT_closed, EVTCHNSTAT_unbound, EVTCHNSTAT_interdomain = 0, 1, 2
+EVTCHNSTAT_pirq, EVTCHNSTAT_virq, EVTCHNSTAT_ipi = 3, 4, 5
+EVTCHN_ALLOC_UNBOUND = struct.Struct("<HHI")  # dom, remote_dom, port (OUT)
+EVTCHN_BIND_INTERDOMAIN = struct.Struct("<H2xII")  # remote_dom, remote_port, local_port (OUT)
+EVTCHN_BIND_VIRQ = struct.Struct("<III")  # virq, vcpu, port (OUT)
+EVTCHN_BIND_IPI = struct.Struct("<II")  # vcpu, port (OUT)
+EVTCHN_BIND_VCPU = struct.Struct("<II")  # port, vcpu
+EVTCHN_PORT = struct.Struct("<I")  # close, send, unmask
+EVTCHN_STATUS = struct.Struct("<H2xIII")  # dom, port, status (OUT), vcpu (OUT); union u at 16
+EVTCHN_STATUS_UNION = 16
+# event_channel.h, "2-level ABI": EVTCHN_2L_NR_CHANNELS (sizeof(xen_ulong_t) * sizeof(xen_ulong_t) * 64),
+# the bits of shared_info's evtchn_pending[] (xen.h)
+EVTCHN_2L_NR_CHANNELS = 64 * 64  # 2-level ABI: 64 words of 64 bits

@@ -1,0 +1,1 @@
+"""The split-driver I/O protocols: one module per header of xen/include/public/io/."""
