@@ -10,30 +10,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import stat
 from pathlib import Path
 
+from hyperdisco.backends.disk.base import file_kind
 from hyperdisco.errors import ImageError
 
 MAX_KERNEL_BYTES = 256 << 20  # a kernel file; Debian's cloud kernel is ~8 MiB as bzImage, ~50 MiB as ELF
 MAX_RAMDISK_BYTES = 1 << 30  # an initramfs
 _CHUNK = 16 << 20
-
-
-def _kind(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    return "a special file"
 
 
 def _size_text(limit: int) -> str:
@@ -49,7 +33,7 @@ def read_regular_file(path: str | Path, limit: int, what: str) -> bytes:
         return ImageError(f"hyperdisco: {name}: {why}")
 
     def check(mode: int) -> None:
-        kind = _kind(mode)
+        kind = file_kind(mode)
         if kind is not None:
             raise fail(f"is {kind}, not a {what} file")
 

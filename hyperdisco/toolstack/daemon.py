@@ -84,13 +84,18 @@ class ClientStream:
     """Output to one streaming client (console, watch) through a bounded queue and a writer thread of its
     own: the producer never blocks; a client that falls CLIENT_QUEUE_BYTES behind is disconnected."""
 
-    def __init__(self, conn: socket.socket) -> None:
+    def __init__(self, conn: socket.socket, start: bool = True) -> None:
         self.conn = conn
         self.q: queue.Queue[bytes | None] = queue.Queue()
         self.queued = 0
         self.closed = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._write, name="hd-client", daemon=True)
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Begin writing what was queued (after the stream's first answer went out)."""
         self._thread.start()
 
     def put(self, data: bytes) -> None:
@@ -382,7 +387,7 @@ class Daemon:
             out.close()
 
     def _watch_stream(self, conn: socket.socket, f: Any, path: str) -> None:
-        out = ClientStream(conn)
+        out = ClientStream(conn, start=False)  # xenstored fires a new watch at once: after our answer
 
         def on_watch(p: str, token: str) -> None:
             out.put(encode({"path": p}))
@@ -396,6 +401,7 @@ class Daemon:
                 conn.sendall(encode({"ok": False, "error": _one_line(err)}))
                 return
             conn.sendall(encode({"ok": True, "result": None}))
+            out.start()
             while not out.closed.is_set():  # until the client hangs up
                 r, _w, _x = select.select([conn], [], [], 1.0)
                 if r and not f.read1(4096):

@@ -144,8 +144,15 @@ class FileOpener(Protocol):
 
 def special_file(mode: int) -> str | None:
     """What a file that cannot be a disk image is ("a FIFO", ...); None for regular files, block devices."""
-    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+    return None if stat.S_ISBLK(mode) else file_kind(mode)
+
+
+def file_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is ("a directory", "a block device"...); None if it is one."""
+    if stat.S_ISREG(mode):
         return None
+    if stat.S_ISBLK(mode):
+        return "a block device"
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
