@@ -34,6 +34,7 @@ from ..loader.shared_image import shared_kernel_image
 from ..platform import layout
 from ..vmm.channel import Channel, ChannelClosed
 from .relay import XenstoreRelay
+from .spawner import Spawner
 
 if TYPE_CHECKING:
     from .host import Host
@@ -75,6 +76,7 @@ class DomainHandle:
         self.ch: Channel | None = None
         self.pages: ForeignPages | None = None
         self.adopt_path: Path | None = None
+        self.spawner: Spawner | None = None  # the template process this domain's process was forked from
         self.adopted_vbds: dict[str, Any] = {}
         self.console: ConsoleBackend | None = None
         self.relay: XenstoreRelay | None = None
@@ -93,7 +95,7 @@ class DomainHandle:
     # -- start ------------------------------------------------------------------------------------------
     def start(self, engine: str, clock_params: dict[str, float], jail_root: str | None,
               cgroup: Callable[[int, DomainConfig], None] | None = None,
-              adopt_path: Path | None = None, record: Any = None) -> None:
+              adopt_path: Path | None = None, record: Any = None, spawner: Spawner | None = None) -> None:
         """Start the domain process and build the domain in it; a one-line HyperdiscoError if it could not
         be built (the process is gone again then). With `adopt_path`, the process listens there for a
         new domain 0 should this one die, and gives it `record` (this domain's configuration)."""
@@ -115,10 +117,15 @@ class DomainHandle:
                 self.adopt_path = adopt_path
                 adopt_index = len(fds)
                 fds.append(listener.fileno())
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hyperdisco.vmm", str(child.fileno())], pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-            self.pid = self.proc.pid
+            if spawner is not None and spawner.alive:  # forked from the template: no interpreter start
+                self.pid = spawner.spawn(child.fileno())
+                self.spawner = spawner
+            else:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "hyperdisco.vmm", str(child.fileno())],
+                    pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
+                    close_fds=True)
+                self.pid = self.proc.pid
             child.sock.close()  # the process has its own copy (no shutdown: that would end it for both)
             if cgroup is not None:
                 cgroup(self.pid, cfg)
@@ -335,6 +342,8 @@ class DomainHandle:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             return
+        if self.spawner is not None and self.spawner.status(self.pid) is not None:
+            return  # it ended; its pid may be someone else's now
         if self.pid > 0:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -390,6 +399,8 @@ class DomainHandle:
                     self.proc.wait(5.0)
                 except subprocess.TimeoutExpired:
                     self.kill()
+            elif self.spawner is not None and self.spawner.wait_exit(self.pid, 5.0) is None:
+                self.kill()
             self._finished("crash", f"its process died{self._exit_text()}")
         self._reap_process()
 
@@ -440,9 +451,12 @@ class DomainHandle:
             self.on_shutdown(self)
 
     def _exit_text(self) -> str:
-        if self.proc is None:
+        if self.proc is not None:
+            code = self.proc.poll()
+        elif self.spawner is not None:
+            code = self.spawner.status(self.pid)
+        else:
             return ""
-        code = self.proc.poll()
         if code is None:
             return ""
         if code < 0:

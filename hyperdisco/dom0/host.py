@@ -31,6 +31,7 @@ from ..vmm.jail import jail_root
 from . import cgroups
 from .admission import Admission
 from .handle import DomainHandle
+from .spawner import Spawner
 
 MAX_DOMAINS = 1024
 DEFAULT_RUN_DIR = "/run/hyperdisco"
@@ -40,11 +41,12 @@ class Host:
     def __init__(self, engine: str = "tcg", log_sink: Callable[[str], None] | None = None,
                  run_dir: str = DEFAULT_RUN_DIR, overcommit: float | None = None,
                  state_dir: str | None = None,
-                 config_of: Callable[[Any], DomainConfig] | None = None) -> None:
+                 config_of: Callable[[Any], DomainConfig] | None = None, template: bool = False) -> None:
         """With `state_dir`, domains outlive this process: each domain process listens in
         state_dir/domains for a new domain 0, xenstored's state is kept in state_dir/xenstore.json, and
         the domains found there are adopted now (`config_of` turns a domain's record back into its
-        configuration)."""
+        configuration). With `template`, domain processes are forked from a template process that has
+        everything imported (vmm/zygote.py) instead of starting a fresh interpreter each."""
         self.engine_name = engine
         eng = get_engine(engine)  # builds/loads the engine once here, so domain processes only load it
         self.clock = Clock(eng.guest_tsc)
@@ -70,6 +72,12 @@ class Host:
         for path, value in (("/local/domain/0/name", "Domain-0"), ("/local/domain/0/domid", "0")):
             self.xs.write(path, value)
         self.blk = BlockDevices(self)
+        self.spawner: Spawner | None = None
+        if template:
+            try:
+                self.spawner = Spawner(self.log)
+            except OSError as exc:
+                self.log(f"no template domain process ({exc}); domain processes start afresh")
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._config_of = config_of
         if self.state_dir is not None:
@@ -197,7 +205,8 @@ class Host:
             dom.on_shutdown = self._domain_stopped
             cg = self.cgroups.place if self.cgroups is not None else None
             adopt = self.state_dir / "domains" / f"{domid}.sock" if self.state_dir is not None else None
-            dom.start(self.engine_name, self.clock.params(), self.jail_root, cg, adopt, config.record)
+            dom.start(self.engine_name, self.clock.params(), self.jail_root, cg, adopt, config.record,
+                      self.spawner)
             self._introduce(dom)
             for spec, image in disks:
                 self.blk.attach(dom, spec, image)
@@ -338,5 +347,7 @@ class Host:
         for dom in list(self.domains.values()):
             self.destroy(dom)
         self.blk.close()
+        if self.spawner is not None:
+            self.spawner.close()
         if self.state_dir is not None:
             (self.state_dir / "xenstore.json").unlink(missing_ok=True)

@@ -141,7 +141,7 @@ class Daemon:
         self.host = Host(engine, log_sink=(lambda m: print(m, flush=True)) if verbose else None,
                          run_dir=str(self.path.parent), overcommit=overcommit,
                          state_dir=str(self.path.with_name(self.path.name + ".state")),
-                         config_of=self._adopted_config)
+                         config_of=self._adopted_config, template=True)
         self.exec_locks: dict[int, threading.Lock] = {}
 
     # -- operations -------------------------------------------------------------------------------------

@@ -245,13 +245,19 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or not argv[0].isdigit():
         print("usage: python -m hyperdisco.vmm CHANNEL_FD (the daemon starts it)", file=sys.stderr)
         return 2
+    run_on(int(argv[0]))
+    return 0  # not reached
+
+
+def run_on(fd: int) -> None:
+    """Be a domain process on the channel `fd` (a fresh interpreter's or a fork of the template's), then
+    exit the process."""
     import faulthandler
     import signal
 
     faulthandler.enable()  # an engine crash says where each thread was (into domain 0's log)
     faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)  # `kill -USR1 PID`: a thread dump
-    sock = socket.socket(fileno=int(argv[0]))
-    code = DomainProcess(Channel(sock)).run()
+    code = DomainProcess(Channel(socket.socket(fileno=fd))).run()
     sys.stdout.flush()
     sys.stderr.flush()
     time.sleep(0)  # let daemon threads see the end

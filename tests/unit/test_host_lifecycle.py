@@ -26,9 +26,10 @@ POWEROFF = f"out:{acpi.SLEEP_CONTROL_PORT}:{acpi.SLP_EN}"
 REBOOT = f"out:{acpi.RESET_PORT}:6"
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
-    h = Host("scripted", run_dir=str(tmp_path))
+@pytest.fixture(params=[False, True], ids=["fresh", "template"])
+def host(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Host]:
+    """Domain processes started as fresh interpreters, and forked from the template (vmm/zygote.py)."""
+    h = Host("scripted", run_dir=str(tmp_path), template=request.param)
     yield h
     h.close()
 
@@ -38,6 +39,10 @@ def cfg(name: str, script: str, **kw: str) -> DomainConfig:
     for k, v in kw.items():
         setattr(c, k, v)
     return c
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
@@ -50,6 +55,8 @@ def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
 def test_create_output_and_poweroff(host: Host) -> None:
     dom = host.create(cfg("p", f"say:hello-from-d1,{POWEROFF}"))
     assert dom.pid != os.getpid() and dom.jail.startswith("jail:")
+    if host.spawner is not None:  # forked from the template, not started by domain 0
+        assert dom.proc is None and _ppid(dom.pid) == host.spawner.proc.pid
     assert host.wait_gone(dom, 20)
     assert b"hello-from-d1" in dom.console_buffer.history()
     assert dom.outcome == "poweroff" and host.domains == {}
