@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from ..core.memory import GuestFault, PhysicalPages
-from ..xen.io.console import IDX, IDX_OFF, IN_SIZE, OUT_SIZE
+from ..xen.io.console import IDX_OFF, IN_SIZE, OUT_SIZE
 
 
 class ConsoleBackend:
@@ -36,7 +36,10 @@ class ConsoleBackend:
             pass  # the domain is gone
 
     def _drain(self) -> None:
-        in_cons, in_prod, out_cons, out_prod = self.mem.unpack(IDX, self.ring + IDX_OFF)
+        # each index read in one access (never struct: it reads byte by byte, and the guest writes
+        # out_prod concurrently); the data only after the producer index
+        out_cons = self.mem.u32(self.ring + IDX_OFF + 8)
+        out_prod = self.mem.u32(self.ring + IDX_OFF + 12)
         avail = (out_prod - out_cons) & 0xFFFFFFFF
         if avail > OUT_SIZE:  # a bogus producer index: take one ring's worth, no more
             avail = OUT_SIZE
@@ -73,7 +76,8 @@ class ConsoleBackend:
         with self._lock:
             if not self._pending_input:
                 return
-            in_cons, in_prod = self.mem.unpack(IDX, self.ring + IDX_OFF)[:2]
+            in_cons = self.mem.u32(self.ring + IDX_OFF)
+            in_prod = self.mem.u32(self.ring + IDX_OFF + 4)
             used = (in_prod - in_cons) & 0xFFFFFFFF
             space = IN_SIZE - used if used <= IN_SIZE else 0
             n = min(space, len(self._pending_input))

@@ -51,6 +51,19 @@ class GrantedPage:
             raise GrantError(f"access {offset}+{length} outside the granted page")
         return self.dom.memory.read(self.gpa + offset, length)
 
+    def u32(self, offset: int) -> int:
+        """A ring index, read in one access (core/memory.py)."""
+        if offset < 0 or offset + 4 > PAGE:
+            raise GrantError(f"access {offset}+4 outside the granted page")
+        return self.dom.memory.u32(self.gpa + offset)
+
+    def set_u32(self, offset: int, value: int) -> None:
+        if not self.writable:
+            raise GrantError("write to a read-only grant")
+        if offset < 0 or offset + 4 > PAGE:
+            raise GrantError(f"access {offset}+4 outside the granted page")
+        self.dom.memory.set_u32(self.gpa + offset, value)
+
     def write(self, offset: int, data: bytes) -> None:
         if not self.writable:
             raise GrantError("write to a read-only grant")

@@ -87,10 +87,21 @@ class PhysicalPages:
         mem[off] = v & 0xFF
 
     def u32(self, gpa: int) -> int:
-        return self.unpack(_U32, gpa)[0]
+        """An aligned 32-bit read in one access: shared-ring indices that another CPU (the guest's vCPU,
+        another process) updates concurrently are never seen torn. struct's '<I' reads byte by byte."""
+        mem, off = self._locate(gpa, 4)
+        if off % 4:
+            return int(_U32.unpack_from(mem, off)[0])
+        return int(ctypes.c_uint32.from_buffer(mem, off).value)
 
     def set_u32(self, gpa: int, v: int) -> None:
-        self.pack(_U32, gpa, v & 0xFFFFFFFF)
+        """An aligned 32-bit write in one store (see u32): a guest reading a ring index while it changes
+        from 0x0FF to 0x100 must see one or the other, not 0x000."""
+        mem, off = self._locate(gpa, 4)
+        if off % 4:
+            _U32.pack_into(mem, off, v & 0xFFFFFFFF)
+        else:
+            ctypes.c_uint32.from_buffer(mem, off).value = v & 0xFFFFFFFF
 
     def u64(self, gpa: int) -> int:
         return self.unpack(_U64, gpa)[0]

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from hyperdisco.backends.console import IDX, IDX_OFF, IN_SIZE, OUT_SIZE, ConsoleBackend
+from hyperdisco.backends.console import ConsoleBackend
 from hyperdisco.core.memory import PAGE, GuestMemory
+from hyperdisco.xen.io.console import IDX, IDX_OFF, IN_SIZE, OUT_SIZE
 
 RING = 2 * PAGE
 

@@ -64,6 +64,8 @@ class BadRequest(Exception):
 class Page(Protocol):
     def read(self, offset: int, length: int) -> bytes: ...
     def write(self, offset: int, data: bytes) -> None: ...
+    def u32(self, offset: int) -> int: ...  # ring indices: one access each (core/memory.py)
+    def set_u32(self, offset: int, value: int) -> None: ...
 
 
 class Grants(Protocol):
@@ -161,10 +163,10 @@ class BlkRing:
 
     # -- shared indices ---------------------------------------------------------------------------------
     def _get(self, off: int) -> int:
-        return int(abi.RING_INDEX.unpack(self.page.read(off, 4))[0])
+        return int(self.page.u32(off))  # one access: the guest updates the indices concurrently
 
     def _set(self, off: int, value: int) -> None:
-        self.page.write(off, abi.RING_INDEX.pack(value & M32))
+        self.page.set_u32(off, value & M32)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def process(self, budget: int) -> bool:
