@@ -1,7 +1,8 @@
 """A domain: its memory, vCPUs, event channels, platform devices and lifecycle.
 
-A domain's vCPUs run on the scheduler's worker threads; everything that touches the guest's event bits
-or vCPU state happens in `VcpuContext.step`, on the thread running that vCPU. Other threads (console
+A domain's vCPUs (vcpu.py) run on the scheduler's worker threads; everything that touches the guest's
+event bits or vCPU state happens in `VcpuContext.step`, on the thread running that vCPU; the engine's
+traps reach the core through trap_dispatch.py. Other threads (console
 input, backends, the toolstack) talk to a domain by queueing event-channel notifications and waking it.
 A failure inside one domain's trap handling crashes that domain only.
 """
@@ -16,26 +17,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..engine.base import Engine, StopReason, Vcpu
+from ..engine.base import Engine
 from ..loader.elf import KernelImage
 from ..loader.pvh import load_pvh
-from ..platform import acpi, layout
+from ..platform import layout
 from ..platform.cpuid import CpuidPolicy
-from ..platform.lapic import Lapic
-from ..platform.rtc import DATA_PORT, INDEX_PORT, CmosRtc
 from ..xen import abi
 from .clock import Clock
 from .evtchn import EventChannels, Port
 from .grant import GrantTable
 from .hypercalls import XEN_VERSION, Hypercalls
-from .memory import PAGE, GuestMemory, VirtualAccess
+from .memory import PAGE, GuestMemory
+from .trap_dispatch import TrapDispatch
+from .vcpu import VcpuContext
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
 
-SLICE_NS = 10_000_000
-PIT_PORTS = (0x40, 0x41, 0x42, 0x43, 0x61)  # i8254 counters, control, and the port-B gate
-DEBUG_PORT = 0xE9  # Bochs/QEMU debug console port: bytes written there go to the console
 
 
 @dataclass
@@ -58,120 +56,6 @@ class DomainDirectory(Protocol):
     """The other domains a domain's inter-domain event channels can reach from where it runs."""
 
     def domain(self, domid: int) -> Domain | None: ...
-
-
-class VcpuContext:
-    """The core's per-vCPU state around an engine vCPU."""
-
-    def __init__(self, dom: Domain, index: int, ev: Vcpu) -> None:
-        self.dom = dom
-        self.index = index
-        self.ev = ev
-        self.va = VirtualAccess(dom.memory, ev.translate)
-        self.lapic = Lapic(index)
-        self.up = index == 0
-        self.timer_ns: int | None = None
-        self.periodic_ns: int | None = None
-        self.periodic_next = 0
-        self.runstate_va: int | None = None
-        self.halted = False
-        self.blocked = False
-        self.poll_ports: list[int] | None = None
-        self.poll_deadline: int | None = None
-        self.cpu_ns = 0  # host CPU time spent running this vCPU
-
-    # -- called from trap handlers on this vCPU's thread -----------------------------------------------
-    def block(self, poll: list[int] | None = None, timeout_ns: int | None = None) -> None:
-        self.blocked = True
-        self.poll_ports = poll
-        self.poll_deadline = timeout_ns
-        self.ev.request_stop()
-
-    # -- one scheduling step ---------------------------------------------------------------------------
-    def describe(self) -> str:
-        """One line on where this vCPU is, for a guest that stopped making progress (read racily: the
-        vCPU may be running)."""
-        dom = self.dom
-        state = "halted" if self.halted else "blocked" if self.blocked else "runnable"
-        deadline = self.wake_deadline_ns()
-        timer = "no timer" if deadline is None else f"timer in {(deadline - dom.clock.now_ns()) / 1e6:.1f} ms"
-        upcall = self._upcall_pending()
-        return (f"vcpu{self.index} {state} rip={self.ev.rip:#x} cpl={self.ev.cpl()} "
-                f"IF={int(self.ev.interrupts_enabled())} upcall_pending={int(upcall)} {timer}")
-
-    def wake_deadline_ns(self) -> int | None:
-        ds = [d for d in (self.timer_ns, self.periodic_ns and self.periodic_next, self.poll_deadline) if d]
-        return min(ds) if ds else None
-
-    def _fire_timers(self, now: int) -> None:
-        ec = self.dom.evtchn
-        if self.timer_ns is not None and now >= self.timer_ns:
-            self.timer_ns = None
-            self.dom.stats["timer.fired"] += 1
-            ec.raise_virq(abi.VIRQ_TIMER, self.index)
-        if self.periodic_ns and now >= self.periodic_next:
-            self.periodic_next = now + self.periodic_ns
-            ec.raise_virq(abi.VIRQ_TIMER, self.index)
-        if self.poll_deadline is not None and now >= self.poll_deadline:
-            self.poll_deadline = None
-            self.blocked = False
-
-    def _upcall_pending(self) -> bool:
-        """An event waits for this vCPU and the guest registered a callback vector to receive it."""
-        return self.dom.callback_vector is not None and self.dom.evtchn.upcall_pending(self.index)
-
-    def _inject(self) -> bool:
-        """Deliver one pending interrupt if the guest can take it; True if something is pending."""
-        dom, ev = self.dom, self.ev
-        vec = None
-        lapic_pending = bool(self.lapic.pending)
-        upcall = self._upcall_pending()
-        if not (lapic_pending or upcall):
-            return False
-        if ev.interrupts_enabled():
-            if lapic_pending:
-                vec = self.lapic.take_pending()
-                dom.stats["inject.lapic"] += 1
-            elif upcall:
-                dom.update_time(self)
-                vec = dom.callback_vector
-                dom.stats["inject.upcall"] += 1
-            failure = ev.inject_interrupt(vec) if vec is not None else None
-            if failure is not None:
-                dom.crash(f"cannot deliver interrupt vector {vec:#x}: {failure}")
-        return True
-
-    def step(self) -> float | None:
-        """Run one slice, or decide to wait. Returns None to be run again at once, the monotonic time
-        to wake at if the vCPU waits for a timer, or +inf to wait for an event only."""
-        dom = self.dom
-        dom.evtchn.deliver_queued()
-        now = dom.clock.now_ns()
-        self._fire_timers(now)
-        pending = self._inject()
-        if self.blocked and self.poll_ports is not None and dom.evtchn.any_pending(self.poll_ports):
-            self.blocked = False
-        elif self.blocked and pending:
-            self.blocked = False
-        if self.halted and pending:
-            self.halted = False
-        if self.blocked or self.halted:
-            d = self.wake_deadline_ns()
-            return float("inf") if d is None else time.monotonic() + max(0, d - now) / 1e9
-        deadline = self.wake_deadline_ns()
-        slice_ns = SLICE_NS if deadline is None else max(50_000, min(SLICE_NS, deadline - now))
-        t0 = time.thread_time_ns()  # CPU time of this worker thread: what running the vCPU cost the host
-        res = self.ev.run(slice_ns)
-        self.cpu_ns += time.thread_time_ns() - t0
-        if res.reason is StopReason.FATAL:
-            dom.crash(res.detail)
-        elif res.reason is StopReason.HALT:
-            if not self.ev.interrupts_enabled() and not dom.finished:
-                dom.crash("vCPU halted with interrupts disabled")
-            self.halted = True
-            dom.stats["halt"] += 1
-        return None
-
 
 class Domain:
     def __init__(self, domid: int, config: DomainConfig, engine: Engine, clock: Clock,
@@ -386,60 +270,3 @@ class Domain:
 
 def _nothing() -> None:
     pass
-
-
-class TrapDispatch:
-    """The core's side of the engine interface for one domain."""
-
-    def __init__(self, dom: Domain) -> None:
-        self.dom = dom
-        self.rtc = CmosRtc()
-
-    def _ctx(self, vcpu: Vcpu) -> VcpuContext:
-        return self.dom._ctx_by_ev[id(vcpu)]
-
-    def hypercall(self, vcpu: Vcpu) -> None:
-        self.dom.hypercalls.dispatch(self._ctx(vcpu))
-
-    def io_in(self, vcpu: Vcpu, port: int, size: int) -> int:
-        if port == DATA_PORT:
-            return self.rtc.read_data()
-        if port in (acpi.SLEEP_STATUS_PORT, acpi.SLEEP_CONTROL_PORT, acpi.RESET_PORT):
-            return 0
-        if port in PIT_PORTS:
-            # There is no PIT. Its counter reading 0 rather than a floating 0xff makes Linux's
-            # quick_pit_calibrate() give up at its first read instead of spinning 50 000 times waiting
-            # for the all-ones MSB to change (the TSC frequency comes from pvclock instead).
-            return 0
-        return (1 << (8 * size)) - 1  # nothing there: the bus floats high
-
-    def io_out(self, vcpu: Vcpu, port: int, size: int, value: int) -> None:
-        dom = self.dom
-        if port == DEBUG_PORT:
-            dom.console_output(bytes([value & 0xFF]))
-        elif port == INDEX_PORT:
-            self.rtc.write_index(value)
-        elif port == acpi.SLEEP_CONTROL_PORT and value & acpi.SLP_EN:
-            dom.shutdown("poweroff", "ACPI S5")
-            vcpu.request_stop()
-        elif port == acpi.RESET_PORT and value & 0x04:
-            dom.shutdown("reboot", "ACPI reset")
-            vcpu.request_stop()
-        elif port == 0x64 and value == 0xFE:
-            dom.shutdown("reboot", "keyboard controller reset")
-            vcpu.request_stop()
-
-    def cpuid(self, vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        return self.dom.cpuid.lookup(leaf, subleaf, vcpu.index)
-
-    def mmio_read(self, vcpu: Vcpu, addr: int, size: int) -> int:
-        if layout.LAPIC_BASE <= addr < layout.LAPIC_BASE + PAGE:
-            return self._ctx(vcpu).lapic.read(addr - layout.LAPIC_BASE)
-        return 0
-
-    def mmio_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None:
-        if layout.LAPIC_BASE <= addr < layout.LAPIC_BASE + PAGE:
-            ctx = self._ctx(vcpu)
-            ctx.lapic.write(addr - layout.LAPIC_BASE, value)
-            if ctx.lapic.pending:
-                vcpu.kick()

@@ -19,7 +19,8 @@ from .memory import PAGE, GuestFault
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from .domain import Domain, VcpuContext
+    from .domain import Domain
+    from .vcpu import VcpuContext
 
 MAX_CONSOLE_WRITE = 16 * 1024
 GRANT_FRAMES_MAX = 32

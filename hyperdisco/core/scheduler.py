@@ -16,7 +16,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .domain import Domain, VcpuContext
+    from .domain import Domain
+    from .vcpu import VcpuContext
 
 
 class Scheduler:

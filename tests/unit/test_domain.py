@@ -14,7 +14,8 @@ import pytest
 from unit_support import KERNEL_PADDR, SCRATCH_VA, DomainHarness, make_elf
 
 from hyperdisco.core.clock import Clock
-from hyperdisco.core.domain import DEBUG_PORT, Domain, DomainConfig
+from hyperdisco.core.domain import Domain, DomainConfig
+from hyperdisco.core.trap_dispatch import DEBUG_PORT
 from hyperdisco.engine.tcg.engine import TcgEngine
 from hyperdisco.loader.elf import parse_kernel
 from hyperdisco.platform import acpi, layout

@@ -6,7 +6,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from hyperdisco.core.domain import Domain, VcpuContext
+from hyperdisco.core.domain import Domain
+from hyperdisco.core.vcpu import VcpuContext
 from hyperdisco.loader.elf import EHDR, NHDR, PHDR
 from hyperdisco.xen import abi
 

@@ -1,0 +1,130 @@
+"""One virtual CPU as the core runs it: its timers, its halted/blocked state, interrupt injection and one
+scheduling step (`VcpuContext.step`, always on the thread that runs the vCPU)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..engine.base import StopReason, Vcpu
+from ..platform.lapic import Lapic
+from ..xen import abi
+from .memory import VirtualAccess
+
+if TYPE_CHECKING:
+    from .domain import Domain
+
+SLICE_NS = 10_000_000
+
+
+class VcpuContext:
+    """The core's per-vCPU state around an engine vCPU."""
+
+    def __init__(self, dom: Domain, index: int, ev: Vcpu) -> None:
+        self.dom = dom
+        self.index = index
+        self.ev = ev
+        self.va = VirtualAccess(dom.memory, ev.translate)
+        self.lapic = Lapic(index)
+        self.up = index == 0
+        self.timer_ns: int | None = None
+        self.periodic_ns: int | None = None
+        self.periodic_next = 0
+        self.runstate_va: int | None = None
+        self.halted = False
+        self.blocked = False
+        self.poll_ports: list[int] | None = None
+        self.poll_deadline: int | None = None
+        self.cpu_ns = 0  # host CPU time spent running this vCPU
+
+    # -- called from trap handlers on this vCPU's thread -----------------------------------------------
+    def block(self, poll: list[int] | None = None, timeout_ns: int | None = None) -> None:
+        self.blocked = True
+        self.poll_ports = poll
+        self.poll_deadline = timeout_ns
+        self.ev.request_stop()
+
+    # -- one scheduling step ---------------------------------------------------------------------------
+    def describe(self) -> str:
+        """One line on where this vCPU is, for a guest that stopped making progress (read racily: the
+        vCPU may be running)."""
+        dom = self.dom
+        state = "halted" if self.halted else "blocked" if self.blocked else "runnable"
+        deadline = self.wake_deadline_ns()
+        timer = "no timer" if deadline is None else f"timer in {(deadline - dom.clock.now_ns()) / 1e6:.1f} ms"
+        upcall = self._upcall_pending()
+        return (f"vcpu{self.index} {state} rip={self.ev.rip:#x} cpl={self.ev.cpl()} "
+                f"IF={int(self.ev.interrupts_enabled())} upcall_pending={int(upcall)} {timer}")
+
+    def wake_deadline_ns(self) -> int | None:
+        ds = [d for d in (self.timer_ns, self.periodic_ns and self.periodic_next, self.poll_deadline) if d]
+        return min(ds) if ds else None
+
+    def _fire_timers(self, now: int) -> None:
+        ec = self.dom.evtchn
+        if self.timer_ns is not None and now >= self.timer_ns:
+            self.timer_ns = None
+            self.dom.stats["timer.fired"] += 1
+            ec.raise_virq(abi.VIRQ_TIMER, self.index)
+        if self.periodic_ns and now >= self.periodic_next:
+            self.periodic_next = now + self.periodic_ns
+            ec.raise_virq(abi.VIRQ_TIMER, self.index)
+        if self.poll_deadline is not None and now >= self.poll_deadline:
+            self.poll_deadline = None
+            self.blocked = False
+
+    def _upcall_pending(self) -> bool:
+        """An event waits for this vCPU and the guest registered a callback vector to receive it."""
+        return self.dom.callback_vector is not None and self.dom.evtchn.upcall_pending(self.index)
+
+    def _inject(self) -> bool:
+        """Deliver one pending interrupt if the guest can take it; True if something is pending."""
+        dom, ev = self.dom, self.ev
+        vec = None
+        lapic_pending = bool(self.lapic.pending)
+        upcall = self._upcall_pending()
+        if not (lapic_pending or upcall):
+            return False
+        if ev.interrupts_enabled():
+            if lapic_pending:
+                vec = self.lapic.take_pending()
+                dom.stats["inject.lapic"] += 1
+            elif upcall:
+                dom.update_time(self)
+                vec = dom.callback_vector
+                dom.stats["inject.upcall"] += 1
+            failure = ev.inject_interrupt(vec) if vec is not None else None
+            if failure is not None:
+                dom.crash(f"cannot deliver interrupt vector {vec:#x}: {failure}")
+        return True
+
+    def step(self) -> float | None:
+        """Run one slice, or decide to wait. Returns None to be run again at once, the monotonic time
+        to wake at if the vCPU waits for a timer, or +inf to wait for an event only."""
+        dom = self.dom
+        dom.evtchn.deliver_queued()
+        now = dom.clock.now_ns()
+        self._fire_timers(now)
+        pending = self._inject()
+        if self.blocked and self.poll_ports is not None and dom.evtchn.any_pending(self.poll_ports):
+            self.blocked = False
+        elif self.blocked and pending:
+            self.blocked = False
+        if self.halted and pending:
+            self.halted = False
+        if self.blocked or self.halted:
+            d = self.wake_deadline_ns()
+            return float("inf") if d is None else time.monotonic() + max(0, d - now) / 1e9
+        deadline = self.wake_deadline_ns()
+        slice_ns = SLICE_NS if deadline is None else max(50_000, min(SLICE_NS, deadline - now))
+        t0 = time.thread_time_ns()  # CPU time of this worker thread: what running the vCPU cost the host
+        res = self.ev.run(slice_ns)
+        self.cpu_ns += time.thread_time_ns() - t0
+        if res.reason is StopReason.FATAL:
+            dom.crash(res.detail)
+        elif res.reason is StopReason.HALT:
+            if not self.ev.interrupts_enabled() and not dom.finished:
+                dom.crash("vCPU halted with interrupts disabled")
+            self.halted = True
+            dom.stats["halt"] += 1
+        return None
