@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from ..core.memory import GuestFault, PhysicalPages
 from ..xen.io.console import IDX_OFF, IN_SIZE, OUT_SIZE
+from .byte_ring import ByteRing, RingIndexError
 
 
 class ConsoleBackend:
@@ -23,6 +24,9 @@ class ConsoleBackend:
         self.ring = ring_gpa
         self.sink = sink
         self.notify = notify  # signal the guest's console event channel
+        idx = ring_gpa + IDX_OFF  # in_cons, in_prod, out_cons, out_prod
+        self.out = ByteRing(mem, ring_gpa + IN_SIZE, OUT_SIZE, idx + 8, idx + 12)  # guest -> us
+        self.inp = ByteRing(mem, ring_gpa, IN_SIZE, idx, idx + 4)  # us -> guest
         self._pending_input = bytearray()
         self._lock = threading.Lock()
         self.bytes_out = 0
@@ -36,21 +40,9 @@ class ConsoleBackend:
             pass  # the domain is gone
 
     def _drain(self) -> None:
-        # each index read in one access (never struct: it reads byte by byte, and the guest writes
-        # out_prod concurrently); the data only after the producer index
-        out_cons = self.mem.u32(self.ring + IDX_OFF + 8)
-        out_prod = self.mem.u32(self.ring + IDX_OFF + 12)
-        avail = (out_prod - out_cons) & 0xFFFFFFFF
-        if avail > OUT_SIZE:  # a bogus producer index: take one ring's worth, no more
-            avail = OUT_SIZE
-        if avail:
-            start = out_cons % OUT_SIZE
-            first = min(avail, OUT_SIZE - start)
-            data = self.mem.read(self.ring + IN_SIZE + start, first)
-            if avail > first:
-                data += self.mem.read(self.ring + IN_SIZE, avail - first)
-            self.mem.set_u32(self.ring + IDX_OFF + 8, (out_cons + avail) & 0xFFFFFFFF)
-            self.bytes_out += avail
+        data = self.out.take(OUT_SIZE, clamp=True)  # a bogus producer: one ring's worth, no more
+        if data:
+            self.bytes_out += len(data)
             self.sink(data)
             self._signal()
         self._push_input()
@@ -76,21 +68,13 @@ class ConsoleBackend:
         with self._lock:
             if not self._pending_input:
                 return
-            in_cons = self.mem.u32(self.ring + IDX_OFF)
-            in_prod = self.mem.u32(self.ring + IDX_OFF + 4)
-            used = (in_prod - in_cons) & 0xFFFFFFFF
-            space = IN_SIZE - used if used <= IN_SIZE else 0
-            n = min(space, len(self._pending_input))
+            try:
+                n = self.inp.put(self._pending_input)
+            except RingIndexError:  # a consumer past the producer: wait until the guest sets it right
+                n = 0
             if n == 0:
                 return
-            chunk = bytes(self._pending_input[:n])
             del self._pending_input[:n]
-            start = in_prod % IN_SIZE
-            first = min(n, IN_SIZE - start)
-            self.mem.write(self.ring + start, chunk[:first])
-            if n > first:
-                self.mem.write(self.ring, chunk[first:])
-            self.mem.set_u32(self.ring + IDX_OFF + 4, (in_prod + n) & 0xFFFFFFFF)
             self.bytes_in += n
         self._signal()
 

@@ -19,6 +19,7 @@ consumer, or an output consumer that claims to have read more than was produced,
 from __future__ import annotations
 
 from ...core.memory import PhysicalPages
+from ..byte_ring import ByteRing, RingIndexError
 
 RING_SIZE = 1024  # XENSTORE_RING_SIZE
 REQ = 0
@@ -56,6 +57,8 @@ class Ring:
     def __init__(self, mem: PhysicalPages, gpa: int) -> None:
         self.mem = mem
         self.gpa = gpa
+        self.req = ByteRing(mem, gpa + REQ, RING_SIZE, gpa + REQ_CONS, gpa + REQ_PROD)  # guest -> us
+        self.rsp = ByteRing(mem, gpa + RSP, RING_SIZE, gpa + RSP_CONS, gpa + RSP_PROD)  # us -> guest
 
     def advertise(self) -> None:
         """Offer reconnection and the error indicator before touching any data (xenstore-ring.txt:
@@ -77,41 +80,14 @@ class Ring:
 
     def read(self, limit: int) -> bytes:
         """Consume up to `limit` bytes of request data."""
-        cons = self.mem.u32(self.gpa + REQ_CONS)
-        prod = self.mem.u32(self.gpa + REQ_PROD)
-        avail = (prod - cons) & _MASK32
-        if avail > RING_SIZE:
-            raise RingError(ERROR_RINGIDX, f"request producer {prod:#x} is {avail} bytes ahead of {cons:#x}")
-        n = min(avail, limit)
-        if n <= 0:
-            return b""
-        data = self._copy_out(REQ, cons, n)
-        self.mem.set_u32(self.gpa + REQ_CONS, (cons + n) & _MASK32)
-        return data
+        try:
+            return self.req.take(limit)
+        except RingIndexError as e:
+            raise RingError(ERROR_RINGIDX, f"request {e}") from None
 
     def write(self, data: bytes | memoryview) -> int:
         """Produce as much of `data` as the response ring has room for; returns how much."""
-        cons = self.mem.u32(self.gpa + RSP_CONS)
-        prod = self.mem.u32(self.gpa + RSP_PROD)
-        used = (prod - cons) & _MASK32
-        if used > RING_SIZE:
-            raise RingError(ERROR_RINGIDX, f"response consumer {cons:#x} is past the producer {prod:#x}")
-        n = min(RING_SIZE - used, len(data))
-        if n <= 0:
-            return 0
-        start = prod % RING_SIZE
-        first = min(n, RING_SIZE - start)
-        self.mem.write(self.gpa + RSP + start, bytes(data[:first]))
-        if n > first:
-            self.mem.write(self.gpa + RSP, bytes(data[first:n]))
-        # the data is in place before the producer moves (stores are not reordered on x86)
-        self.mem.set_u32(self.gpa + RSP_PROD, (prod + n) & _MASK32)
-        return n
-
-    def _copy_out(self, base: int, idx: int, n: int) -> bytes:
-        start = idx % RING_SIZE
-        first = min(n, RING_SIZE - start)
-        data = self.mem.read(self.gpa + base + start, first)
-        if n > first:
-            data += self.mem.read(self.gpa + base, n - first)
-        return data
+        try:
+            return self.rsp.put(data)
+        except RingIndexError as e:
+            raise RingError(ERROR_RINGIDX, f"response {e}") from None
