@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_xlcfg import FULL
 
 from hyperdisco.errors import HyperdiscoError
 from hyperdisco.toolstack import xlcfg
@@ -191,28 +192,7 @@ def gen_config(r: random.Random) -> str:
 
 
 SEEDS = [
-    """\
-# a complete domain
-name = "web1"            # the domain name
-type = 'pvh'
-kernel = "/boot/vmlinuz"
-ramdisk = 'initrd.img'
-memory = 0x200; maxmem = 1024
-vcpus = 2
-maxvcpus = "4"
-on_poweroff = "destroy"
-on_reboot = 'restart'
-on_crash = "preserve"
-uuid = "6F9A2F5E-1B2C-4D3E-8F90-A1B2C3D4E5F6"
-cpus = "0-3,^1"
-cmdline = "console=hvc0 # not a comment"
-disk = [
-    'format=raw, vdev=xvda, access=rw, target=/var/lib/hd/web1.img',   # named form
-    "web1-data.qcow2,qcow2,xvdb,ro",                                   # positional form
-    'overlay.cow,cow,xvdc',
-]
-vif = [ 'mac=00:16:3e:01:02:03, bridge=xenbr0, ip=10.0.0.2', ]
-""",
+    FULL,  # test_xlcfg.py's complete domain
     """\
 name = "web"
 memory = 128
