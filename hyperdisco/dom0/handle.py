@@ -334,6 +334,10 @@ class DomainHandle:
         """Stop the domain now (xl destroy): ask its process, which reports back; kill it if it does not."""
         if self.finished:
             return
+        if self._reader is None:  # never served (its create failed): nothing to ask, nobody to wait for
+            self.kill()
+            self._finished(outcome, detail)
+            return
         self.send({"t": "destroy", "outcome": outcome, "detail": detail})
         if not self.done.wait(5.0):
             self.kill()

@@ -18,6 +18,7 @@ from unit_support import make_elf
 from hyperdisco.core.domain import DomainConfig
 from hyperdisco.dom0.handle import DomainHandle
 from hyperdisco.dom0.host import Host
+from hyperdisco.errors import HyperdiscoError
 from hyperdisco.loader.elf import parse_kernel
 from hyperdisco.platform import acpi
 
@@ -152,3 +153,10 @@ def test_handles_are_listed_by_name_and_id(host: Host) -> None:
     dom = host.create(cfg("named", "halt"))
     assert host.find("named") is dom and host.find(dom.domid) is dom and host.find(str(dom.domid)) is dom
     assert isinstance(dom, DomainHandle)
+
+
+def test_a_domain_that_cannot_be_built_fails_at_once(host: Host) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(HyperdiscoError, match="command line"):
+        host.create(cfg("long", "halt " + "x" * 5000))  # the loader refuses a 5 KB command line
+    assert time.monotonic() - t0 < 4 and host.domains == {}
