@@ -65,6 +65,7 @@ class DomainHandle:
         self.paused = False
         self.done = threading.Event()
         self.reaped = False
+        self.creating = True  # until Host.create is done with it: the reaper leaves it alone
         self.restarts = 0
         self.restart_pending = False
         self.successor: DomainHandle | None = None
@@ -187,6 +188,7 @@ class DomainHandle:
             dom.adopted_vbds = vbds if isinstance(vbds, dict) else {}
             dom.stats = msg["stats"] if isinstance(msg.get("stats"), dict) else {}
             dom.guest_up = True  # it booted under the domain 0 before us
+            dom.creating = False
             dom.pages = ForeignPages(fds[0], [(layout.special_gpa(i), i * PAGE)
                                               for i in (layout.CONSOLE_PAGE, layout.STORE_PAGE)])
         except ChannelClosed:

@@ -211,6 +211,9 @@ class Host:
             for spec, image in disks:
                 self.blk.attach(dom, spec, image)
             disks = []
+            with self._lock:
+                dom.creating = False
+                self._changed.notify_all()
         except BaseException:
             for _spec, image in disks:
                 image.close()
@@ -256,7 +259,10 @@ class Host:
         while True:
             with self._lock:
                 self._changed.wait(1.0)
-                finished = [d for d in self.domains.values() if d.finished and not d.reaped]
+                # a domain still being created is its creator's to undo: a guest that stops at once
+                # (a triple fault, an immediate reboot) is reaped only once create has finished
+                finished = [d for d in self.domains.values()
+                            if d.finished and not d.reaped and not d.creating]
             for dom in finished:
                 dom.reaped = True
                 try:
