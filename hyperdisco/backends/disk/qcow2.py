@@ -390,27 +390,20 @@ class Qcow2Image(LayeredImage):
             dir_size, dir_off = struct.unpack_from(">QQ", bitmaps, 8)
             if dir_size:
                 place(dir_off, dir_size, "bitmap directory")
+        def table_cluster(off: int, name: str, kind: str) -> None:
+            """One refcount block or L2 table: aligned, inside the file, overlapping no other metadata."""
+            if off % cs or off + cs > end:
+                raise self._bad(f"corrupt qcow2 image: {name} at {off:#x} is unaligned or beyond the file")
+            clash = meta.add(off // cs, kind)
+            if clash is not None:
+                raise self._bad(f"corrupt qcow2 image: {name} at {off:#x} overlaps the {clash}")
+
         for ti, entry in enumerate(self._rt):
-            off = entry & RT_OFFSET_MASK
-            if not off:
-                continue
-            if off % cs or off + cs > end:
-                raise self._bad(f"corrupt qcow2 image: refcount block {ti} at {off:#x} is unaligned or "
-                                "beyond the file")
-            clash = meta.add(off // cs, "refcount block")
-            if clash is not None:
-                raise self._bad(f"corrupt qcow2 image: refcount block {ti} at {off:#x} overlaps the {clash}")
+            if entry & RT_OFFSET_MASK:
+                table_cluster(entry & RT_OFFSET_MASK, f"refcount block {ti}", "refcount block")
         for l1i, entry in enumerate(self._l1):
-            off = entry & OFFSET_MASK
-            if not off:
-                continue
-            if off % cs or off + cs > end:
-                raise self._bad(f"corrupt qcow2 image: L1 entry {l1i}: L2 table at {off:#x} is unaligned or "
-                                "beyond the file")
-            clash = meta.add(off // cs, "active L2 table")
-            if clash is not None:
-                raise self._bad(f"corrupt qcow2 image: L1 entry {l1i}: L2 table at {off:#x} overlaps the "
-                                f"{clash}")
+            if entry & OFFSET_MASK:
+                table_cluster(entry & OFFSET_MASK, f"L1 entry {l1i}: L2 table", "active L2 table")
 
     def _snapshot_l1s(self, count: int, off: int) -> list[tuple[int, int]]:
         """(offset, bytes) of each snapshot's L1 table; records the snapshot table itself."""
