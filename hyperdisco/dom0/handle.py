@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import itertools
 import mmap
 import os
 import select
@@ -32,7 +31,7 @@ from ..core.ratelimit import RateLimiter
 from ..errors import HyperdiscoError
 from ..loader.shared_image import shared_kernel_image
 from ..platform import layout
-from ..vmm.channel import Channel, ChannelClosed
+from ..vmm.channel import Channel, ChannelClosed, PendingReplies
 from .relay import XenstoreRelay
 from .spawner import Spawner
 
@@ -82,8 +81,7 @@ class DomainHandle:
         self.console: ConsoleBackend | None = None
         self.relay: XenstoreRelay | None = None
         self.console_port = 0
-        self._ids = itertools.count(1)
-        self._replies: dict[int, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self._pending = PendingReplies()
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._writer: threading.Thread | None = None
@@ -302,19 +300,9 @@ class DomainHandle:
     def call(self, msg: dict[str, Any], fds: list[int] | tuple[int, ...] = (),
              timeout: float = QUERY_TIMEOUT_S) -> dict[str, Any] | None:
         """A request the process answers with a reply carrying the same id; None if it does not in time."""
-        req = next(self._ids)
-        done = threading.Event()
-        box: list[dict[str, Any]] = []
-        with self._lock:
-            self._replies[req] = (done, box)
-        try:
-            self.send({**msg, "id": req}, fds)
-            if not done.wait(timeout):
-                return None
-            return box[0]
-        finally:
-            with self._lock:
-                self._replies.pop(req, None)
+        reply: dict[str, Any] | None = self._pending.call(lambda req: self.send({**msg, "id": req}, fds),
+                                                          timeout)
+        return reply
 
     def query(self) -> dict[str, Any]:
         """Fresh statistics if the process answers quickly, else the last ones."""
@@ -430,12 +418,7 @@ class DomainHandle:
         elif t == "xs-close" and self.relay is not None:
             self.relay.close_conn(msg.get("conn"))
         elif t == "reply":
-            req = msg.get("id")
-            with self._lock:
-                waiter = self._replies.get(req) if isinstance(req, int) else None
-            if waiter is not None:
-                waiter[1].append(msg)
-                waiter[0].set()
+            self._pending.deliver(msg.get("id"), msg)
         elif t == "shutdown":
             if isinstance(msg.get("stats"), dict):
                 self.stats = msg["stats"]

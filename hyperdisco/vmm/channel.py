@@ -10,10 +10,12 @@ domain 0 never trusts what it says beyond the one domain the socket belongs to.
 from __future__ import annotations
 
 import array
+import itertools
 import json
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 MAX_MESSAGE = 256 * 1024  # the largest datagram either end sends (xenstore values are 4 KiB at most)
@@ -91,3 +93,42 @@ class Channel:
         except OSError:
             pass
         self.sock.close()
+
+
+class PendingReplies:
+    """Requests sent over a channel that wait for the reply carrying their id (both ends use one)."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._waiting: dict[int, tuple[threading.Event, list[Any]]] = {}
+
+    def call(self, send: Callable[[int], None], timeout: float) -> Any | None:
+        """`send(id)` the request, then wait for its reply: the value delivered, or None after `timeout`."""
+        req = next(self._ids)
+        done = threading.Event()
+        box: list[Any] = []
+        with self._lock:
+            self._waiting[req] = (done, box)
+        try:
+            send(req)
+            return box[0] if done.wait(timeout) else None
+        finally:
+            with self._lock:
+                self._waiting.pop(req, None)
+
+    def deliver(self, req: object, value: Any) -> None:
+        """The reply to request `req` (ignored if nobody waits for it: late, unknown or not an id)."""
+        with self._lock:
+            waiter = self._waiting.get(req) if isinstance(req, int) else None
+        if waiter is not None:
+            waiter[1].append(value)
+            waiter[0].set()
+
+    def fail_all(self, value: Any) -> None:
+        """Every waiting request gets `value` now (the other end is gone)."""
+        with self._lock:
+            waiting = list(self._waiting.values())
+        for done, box in waiting:
+            box.append(value)
+            done.set()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..backends.xenstore.client import XenstoreClient
 from ..backends.xenstore.wire import XS_ERROR, XS_UNWATCH, XS_WATCH, error_payload
-from .channel import Channel, ChannelClosed
+from .channel import Channel, ChannelClosed, PendingReplies
 
 REPLY_TIMEOUT_S = 30.0
 
@@ -24,14 +24,14 @@ class RemoteXenstore:
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self._ids = itertools.count(1)
+        self._conn_ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._waiting: dict[int, tuple[threading.Event, list[tuple[int, bytes]]]] = {}
+        self._pending = PendingReplies()
         self._conns: dict[int, RelayedConnection] = {}
         self._watches: dict[tuple[int, bytes], None] = {}  # (conn, payload): set again on adoption
 
     def local_connection(self, on_watch: Callable[[str, str], None] | None = None) -> RelayedConnection:
-        conn = RelayedConnection(self, next(self._ids), on_watch)
+        conn = RelayedConnection(self, next(self._conn_ids), on_watch)
         with self._lock:
             self._conns[conn.conn_id] = conn
         return conn
@@ -41,30 +41,21 @@ class RemoteXenstore:
             self._watches[(conn_id, payload)] = None
         elif msg_type == XS_UNWATCH:
             self._watches.pop((conn_id, payload), None)
-        req = next(self._ids)
-        done = threading.Event()
-        box: list[tuple[int, bytes]] = []
-        with self._lock:
-            self._waiting[req] = (done, box)
-        try:
+        encoded = base64.b64encode(payload).decode()
+
+        def send(req: int) -> None:
             self.channel.send({"t": "xs", "id": req, "conn": conn_id, "type": msg_type, "tx": tx_id,
-                               "payload": base64.b64encode(payload).decode()})
-            if not done.wait(REPLY_TIMEOUT_S):
-                return XS_ERROR, error_payload("EIO")
+                               "payload": encoded})
+
+        try:
+            reply: tuple[int, bytes] | None = self._pending.call(send, REPLY_TIMEOUT_S)
         except ChannelClosed:
-            return XS_ERROR, error_payload("EIO")
-        finally:
-            with self._lock:
-                self._waiting.pop(req, None)
-        return box[0]
+            reply = None
+        return reply if reply is not None else (XS_ERROR, error_payload("EIO"))
 
     def fail_pending(self) -> None:
         """Domain 0 is gone: every request waiting for it fails now (EIO) instead of timing out."""
-        with self._lock:
-            waiting = list(self._waiting.values())
-        for done, box in waiting:
-            box.append((XS_ERROR, error_payload("EIO")))
-            done.set()
+        self._pending.fail_all((XS_ERROR, error_payload("EIO")))
 
     def replay_watches(self) -> None:
         """A new domain 0 adopted us: set our backends' watches again in its xenstored (their paths fire
@@ -74,11 +65,8 @@ class RemoteXenstore:
 
     # -- messages from domain 0 (the channel's reader thread) -------------------------------------------
     def reply(self, msg: dict[str, object]) -> None:
-        with self._lock:
-            waiter = self._waiting.get(int(msg["id"]))  # type: ignore[call-overload]
-        if waiter is not None:
-            waiter[1].append((int(msg["type"]), base64.b64decode(str(msg["payload"]))))  # type: ignore[call-overload]
-            waiter[0].set()
+        self._pending.deliver(msg.get("id"), (int(msg["type"]),  # type: ignore[call-overload]
+                                              base64.b64decode(str(msg["payload"]))))
 
     def watch_event(self, msg: dict[str, object]) -> None:
         with self._lock:
