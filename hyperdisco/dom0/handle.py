@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends.console import ConsoleBackend, ConsoleBuffer
+from ..backends.xenstore import persist
 from ..core.domain import DomainConfig
 from ..core.memory import PAGE, ForeignPages
 from ..core.ratelimit import RateLimiter
@@ -97,7 +98,8 @@ class DomainHandle:
               adopt_path: Path | None = None, record: Any = None, spawner: Spawner | None = None) -> None:
         """Start the domain process and build the domain in it; a one-line HyperdiscoError if it could not
         be built (the process is gone again then). With `adopt_path`, the process listens there for a
-        new domain 0 should this one die, and gives it `record` (this domain's configuration)."""
+        new domain 0 should this one die, and `record` (this domain's configuration, for that successor)
+        is kept beside it, in domain 0's own file: never in the domain process, which may be hostile."""
         cfg = self.config
         special = os.memfd_create(f"hyperdisco-d{self.domid}-special", os.MFD_CLOEXEC)
         parent, child = Channel.pair()
@@ -112,6 +114,7 @@ class DomainHandle:
                 fds.append(initrd_fd)
             adopt_index = None
             if adopt_path is not None:
+                persist.save(adopt_path.with_suffix(".json"), {"record": record})
                 listener = _listen(adopt_path)
                 self.adopt_path = adopt_path
                 adopt_index = len(fds)
@@ -135,7 +138,7 @@ class DomainHandle:
                 "kernel": {"pvh_entry": cfg.kernel.pvh_entry, "gpa": img.gpa, "size": img.size,
                            "segments": [[s.paddr, s.memsz] for s in cfg.kernel.segments]},
                 "initrd_size": len(cfg.initrd) if cfg.initrd is not None else None,
-                "jail_root": jail_root, "adopt_fd": adopt_index, "record": record}, fds)
+                "jail_root": jail_root, "adopt_fd": adopt_index}, fds)
             try:
                 reply = self._await_built()
             except ChannelClosed:
@@ -173,10 +176,13 @@ class DomainHandle:
         try:
             ch.send({"t": "adopt"})
             msg, fds = ch.recv()
-            if msg.get("t") != "hello" or len(fds) != 1 or not isinstance(msg.get("domid"), int):
-                raise HyperdiscoError(f"hyperdisco: {path}: not a domain process")
+            if (msg.get("t") != "hello" or len(fds) != 1 or not path.stem.isdigit()
+                    or msg.get("domid") != int(path.stem)):
+                raise HyperdiscoError(f"hyperdisco: {path}: not the domain process of domain {path.stem}")
             sock.settimeout(None)
-            config = config_of(msg.get("record"))
+            # its configuration from domain 0's own record, not from what the process says
+            saved = persist.load(path.with_suffix(".json"))
+            config = config_of(saved.get("record") if saved else None)
             dom = cls(host, int(msg["domid"]), config, ConsoleBuffer())
             dom.ch, dom.pid, dom.adopt_path = ch, int(msg.get("pid", 0)), path
             dom.jail = str(msg.get("jail", ""))
@@ -486,6 +492,7 @@ class DomainHandle:
             self.pages.close()
         if self.adopt_path is not None:
             self.adopt_path.unlink(missing_ok=True)
+            self.adopt_path.with_suffix(".json").unlink(missing_ok=True)
 
     # -- what list/top/run show -------------------------------------------------------------------------
     def cpu_seconds(self) -> float:

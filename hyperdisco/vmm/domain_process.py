@@ -52,7 +52,6 @@ class DomainProcess:
         self.orphaned = threading.Event()  # domain 0 went away; a new one may adopt us
         self.listener: socket.socket | None = None  # where a new domain 0 connects to adopt us
         self.special_fd = -1
-        self.record: Any = None  # domain 0's own description of the domain, given back on adoption
         self.jail_report = ""
         self._held: list[dict[str, Any]] = []  # log lines from while no domain 0 listened
 
@@ -86,7 +85,6 @@ class DomainProcess:
                 raise HyperdiscoError("hyperdisco: domain process: expected a build message")
             dom = build_domain(msg, fds, self.output, self.log)
             self.special_fd = fds[0]
-            self.record = msg.get("record")
             if isinstance(msg.get("adopt_fd"), int) and 0 <= msg["adopt_fd"] < len(fds):
                 self.listener = socket.socket(fileno=fds[msg["adopt_fd"]])
             dom.on_console_kick = lambda: self.send({"t": "kick", "what": "console"})
@@ -151,7 +149,7 @@ class DomainProcess:
                     raise ChannelClosed("not an adoption")
                 dom = self.dom
                 assert self.vbds is not None
-                ch.send({"t": "hello", "domid": dom.domid, "name": dom.name, "record": self.record,
+                ch.send({"t": "hello", "domid": dom.domid, "name": dom.name,
                          "console_port": dom.console_port, "paused": dom.paused, "pid": os.getpid(),
                          "jail": self.jail_report, "vbds": self.vbds.describe(),
                          "stats": domain_stats(dom, self.scheduler)}, [self.special_fd])

@@ -160,3 +160,35 @@ def test_a_domain_that_cannot_be_built_fails_at_once(host: Host) -> None:
     with pytest.raises(HyperdiscoError, match="command line"):
         host.create(cfg("long", "halt " + "x" * 5000))  # the loader refuses a 5 KB command line
     assert time.monotonic() - t0 < 4 and host.domains == {}
+
+
+def test_adoption_trusts_nothing_a_process_claims(tmp_path: Path) -> None:
+    """A socket in the adoption directory whose process claims another domain's ID is not adopted."""
+    from hyperdisco.vmm.channel import Channel
+
+    domains = tmp_path / "state" / "domains"
+    domains.mkdir(parents=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(domains / "5.sock"))
+    listener.listen(1)
+
+    def impostor() -> None:
+        conn, _ = listener.accept()
+        ch = Channel(conn)
+        ch.recv()
+        special = os.memfd_create("impostor")
+        os.ftruncate(special, 16 * 4096)
+        ch.send({"t": "hello", "domid": 7, "name": "x", "console_port": 1, "pid": os.getpid()}, [special])
+        os.close(special)
+
+    t = threading.Thread(target=impostor, daemon=True)
+    t.start()
+    h = Host("scripted", run_dir=str(tmp_path), state_dir=str(tmp_path / "state"),
+             config_of=lambda record: cfg("x", "halt"))
+    try:
+        assert h.domains == {}
+        assert any("not adopted" in line and "domain 5" in line for line in h.dmesg)
+        assert not (domains / "5.sock").exists()
+    finally:
+        h.close()
+        listener.close()
