@@ -364,6 +364,25 @@ class DomainHandle:
         reply = self.call({"t": "blk-detach", "devid": devid, "wait": wait_s}, timeout=wait_s + BLK_TIMEOUT_S)
         return bool(reply and reply.get("ok"))
 
+    # -- vifs (the toolstack side is backends/net/manager.py) ------------------------------------------
+    def attach_vif(self, devid: int, args: dict[str, Any], fd: int) -> None:
+        """Hand the domain's netback its end of the vif's socket pair (closed here in any case)."""
+        try:
+            reply = self.call({"t": "net-attach", "devid": devid, "args": args}, [fd], timeout=BLK_TIMEOUT_S)
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if reply is None:
+            raise HyperdiscoError(f"hyperdisco: {self.name}: its process did not take vif {devid}")
+        if reply.get("error"):
+            raise HyperdiscoError(_one_line(f"hyperdisco: {self.name}: vif {devid}: {reply['error']}"))
+
+    def detach_vif(self, devid: int, wait_s: float) -> bool:
+        reply = self.call({"t": "net-detach", "devid": devid, "wait": wait_s}, timeout=wait_s + BLK_TIMEOUT_S)
+        return bool(reply and reply.get("ok"))
+
     def input(self, data: bytes) -> bool:
         return self.console.input(data) if self.console is not None else False
 

@@ -9,6 +9,7 @@ kernel image, the initramfs). The process builds the domain (builder.py), enters
   pause, unpause, destroy  as xl's verbs
   query                    statistics and the vCPUs' whereabouts, for list/top/run --stats
   blk-attach, blk-detach   a virtual block device with its image descriptors (opened by domain 0)
+  net-attach, net-detach   a vif with its end of the socket pair to domain 0's switch
   xs-reply, xs-watch       answers for the relayed xenstore connections of its block backends
 
 and sends its own: kick console|store (the guest signalled domain 0's end of a channel), out (bytes the
@@ -28,6 +29,7 @@ import traceback
 from typing import Any
 
 from ..backends.blkback.host import VbdHost
+from ..backends.netback import VifHost
 from ..core.domain import Domain
 from ..core.scheduler import Scheduler
 from ..errors import HyperdiscoError
@@ -47,6 +49,7 @@ class DomainProcess:
         self.dom: Domain | None = None
         self.xs = RemoteXenstore(channel)
         self.vbds: VbdHost | None = None
+        self.vifs: VifHost | None = None
         self.scheduler: Scheduler | None = None
         self.gone = threading.Event()  # domain 0 went away for good
         self.orphaned = threading.Event()  # domain 0 went away; a new one may adopt us
@@ -91,6 +94,7 @@ class DomainProcess:
             dom.on_store_kick = lambda: self.send({"t": "kick", "what": "store"})
             self.dom = dom
             self.vbds = VbdHost(dom, self.xs, self.log)
+            self.vifs = VifHost(dom, self.xs, self.log)
             jail = Jail(dom.domid, msg.get("jail_root"))
             jail.enter()
         except Exception as exc:  # anything: one line to domain 0, which refuses the create
@@ -113,11 +117,18 @@ class DomainProcess:
     def _finish(self, dom: Domain) -> None:
         assert self.scheduler is not None
         self.scheduler.remove(dom)
+        if self.vifs is not None:
+            self.vifs.close()
         if self.vbds is not None:
             self.vbds.close()  # closes (flushes) the images
         self.send({"t": "shutdown", "outcome": dom.outcome, "detail": dom.outcome_detail,
-                   "stats": domain_stats(dom, self.scheduler)})
+                   "stats": self._stats(dom)})
         self.scheduler.shutdown()
+
+    def _stats(self, dom: Domain) -> dict[str, Any]:
+        stats = domain_stats(dom, self.scheduler)
+        stats["vifs"] = self.vifs.stats() if self.vifs is not None else {}
+        return stats
 
     def _lost(self) -> None:
         """The channel broke: domain 0 died. Keep running, to be adopted, if we can be reached."""
@@ -148,11 +159,12 @@ class DomainProcess:
                 if msg.get("t") != "adopt":
                     raise ChannelClosed("not an adoption")
                 dom = self.dom
-                assert self.vbds is not None
+                assert self.vbds is not None and self.vifs is not None
                 ch.send({"t": "hello", "domid": dom.domid, "name": dom.name,
                          "console_port": dom.console_port, "paused": dom.paused, "pid": os.getpid(),
                          "jail": self.jail_report, "vbds": self.vbds.describe(),
-                         "stats": domain_stats(dom, self.scheduler)}, [self.special_fd])
+                         "vifs": self.vifs.describe(),
+                         "stats": self._stats(dom)}, [self.special_fd])
             except ChannelClosed:
                 ch.close()
                 continue
@@ -211,11 +223,17 @@ class DomainProcess:
             dom.shutdown(outcome if outcome in ("destroyed", "timeout") else "destroyed",
                          str(msg.get("detail", ""))[:4096])
         elif t == "query":
-            self.send({"t": "reply", "id": msg.get("id"), "stats": domain_stats(dom, self.scheduler)})
+            self.send({"t": "reply", "id": msg.get("id"), "stats": self._stats(dom)})
         elif t == "blk-attach":
             self._blk_attach(msg, fds)
         elif t == "blk-detach":
             self._blk_detach(msg)
+        elif t == "net-attach":
+            self._net_attach(msg, fds)
+        elif t == "net-detach":
+            assert self.vifs is not None
+            ok = self.vifs.detach(int(msg["devid"]), float(msg.get("wait", 0.0)))
+            self.send({"t": "reply", "id": msg.get("id"), "ok": ok})
         else:
             for fd in fds:
                 os.close(fd)
@@ -230,6 +248,19 @@ class DomainProcess:
             self.vbds.attach(int(msg["devid"]), msg["args"], handed)
         except HyperdiscoError as exc:
             self.send({"t": "reply", "id": msg.get("id"), "error": str(exc)})
+            return
+        self.send({"t": "reply", "id": msg.get("id"), "ok": True})
+
+    def _net_attach(self, msg: dict[str, Any], fds: list[int]) -> None:
+        assert self.vifs is not None
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError("a vif comes with exactly one descriptor")
+        try:
+            self.vifs.attach(int(msg["devid"]), dict(msg["args"]), fds[0])
+        except (ValueError, TypeError, KeyError) as exc:
+            self.send({"t": "reply", "id": msg.get("id"), "error": str(exc)[:400]})
             return
         self.send({"t": "reply", "id": msg.get("id"), "ok": True})
 

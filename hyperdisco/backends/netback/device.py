@@ -1,0 +1,348 @@
+"""One vif's backend: the xenbus handshake with xen-netfront and the thread that moves its frames.
+
+The handshake is Linux netback's (drivers/net/xen-netback/xenbus.c) as netfront expects it
+(drivers/net/xen-netfront.c): we publish our features and go InitWait; netfront then writes tx-ring-ref,
+rx-ring-ref, event-channel, request-rx-copy, feature-rx-notify and its offloads, and goes Connected; we
+map both rings, bind the event channel and go Connected. Frontend Closing/Closed: we disconnect and
+follow; a frontend that comes back to Initialising (its module reloaded) gets a fresh InitWait. We offer
+one queue, one event channel, the copying rx path, scatter-gather, TCP GSO both ways and checksum
+offload; a frontend that insists on anything else is refused through the backend's error node.
+
+Threads: the guest's event-channel sends arrive on its vCPU thread; when nobody else is serving the
+rings, the tx ring is served right there (no thread hand-off per packet), otherwise the device thread is
+woken through an eventfd. The device thread also waits on the vif's socket for frames from domain 0's
+switch and copies them into the guest's rx buffers.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+from ...core.evtchn import EvtchnError
+from ...core.grant import GrantError
+from ...core.ratelimit import RateLimiter
+from ...xen import abi as xen_abi
+from ...xen.io import netif
+from ...xen.io import xenbus as xb
+from ..back_ring import RingError
+from ..net import frame as fr
+from .rings import NetRings, VifStats
+
+TX_BUDGET = 64  # packets per round before the thread looks at its socket and xenstore again
+INLINE_BUDGET = 16  # packets served on the guest's vCPU thread when it kicks an idle backend
+RX_BATCH = 64  # frames read from the socket per round
+MAX_RING_REF = 1 << 32
+
+
+class VifBackend:
+    def __init__(self, dom: Any, xenstored: Any, devid: int, mac: str, sock: socket.socket,
+                 log: Callable[[str], None]) -> None:
+        self.dom = dom
+        self.devid = devid
+        self.mac = mac
+        self._log = log
+        self.limit = RateLimiter()
+        self.be = f"/local/domain/0/backend/vif/{dom.domid}/{devid}"
+        self.fe = f"/local/domain/{dom.domid}/device/vif/{devid}"
+        self.stats = VifStats()
+        self.state = xb.XenbusStateInitialising
+        self.closed = threading.Event()
+        self.rings: NetRings | None = None
+        self.port: int | None = None
+        self._port_obj: Any = None
+        self._stack: ExitStack | None = None
+        self._serving = threading.RLock()  # one server of the rings at a time
+        self._flags_lock = threading.Lock()
+        self._kicked = self._xenbus = self._stop = False
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.sock = sock
+        self._prepare(sock)
+        self._buf = bytearray(fr.MAX_MESSAGE)
+        self.xs = xenstored.local_connection(self._on_watch)
+        self._thread = threading.Thread(target=self._run, name=f"netback-d{dom.domid}-{devid}", daemon=True)
+
+    def log(self, msg: str) -> None:
+        self._log(f"netback d{self.dom.domid} vif{self.devid}: {msg}")
+
+    @staticmethod
+    def _prepare(sock: socket.socket) -> None:
+        sock.setblocking(False)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, fr.SOCKET_BUFFER)
+            except OSError:
+                pass
+
+    # -- other threads ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def replace_socket(self, sock: socket.socket) -> None:
+        """A new domain 0 adopted the domain: frames go through its switch from now on."""
+        self._prepare(sock)
+        old, self.sock = self.sock, sock
+        self._wake()
+        old.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._flags_lock:
+            self._stop = True
+        self._wake()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self.xs.close()
+        self.sock.close()
+        os.close(self._wake_fd)
+
+    def _on_watch(self, path: str, token: str) -> None:
+        with self._flags_lock:
+            self._xenbus = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
+
+    def _kick(self) -> None:
+        """The guest signalled the event channel (on its vCPU thread): serve a few packets here if the
+        rings are idle, hand the rest to the device thread."""
+        if self.rings is not None and self._serving.acquire(blocking=False):
+            try:
+                more = self._serve(INLINE_BUDGET)
+            finally:
+                self._serving.release()
+            if not more:
+                return
+        with self._flags_lock:
+            self._kicked = True
+        self._wake()
+
+    def _notify(self) -> None:
+        port = self.port
+        if port is not None and self.dom.evtchn.ports.get(port) is self._port_obj:
+            self.dom.evtchn.notify(port)
+
+    def _send(self, meta: fr.Meta, data: bytes) -> bool:
+        try:
+            self.sock.send(fr.pack(meta, data))
+            return True
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:
+            if e.errno in (errno.ENOBUFS, errno.EAGAIN):
+                return False
+            self.limit.log(self.log, "socket", f"switch socket: {e}")
+            return False
+
+    # -- the device thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.xs.watch(f"{self.fe}/state", "fe")
+            self._advertise()
+            self._switch(xb.XenbusStateInitWait)
+            more = False
+            poller = select.poll()
+            poller.register(self._wake_fd, select.POLLIN)
+            sock_fd = -1
+            while True:
+                if self.sock.fileno() != sock_fd:
+                    if sock_fd >= 0:
+                        poller.unregister(sock_fd)
+                    sock_fd = self.sock.fileno()
+                    poller.register(sock_fd, select.POLLIN)
+                events = poller.poll(0 if more else None)
+                with self._flags_lock:
+                    if self._stop:
+                        break
+                    xenbus = self._xenbus
+                    self._xenbus = self._kicked = False
+                for fd, ev in events:
+                    if fd == self._wake_fd:
+                        try:
+                            os.eventfd_read(self._wake_fd)
+                        except OSError:
+                            pass
+                    elif ev & (select.POLLHUP | select.POLLERR) and not ev & select.POLLIN:
+                        poller.unregister(fd)  # domain 0 went away: frames stop until it adopts us
+                        sock_fd = -2
+                if xenbus:
+                    with self._serving:
+                        self._frontend_changed()
+                self._receive()
+                with self._serving:
+                    more = self._serve(TX_BUDGET)
+        except Exception as e:  # never let a bug escape: this device stops
+            self.limit.log(self.log, "internal", f"internal error: {e!r}")
+        finally:
+            with self._serving:
+                self._disconnect()
+
+    def _receive(self) -> None:
+        """Frames from the switch, into the guest's rx queue (dropped while not connected)."""
+        rings = self.rings
+        for _ in range(RX_BATCH):
+            try:
+                n = self.sock.recv_into(self._buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if n == 0:
+                return
+            try:
+                meta, view = fr.parse(memoryview(self._buf)[:n])
+            except fr.FrameError as e:
+                self.limit.log(self.log, "frame", f"bad frame from the switch: {e}")
+                continue
+            if rings is None:
+                self.stats.rx_dropped += 1
+                continue
+            rings.rx_enqueue(meta, bytes(view))
+
+    def _serve(self, budget: int) -> bool:
+        rings = self.rings
+        if rings is None:
+            return False
+        try:
+            more = rings.tx_process(budget)
+            rings.rx_flush()  # frames still waiting for buffers: req_event is armed, the guest kicks us
+            return more
+        except RingError as e:
+            self.limit.log(self.log, "ring broken", f"ring broken, disconnecting: {e}")
+        except GrantError as e:
+            self.limit.log(self.log, "ring page", f"ring page not accessible, disconnecting: {e}")
+        self._disconnect()
+        self._switch(xb.XenbusStateClosing)
+        return False
+
+    # -- xenbus -----------------------------------------------------------------------------------------
+    def _read(self, rel: str) -> str | None:
+        try:
+            v = self.xs.read(f"{self.fe}/{rel}")
+        except Exception:
+            return None
+        return None if v is None else str(v)
+
+    def _read_uint(self, rel: str, limit: int) -> int | None:
+        v = self._read(rel)
+        if v is None or not v.strip().isdigit() or not v.strip().isascii():
+            return None
+        n = int(v.strip())
+        return n if n < limit else None
+
+    def _switch(self, state: int) -> None:
+        self.state = state
+        try:
+            self.xs.write(f"{self.be}/state", str(state))
+        except Exception as e:
+            self.limit.log(self.log, "state", f"cannot write state {state}: {e}")
+
+    def _advertise(self) -> None:
+        """What Linux netback writes in its backend directory (xenbus.c netback_probe)."""
+        nodes = {
+            "feature-sg": "1",
+            "feature-gso-tcpv4": "1",
+            "feature-gso-tcpv6": "1",
+            "feature-ipv6-csum-offload": "1",
+            "feature-rx-copy": "1",
+            "feature-rx-flip": "0",
+        }
+        tx = self.xs.transaction_start()
+        for k, v in nodes.items():
+            self.xs.write(f"{self.be}/{k}", v, tx)
+        self.xs.transaction_end(tx)
+
+    def _frontend_changed(self) -> None:
+        raw = self._read("state")
+        fstate = xb.XenbusStateClosed if raw is None or not raw.isdigit() else int(raw)
+        if fstate in (xb.XenbusStateInitialising, xb.XenbusStateInitWait):
+            if self.state == xb.XenbusStateClosed:  # the frontend reconnects (its module reloaded)
+                self.closed.clear()
+                self._advertise()
+                self._switch(xb.XenbusStateInitWait)
+        elif fstate in (xb.XenbusStateInitialised, xb.XenbusStateConnected):
+            if self.rings is None and self.state in (xb.XenbusStateInitWait, xb.XenbusStateInitialised):
+                self._connect()
+        elif fstate == xb.XenbusStateClosing:
+            self._disconnect()
+            if self.state != xb.XenbusStateClosing:
+                self._switch(xb.XenbusStateClosing)
+        else:  # Closed, Unknown, or nonsense
+            self._disconnect()
+            if self.state != xb.XenbusStateClosed:
+                self._switch(xb.XenbusStateClosed)
+            self.closed.set()
+
+    def _fatal(self, msg: str) -> None:
+        self.limit.log(self.log, "fatal", msg)
+        try:
+            self.xs.write(f"{self.be}/error", msg)
+        except Exception:
+            pass
+        self._disconnect()
+        self._switch(xb.XenbusStateClosing)
+
+    def _connect(self) -> None:
+        queues = self._read_uint("multi-queue-num-queues", 1 << 16)
+        if queues is not None and queues > 1:
+            return self._fatal(f"frontend asks for {queues} queues, we offer 1")
+        if self._read("event-channel-tx") is not None and self._read("event-channel") is None:
+            return self._fatal("frontend asks for split event channels, we offer one")
+        if self._read("request-rx-copy") != "1":
+            return self._fatal("frontend does not ask for the copying rx path (flipping is gone)")
+        if self._read("feature-rx-notify") != "1":
+            return self._fatal("frontend does not offer feature-rx-notify")
+        tx_ref = self._read_uint("tx-ring-ref", MAX_RING_REF)
+        rx_ref = self._read_uint("rx-ring-ref", MAX_RING_REF)
+        port = self._read_uint("event-channel", xen_abi.EVTCHN_2L_NR_CHANNELS)
+        if tx_ref is None or rx_ref is None or port is None:
+            return self._fatal("frontend gave no valid tx-ring-ref, rx-ring-ref or event-channel")
+        gso = frozenset(t for t, key in ((netif.GSO_TYPE_TCPV4, "feature-gso-tcpv4"),
+                                         (netif.GSO_TYPE_TCPV6, "feature-gso-tcpv6"))
+                        if self._read(key) == "1")
+        sg = self._read("feature-sg") == "1"
+        stack = ExitStack()
+        try:
+            tx_page = stack.enter_context(self.dom.grants.access(tx_ref, 0, write=True))
+            rx_page = stack.enter_context(self.dom.grants.access(rx_ref, 0, write=True))
+            self.dom.evtchn.bind_backend(port, self._kick)
+        except (GrantError, EvtchnError) as e:
+            stack.close()
+            return self._fatal(f"cannot connect tx-ring-ref {tx_ref} rx-ring-ref {rx_ref} "
+                               f"event-channel {port}: {e}")
+        self._stack, self.port = stack, port
+        self._port_obj = self.dom.evtchn.ports.get(port)
+        self.rings = NetRings(tx_page, rx_page, self.dom.grants, 0, self._send, self._notify,
+                              self._complain, rx_gso=gso, rx_sg=sg, stats=self.stats)
+        self._switch(xb.XenbusStateConnected)
+        self.limit.log(self.log, "connected", f"connected: {self.mac}, tx-ring-ref {tx_ref}, "
+                       f"rx-ring-ref {rx_ref}, event channel {port}")
+        with self._flags_lock:
+            self._kicked = True
+        return None
+
+    def _complain(self, kind: str, msg: str) -> None:
+        self.limit.log(self.log, kind, msg)
+
+    def _disconnect(self) -> None:
+        if self.rings is None:
+            return
+        self.log("disconnected")
+        rings, self.rings = self.rings, None
+        rings.close()
+        port, p = self.port, self._port_obj
+        if port is not None and p is not None and self.dom.evtchn.ports.get(port) is p:
+            p.state, p.on_send = xen_abi.EVTCHNSTAT_unbound, None
+        self.port, self._port_obj = None, None
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
