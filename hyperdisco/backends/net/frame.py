@@ -63,7 +63,8 @@ def parse(message: bytes | bytearray | memoryview) -> tuple[Meta, memoryview]:
 def mac_bytes(text: str) -> bytes:
     """'00:16:3e:01:02:03' -> 6 bytes (ValueError when it is not one)."""
     parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
+    hexdigits = "0123456789abcdefABCDEF"
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in hexdigits for c in p) for p in parts):
         raise ValueError(f"{text!r} is not a MAC address")
     return bytes(int(p, 16) for p in parts)
 
