@@ -57,6 +57,14 @@ class BackRing:
             n -= run
         return out
 
+    def peek(self) -> bytes:
+        """A copy of the request at req_cons, not consumed (unconsumed() > 0)."""
+        return self.page.read(RING_HEADER + (self.req_cons % self.size) * self.entry, self.entry)
+
+    def advance(self) -> None:
+        """Consume the request peek() returned."""
+        self.req_cons = (self.req_cons + 1) & M32
+
     def put_response(self, data: bytes) -> None:
         """Write the next response (published by push())."""
         idx = self.rsp_prod_pvt % self.size

@@ -157,7 +157,8 @@ def test_budget_and_the_final_check(rig: Rig) -> None:
     assert rig.ring.process(1) is True  # budget spent, more waiting: the caller comes back
     assert rig.idx(abi.RSP_PROD) == 1
     # a request published just as req_event is armed is still seen (RING_FINAL_CHECK_FOR_REQUESTS)
-    set_index = rig.ring._set
+    page = rig.ring.ring.page
+    set_index = page.set_u32
     late = [abi.REQUEST_HEAD.pack(abi.OP_READ, 1, 0, 3, 0) + abi.SEGMENT.pack(10, 0, 0)]
 
     def racing_set(off: int, value: int) -> None:
@@ -165,7 +166,7 @@ def test_budget_and_the_final_check(rig: Rig) -> None:
         if off == abi.REQ_EVENT and late:
             rig.put(late.pop())
 
-    rig.ring._set = racing_set  # type: ignore[method-assign]
+    page.set_u32 = racing_set  # type: ignore[method-assign]
     rig.run()
     assert rig.idx(abi.RSP_PROD) == 3 and rig.idx(abi.REQ_EVENT) == 4
 

@@ -38,20 +38,16 @@ from typing import Protocol
 
 from ...core.grant import GrantError
 from ...core.ratelimit import RateLimiter
+from ..back_ring import BackRing, RingError  # noqa: F401  (RingError: re-exported)
 from ..disk.base import DiskImage as Disk
 from . import abi
 from .ioqueue import DomainIoQueue
 
-M32 = 0xFFFFFFFF
 DEFAULT_MAX_INDIRECT_SEGMENTS = 256  # what Linux blkback offers (MAX_INDIRECT_SEGMENTS)
 MAX_PERSISTENT_GRANTS = 4096  # per ring; Linux blkback's default max_persistent_grants is 1056
 LOG_INTERVAL_S = 10.0  # one log line per kind of bad request per device per this many seconds
 DRAIN_TIMEOUT_S = 60.0  # close() waits this long for requests in flight before it gives up their pages
 ORDERED_OPS = (abi.OP_FLUSH_DISKCACHE, abi.OP_WRITE_BARRIER)
-
-
-class RingError(Exception):
-    """The shared ring is inconsistent: the device must be disconnected."""
 
 
 class BadRequest(Exception):
@@ -122,9 +118,7 @@ class BlkRing:
         self.domid = backend_domid
         self.max_indirect = max_indirect_segments
         self.clock = clock
-        self.size = abi.RING_SIZE
-        self.req_cons = 0  # BACK_RING_INIT
-        self.rsp_prod_pvt = 0
+        self.ring = BackRing(page, abi.REQUEST_SIZE)  # BACK_RING_INIT
         self.stats = RingStats()
         self._limit = RateLimiter(burst=1, rate=1 / LOG_INTERVAL_S, clock=clock)  # by kind of bad request
         self.disk_sectors = disk.size // abi.SECTOR
@@ -161,36 +155,27 @@ class BlkRing:
                 return nullcontext(page)
         return self.grants.access(gref, self.domid, write=write)
 
-    # -- shared indices ---------------------------------------------------------------------------------
-    def _get(self, off: int) -> int:
-        return int(self.page.u32(off))  # one access: the guest updates the indices concurrently
-
-    def _set(self, off: int, value: int) -> None:
-        self.page.set_u32(off, value & M32)
-
     # -- the loop ---------------------------------------------------------------------------------------
+    @property
+    def req_cons(self) -> int:
+        return self.ring.req_cons
+
     def process(self, budget: int) -> bool:
         """Take up to `budget` requests. True if more may be waiting (call again); False when the ring is
         empty and req_event is armed, or when the next request must wait for requests in flight (their
         completion calls `wake`). Raises RingError if the ring is unusable."""
         done = 0
         while True:
-            prod = self._get(abi.REQ_PROD)
-            if (prod - self.rsp_prod_pvt) & M32 > self.size:  # RING_REQUEST_PROD_OVERFLOW
-                raise RingError(f"req_prod {prod} is more than a ring ahead of rsp_prod {self.rsp_prod_pvt}")
-            while self.req_cons != prod:
+            n = self.ring.unconsumed()
+            while n:
                 if done >= budget:
                     return True
-                if (self.req_cons - self.rsp_prod_pvt) & M32 >= self.size:  # RING_REQUEST_CONS_OVERFLOW
-                    raise RingError("request consumer overran the responses")
-                slot = abi.RING_HEADER + (self.req_cons % self.size) * abi.REQUEST_SIZE
-                raw = self.page.read(slot, abi.REQUEST_SIZE)  # one copy: never re-read the guest's page
-                if not self._dispatch(raw, alone=(self.req_cons + 1) & M32 == prod):
+                raw = self.ring.peek()  # one copy: never re-read the guest's page
+                if not self._dispatch(raw, alone=n == 1):
                     return False
+                n -= 1
                 done += 1
-            # RING_FINAL_CHECK_FOR_REQUESTS
-            self._set(abi.REQ_EVENT, self.req_cons + 1)
-            if self._get(abi.REQ_PROD) == self.req_cons:
+            if not self.ring.final_check():
                 return False
 
     def _dispatch(self, raw: bytes, alone: bool) -> bool:
@@ -200,12 +185,12 @@ class BlkRing:
         if raw[0] in ORDERED_OPS and inflight:
             return False  # drain first; the last completion wakes the consumer
         if self.queue is None or raw[0] in ORDERED_OPS or (alone and not inflight):
-            self.req_cons = (self.req_cons + 1) & M32
+            self.ring.advance()
             self._respond(*self.handle(raw))
             return True
         if not self.queue.try_start(self.wake):
             return False  # the domain is at its bound
-        self.req_cons = (self.req_cons + 1) & M32
+        self.ring.advance()
         with self._lock:
             self.inflight += 1
         self.queue.run(lambda: self._serve_async(raw))
@@ -230,14 +215,8 @@ class BlkRing:
             self._publish(rid, op, status)
 
     def _publish(self, rid: int, op: int, status: int) -> None:
-        slot = abi.RING_HEADER + (self.rsp_prod_pvt % self.size) * abi.REQUEST_SIZE
-        self.page.write(slot, abi.RESPONSE.pack(rid, op & 0xFF, status))
-        # RING_PUSH_RESPONSES_AND_CHECK_NOTIFY
-        old = self._get(abi.RSP_PROD)
-        new = self.rsp_prod_pvt = (self.rsp_prod_pvt + 1) & M32
-        self._set(abi.RSP_PROD, new)
-        event = self._get(abi.RSP_EVENT)
-        if (new - event) & M32 < (new - old) & M32:
+        self.ring.put_response(abi.RESPONSE.pack(rid, op & 0xFF, status))
+        if self.ring.push():  # RING_PUSH_RESPONSES_AND_CHECK_NOTIFY
             self.stats.notifications += 1
             self.notify()
 
