@@ -1,5 +1,6 @@
 """Domain 0: every domain on this host (each in its own jailed process), xenstored, the consoles, the
-block devices' toolstack side, and the log (`dmesg`).
+block and network devices' toolstack side (with the networks' switches and uplinks), and the log
+(`dmesg`).
 
 Both the daemon and the one-shot `run` build one of these. Domain IDs start at 1 (domain 0 is this
 process). When a domain shuts down, the reaper applies the action its configuration names for that
@@ -13,13 +14,14 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..backends.blkback import BlockDevices
 from ..backends.console import ConsoleBuffer
+from ..backends.net.manager import NetworkDevices, VifConfig, guest_cmdline
 from ..backends.xenstore import Xenstored, persist
 from ..core.clock import Clock
 from ..core.domain import DomainConfig
@@ -52,6 +54,7 @@ class Host:
         self.clock = Clock(eng.guest_tsc)
         self.tsc_khz = self.clock.tsc_khz()
         self.started = time.monotonic()
+        self.run_dir = Path(run_dir)
         self.domains: dict[int, DomainHandle] = {}
         self.consoles: dict[int, ConsoleBuffer] = {}
         self.dmesg: collections.deque[str] = collections.deque(maxlen=5000)
@@ -72,6 +75,7 @@ class Host:
         for path, value in (("/local/domain/0/name", "Domain-0"), ("/local/domain/0/domid", "0")):
             self.xs.write(path, value)
         self.blk = BlockDevices(self)
+        self.net = NetworkDevices(self)  # its switches (one per named network) start with the first vif
         self.spawner: Spawner | None = None
         if template:
             try:
@@ -111,7 +115,8 @@ class Host:
         alive = {d.domid for d in adopted}
         for node in self.xs.directory("/local/domain") if restored else []:
             if node.isdigit() and int(node) not in alive and node != "0":
-                for stale in (f"/local/domain/{node}", f"/local/domain/0/backend/vbd/{node}"):
+                for stale in (f"/local/domain/{node}", f"/local/domain/0/backend/vbd/{node}",
+                              f"/local/domain/0/backend/vif/{node}"):
                     try:
                         self.xs.rm(stale)
                     except Exception:
@@ -130,6 +135,8 @@ class Host:
             else:
                 self._introduce(dom)
             self.blk.adopt(dom, dom.adopted_vbds)
+            record = dom.config.record
+            self.net.adopt(dom, record.get("net") if isinstance(record, dict) else None)
             self.xenstored.kick(dom.domid)  # what the guest wrote while nobody served it
             dom.console.kick()
             self.log(f"adopted domain {dom.domid} ({dom.name}), pid {dom.pid}")
@@ -185,8 +192,21 @@ class Host:
         return self.domains.get(domid)
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def create(self, config: DomainConfig, console: ConsoleBuffer | None = None) -> DomainHandle:
-        """Start a domain; everything is undone (process, xenstore nodes, disks) if any step fails."""
+    def create(self, config: DomainConfig, console: ConsoleBuffer | None = None,
+               vifs: Sequence[VifConfig] = ()) -> DomainHandle:
+        """Start a domain; everything is undone (process, xenstore nodes, disks, vifs) if any step fails.
+
+        Its vifs get their devids and MACs first (NetworkDevices.prepare); the kernel command line gets
+        the first vif's ip= (or ip=dhcp on a network with a passt uplink); a dict `config.record` gets
+        the vifs as chosen under "net" (what a successor domain 0 re-plugs). They are attached after
+        the domain process has built the domain and the disks are attached (the guest may be running)."""
+        vifs = self.net.prepare(config.name, vifs)
+        if vifs:
+            record = config.record
+            if isinstance(record, dict):
+                record = {**record, "net": [v.to_record() for v in vifs]}
+            config = replace(config, cmdline=guest_cmdline(config.cmdline, vifs, self.net.passt_networks()),
+                             record=record)
         disks = self.blk.open_images(config.disks)  # a missing, corrupt or busy image: one line, no domain
         dom: DomainHandle | None = None
         try:
@@ -211,6 +231,8 @@ class Host:
             for spec, image in disks:
                 self.blk.attach(dom, spec, image)
             disks = []
+            for vif in vifs:
+                self.net.attach(dom, vif)
             with self._lock:
                 dom.creating = False
                 self._changed.notify_all()
@@ -280,10 +302,11 @@ class Host:
             return  # stays listed, stopped, until destroyed
         console = self.consoles.get(dom.domid)
         dom.restart_pending = action == "restart"
+        vifs = self.net.configs(dom.domid)  # as attached (hot-plugged ones too, as libxl keeps them)
         self._remove(dom)
         if action == "restart":
             try:
-                new = self.create(replace(dom.config), console=console)
+                new = self.create(replace(dom.config), console=console, vifs=vifs)
                 new.restarts = dom.restarts + 1
                 dom.successor = new
             except HyperdiscoError as e:  # e.g. its disk image went away: it stays down
@@ -304,6 +327,7 @@ class Host:
         if not dom.finished:
             dom.shutdown("destroyed")
         self.blk.close_domain(dom.domid)  # the toolstack's side of its disks
+        self.net.close_domain(dom.domid)  # its ports off the switches, its vif nodes
         with self._lock:
             if self.domains.get(dom.domid) is dom:
                 self.domains.pop(dom.domid, None)
@@ -333,6 +357,29 @@ class Host:
     def unpause(self, dom: DomainHandle) -> None:
         dom.unpause()
 
+    # -- vifs at run time (xl network-attach / network-detach) -----------------------------------------
+    def attach_vif(self, dom: DomainHandle, vif: VifConfig) -> int:
+        devid = self.net.attach(dom, vif)
+        self._save_net_record(dom)
+        return devid
+
+    def detach_vif(self, dom: DomainHandle, which: int | str, timeout: float) -> bool:
+        clean = self.net.detach(dom, which, timeout)
+        self._save_net_record(dom)
+        return clean
+
+    def _save_net_record(self, dom: DomainHandle) -> None:
+        """Keep the vifs in domain 0's record of the domain (and on_* restarts) as they are now."""
+        record = dom.config.record
+        if not isinstance(record, dict):
+            return
+        dom.config.record = {**record, "net": [v.to_record() for v in self.net.configs(dom.domid)]}
+        if dom.adopt_path is not None:
+            try:  # the file DomainHandle.start wrote: {"record": ...}
+                persist.save(dom.adopt_path.with_suffix(".json"), {"record": dom.config.record})
+            except OSError as exc:
+                self.log(f"domain {dom.domid}: its record not saved: {exc}")
+
     def request_shutdown(self, dom: DomainHandle, reason: str) -> None:
         """Ask the guest to shut down (xl shutdown/reboot): control/shutdown in xenstore."""
         self.xs.write(f"/local/domain/{dom.domid}/control/shutdown", reason)
@@ -353,6 +400,7 @@ class Host:
         for dom in list(self.domains.values()):
             self.destroy(dom)
         self.blk.close()
+        self.net.close()  # uplinks, then the switches
         if self.spawner is not None:
             self.spawner.close()
         if self.state_dir is not None:

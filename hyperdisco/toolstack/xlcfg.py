@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends.net.manager import VifConfig
 from ..errors import ConfigError
 
 MIN_MEMORY_MIB = 32
@@ -69,7 +70,6 @@ DISK_IGNORED_PREFIXES = frozenset({"tapdisk", "tap2", "tap", "aio", "ioemu", "fi
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _VDEV_RE = re.compile(r"xvd[a-z]{1,4}")  # xvda..xvdzzzz: more than blkif's device numbers hold anyway
-_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 _UUID_RE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 _INT_RE = re.compile(r"\s*([+-]?)(0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*)")
 
@@ -101,9 +101,25 @@ class DiskSpec:
 
 @dataclass
 class VifSpec:
-    """One ``vif = [...]`` entry: its ``key=value`` parameters (mac, bridge, ip, ...)."""
+    """One ``vif = [...]`` entry (xl-network-configuration(5)): its ``key=value`` parameters as written
+    (``params``) and what they mean. ``mac`` lower-case with colons, None: derived when attached;
+    ``bridge``: the network's name; ``ip``: IPv4 addresses, each with an optional /prefix; ``rate``:
+    (bytes per interval, interval in microseconds) as libxl computes it; ``uplink`` (passt or
+    tap:IFNAME) and ``hostfwd`` ((tcp|udp, host port, guest port), with uplink=passt) are hyperdisco's."""
 
     params: dict[str, str] = field(default_factory=dict)
+    mac: str | None = None
+    bridge: str = "xenbr0"
+    ip: list[str] = field(default_factory=list)
+    rate: tuple[int, int] | None = None
+    uplink: str | None = None
+    hostfwd: list[tuple[str, int, int]] = field(default_factory=list)
+    vifname: str | None = None
+
+    def net_config(self) -> VifConfig:
+        """What domain 0's network devices take (backends/net/manager.py)."""
+        return VifConfig(network=self.bridge, mac=self.mac, ips=tuple(self.ip), rate=self.rate,
+                         uplink=self.uplink, hostfwd=tuple(self.hostfwd), vifname=self.vifname)
 
 
 @dataclass
@@ -616,6 +632,24 @@ def _strip_disk_prefixes(target: str) -> tuple[str, str | None, bool]:
         target = tail
 
 
+# xl-network-configuration(5)'s keys hyperdisco takes; type, model, script are accepted and ignored
+# (no emulated NIC, no hotplug scripts), uplink and hostfwd are hyperdisco's own
+KNOWN_VIF_KEYS = ("mac", "bridge", "ip", "rate", "uplink", "hostfwd", "type", "model", "script", "vifname",
+                  "backend")
+VIF_TYPES = ("vif", "ioemu")
+VIF_BACKENDS = ("0", "dom0", "Domain-0")
+_NETWORK_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")  # IFNAMSIZ - 1
+_VIF_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
+_IPV4_RE = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?:/([0-9]{1,2}))?")
+_RATE_RE = re.compile(r"([0-9]{1,20})([GMK]?)([Bb])/s(?:@([0-9]{1,10})(s|ms|us))?")
+_RATE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
+_INTERVAL_UNITS = {"s": 1_000_000, "ms": 1000, "us": 1}
+DEFAULT_RATE_INTERVAL_US = 50_000  # xl's default replenish interval (50 ms)
+MAX_RATE_INTERVAL_US = (1 << 32) - 1  # libxl keeps it in a uint32
+_HOSTFWD_RE = re.compile(r"(tcp|udp):([0-9]{1,5}):([0-9]{1,5})")
+
+
 def parse_vif(spec: str, where: str = "<vif>") -> VifSpec:
     """Parse one vif spec: comma-separated ``key=value`` pairs; empty items are ignored."""
     params: dict[str, str] = {}
@@ -632,10 +666,107 @@ def parse_vif(spec: str, where: str = "<vif>") -> VifSpec:
         if key in params:
             raise _fail(where, "vif", f"{_q(key)} given twice in {_q(spec)}")
         params[key] = value
+    return vif_from_params(params, where, spec)
+
+
+def vif_from_params(params: dict[str, str], where: str = "<vif>", spec: str | None = None) -> VifSpec:
+    """The meaning of a vif's ``key=value`` parameters (also for a vif sent to the daemon as its map)."""
+    shown = spec if spec is not None else ", ".join(f"{k}={v}" for k, v in params.items())
+
+    def bad(message: str) -> ConfigError:
+        return _fail(where, "vif", f"{message} in {_q(shown)}")
+
+    for key, value in params.items():
+        if "\0" in key or "\0" in value:
+            raise bad("NUL character")
+        if key not in KNOWN_VIF_KEYS:
+            hint = difflib.get_close_matches(key, KNOWN_VIF_KEYS, n=1)
+            raise bad(f"unknown vif parameter {_q(key)}{f' (did you mean {hint[0]!r}?)' if hint else ''}")
+    vif = VifSpec(dict(params))
     mac = params.get("mac")
-    if mac is not None and not _MAC_RE.fullmatch(mac):
-        raise _fail(where, "vif", f"mac {_q(mac)} is not a MAC address (expected xx:xx:xx:xx:xx:xx)")
-    return VifSpec(params)
+    if mac is not None:
+        if not _VIF_MAC_RE.fullmatch(mac):
+            raise bad(f"mac {_q(mac)} is not a MAC address (expected xx:xx:xx:xx:xx:xx)")
+        octets = bytes(int(mac[i:i + 2], 16) for i in range(0, 17, 3))
+        if octets[0] & 1:
+            raise bad(f"mac {_q(mac)} is a multicast address (a vif needs a unicast one)")
+        if octets == bytes(6):
+            raise bad("mac 00:00:00:00:00:00 is not an interface address")
+        vif.mac = ":".join(f"{b:02x}" for b in octets)
+    if "bridge" in params:
+        if not _NETWORK_RE.fullmatch(params["bridge"]):
+            raise bad(f"bridge {_q(params['bridge'])} is not a network name (1-32 letters, digits, '_', '.', "
+                      "'-')")
+        vif.bridge = params["bridge"]
+    if "ip" in params:
+        vif.ip = [_vif_ip(a, bad) for a in params["ip"].split()]
+        if not vif.ip:
+            raise bad("ip= names no address")
+    if "rate" in params:
+        vif.rate = _vif_rate(params["rate"], bad)
+    if "uplink" in params:
+        up = params["uplink"]
+        if up != "passt" and not (up.startswith("tap:") and _IFNAME_RE.fullmatch(up[4:])):
+            raise bad(f"uplink {_q(up)} (expected passt or tap:IFNAME)")
+        vif.uplink = up
+    if "hostfwd" in params:
+        seen: set[tuple[str, int]] = set()
+        for item in params["hostfwd"].split(";"):
+            item = item.strip()
+            m = _HOSTFWD_RE.fullmatch(item)
+            if m is None or not all(0 < int(p) < 65536 for p in m.group(2, 3)):
+                raise bad(f"hostfwd {_q(item)} (expected tcp:HOSTPORT:GUESTPORT or udp:..., ports "
+                          "1-65535, several separated by ';')")
+            fwd = (m.group(1), int(m.group(2)), int(m.group(3)))
+            if fwd[:2] in seen:
+                raise bad(f"hostfwd {fwd[0]}:{fwd[1]} given twice")
+            seen.add(fwd[:2])
+            vif.hostfwd.append(fwd)
+        if vif.uplink != "passt":
+            raise bad("hostfwd needs uplink=passt")
+    if "vifname" in params:
+        if not _IFNAME_RE.fullmatch(params["vifname"]):
+            raise bad(f"vifname {_q(params['vifname'])} is not an interface name (1-15 letters, digits, "
+                      "'_', '.', '-')")
+        vif.vifname = params["vifname"]
+    if "type" in params and params["type"] not in VIF_TYPES:
+        raise bad(f"type {_q(params['type'])} (expected vif or ioemu)")
+    if "backend" in params and params["backend"] not in VIF_BACKENDS:
+        raise bad(f"backend {_q(params['backend'])} is not supported (only domain 0)")
+    return vif
+
+
+def _vif_ip(text: str, bad: Any) -> str:
+    m = _IPV4_RE.fullmatch(text)
+    if m is None or any(int(o) > 255 or (len(o) > 1 and o[0] == "0") for o in m.group(1, 2, 3, 4)):
+        raise bad(f"ip {_q(text)} is not an IPv4 address (A.B.C.D or A.B.C.D/NN)")
+    if m.group(5) is not None and int(m.group(5)) > 32:
+        raise bad(f"ip {_q(text)}: the prefix is longer than 32")
+    return text
+
+
+def _vif_rate(text: str, bad: Any) -> tuple[int, int]:
+    """xl's RATE/s[@INTERVAL] (units GB MB KB B for bytes, Gb Mb Kb b for bits; an interval in s, ms or
+    us, 50 ms by default) -> (bytes per interval, interval in microseconds), as libxl writes it."""
+    m = _RATE_RE.fullmatch(text)
+    if m is None:
+        raise bad(f"rate {_q(text)} (expected e.g. 10Mb/s or 1MB/s@20ms)")
+    per_s = int(m.group(1)) * _RATE_UNITS[m.group(2)]
+    if m.group(3) == "b":
+        per_s //= 8
+    interval = DEFAULT_RATE_INTERVAL_US
+    if m.group(4) is not None:
+        interval = int(m.group(4)) * _INTERVAL_UNITS[m.group(5)]
+    if per_s == 0:
+        raise bad(f"rate {_q(text)} is zero")
+    if not 0 < interval <= MAX_RATE_INTERVAL_US:
+        raise bad(f"rate {_q(text)}: the interval must be between 1us and {MAX_RATE_INTERVAL_US}us")
+    per_interval = per_s * interval // 1_000_000
+    if per_interval == 0:
+        raise bad(f"rate {_q(text)} is less than one byte per interval")
+    if per_interval >= 1 << 64:
+        raise bad(f"rate {_q(text)} is too large")
+    return per_interval, interval
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -682,6 +813,9 @@ def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
                 spec.disks.append(disk)
         elif key == "vif":
             spec.vifs = [parse_vif(item, s.where) for item in _as_str_list(s)]
+            macs = [v.mac for v in spec.vifs if v.mac is not None]
+            if len(set(macs)) < len(macs):
+                raise _fail(s.where, key, "two vifs have the same mac")
         elif key == "uuid":
             uuid = _as_str(s)
             if not _UUID_RE.fullmatch(uuid):
