@@ -29,8 +29,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.disks = [parse_disk(spec, "--disk", Path.cwd()) for spec in args.disks]
         if len({d.vdev for d in config.disks}) < len(config.disks):
             raise HyperdiscoError("hyperdisco: --disk: two disks with the same vdev")
+    vifs = []
+    if args.net is not None or args.hostfwd:
+        from ..toolstack.xlcfg import vif_from_params
+
+        params = {"bridge": args.net or "user", "uplink": "passt"}
+        if args.hostfwd:
+            params["hostfwd"] = ";".join(args.hostfwd)
+        vifs.append(vif_from_params(params, "--net").net_config())
     report = run_domain(config, args.engine, exec_command=args.exec_, timeout=args.timeout, t_start=t0,
-                        verbose=args.verbose)
+                        verbose=args.verbose, vifs=vifs)
     if args.exec_ is not None:
         sys.stdout.buffer.write(report.output)
         sys.stdout.flush()
@@ -100,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--disk", dest="disks", action="append", default=[], metavar="DISKSPEC",
                    help="a disk, xl syntax (e.g. 'format=raw, vdev=xvda, access=rw, target=root.img'); "
                         "repeatable")
+    r.add_argument("--net", nargs="?", const="user", default=None, metavar="NETWORK",
+                   help="an Ethernet interface on NETWORK (default 'user') with user-mode networking to "
+                        "the host and beyond (passt); the guest configures it by DHCP")
+    r.add_argument("--hostfwd", action="append", default=[], metavar="tcp:HOSTPORT:GUESTPORT",
+                   help="forward the host's HOSTPORT to the guest's GUESTPORT (tcp or udp; "
+                        "implies --net; repeatable)")
     r.add_argument("--exec", dest="exec_", metavar="CMD", help="run CMD in the guest shell, then power off")
     r.add_argument("--stats", action="store_true", help="print timings and trap counts at the end")
     r.add_argument("--engine", default="tcg", help="CPU engine (default tcg)")

@@ -42,6 +42,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     print(f"Parsing config from {args.config}", file=sys.stderr)
     spec = parse_file(args.config, args.overrides)
     config = {k: v for k, v in asdict(spec).items() if k not in ("vifs", "source")}
+    config["vifs"] = [v.params for v in spec.vifs]
     res = _client(args).call("create", config=config)
     if args.console:
         return console(args, str(res["domid"]))
@@ -73,6 +74,54 @@ def cmd_block_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_network_attach(args: argparse.Namespace) -> int:
+    from ..toolstack.xlcfg import parse_vif
+
+    spec = parse_vif(",".join(args.params), "network-attach")
+    _client(args).call("network_attach", dom=args.dom, vif=spec.params)
+    return 0
+
+
+def cmd_network_detach(args: argparse.Namespace) -> int:
+    if not _client(args).call("network_detach", dom=args.dom, dev=args.dev, timeout=args.timeout):
+        print(f"hyperdisco: vif {args.dev}: the guest did not release it in time; removed anyway",
+              file=sys.stderr)
+    return 0
+
+
+def _size(n: int) -> str:
+    """A byte count in 5 characters or fewer: 999, 1.2K, 34M, 5.6G."""
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.1f}{unit}" if v < 10 else f"{v:.0f}{unit}"
+    return str(n)
+
+
+def _drops(v: dict[str, Any]) -> int:
+    return int(v.get("drop_spoof", 0)) + int(v.get("drop_full", 0)) + int(v.get("drop_bad", 0))
+
+
+def _vif_counters(v: dict[str, Any]) -> str:
+    """A vif's counters as the guest sees them (tx: it sent; rx: delivered to it) and its drops by kind."""
+    return (f"tx {v['tx_packets']} pkts {_size(v['tx_bytes'])}B  rx {v['rx_packets']} pkts "
+            f"{_size(v['rx_bytes'])}B  drops {_drops(v)} (spoof {v['drop_spoof']}, full {v['drop_full']}, "
+            f"bad {v['drop_bad']})")
+
+
+def cmd_network_list(args: argparse.Namespace) -> int:
+    c = _client(args)
+    print(f"{'Idx':<4}{'BE':<3}{'Mac Addr.':<18}{'handle':<7}{'state':<6}{'evt-ch':<7}{'tx-ring-ref':<12}"
+          f"{'rx-ring-ref':<12}BE-path")
+    for dom in args.doms:
+        for r in c.call("network_list", dom=dom):
+            print(f"{r['idx']:<4}{r['be']:<3}{r['mac']:<18}{r['handle']:<7}{r['state']:<6}{r['evtch']:<7}"
+                  f"{r['tx_ring_ref']:<12}{r['rx_ring_ref']:<12}{r['bepath']}")
+            ips = f"  ip {' '.join(r['ips'])}" if r.get("ips") else ""
+            print(f"    network {r['network']}{ips}  {_vif_counters(r)}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     rows = _client(args).call("list", long=args.long)
     print(f"{'Name':<40}{'ID':>5}{'Mem':>6}{'VCPUs':>6}\tState\tTime(s)")
@@ -81,6 +130,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.long and "cmdline" in r:
             print(f"    cmdline: {r['cmdline']}")
             print(f"    on_crash: {r['on_crash']}  restarts: {r['restarts']}")
+            for v in r.get("vifs", []):
+                print(f"    vif{v['devid']}: {v['mac']} on {v['network']}  {_vif_counters(v)}")
     return 0
 
 
@@ -137,17 +188,30 @@ def cmd_top(args: argparse.Namespace) -> int:
         dt = max(1e-6, cur["time"] - prev["time"])
         before = {d["domid"]: d for d in prev["domains"]}
         lines = [f"{'NAME':<16}{'STATE':>7}{'CPU(sec)':>10}{'CPU(%)':>8}{'MEM(k)':>10}{'VCPUS':>6}"
-                 f"{'TRAPS/s':>10}{'EVENTS/s':>10}"]
+                 f"{'TRAPS/s':>10}{'EVENTS/s':>10}{'NETS':>5}{'NETTX(k)':>10}{'NETRX(k)':>10}{'DROPS':>7}"]
         host = 100.0 * (cur["host_cpu_s"] - prev["host_cpu_s"]) / dt
         lines.append(f"{'Domain-0':<16}{'r-----':>7}{cur['host_cpu_s']:>10.0f}{host:>8.1f}"
                      f"{cur.get('dom0_mem_kib', 0):>10}"
-                     f"{os.cpu_count() or 1:>6}{0:>10}{0:>10}")
+                     f"{os.cpu_count() or 1:>6}{0:>10}{0:>10}{0:>5}{0:>10}{0:>10}{0:>7}")
         for d in cur["domains"]:
             b = before.get(d["domid"], d)
             cpu = 100.0 * (d["cpu_s"] - b["cpu_s"]) / dt
+            vifs = d.get("vifs", [])
+            tx_k = sum(v["tx_bytes"] for v in vifs) >> 10
+            rx_k = sum(v["rx_bytes"] for v in vifs) >> 10
             lines.append(f"{d['name'][:16]:<16}{d['state']:>7}{d['cpu_s']:>10.0f}{cpu:>8.1f}{d['mem_kib']:>10}"
                          f"{d['vcpus']:>6}{(d['traps'] - b['traps']) / dt:>10.0f}"
-                         f"{(d['events'] - b['events']) / dt:>10.0f}")
+                         f"{(d['events'] - b['events']) / dt:>10.0f}{len(vifs):>5}{tx_k:>10}{rx_k:>10}"
+                         f"{sum(_drops(v) for v in vifs):>7}")
+            if args.networks:  # as xentop -n: a line per vif
+                old = {v["devid"]: v for v in b.get("vifs", [])}
+                for v in vifs:
+                    o = old.get(v["devid"], v)
+                    tx_rate = (v["tx_bytes"] - o["tx_bytes"]) / dt / 1024
+                    rx_rate = (v["rx_bytes"] - o["rx_bytes"]) / dt / 1024
+                    tx = f"TX {v['tx_packets']:>9} pkts {_size(v['tx_bytes']):>6}B {tx_rate:>8.1f}k/s"
+                    rx = f"RX {v['rx_packets']:>9} pkts {_size(v['rx_bytes']):>6}B {rx_rate:>8.1f}k/s"
+                    lines.append(f"    vif{v['devid']} {v['network'][:12]:<12} {tx}  {rx}  drops {_drops(v)}")
         if not args.batch:
             sys.stdout.write("\x1b[H\x1b[2J")
         print("\n".join(lines), flush=True)
@@ -256,10 +320,20 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="wait this long for the guest to release it")
     p = verb("block-list", cmd_block_list, "a domain's virtual block devices")
     p.add_argument("dom")
+    p = verb("network-attach", cmd_network_attach, "give a running domain a vif (xl vif syntax)")
+    p.add_argument("dom")
+    p.add_argument("params", nargs="*", metavar="KEY=VALUE", help="e.g. bridge=lan0 ip=10.0.0.2/24")
+    p = verb("network-detach", cmd_network_detach, "take a vif away from a running domain")
+    p.add_argument("dom")
+    p.add_argument("dev", metavar="DEVID|MAC")
+    p.add_argument("--timeout", type=float, default=10.0, help="wait this long for the guest to release it")
+    p = verb("network-list", cmd_network_list, "domains' virtual network interfaces")
+    p.add_argument("doms", nargs="+", metavar="DOMAIN")
     p = verb("top", cmd_top, "per-domain CPU, memory, traps and events, refreshed")
     p.add_argument("-d", "--delay", type=float, default=1.0)
     p.add_argument("-i", "--iterations", type=int, default=None)
     p.add_argument("-b", "--batch", action="store_true", help="no screen clearing")
+    p.add_argument("-n", "--networks", action="store_true", help="a line per vif (as xentop -n)")
     p = verb("xenstore", cmd_xenstore, "read and write the store")
     xs = p.add_subparsers(dest="xs_cmd", required=True, metavar="CMD")
     for name in ("ls", "read", "rm", "watch"):

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..backends.net.manager import MAX_VIFS, VifConfig
 from ..core import page_sharing
 from ..core.domain import DomainConfig
 from ..dom0.handle import DomainHandle
@@ -32,11 +33,11 @@ from .build import domain_config
 from .protocol import encode, socket_path
 from .requests import MAX_REQUEST_BYTES, RequestError, check_name, field, parse_request
 from .sessions import ExecSession
-from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec
+from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec, vif_from_params
 
 MAX_VCPUS = 1
 RECORD_KEYS = ("name", "memory", "vcpus", "kernel", "ramdisk", "cmdline", "on_poweroff", "on_reboot",
-               "on_crash", "disks")
+               "on_crash", "disks", "net")  # net: the vifs as attached (dom0/host.py writes it)
 CLIENT_QUEUE_BYTES = 1 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
 LISTEN_BACKLOG = 128
 
@@ -72,6 +73,15 @@ def _disk_spec(d: Any) -> DiskSpec:
     if fmt not in DISK_FORMATS or access not in ("ro", "rw") or not target:
         raise RequestError("hyperdisco: bad disk specification: format, access or target")
     return DiskSpec(target=target, format=fmt, vdev=vdev, access=access, extra=dict(extra))
+
+
+def _vif_config(v: Any, where: str) -> VifConfig:
+    """A vif sent over the socket: its xl key=value parameters as an object of strings, parsed as xl.cfg's."""
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        raise RequestError(f"hyperdisco: {where}: a vif must be an object of key=value strings")
+    if len(v) > 32 or any(len(k) + len(x) > 4096 for k, x in v.items()):
+        raise RequestError(f"hyperdisco: {where}: vif specification too large")
+    return vif_from_params(dict(v), where).net_config()
 
 
 def _rss_mib() -> int:
@@ -146,7 +156,10 @@ class Daemon:
 
     # -- operations -------------------------------------------------------------------------------------
     def op_create(self, config: dict[str, Any]) -> dict[str, Any]:
-        dom = self.host.create(self._config(config))
+        vifs = config.get("vifs") or []
+        if not isinstance(vifs, list) or len(vifs) > MAX_VIFS:
+            raise RequestError(f"hyperdisco: create: vifs must be a list of at most {MAX_VIFS} vifs")
+        dom = self.host.create(self._config(config), vifs=[_vif_config(v, "create") for v in vifs])
         return {"domid": dom.domid, "name": dom.name}
 
     def _config(self, config: dict[str, Any]) -> DomainConfig:
@@ -199,6 +212,16 @@ class Daemon:
     def op_block_list(self, dom: str | int) -> list[dict[str, Any]]:
         return self.host.blk.rows(self._dom(dom))
 
+    # -- virtual network interfaces (xl network-attach, network-detach, network-list) -----------------
+    def op_network_attach(self, dom: str | int, vif: dict[str, Any]) -> int:
+        return self.host.attach_vif(self._dom(dom), _vif_config(vif, "network-attach"))
+
+    def op_network_detach(self, dom: str | int, dev: int | str, timeout: float = 10.0) -> bool:
+        return self.host.detach_vif(self._dom(dom), dev, timeout)
+
+    def op_network_list(self, dom: str | int) -> list[dict[str, Any]]:
+        return self.host.net.rows(self._dom(dom))
+
     def _row(self, d: DomainHandle) -> dict[str, Any]:
         return {"name": d.name, "domid": d.domid, "mem": d.config.memory_mib, "vcpus": d.config.vcpus,
                 "state": domain_state(d), "time": round(d.cpu_seconds(), 1),
@@ -217,7 +240,7 @@ class Daemon:
             row = self._row(d)
             if long:
                 row.update(cmdline=d.config.cmdline, on_crash=d.config.on_crash, traps=d.traps(), pid=d.pid,
-                           jail=d.jail)
+                           jail=d.jail, vifs=self.host.net.stats(d.domid))
             rows.append(row)
         return rows
 
@@ -227,7 +250,8 @@ class Daemon:
             t = d.traps()
             events = t.get("evtchn.raised", 0)
             doms.append({**self._row(d), "cpu_s": d.cpu_seconds(), "traps": sum(t.values()) - events,
-                         "events": events, "mem_kib": d.config.memory_mib * 1024})
+                         "events": events, "mem_kib": d.config.memory_mib * 1024,
+                         "vifs": self.host.net.stats(d.domid)})
         return {"time": time.monotonic(), "host_cpu_s": time.process_time(), "dom0_mem_kib": _rss_mib() << 10,
                 "domains": doms}
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ..backends.console import ConsoleBuffer
+from ..backends.net.manager import VifConfig
 from ..core.domain import DomainConfig
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
@@ -29,7 +31,7 @@ def log_to_stderr(msg: str) -> None:
 
 def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str | None = None,
                timeout: float | None = None, t_start: float | None = None, verbose: bool = False,
-               quiet_console: bool = False) -> RunReport:
+               quiet_console: bool = False, vifs: Sequence[VifConfig] = ()) -> RunReport:
     t0 = t_start if t_start is not None else time.monotonic()
     host = Host(engine_name, log_sink=log_to_stderr if verbose else None)
     console = ConsoleBuffer()
@@ -52,7 +54,11 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
         if not quiet_console:
             console.attach(attach.output)
         config = replace(config, on_reboot="restart", on_crash="destroy", on_poweroff="destroy")
-    dom = host.create(config, console=console)
+    try:
+        dom = host.create(config, console=console, vifs=vifs)
+    except BaseException:
+        host.close()  # its switches and uplinks, if any started
+        raise
     current.append(dom)
     if attach is not None:
         attach.start()

@@ -18,13 +18,15 @@ MAX_REQUEST_BYTES = 1 << 20
 MAX_NAME = 64
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_STRING = 64 * 1024
+DEVID_RE = re.compile(r"[0-9]{1,5}")
+MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
 
 
 class RequestError(HyperdiscoError):
     pass
 
 
-# argument -> (kind, required); kinds: str, int, bool, float, dom, name, dict, list, path
+# argument -> (kind, required); kinds: str, int, bool, float, dom, dict, dev (a vif's devid or MAC)
 Schema = dict[str, tuple[str, bool]]
 
 OPS: dict[str, Schema] = {
@@ -45,6 +47,9 @@ OPS: dict[str, Schema] = {
     "block_attach": {"dom": ("dom", True), "disk": ("dict", True)},
     "block_detach": {"dom": ("dom", True), "vdev": ("str", True), "timeout": ("float", False)},
     "block_list": {"dom": ("dom", True)},
+    "network_attach": {"dom": ("dom", True), "vif": ("dict", True)},
+    "network_detach": {"dom": ("dom", True), "dev": ("dev", True), "timeout": ("float", False)},
+    "network_list": {"dom": ("dom", True)},
     "console": {"dom": ("dom", True)},
     "watch": {"path": ("str", True)},
 }
@@ -116,6 +121,12 @@ def check(op: str, key: str, kind: str, value: Any) -> Any:
         if value.isascii() and value.isdigit() and len(value) <= 5:
             return int(value)
         return check_name(value, f"{op}: {key}")
+    if kind == "dev":
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 16:
+            return value
+        if isinstance(value, str) and (DEVID_RE.fullmatch(value) or MAC_RE.fullmatch(value)):
+            return int(value) if value.isdigit() else value
+        raise bad("a device ID (0..65535) or a MAC address")
     if kind == "dict":
         if not isinstance(value, dict):
             raise bad("an object")
