@@ -24,6 +24,7 @@ GUEST_FILES: tuple[tuple[str, str, int], ...] = (
     ("etc/profile", "profile", 0o644),
     ("etc/passwd", "passwd", 0o644),
     ("etc/group", "group", 0o644),
+    ("usr/share/udhcpc/default.script", "udhcpc.script", 0o755),
 )
 
 GUEST_MODULES: tuple[str, ...] = (
