@@ -323,6 +323,10 @@ class VifBackend:
         self._port_obj = self.dom.evtchn.ports.get(port)
         self.rings = NetRings(tx_page, rx_page, self.dom.grants, 0, self._send, self._notify,
                               self._complain, rx_gso=gso, rx_sg=sg, stats=self.stats)
+        try:
+            self.xs.rm(f"{self.be}/error")  # a refusal of an earlier attempt is history now
+        except Exception:
+            pass
         self._switch(xb.XenbusStateConnected)
         self.limit.log(self.log, "connected", f"connected: {self.mac}, tx-ring-ref {tx_ref}, "
                        f"rx-ring-ref {rx_ref}, event channel {port}")
@@ -336,7 +340,7 @@ class VifBackend:
     def _disconnect(self) -> None:
         if self.rings is None:
             return
-        self.log("disconnected")
+        self.limit.log(self.log, "disconnected", "disconnected")
         rings, self.rings = self.rings, None
         rings.close()
         port, p = self.port, self._port_obj
