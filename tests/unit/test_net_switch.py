@@ -212,6 +212,7 @@ def test_a_port_whose_peer_closed_is_removed(switches: tuple[Switches, list[str]
     assert wait_for(lambda: b.port not in net.ports())
     assert [line for line in logs if "d2.0" in line and "removed" in line]
     a.send(eth(BCAST, mac(1)))                    # flooding to nobody is fine
+    assert wait_for(lambda: a.port.tx_packets == 1)
     c = Guest(net, "d3.0", mac(3))
     a.send(msg := eth(BCAST, mac(1), payload=b"again".ljust(46)))
     assert c.recv() == msg

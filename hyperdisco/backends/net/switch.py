@@ -231,10 +231,13 @@ class Switches:
             for net in self._networks.values():
                 net._ports = ()
                 net._table.clear()
-            self._ops.clear()
-        for port in ports:
+            ops, self._ops = self._ops, []
+        for port in ports + [port for op, port, _done in ops if op == "remove"]:
             port.alive = False
             self._close_port(port)
+        for _op, _port, done in ops:
+            if done is not None:
+                done.set()
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
