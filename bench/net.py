@@ -5,9 +5,9 @@ passt uplink) vs QEMU TCG's virtio-net, same kernel and initramfs.
 Each run boots, per hypervisor, two guests on one private network and then one guest with an uplink to
 the host, and measures:
 
-1. TCP guest->guest: ``nc -l -p PORT > /dev/null`` in one guest, ``dd if=/dev/zero bs=64k | nc PEER PORT``
-   in the other, timed inside the sender with /proc/uptime (10 ms steps; busybox's date has no %N) around
-   dd|nc (nc returns once the peer has read everything and closed): MiB/s.
+1. TCP guest->guest: ``sleep 100000 | nc -l -p PORT > /dev/null`` in one guest (its stdin must stay
+   open), ``dd if=/dev/zero bs=64k | nc PEER PORT`` in the other, timed inside the sender with
+   /proc/uptime (10 ms steps; busybox's date has no %N) around dd|nc: MiB/s.
 2. TCP guest->host: the guest sends to a listener of this script on the host's 127.0.0.1 through its
    gateway (QEMU ``-netdev user``: 10.0.2.2; hyperdisco ``uplink=passt``: passt maps the gateway to the
    host's loopback), timed in the guest and by the host receiver.
@@ -179,7 +179,9 @@ class Sink:
 
 
 def listen_cmd(port: int) -> str:
-    return f"(nc -l -p {port} > /dev/null) > /dev/null 2>&1 &"
+    # busybox nc ends when its stdin does, and a background job's stdin is /dev/null: give it a pipe that
+    # stays open, so it ends when the sender closes the connection
+    return f"(sleep 100000 | nc -l -p {port} > /dev/null) > /dev/null 2>&1 &"
 
 
 def wait_listening_cmd(port: int) -> str:
