@@ -12,11 +12,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from unit_support import make_elf
 
 from hyperdisco.backends.net import frame
 from hyperdisco.backends.net.manager import NetworkDevices, VifConfig, derive_mac, guest_cmdline
 from hyperdisco.backends.xenstore import Xenstored
+from hyperdisco.core.domain import DomainConfig
+from hyperdisco.dom0.host import Host
 from hyperdisco.errors import ConfigError, HyperdiscoError
+from hyperdisco.loader.elf import parse_kernel
 
 
 class FakeDomain:
@@ -185,3 +189,23 @@ def test_records_are_checked() -> None:
                 {"rate": [0, 1]}, {"uplink": "tap:../x"}, {"hostfwd": [["sctp", 1, 2]]}, "x"):
         with pytest.raises((ValueError, TypeError)):
             VifConfig.from_record(bad)
+
+
+def test_host_creates_and_destroys_a_domain_with_vifs(tmp_path: Path) -> None:
+    """Host wiring with a real domain process (scripted engine): vifs attached during create, the
+    kernel command line's ip=, everything gone with the domain."""
+    host = Host("scripted", run_dir=str(tmp_path))
+    try:
+        config = DomainConfig("v", parse_kernel(make_elf()), None, "console=hvc0 scripted=halt", 32,
+                              record={"name": "v"})
+        dom = host.create(config, vifs=[VifConfig(network="n", ips=("10.0.0.7/24",)), VifConfig()])
+        assert dom.config.cmdline.endswith(" ip=10.0.0.7/24")
+        assert [r["devid"] for r in dom.config.record["net"]] == [0, 1]
+        assert host.xs.read("/local/domain/0/backend/vif/1/1/bridge") == "xenbr0"
+        assert [v["network"] for v in host.net.stats(1)] == ["n", "xenbr0"]
+        assert host.detach_vif(dom, 1, 0.2) in (True, False)  # no guest driver to close it
+        assert [r["devid"] for r in dom.config.record["net"]] == [0]
+        host.destroy(dom)
+        assert host.xs.read("/local/domain/0/backend/vif/1") is None and host.net.stats(1) == []
+    finally:
+        host.close()

@@ -19,10 +19,10 @@ The domain object given to attach/detach provides ``domid``, ``name``, ``attach_
 from __future__ import annotations
 
 import hashlib
-import importlib
 import ipaddress
 import os
 import re
+import shutil
 import socket
 import tempfile
 import threading
@@ -334,14 +334,11 @@ class NetworkDevices:
 
     def _start_uplink(self, network: str, up: _Uplink) -> Any:
         """make_uplink + start; None (and one log line from the uplink) when it cannot run."""
+        from .uplink import make_uplink
+
         try:
-            mod = importlib.import_module("hyperdisco.backends.net.uplink")
-        except ImportError as exc:
-            self.host.log(f"network {network}: no uplink ({exc})")
-            return None
-        try:
-            uplink = mod.make_uplink(up.kind, self.switches.get(network), self._run_dir(),
-                                     [tuple(f) for f in up.forwards], self.host.log)
+            uplink = make_uplink(up.kind, self.switches.get(network), self._run_dir(), list(up.forwards),
+                                 self.host.log)
             if uplink is None:
                 return None
             if not uplink.start():
@@ -538,6 +535,9 @@ class NetworkDevices:
                     self.host.log(f"network {network}: closing its uplink: {type(exc).__name__}: {exc}")
         if switches is not None:
             switches.close()
+        if self._uplink_dir is not None:  # this domain 0's own (net.<pid> or a temporary directory)
+            shutil.rmtree(self._uplink_dir, ignore_errors=True)
+            self._uplink_dir = None
 
     # -- listing ---------------------------------------------------------------------------------------
     def stats(self, domid: int) -> list[dict[str, Any]]:
