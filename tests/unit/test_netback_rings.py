@@ -207,3 +207,14 @@ def test_rx_into_read_only_grant_fails_that_slot(front: Front) -> None:
     front.rings.rx_flush()
     assert front.rx_responses()[0][3] == netif.RSP_ERROR
     assert front.rings.stats.rx_errors == 1
+
+
+def test_a_frontend_that_keeps_sending_bad_packets_is_disconnected(front: Front) -> None:
+    front.mem.pack(GRANT_ENTRY_V1, front.table + 40 * 8, 0, 0, 0)  # ref 40: not granted
+    with pytest.raises(RingError, match="bad packets"):
+        for _ in range(400):
+            for _k in range(100):
+                front.tx_put(netif.TX_REQUEST.pack(40, 0, 0, 5, 100))
+            front.tx_push()
+            front.rings.tx_process(1000)
+    assert front.rings.stats.tx_errors > 256

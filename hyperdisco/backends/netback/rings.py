@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ MAX_EXTRAS = netif.EXTRA_TYPE_MAX  # a chain of extras longer than the kinds the
 RX_QUEUE_FRAMES = 512  # frames waiting for the guest's rx buffers before new ones are dropped
 RX_QUEUE_BYTES = 8 << 20
 MAX_RX_FRAME = (netif.NR_SLOTS_MIN - 1) * PAGE  # netfront refuses packets of more slots
+# A frontend that keeps sending bad packets is disconnected: a burst of this many is answered with errors,
+# then the budget refills at BAD_PACKET_RATE per second
+BAD_PACKET_BURST = 256
+BAD_PACKET_RATE = 64.0
 
 
 class Grants(Protocol):
@@ -84,6 +89,8 @@ class NetRings:
         self.rx_queue: collections.deque[tuple[fr.Meta, bytes]] = collections.deque()
         self.rx_queued_bytes = 0
         self.rx_lock = threading.Lock()  # the rx ring and its queue: the device thread or a vCPU thread
+        self._bad_budget = float(BAD_PACKET_BURST)
+        self._bad_at = time.monotonic()
 
     # -- tx ---------------------------------------------------------------------------------------------
     def tx_process(self, budget: int) -> bool:
@@ -170,6 +177,7 @@ class NetRings:
         if bad is not None:
             self.stats.tx_errors += 1
             self.complain(bad.kind, str(bad))
+            self._spend_bad_budget()
             responses = [(r, netif.RSP_ERROR if s == netif.RSP_OKAY else s) for r, s in responses]
         else:
             meta = fr.PLAIN if not (meta_flags or gso_type) else fr.Meta(meta_flags, gso_type, gso_size)
@@ -181,6 +189,15 @@ class NetRings:
         for r, s in responses:
             self.tx.put_response(netif.TX_RESPONSE.pack(r, s))
         return j
+
+    def _spend_bad_budget(self) -> None:
+        now = time.monotonic()
+        refill = (now - self._bad_at) * BAD_PACKET_RATE
+        self._bad_budget = min(float(BAD_PACKET_BURST), self._bad_budget + refill)
+        self._bad_at = now
+        self._bad_budget -= 1
+        if self._bad_budget < 0:
+            raise RingError(f"more than {BAD_PACKET_BURST} bad packets in a row")
 
     def _gather(self, frags: list[tuple[int, int, int, int]], first_len: int) -> bytes:
         chunks = []
