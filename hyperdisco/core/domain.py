@@ -57,12 +57,22 @@ class DomainDirectory(Protocol):
 
     def domain(self, domid: int) -> Domain | None: ...
 
+
+class RemoteChannels(Protocol):
+    """Inter-domain event channels to domains that run in other processes (vmm/interdomain.py: through
+    domain 0, which checks and routes them)."""
+
+    def bind(self, remote: int, rport: int) -> int:
+        """EVTCHNOP_bind_interdomain to `remote`'s port `rport`: our new port (EvtchnError if refused)."""
+        ...
+
 class Domain:
     def __init__(self, domid: int, config: DomainConfig, engine: Engine, clock: Clock,
                  console_sink: Callable[[bytes], None], log: Callable[[str], None],
                  peers: DomainDirectory | None = None, special_fd: int | None = None) -> None:
         self.domid = domid
         self.peers = peers
+        self.remote_channels: RemoteChannels | None = None  # domains elsewhere, where there are any
         self.console_sink = console_sink
         # domain 0's ends of the console and xenstore channels: whoever serves them sets these
         self.on_console_kick: Callable[[], None] = _nothing

@@ -32,7 +32,8 @@ class Port:
     virq: int = -1
     remote_dom: int = -1  # unbound: who may bind; interdomain: the peer
     remote_port: int = 0
-    on_send: Callable[[], None] | None = None  # a hypervisor-side peer (backend) to call on send
+    on_send: Callable[[], None] | None = None  # a hypervisor-side peer (backend, broker) to call on send
+    on_close: Callable[[], None] | None = None  # and to tell when the guest closes its end
     extra: dict[str, int] = field(default_factory=dict)
 
 

@@ -266,7 +266,9 @@ class Hypercalls:
             if port in dom.reserved_ports:
                 return -abi.EINVAL
             p = ec.get(port)
-            if p.state == abi.EVTCHNSTAT_interdomain and p.on_send is None:
+            if p.on_close is not None:
+                p.on_close()
+            elif p.state == abi.EVTCHNSTAT_interdomain and p.on_send is None:
                 peer = self._peer(p.remote_dom)
                 rp = peer.evtchn.ports.get(p.remote_port) if peer is not None else None
                 if rp is not None and rp.state == abi.EVTCHNSTAT_interdomain and rp.remote_dom == dom.domid:
@@ -310,6 +312,8 @@ class Hypercalls:
         """Xen's evtchn_bind_interdomain: the remote port must be unbound and offered to this domain."""
         dom = self.dom
         peer = self._peer(remote)
+        if peer is None and dom.remote_channels is not None and remote != dom.domid:
+            return dom.remote_channels.bind(remote, rport)
         if peer is None or peer.finished:
             raise EvtchnError(abi.ESRCH, f"no domain {remote}")
         rp = peer.evtchn.ports.get(rport)

@@ -79,6 +79,7 @@ class DomainHandle:
         self.adopt_path: Path | None = None
         self.spawner: Spawner | None = None  # the template process this domain's process was forked from
         self.adopted_vbds: dict[str, Any] = {}
+        self.adopted_links: object = None  # its brokered event channels, as its process reported them
         self.console: ConsoleBackend | None = None
         self.relay: XenstoreRelay | None = None
         self.console_port = 0
@@ -190,6 +191,7 @@ class DomainHandle:
             dom.paused = bool(msg.get("paused"))
             vbds = msg.get("vbds")
             dom.adopted_vbds = vbds if isinstance(vbds, dict) else {}
+            dom.adopted_links = msg.get("links")
             dom.stats = msg["stats"] if isinstance(msg.get("stats"), dict) else {}
             dom.guest_up = True  # it booted under the domain 0 before us
             dom.creating = False
@@ -277,11 +279,17 @@ class DomainHandle:
 
     def notify(self, what: str) -> None:
         """Signal the guest's console or store port; a signal already waiting to be sent covers this one."""
+        self.send_coalesced(what, {"t": "notify", "what": what})
+
+    def send_coalesced(self, key: str, msg: dict[str, Any]) -> None:
+        """Send `msg` unless one with the same key still waits in the queue (event-channel signals: one
+        pending covers many, so a peer that signals in a loop cannot fill this domain's queue)."""
         with self._out_cond:
-            if what in self._notify_pending:
+            if key in self._notify_pending:
                 return
-            self._notify_pending.add(what)
-        self.send({"t": "notify", "what": what})
+            self._notify_pending.add(key)
+            msg = {**msg, "_key": key}
+        self.send(msg)
 
     def _write(self) -> None:
         ch = self.ch
@@ -293,8 +301,9 @@ class DomainHandle:
                 if not self._outq:
                     return
                 msg, fds = self._outq.popleft()
-                if msg.get("t") == "notify":
-                    self._notify_pending.discard(str(msg.get("what")))
+                key = msg.pop("_key", None)
+                if key is not None:
+                    self._notify_pending.discard(key)
             try:
                 ch.send(msg, fds)
             except ChannelClosed:
@@ -444,6 +453,12 @@ class DomainHandle:
             self.relay.close_conn(msg.get("conn"))
         elif t == "reply":
             self._pending.deliver(msg.get("id"), msg)
+        elif t == "evtchn-bind":
+            self.host.broker.bind(self, msg)
+        elif t == "evtchn-send":
+            self.host.broker.send(self, msg)
+        elif t == "evtchn-close":
+            self.host.broker.close(self, msg)
         elif t == "shutdown":
             if isinstance(msg.get("stats"), dict):
                 self.stats = msg["stats"]

@@ -32,6 +32,7 @@ from ..platform import layout
 from ..vmm.jail import jail_root
 from . import cgroups
 from .admission import Admission
+from .broker import EventChannelBroker
 from .handle import DomainHandle
 from .spawner import Spawner
 
@@ -75,6 +76,7 @@ class Host:
         for path, value in (("/local/domain/0/name", "Domain-0"), ("/local/domain/0/domid", "0")):
             self.xs.write(path, value)
         self.blk = BlockDevices(self)
+        self.broker = EventChannelBroker(self)  # inter-domain event channels between domain processes
         self.net = NetworkDevices(self)  # its switches (one per named network) start with the first vif
         self.spawner: Spawner | None = None
         if template:
@@ -137,6 +139,7 @@ class Host:
             self.blk.adopt(dom, dom.adopted_vbds)
             record = dom.config.record
             self.net.adopt(dom, record.get("net") if isinstance(record, dict) else None)
+            self.broker.adopt(dom.domid, dom.adopted_links)
             self.xenstored.kick(dom.domid)  # what the guest wrote while nobody served it
             dom.console.kick()
             self.log(f"adopted domain {dom.domid} ({dom.name}), pid {dom.pid}")
@@ -328,6 +331,7 @@ class Host:
             dom.shutdown("destroyed")
         self.blk.close_domain(dom.domid)  # the toolstack's side of its disks
         self.net.close_domain(dom.domid)  # its ports off the switches, its vif nodes
+        self.broker.domain_gone(dom.domid)
         with self._lock:
             if self.domains.get(dom.domid) is dom:
                 self.domains.pop(dom.domid, None)

@@ -34,7 +34,8 @@ from ..core.domain import Domain
 from ..core.scheduler import Scheduler
 from ..errors import HyperdiscoError
 from .builder import build_domain, domain_stats
-from .channel import Channel, ChannelClosed
+from .channel import Channel, ChannelClosed, PendingReplies
+from .interdomain import BrokeredChannels
 from .jail import Jail
 from .remote_xenstore import RemoteXenstore
 
@@ -50,6 +51,8 @@ class DomainProcess:
         self.xs = RemoteXenstore(channel)
         self.vbds: VbdHost | None = None
         self.vifs: VifHost | None = None
+        self.channels: BrokeredChannels | None = None
+        self._pending = PendingReplies()  # our own requests to domain 0
         self.scheduler: Scheduler | None = None
         self.gone = threading.Event()  # domain 0 went away for good
         self.orphaned = threading.Event()  # domain 0 went away; a new one may adopt us
@@ -73,6 +76,13 @@ class DomainProcess:
     def log(self, msg: str) -> None:
         self.send({"t": "log", "msg": msg[:4096]})
 
+    def call(self, msg: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """A request domain 0 answers with a message carrying the same id; None if it does not in time."""
+        if self.orphaned.is_set():
+            return None
+        reply: dict[str, Any] | None = self._pending.call(lambda req: self.send({**msg, "id": req}), timeout)
+        return reply
+
     def output(self, data: bytes) -> None:
         for i in range(0, len(data), OUT_CHUNK):
             self.send({"t": "out", "data": base64.b64encode(data[i:i + OUT_CHUNK]).decode()})
@@ -95,6 +105,8 @@ class DomainProcess:
             self.dom = dom
             self.vbds = VbdHost(dom, self.xs, self.log)
             self.vifs = VifHost(dom, self.xs, self.log)
+            self.channels = BrokeredChannels(dom, self.send, self.call)
+            dom.remote_channels = self.channels
             jail = Jail(dom.domid, msg.get("jail_root"))
             jail.enter()
         except Exception as exc:  # anything: one line to domain 0, which refuses the create
@@ -139,6 +151,7 @@ class DomainProcess:
             return
         self.orphaned.set()
         self.xs.fail_pending()
+        self._pending.fail_all(None)
 
     def _adopted(self) -> bool:
         """Wait for a new domain 0 on the listening socket (up to ORPHAN_TIMEOUT_S); hand it our state."""
@@ -164,6 +177,7 @@ class DomainProcess:
                          "console_port": dom.console_port, "paused": dom.paused, "pid": os.getpid(),
                          "jail": self.jail_report, "vbds": self.vbds.describe(),
                          "vifs": self.vifs.describe(),
+                         "links": self.channels.describe() if self.channels is not None else [],
                          "stats": self._stats(dom)}, [self.special_fd])
             except ChannelClosed:
                 ch.close()
@@ -228,6 +242,14 @@ class DomainProcess:
             self._blk_attach(msg, fds)
         elif t == "blk-detach":
             self._blk_detach(msg)
+        elif t == "evtchn-bound":
+            self._pending.deliver(msg.get("id"), msg)
+        elif t == "evtchn-peer-bind" and self.channels is not None:
+            self.send({"t": "reply", "id": msg.get("id"), **self.channels.peer_bind(msg)})
+        elif t == "evtchn-raise" and self.channels is not None:
+            self.channels.raise_port(msg)
+        elif t == "evtchn-peer-closed" and self.channels is not None:
+            self.channels.peer_closed(msg)
         elif t == "net-attach":
             self._net_attach(msg, fds)
         elif t == "net-detach":

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from unit_support import DomainHarness
 
 from hyperdisco.core.clock import Clock
 from hyperdisco.core.domain import Domain, DomainConfig
+from hyperdisco.dom0.broker import EventChannelBroker
 from hyperdisco.engine.tcg.engine import TcgEngine
 from hyperdisco.loader.elf import KernelImage
+from hyperdisco.vmm.channel import PendingReplies
+from hyperdisco.vmm.interdomain import BrokeredChannels
 from hyperdisco.xen import abi
 
 
@@ -24,16 +28,76 @@ class FakeHypervisor:
         return self.domains.get(domid)
 
 
-@pytest.fixture
-def pair(kernel: KernelImage, engine: TcgEngine,
+class ProcessEnd:
+    """What domain 0 holds of a domain process (dom0/handle.DomainHandle's part the broker uses), joined
+    straight to that process's BrokeredChannels the way vmm/domain_process.py dispatches its messages."""
+
+    def __init__(self, domid: int) -> None:
+        self.domid = domid
+        self.finished = False
+        self.channels: BrokeredChannels | None = None
+        self.pending = PendingReplies()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        assert self.channels is not None
+        t = msg["t"]
+        if t == "evtchn-bound":
+            self.pending.deliver(msg["id"], msg)
+        elif t == "evtchn-raise":
+            self.channels.raise_port(msg)
+        elif t == "evtchn-peer-closed":
+            self.channels.peer_closed(msg)
+
+    def send_coalesced(self, key: str, msg: dict[str, Any]) -> None:
+        self.send(msg)
+
+    def call(self, msg: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        assert self.channels is not None and msg["t"] == "evtchn-peer-bind"
+        return self.channels.peer_bind(msg)
+
+
+class FakeHost:
+    def __init__(self) -> None:
+        self.ends: dict[int, ProcessEnd] = {}
+        self.broker = EventChannelBroker(self)  # type: ignore[arg-type]
+
+    def domain(self, domid: int) -> ProcessEnd | None:
+        return self.ends.get(domid)
+
+
+def brokered(dom: Domain, host: FakeHost) -> None:
+    """`dom` as if it ran in its own process: no direct peers, its channels through domain 0's broker."""
+    end = ProcessEnd(dom.domid)
+    host.ends[dom.domid] = end
+    handlers = {"evtchn-bind": host.broker.bind, "evtchn-send": host.broker.send,
+                "evtchn-close": host.broker.close}
+
+    def to_dom0(msg: dict[str, Any]) -> None:
+        handlers[msg["t"]](end, msg)  # type: ignore[arg-type]
+
+    def call(msg: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        reply: dict[str, Any] | None = end.pending.call(lambda req: to_dom0({**msg, "id": req}), timeout)
+        return reply
+
+    end.channels = BrokeredChannels(dom, to_dom0, call)
+    dom.remote_channels = end.channels
+
+
+@pytest.fixture(params=["same process", "brokered by domain 0"])
+def pair(request: pytest.FixtureRequest, kernel: KernelImage, engine: TcgEngine,
          clock: Clock) -> Iterator[tuple[DomainHarness, DomainHarness]]:
     hv = FakeHypervisor()
+    host = FakeHost()
     hs = []
     for domid in (1, 2):
         cfg = DomainConfig(f"d{domid}", kernel, None, "console=hvc0", 32)
+        local = request.param == "same process"
         dom = Domain(domid, cfg, engine, clock, lambda b: None, lambda m: None,
-                     peers=hv)
-        hv.domains[domid] = dom
+                     peers=hv if local else None)
+        if local:
+            hv.domains[domid] = dom
+        else:
+            brokered(dom, host)
         h = DomainHarness(dom, [])
         h.call("memory_op", abi.XENMEM_add_to_physmap,
                h.put(abi.ADD_TO_PHYSMAP, abi.DOMID_SELF, 0, abi.XENMAPSPACE_shared_info, 0, 0x300))
@@ -110,3 +174,57 @@ def test_alloc_unbound_for_another_domain_is_refused(pair: tuple[DomainHarness, 
     a, _ = pair
     arg = a.put(abi.EVTCHN_ALLOC_UNBOUND, 2, 1, 0)
     assert a.call("event_channel_op", abi.EVTCHNOP_alloc_unbound, arg) == -abi.EPERM
+
+
+@pytest.fixture
+def brokered_pair(kernel: KernelImage, engine: TcgEngine,
+                  clock: Clock) -> Iterator[tuple[DomainHarness, DomainHarness, FakeHost]]:
+    host = FakeHost()
+    hs = []
+    for domid in (1, 2):
+        dom = Domain(domid, DomainConfig(f"d{domid}", kernel, None, "console=hvc0", 32), engine, clock,
+                     lambda b: None, lambda m: None)
+        brokered(dom, host)
+        h = DomainHarness(dom, [])
+        h.call("memory_op", abi.XENMEM_add_to_physmap,
+               h.put(abi.ADD_TO_PHYSMAP, abi.DOMID_SELF, 0, abi.XENMAPSPACE_shared_info, 0, 0x300))
+        hs.append(h)
+    yield hs[0], hs[1], host
+    for h in hs:
+        h.dom.close()
+        h.dom.memory.close()
+
+
+def test_broker_routes_only_along_its_links(
+        brokered_pair: tuple[DomainHarness, DomainHarness, FakeHost]) -> None:
+    a, b, host = brokered_pair
+    pa = offer(a, 2)
+    _, pb = bind(b, 1, pa)
+    other = offer(a, 2)  # offered, never bound: nobody may raise it
+    host.broker.send(host.ends[2], {"port": other})  # type: ignore[arg-type]
+    host.broker.send(host.ends[2], {"port": 999})  # type: ignore[arg-type]
+    assert not pending(a, other)
+    # a forged raise that names the wrong source port is ignored by the receiving process too
+    assert host.ends[1].channels is not None
+    host.ends[1].channels.raise_port({"port": pa, "from": 2, "from_port": pb + 1})
+    assert not pending(a, pa)
+    assert host.broker.links() == {(2, pb): (1, pa), (1, pa): (2, pb)}
+
+
+def test_domain_gone_reoffers_and_adoption_relinks(
+        brokered_pair: tuple[DomainHarness, DomainHarness, FakeHost]) -> None:
+    a, b, host = brokered_pair
+    pa = offer(a, 2)
+    _, pb = bind(b, 1, pa)
+    assert host.ends[1].channels is not None and host.ends[2].channels is not None
+    claims_a, claims_b = host.ends[1].channels.describe(), host.ends[2].channels.describe()
+    assert claims_a == [[pa, 2, pb]] and claims_b == [[pb, 1, pa]]
+    # a new domain 0 learns the links from both processes; a one-sided claim is not believed
+    fresh = EventChannelBroker(host)  # type: ignore[arg-type]
+    fresh.adopt(1, claims_a + [[pa + 5, 2, 77]])
+    fresh.adopt(2, claims_b)
+    assert fresh.links() == {(1, pa): (2, pb), (2, pb): (1, pa)}
+    host.broker.domain_gone(2)
+    assert a.dom.evtchn.ports[pa].state == abi.EVTCHNSTAT_unbound  # offered to domain 2 again, as Xen
+    assert a.dom.evtchn.ports[pa].remote_dom == 2
+    assert host.broker.links() == {}
