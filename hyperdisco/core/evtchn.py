@@ -47,12 +47,12 @@ class EventChannels:
         self.shared_info: int | None = None  # guest-physical address, once mapped
         self.vcpu_info: dict[int, int] = {}  # vcpu -> guest-physical address of its vcpu_info
         self._queue: deque[int] = deque()
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # the port table (vCPU threads, backends, the broker)
         self.raised = 0
 
     # -- allocation -------------------------------------------------------------------------------------
     def alloc(self, port: Port) -> int:
-        with self._lock:
+        with self.lock:
             for p in range(1, MAX_PORTS):
                 if p not in self.ports:
                     self.ports[p] = port
@@ -87,7 +87,7 @@ class EventChannels:
         p = self.get(port)
         if p.state == abi.EVTCHNSTAT_virq:
             self.virqs.pop((p.virq, p.vcpu), None)
-        with self._lock:
+        with self.lock:
             del self.ports[port]
         if self.shared_info is not None:  # as Xen's evtchn_close: a closed port is not pending
             word, bit = divmod(port, 64)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from .handle import DomainHandle
     from .host import Host
 
-MAX_BINDS = 16
+MAX_BINDS = 64  # questions in flight on the whole host
+MAX_BINDS_PER_DOMAIN = 4  # ... by one domain or of one (one that never answers holds only these)
 PEER_TIMEOUT_S = 3.0  # below the binder's own wait (vmm/interdomain.BIND_TIMEOUT_S)
 MAX_PORT = abi.EVTCHN_2L_NR_CHANNELS
 
@@ -36,6 +37,9 @@ class EventChannelBroker:
         self._lock = threading.Lock()
         self._links: dict[tuple[int, int], tuple[int, int]] = {}
         self._binds = threading.BoundedSemaphore(MAX_BINDS)
+        self._asking: dict[int, int] = {}  # domid -> binds in flight it asked or is asked
+        self._inflight: set[tuple[int, int]] = set()  # (binder, its port) whose question is out
+        self._cancelled: set[tuple[int, int]] = set()  # ... whose binder gave up (closed that port)
         self._claims: dict[int, list[tuple[int, int, int]]] = {}  # adopted domains' own account
 
     # -- from a domain process --------------------------------------------------------------------------
@@ -51,28 +55,45 @@ class EventChannelBroker:
             return answer(abi.EINVAL)
         if peer is None or peer is src or peer.finished:
             return answer(abi.ESRCH)
+        key = (src.domid, port)
         with self._lock:
-            if (src.domid, port) in self._links:
+            if key in self._links or key in self._inflight:
                 return answer(abi.EINVAL)
-        if not self._binds.acquire(blocking=False):
-            return answer(abi.EBUSY)
+            if (self._asking.get(src.domid, 0) >= MAX_BINDS_PER_DOMAIN
+                    or self._asking.get(peer.domid, 0) >= MAX_BINDS_PER_DOMAIN
+                    or not self._binds.acquire(blocking=False)):
+                return answer(abi.EBUSY)
+            for d in (src.domid, peer.domid):
+                self._asking[d] = self._asking.get(d, 0) + 1
+            self._inflight.add(key)
 
         def ask() -> None:
+            err = abi.ESRCH
             try:
-                ask = {"t": "evtchn-peer-bind", "remote": src.domid, "rport": rport, "port": port}
-                reply = peer.call(ask, timeout=PEER_TIMEOUT_S)
-                err = reply.get("errno") if reply is not None else abi.ESRCH
-                err = err if isinstance(err, int) and 0 <= err < 4096 else abi.EINVAL
-                if err == 0:
-                    with self._lock:
-                        if peer.finished or src.finished:
-                            err = abi.ESRCH
-                        else:
-                            self._links[(src.domid, port)] = (peer.domid, rport)
-                            self._links[(peer.domid, rport)] = (src.domid, port)
-                answer(err)
+                question = {"t": "evtchn-peer-bind", "remote": src.domid, "rport": rport, "port": port}
+                reply = peer.call(question, timeout=PEER_TIMEOUT_S)
+                said = reply.get("errno") if reply is not None else abi.ESRCH
+                err = said if isinstance(said, int) and 0 <= said < 4096 else abi.EINVAL
+                with self._lock:
+                    if err == 0 and (peer.finished or src.finished or key in self._cancelled):
+                        err = abi.ESRCH
+                    elif err == 0:
+                        self._links[key] = (peer.domid, rport)
+                        self._links[(peer.domid, rport)] = key
             finally:
+                with self._lock:
+                    self._inflight.discard(key)
+                    self._cancelled.discard(key)
+                    for d in (src.domid, peer.domid):
+                        self._asking[d] -= 1
+                        if not self._asking[d]:
+                            del self._asking[d]
                 self._binds.release()
+            if err:
+                # the other process may have linked its end after all (it answered late, or the binder
+                # gave up meanwhile): undo that, as a close of ours would
+                peer.send({"t": "evtchn-peer-closed", "port": rport, "from": src.domid, "from_port": port})
+            answer(err)
 
         threading.Thread(target=ask, name=f"evtchn-bind-d{src.domid}", daemon=True).start()
         return None
@@ -88,8 +109,12 @@ class EventChannelBroker:
 
     def close(self, src: DomainHandle, msg: dict[str, Any]) -> None:
         port = _port(msg.get("port"))
-        if port is not None:
-            self._unlink(src.domid, port)
+        if port is None:
+            return
+        with self._lock:
+            if (src.domid, port) in self._inflight:  # its bind is still being asked: it gave up
+                self._cancelled.add((src.domid, port))
+        self._unlink(src.domid, port)
 
     def _unlink(self, domid: int, port: int) -> None:
         with self._lock:
@@ -98,7 +123,7 @@ class EventChannelBroker:
                 self._links.pop(dst, None)
         peer = self.host.domain(dst[0]) if dst is not None else None
         if peer is not None and dst is not None:
-            peer.send({"t": "evtchn-peer-closed", "port": dst[1], "from": domid})
+            peer.send({"t": "evtchn-peer-closed", "port": dst[1], "from": domid, "from_port": port})
 
     # -- domains coming and going -----------------------------------------------------------------------
     def domain_gone(self, domid: int) -> None:

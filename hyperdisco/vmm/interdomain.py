@@ -54,6 +54,8 @@ class BrokeredChannels:
             if not isinstance(err, int) or err < 0 or err > 4095:
                 err = abi.EINVAL
             if err:
+                if reply is None:  # domain 0 may still link it: tell it we gave up
+                    self.send({"t": "evtchn-close", "port": port})
                 ec.close(port)
                 raise EvtchnError(err, f"d{remote} port {rport}: refused")
             self._link(ec.ports[port], port)
@@ -80,11 +82,13 @@ class BrokeredChannels:
             return {"errno": abi.EINVAL}
         assert isinstance(rport, int) and isinstance(remote, int) and isinstance(port, int)
         ec = self.dom.evtchn
-        p = ec.ports.get(rport)
-        if p is None or p.state != abi.EVTCHNSTAT_unbound or p.remote_dom != remote or p.on_send is not None:
-            return {"errno": abi.EINVAL}
-        p.state, p.remote_port = abi.EVTCHNSTAT_interdomain, port
-        self._link(p, rport)
+        with ec.lock:  # against the guest closing that port on a vCPU thread meanwhile
+            p = ec.ports.get(rport)
+            if (p is None or p.state != abi.EVTCHNSTAT_unbound or p.remote_dom != remote
+                    or p.on_send is not None):
+                return {"errno": abi.EINVAL}
+            p.state, p.remote_port = abi.EVTCHNSTAT_interdomain, port
+            self._link(p, rport)
         return {"errno": 0}
 
     def raise_port(self, msg: dict[str, Any]) -> None:
@@ -95,8 +99,10 @@ class BrokeredChannels:
             self.dom.evtchn.notify(port)
 
     def peer_closed(self, msg: dict[str, Any]) -> None:
-        port, src = msg.get("port"), msg.get("from")
-        p = self.dom.evtchn.ports.get(port) if isinstance(port, int) else None
-        if p is not None and p.state == abi.EVTCHNSTAT_interdomain and p.remote_dom == src \
-                and p.on_close is not None:
-            p.state, p.remote_port, p.on_send, p.on_close = abi.EVTCHNSTAT_unbound, 0, None, None
+        port, src, src_port = msg.get("port"), msg.get("from"), msg.get("from_port")
+        ec = self.dom.evtchn
+        with ec.lock:
+            p = ec.ports.get(port) if isinstance(port, int) else None
+            if (p is not None and p.state == abi.EVTCHNSTAT_interdomain and p.remote_dom == src
+                    and p.remote_port == src_port and p.on_close is not None):
+                p.state, p.remote_port, p.on_send, p.on_close = abi.EVTCHNSTAT_unbound, 0, None, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -228,3 +229,27 @@ def test_domain_gone_reoffers_and_adoption_relinks(
     assert a.dom.evtchn.ports[pa].state == abi.EVTCHNSTAT_unbound  # offered to domain 2 again, as Xen
     assert a.dom.evtchn.ports[pa].remote_dom == 2
     assert host.broker.links() == {}
+
+
+def test_a_binder_that_gave_up_leaves_no_link(
+        brokered_pair: tuple[DomainHarness, DomainHarness, FakeHost]) -> None:
+    a, b, host = brokered_pair
+    pa = offer(a, 2)
+    end_a, end_b = host.ends[1], host.ends[2]
+    assert end_a.channels is not None
+    real_call = end_a.call
+
+    def late(msg: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        # domain 2 gives up (its close reaches domain 0) before domain 1's agreement does
+        host.broker.close(end_b, {"port": msg["port"]})  # type: ignore[arg-type]
+        return real_call(msg, timeout)
+
+    end_a.call = late  # type: ignore[method-assign]
+    assert bind(b, 1, pa)[0] == -abi.ESRCH
+    deadline = time.monotonic() + 5
+    while a.dom.evtchn.ports[pa].state != abi.EVTCHNSTAT_unbound and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a.dom.evtchn.ports[pa].state == abi.EVTCHNSTAT_unbound  # offered again, no half link
+    assert host.broker.links() == {}
+    end_a.call = real_call  # type: ignore[method-assign]
+    assert bind(b, 1, pa)[0] == 0
