@@ -133,6 +133,10 @@ class DomainProcess:
             self.vifs.close()
         if self.vbds is not None:
             self.vbds.close()  # closes (flushes) the images
+        # finished while domain 0 was away (the guest rebooted, powered off or crashed): wait for the
+        # next domain 0, so that it learns the outcome and applies the domain's on_* action
+        while self.orphaned.is_set() and not self.gone.is_set():
+            time.sleep(0.2)
         self.send({"t": "shutdown", "outcome": dom.outcome, "detail": dom.outcome_detail,
                    "stats": self._stats(dom)})
         self.scheduler.shutdown()
@@ -157,7 +161,7 @@ class DomainProcess:
         """Wait for a new domain 0 on the listening socket (up to ORPHAN_TIMEOUT_S); hand it our state."""
         assert self.listener is not None and self.dom is not None
         deadline = time.monotonic() + ORPHAN_TIMEOUT_S
-        while time.monotonic() < deadline and not self.dom.finished:
+        while time.monotonic() < deadline:
             self.listener.settimeout(min(5.0, max(0.1, deadline - time.monotonic())))
             try:
                 conn, _addr = self.listener.accept()

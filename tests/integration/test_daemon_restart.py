@@ -80,3 +80,58 @@ def test_kill_9_of_the_daemon_and_a_new_one_adopts_the_domains(xl: Xl, tmp_path:
         except subprocess.TimeoutExpired:
             new.kill()
         log.close()
+
+
+def start_daemon(xl: Xl, tmp_path: Path, request: pytest.FixtureRequest,
+                 name: str) -> subprocess.Popen[bytes]:
+    log = open(tmp_path / f"{name}.log", "w")
+    sock = Path(xl.env["HYPERDISCO_SOCKET"])
+    new = subprocess.Popen([sys.executable, "-m", "hyperdisco", "daemon", "--socket", str(sock), "-v"],
+                           stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    request.node.hd_daemon = (new, tmp_path / f"{name}.log")
+    deadline = time.monotonic() + 30
+    while xl("list", check=False).returncode != 0:
+        assert new.poll() is None and time.monotonic() < deadline, (tmp_path / f"{name}.log").read_text()
+        time.sleep(0.2)
+    return new
+
+
+def test_a_guest_rebooting_across_a_domain0_restart_is_restarted_and_networks_come_back(
+        xl: Xl, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A real guest's reboot closes its xenbus devices through xenstore, so it completes only once the
+    next domain 0 serves it (as with Xen's xenstored down); that domain 0 then restarts the guest, and the
+    vifs of the adopted domain are on its new switch. (The reboot that completes while no domain 0 runs
+    is tests/unit/test_host_lifecycle.py's, with a scripted guest.)"""
+    from .test_disks import wait_for
+
+    for n in (1, 2):
+        xl("create", domain_cfg(tmp_path, f"r{n}", f"vif = [ 'mac=00:16:3e:00:01:0{n}, bridge=lan0, "
+                                                   f"ip=10.0.1.{n}/24' ]", memory=96))
+        wait_for(xl, f"r{n}", f"ip -4 addr show eth0 | grep -q 10.0.1.{n}/24", timeout=60)
+    assert "0% packet loss" in xl("exec", "r1", "ping -c 2 -W 2 10.0.1.2", "--timeout", "60").stdout
+    old_id = xl.rows()["r2"][1]
+    xl("exec", "r2", "(sleep 3; reboot -f) > /dev/null 2>&1 &")
+    daemon, _log = request.node.hd_daemon
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(10)
+    time.sleep(8)  # r2 starts its reboot with nobody to serve it
+    new = start_daemon(xl, tmp_path, request, "daemon2")
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the new domain 0 learns of the reboot and restarts r2 (a new domain ID)
+            rows = xl.rows()
+            if "r2" in rows and rows["r2"][1] != old_id:
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.5)
+        wait_for(xl, "r2", "ip -4 addr show eth0 | grep -q 10.0.1.2/24", timeout=60)
+        # r1 was adopted with its vif on a new switch: the network works again, both ways
+        assert "0% packet loss" in xl("exec", "r1", "ping -c 2 -W 2 10.0.1.2", "--timeout", "60").stdout
+        assert "0% packet loss" in xl("exec", "r2", "ping -c 2 -W 2 10.0.1.1", "--timeout", "60").stdout
+    finally:
+        new.terminate()
+        try:
+            new.wait(20)
+        except subprocess.TimeoutExpired:
+            new.kill()

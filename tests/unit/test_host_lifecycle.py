@@ -192,3 +192,53 @@ def test_adoption_trusts_nothing_a_process_claims(tmp_path: Path) -> None:
     finally:
         h.close()
         listener.close()
+
+
+def test_a_domain_that_reboots_while_domain0_is_dead_is_restarted_by_the_next(tmp_path: Path) -> None:
+    """The guest reboots while no domain 0 listens: its process keeps the outcome until a new daemon
+    adopts it, which then applies on_reboot (restart) as the old one would have."""
+    import signal
+    import subprocess
+    import sys
+
+    kernel = tmp_path / "kernel.elf"
+    kernel.write_bytes(make_elf())
+    cfg_path = tmp_path / "r.cfg"
+    cfg_path.write_text(f'name = "r"\nmemory = 32\nkernel = "{kernel}"\n'
+                        f'cmdline = "console=hvc0 scripted=spin:30,{REBOOT}"\n')
+    sock = tmp_path / "hd.sock"
+    env = dict(os.environ, HYPERDISCO_SOCKET=str(sock))
+
+    def daemon(log: str) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen([sys.executable, "-m", "hyperdisco", "daemon", "--engine", "scripted", "-v"],
+                             env=env, stdout=open(tmp_path / log, "w"), stderr=subprocess.STDOUT)
+        until(lambda: cli("list").returncode == 0)
+        return p
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hyperdisco", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    first = daemon("d1.log")
+    try:
+        r = cli("create", str(cfg_path))
+        assert r.returncode == 0, r.stderr
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        time.sleep(4)  # the script's 30 slices end in a reboot, with nobody to tell
+        second = daemon("d2.log")
+        try:
+            def restarted() -> bool:
+                rows = [ln.split() for ln in cli("list").stdout.splitlines()[1:]]
+                return any(row[0] == "r" and row[1] != "1" for row in rows)
+
+            until(restarted, timeout=30)
+            log = (tmp_path / "d2.log").read_text()
+            assert "adopted domain 1 (r)" in log and "action restart" in log, log
+        finally:
+            cli("destroy", "r")
+            second.terminate()
+            second.wait(20)
+    finally:
+        if first.poll() is None:
+            first.kill()
