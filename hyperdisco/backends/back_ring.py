@@ -46,14 +46,21 @@ class BackRing:
 
     def requests(self, n: int) -> list[bytes]:
         """Copy the next n requests out of the page (n <= unconsumed()) and consume them."""
+        out = self.peek_many(n)
+        self.advance(n)
+        return out
+
+    def peek_many(self, n: int) -> list[bytes]:
+        """Copies of the next n requests (n <= unconsumed()), not consumed: advance(k) takes k of them."""
         out: list[bytes] = []
         e = self.entry
+        at = self.req_cons
         while n > 0:
-            idx = self.req_cons % self.size
+            idx = at % self.size
             run = min(n, self.size - idx)
             raw = self.page.read(RING_HEADER + idx * e, run * e)  # one copy of the run, never re-read
             out.extend(raw[i * e:(i + 1) * e] for i in range(run))
-            self.req_cons = (self.req_cons + run) & M32
+            at = (at + run) & M32
             n -= run
         return out
 
@@ -61,9 +68,9 @@ class BackRing:
         """A copy of the request at req_cons, not consumed (unconsumed() > 0)."""
         return self.page.read(RING_HEADER + (self.req_cons % self.size) * self.entry, self.entry)
 
-    def advance(self) -> None:
-        """Consume the request peek() returned."""
-        self.req_cons = (self.req_cons + 1) & M32
+    def advance(self, k: int = 1) -> None:
+        """Consume the request(s) peek() or peek_many() returned."""
+        self.req_cons = (self.req_cons + k) & M32
 
     def put_response(self, data: bytes) -> None:
         """Write the next response (published by push())."""

@@ -12,7 +12,7 @@ from unit_support import DomainHarness
 
 from hyperdisco.backends.back_ring import RingError
 from hyperdisco.backends.net import frame as fr
-from hyperdisco.backends.netback.rings import NetRings
+from hyperdisco.backends.netback.rings import Credit, NetRings
 from hyperdisco.core.grant import GRANT_ENTRY_V1, GTF_permit_access, GTF_readonly
 from hyperdisco.xen import abi as xen_abi
 from hyperdisco.xen.io import netif
@@ -218,3 +218,23 @@ def test_a_frontend_that_keeps_sending_bad_packets_is_disconnected(front: Front)
             front.tx_push()
             front.rings.tx_process(1000)
     assert front.rings.stats.tx_errors > 256
+
+
+def test_rate_limit_holds_packets_on_the_ring_until_credit_returns(front: Front) -> None:
+    now = [100.0]
+    credit = Credit(10_000, 1_000_000, clock=lambda: now[0])  # 10 kB/s, burst 128 KiB
+    front.rings.credit = credit
+    page_data(front, 0, b"p" * 4000)
+    for k in range(50):  # 200 kB: the burst lets 32 through, then the ring waits
+        front.tx_put(netif.TX_REQUEST.pack(10, 0, 0, k, 4000))
+    front.tx_push()
+    assert front.rings.tx_process(1000) is True
+    sent = len(front.sent)
+    assert 30 <= sent <= 33 and front.rings.throttled > 0
+    assert len(front.tx_responses()) == sent  # the held packets stay on the ring, unanswered
+    now[0] += 4.0  # 40 kB of credit: ten more packets
+    front.rings.tx_process(1000)
+    assert len(front.sent) == sent + 10
+    now[0] += 100.0
+    assert front.rings.tx_process(1000) is False
+    assert len(front.sent) == 50 and len(front.tx_responses()) == 50

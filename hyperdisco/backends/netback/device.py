@@ -33,7 +33,7 @@ from ...xen.io import netif
 from ...xen.io import xenbus as xb
 from ..back_ring import RingError
 from ..net import frame as fr
-from .rings import NetRings, VifStats
+from .rings import Credit, NetRings, VifStats
 
 TX_BUDGET = 64  # packets per round before the thread looks at its socket and xenstore again
 INLINE_BUDGET = 16  # packets served on the guest's vCPU thread when it kicks an idle backend
@@ -159,7 +159,9 @@ class VifBackend:
                         poller.unregister(sock_fd)
                     sock_fd = self.sock.fileno()
                     poller.register(sock_fd, select.POLLIN)
-                events = poller.poll(0 if more else None)
+                rings = self.rings
+                wait = rings.throttled if rings is not None else 0.0
+                events = poller.poll(max(1, int(wait * 1000)) if wait else (0 if more else None))
                 with self._flags_lock:
                     if self._stop:
                         break
@@ -322,7 +324,7 @@ class VifBackend:
         self._stack, self.port = stack, port
         self._port_obj = self.dom.evtchn.ports.get(port)
         self.rings = NetRings(tx_page, rx_page, self.dom.grants, 0, self._send, self._notify,
-                              self._complain, rx_gso=gso, rx_sg=sg, stats=self.stats)
+                              self._complain, rx_gso=gso, rx_sg=sg, stats=self.stats, credit=self._credit())
         try:
             self.xs.rm(f"{self.be}/error")  # a refusal of an earlier attempt is history now
         except Exception:
@@ -333,6 +335,18 @@ class VifBackend:
         with self._flags_lock:
             self._kicked = True
         return None
+
+    def _credit(self) -> Credit | None:
+        """The rate limit domain 0 wrote in our backend directory ("rate" = "BYTES,USEC", as libxl writes
+        it and Linux netback reads it), or None. The node is domain 0's: the guest cannot change it."""
+        try:
+            raw = self.xs.read(f"{self.be}/rate")
+        except Exception:
+            return None
+        parts = str(raw or "").split(",")
+        if len(parts) != 2 or not all(p.isascii() and p.isdigit() and 0 < int(p) < 1 << 40 for p in parts):
+            return None
+        return Credit(int(parts[0]), int(parts[1]))
 
     def _complain(self, kind: str, msg: str) -> None:
         self.limit.log(self.log, kind, msg)

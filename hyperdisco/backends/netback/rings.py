@@ -61,6 +61,29 @@ class VifStats:
         return dict(self.__dict__)
 
 
+class Credit:
+    """The vif's transmit rate limit, as Linux netback's credit scheduler (xenbus.c xen_net_read_rate,
+    netback.c tx_credit_exceeded): `bytes_per` bytes every `usec` microseconds, with a burst of at least
+    128 KiB so that the largest packet can always pass."""
+
+    def __init__(self, bytes_per: int, usec: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = bytes_per / (usec / 1e6)  # bytes per second
+        self.burst = float(max(bytes_per, 128 << 10))
+        self.tokens = self.burst
+        self.clock = clock
+        self.at = clock()
+
+    def take(self, size: int) -> float:
+        """0.0 if `size` bytes may go now (and takes them), else the seconds to wait."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= size:
+            self.tokens -= size
+            return 0.0
+        return (size - self.tokens) / self.rate
+
+
 class BadPacket(Exception):
     def __init__(self, kind: str, msg: str) -> None:
         super().__init__(msg)
@@ -75,7 +98,7 @@ class NetRings:
     def __init__(self, tx_page: RingPage, rx_page: RingPage, grants: Grants, backend_domid: int,
                  send: Callable[[fr.Meta, bytes], bool], notify: Callable[[], None],
                  complain: Callable[[str, str], None], rx_gso: frozenset[int] = frozenset(),
-                 rx_sg: bool = True, stats: VifStats | None = None) -> None:
+                 rx_sg: bool = True, stats: VifStats | None = None, credit: Credit | None = None) -> None:
         self.tx = BackRing(tx_page, netif.TX_ENTRY)
         self.rx = BackRing(rx_page, netif.RX_ENTRY)
         self.grants = grants
@@ -89,14 +112,18 @@ class NetRings:
         self.rx_queue: collections.deque[tuple[fr.Meta, bytes]] = collections.deque()
         self.rx_queued_bytes = 0
         self.rx_lock = threading.Lock()  # the rx ring and its queue: the device thread or a vCPU thread
+        self.credit = credit
+        self.throttled = 0.0  # > 0: seconds until the rate limit lets the next packet go
         self._bad_budget = float(BAD_PACKET_BURST)
         self._bad_at = time.monotonic()
 
     # -- tx ---------------------------------------------------------------------------------------------
     def tx_process(self, budget: int) -> bool:
-        """Take up to about `budget` packets off the tx ring; True if more may be waiting."""
+        """Take up to about `budget` packets off the tx ring; True if more may be waiting (or the rate
+        limit holds them: `throttled` says for how long)."""
         ring = self.tx
         done = 0
+        self.throttled = 0.0
         while True:
             n = ring.unconsumed()
             if n == 0:
@@ -105,10 +132,19 @@ class NetRings:
                 if not ring.final_check():
                     return False
                 continue
-            raws = ring.requests(n)
+            raws = ring.peek_many(n)
             i = 0
             while i < len(raws):
-                i = self._tx_packet(raws, i)
+                if self.credit is not None:
+                    wait = self.credit.take(netif.TX_REQUEST.unpack_from(raws[i])[4])
+                    if wait:
+                        self.throttled = wait
+                        if ring.push():
+                            self.notify()
+                        return True
+                j = self._tx_packet(raws, i)
+                ring.advance(j - i)
+                i = j
                 done += 1
             if ring.push():
                 self.notify()
