@@ -13,7 +13,8 @@ import collections
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,6 +67,21 @@ class RemoteChannels(Protocol):
         """EVTCHNOP_bind_interdomain to `remote`'s port `rport`: our new port (EvtchnError if refused)."""
         ...
 
+
+class RemoteGrants(Protocol):
+    """Grant mappings of other domains' pages, those domains running in other processes
+    (vmm/grants.py: through domain 0)."""
+
+    def map(self, ctx: VcpuContext, remote: int, ref: int, flags: int, gpa: int) -> tuple[int, int]:
+        """GNTTABOP_map_grant_ref of `remote`'s grant `ref` at our guest-physical page `gpa`:
+        (GNTST_* status, handle)."""
+        ...
+
+    def unmap(self, ctx: VcpuContext, handle: int, gpa: int) -> int:
+        """GNTTABOP_unmap_grant_ref of mapping `handle` (at `gpa` when not 0): a GNTST_* status."""
+        ...
+
+
 class Domain:
     def __init__(self, domid: int, config: DomainConfig, engine: Engine, clock: Clock,
                  console_sink: Callable[[bytes], None], log: Callable[[str], None],
@@ -73,6 +89,8 @@ class Domain:
         self.domid = domid
         self.peers = peers
         self.remote_channels: RemoteChannels | None = None  # domains elsewhere, where there are any
+        self.remote_grants: RemoteGrants | None = None
+        self._quiesce = threading.Lock()
         self.console_sink = console_sink
         # domain 0's ends of the console and xenstore channels: whoever serves them sets these
         self.on_console_kick: Callable[[], None] = _nothing
@@ -208,6 +226,38 @@ class Domain:
         self.memory.fill(gpa, PAGE)
         self.grant_frames[idx] = gpa
         return 0
+
+    def hypervisor_page(self, gpa: int) -> str | None:
+        """What the hypervisor itself keeps in page `gpa` (grant frames, shared info, vcpu_info), if any:
+        such a page is neither granted to nor replaced by another domain's page."""
+        page = gpa & ~(PAGE - 1)
+        if page in self.grant_frames.values():
+            return "a grant-table frame"
+        if self.evtchn.shared_info is not None and self.evtchn.shared_info & ~(PAGE - 1) == page:
+            return "the shared info page"
+        if any(v & ~(PAGE - 1) == page for v in self.evtchn.vcpu_info.values()):
+            return "a vcpu_info page"
+        return None
+
+    @contextmanager
+    def quiesced(self, ctx: VcpuContext | None = None) -> Iterator[None]:
+        """No vCPU of this domain runs guest code inside the block (`ctx`: the caller's own vCPU, inside a
+        hypercall), so that its memory can be remapped beneath it. One holder at a time."""
+        sched = self.scheduler
+        if sched is None:  # not running (being built, or a unit test)
+            with self._quiesce:
+                yield
+            return
+        with sched.outside_guest(ctx):  # while we wait for another holder, we are not in guest code
+            self._quiesce.acquire()
+        try:
+            sched.hold(self, ctx)
+            try:
+                yield
+            finally:
+                sched.release(self)
+        finally:
+            self._quiesce.release()
 
     def update_time(self, ctx: VcpuContext) -> None:
         """Publish pvclock parameters in the vCPU's vcpu_info (version odd while updating)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ from ..xen.grant_table import (
     GTF_type_mask,
     GTF_writing,
 )
-from .memory import PAGE
+from .memory import PAGE, GuestFault
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -36,6 +36,10 @@ _FLAGS = struct.Struct("<H")  # the flags field at offset 0 of struct grant_entr
 
 class GrantError(Exception):
     """A grant reference that does not permit what was asked (the request using it fails)."""
+
+
+class GrantReadOnly(GrantError):
+    """A write asked of a read-only grant (GNTST_permission_denied)."""
 
 
 class GrantedPage:
@@ -75,7 +79,8 @@ class GrantedPage:
 class GrantTable:
     def __init__(self, dom: Domain) -> None:
         self.dom = dom
-        self._busy: dict[int, int] = {}  # ref -> number of users (busy bits stay while > 0)
+        # ref -> [readers, writers]: GTF_writing stays while writers > 0, GTF_reading while either is
+        self._busy: dict[int, list[int]] = {}
         self._lock = threading.Lock()
 
     def nr_entries(self) -> int:
@@ -91,9 +96,12 @@ class GrantTable:
         frame, idx = divmod(ref, ENTRIES_PER_FRAME)
         return self.dom.grant_frames[frame] + idx * GRANT_ENTRY_V1.size
 
-    @contextmanager
-    def access(self, ref: int, grantee: int, write: bool) -> Iterator[GrantedPage]:
-        """Use the page behind `ref` for the duration of the `with` block."""
+    def pin(self, ref: int, grantee: int, write: bool,
+            check: Callable[[int], str | None] | None = None) -> int:
+        """Xen's checks of entry `ref` for `grantee` (permit_access, granted to it, not read-only for a
+        write, a frame of the granter's RAM, and `check(gpa)` when given: None or why not), then set the
+        busy bits as Xen does while a grant is in use. Returns the page's guest-physical address; each pin
+        is ended by one unpin(ref, write)."""
         mem = self.dom.memory
         with self._lock:
             at = self._entry_gpa(ref)
@@ -103,21 +111,41 @@ class GrantTable:
             if domid != grantee:
                 raise GrantError(f"grant {ref} is for domain {domid}, not {grantee}")
             if write and flags & GTF_readonly:
-                raise GrantError(f"grant {ref} is read-only")
+                raise GrantReadOnly(f"grant {ref} is read-only")
             gpa = frame * PAGE
             if not self.dom.is_ram(gpa):
                 raise GrantError(f"grant {ref} names frame {frame:#x}, not the granter's RAM")
+            why = check(gpa) if check is not None else None
+            if why is not None:
+                raise GrantError(f"grant {ref} names frame {frame:#x}: {why}")
             busy = GTF_reading | (GTF_writing if write else 0)
             mem.pack(_FLAGS, at, flags | busy)
-            self._busy[ref] = self._busy.get(ref, 0) + 1
+            count = self._busy.setdefault(ref, [0, 0])
+            count[1 if write else 0] += 1
+        return gpa
+
+    def unpin(self, ref: int, write: bool) -> None:
+        """End one pin of `ref`: its busy bits clear when no user of that kind is left."""
+        mem = self.dom.memory
+        with self._lock:
+            count = self._busy.get(ref)
+            if count is None or count[1 if write else 0] <= 0:
+                return
+            count[1 if write else 0] -= 1
+            clear = (0 if count[1] else GTF_writing) | (0 if count[0] or count[1] else GTF_reading)
+            if not count[0] and not count[1]:
+                del self._busy[ref]
+            try:
+                at = self._entry_gpa(ref)
+                mem.pack(_FLAGS, at, mem.unpack(_FLAGS, at)[0] & ~clear)
+            except (GrantError, GuestFault):
+                pass  # the table moved or the domain is going: nothing left to tell the guest
+
+    @contextmanager
+    def access(self, ref: int, grantee: int, write: bool) -> Iterator[GrantedPage]:
+        """Use the page behind `ref` for the duration of the `with` block."""
+        gpa = self.pin(ref, grantee, write)
         try:
             yield GrantedPage(self.dom, gpa, write)
         finally:
-            with self._lock:
-                n = self._busy.get(ref, 1) - 1
-                if n <= 0:
-                    self._busy.pop(ref, None)
-                    cur = mem.unpack(_FLAGS, at)[0]
-                    mem.pack(_FLAGS, at, cur & ~(GTF_reading | GTF_writing))
-                else:
-                    self._busy[ref] = n
+            self.unpin(ref, write)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 MAX_CONSOLE_WRITE = 16 * 1024
 GRANT_FRAMES_MAX = 32
+MAX_GRANT_OPS = 1 << 16  # ops in one GNTTABOP_map/unmap_grant_ref call
 XEN_VERSION = (4, 17)
 _U64 = struct.Struct("<Q")
 _DOMID = struct.Struct("<H")
@@ -366,7 +367,45 @@ class Hypercalls:
             nr_frames = len(self.dom.grant_frames)
             va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, nr_frames, GRANT_FRAMES_MAX, abi.GNTST_okay)
             return 0
+        if cmd == abi.GNTTABOP_map_grant_ref:
+            return self._map_grant_refs(ctx, arg, count)
+        if cmd == abi.GNTTABOP_unmap_grant_ref:
+            return self._unmap_grant_refs(ctx, arg, count)
         return self.unimplemented(20, cmd)
+
+    def _map_grant_refs(self, ctx: VcpuContext, arg: int, count: int) -> int:
+        """GNTTABOP_map_grant_ref (grant_table.h): each op maps another domain's granted page at the guest
+        physical address host_addr (GNTMAP_host_map; an auto-translated guest never passes a PTE), status
+        and handle written back per op. Only other domain processes' grants (through domain 0)."""
+        va, remote = ctx.va, self.dom.remote_grants
+        count &= 0xFFFFFFFF
+        if count > MAX_GRANT_OPS:
+            return -abi.EINVAL
+        for i in range(count):
+            at = arg + i * abi.GNTTAB_MAP_GRANT_REF.size
+            host_addr, flags, ref, d, _st, _h, _bus = va.unpack(abi.GNTTAB_MAP_GRANT_REF, at)
+            handle = 0
+            if flags & abi.GNTMAP_contains_pte or not flags & abi.GNTMAP_host_map:
+                status = abi.GNTST_general_error
+            elif remote is None or self._own_domid(d) or d >= abi.DOMID_FIRST_RESERVED:
+                status = abi.GNTST_bad_domain
+            else:
+                status, handle = remote.map(ctx, d, ref, flags, host_addr)
+            va.pack(abi.GNTTAB_MAP_GRANT_REF, at, host_addr, flags, ref, d, status, handle, 0)
+        return 0
+
+    def _unmap_grant_refs(self, ctx: VcpuContext, arg: int, count: int) -> int:
+        """GNTTABOP_unmap_grant_ref (grant_table.h): ends mappings by handle (host_addr checked if not 0)."""
+        va, remote = ctx.va, self.dom.remote_grants
+        count &= 0xFFFFFFFF
+        if count > MAX_GRANT_OPS:
+            return -abi.EINVAL
+        for i in range(count):
+            at = arg + i * abi.GNTTAB_UNMAP_GRANT_REF.size
+            host_addr, bus, handle, _st = va.unpack(abi.GNTTAB_UNMAP_GRANT_REF, at)
+            status = abi.GNTST_bad_handle if remote is None else remote.unmap(ctx, handle, host_addr)
+            va.pack(abi.GNTTAB_UNMAP_GRANT_REF, at, host_addr, bus, handle, status)
+        return 0
 
     # -- set_timer_op -----------------------------------------------------------------------------------
     def set_timer_op(self, ctx: VcpuContext, timeout: int, *_: int) -> int:

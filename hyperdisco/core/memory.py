@@ -9,6 +9,7 @@ write anything else.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 import struct
@@ -32,6 +33,7 @@ class Region:
     size: int
     mem: mmap.mmap
     name: str
+    writable: bool = True  # False: a read-only foreign page (a read-only grant another domain made)
 
     @property
     def host_address(self) -> int:
@@ -49,11 +51,13 @@ class PhysicalPages:
     def __init__(self) -> None:
         self.regions: list[Region] = []
 
-    def _locate(self, gpa: int, n: int) -> tuple[mmap.mmap, int]:
+    def _locate(self, gpa: int, n: int, write: bool = False) -> tuple[mmap.mmap, int]:
         if n < 0:
             raise GuestFault(f"negative length {n}")
         for r in self.regions:
             if r.gpa <= gpa and gpa + n <= r.end:
+                if write and not r.writable:
+                    raise GuestFault(f"guest-physical range {gpa:#x}+{n:#x} is read-only")
                 return r.mem, gpa - r.gpa
         raise GuestFault(f"guest-physical range {gpa:#x}+{n:#x} is not guest memory")
 
@@ -62,7 +66,7 @@ class PhysicalPages:
         return mem[off:off + n]
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        mem, off = self._locate(gpa, len(data))
+        mem, off = self._locate(gpa, len(data), write=True)
         mem[off:off + len(data)] = data
 
     def fill(self, gpa: int, n: int, byte: int = 0) -> None:
@@ -75,7 +79,7 @@ class PhysicalPages:
         return fmt.unpack_from(mem, off)
 
     def pack(self, fmt: struct.Struct, gpa: int, *values: int) -> None:
-        mem, off = self._locate(gpa, fmt.size)
+        mem, off = self._locate(gpa, fmt.size, write=True)
         fmt.pack_into(mem, off, *values)
 
     def u8(self, gpa: int) -> int:
@@ -83,7 +87,7 @@ class PhysicalPages:
         return mem[off]
 
     def set_u8(self, gpa: int, v: int) -> None:
-        mem, off = self._locate(gpa, 1)
+        mem, off = self._locate(gpa, 1, write=True)
         mem[off] = v & 0xFF
 
     def u32(self, gpa: int) -> int:
@@ -97,7 +101,7 @@ class PhysicalPages:
     def set_u32(self, gpa: int, v: int) -> None:
         """An aligned 32-bit write in one store (see u32): a guest reading a ring index while it changes
         from 0x0FF to 0x100 must see one or the other, not 0x000."""
-        mem, off = self._locate(gpa, 4)
+        mem, off = self._locate(gpa, 4, write=True)
         if off % 4:
             _U32.pack_into(mem, off, v & 0xFFFFFFFF)
         else:
@@ -168,6 +172,80 @@ class GuestMemory(PhysicalPages):
                 return r
         return None
 
+    # -- pages shared with other domain processes (grant mappings, vmm/grants.py) ----------------------
+    # The caller keeps the guest's vCPUs out of guest code around each of these (Domain.quiesced): a
+    # guest store between the copy and the remap would be lost.
+    def share_ram_page(self, gpa: int) -> int:
+        """Back RAM page `gpa` with a new one-page memfd holding its content, mapped MAP_SHARED at the same
+        host address (the engine keeps using that address, so the guest sees no change). Returns the
+        memfd, sealed against resizing (another process that maps it cannot make our accesses fault)."""
+        ram = self.regions[0]
+        if gpa % PAGE or not 0 <= gpa < ram.end:
+            raise ValueError(f"{gpa:#x} is not a RAM page")
+        fd = os.memfd_create(f"grant-{gpa:#x}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, PAGE)
+            os.pwrite(fd, ram.mem[gpa:gpa + PAGE], 0)
+            _map_fixed(ram.host_address + gpa, PAGE, mmap.MAP_SHARED, fd)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def unshare_ram_page(self, gpa: int, fd: int) -> None:
+        """Give RAM page `gpa` private memory again, with the shared page's current content; closes `fd`.
+        Whoever still maps that memfd keeps a page nobody else sees."""
+        ram = self.regions[0]
+        try:
+            data = os.pread(fd, PAGE, 0)
+            _map_fixed(ram.host_address + gpa, PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1)
+            ram.mem[gpa:gpa + PAGE] = data.ljust(PAGE, b"\0")
+            _madvise(ram.host_address + gpa, PAGE, mmap.MADV_MERGEABLE)
+        finally:
+            os.close(fd)
+
+    def map_foreign_page(self, gpa: int, fd: int, writable: bool) -> Region | None:
+        """Make guest-physical page `gpa` alias page 0 of memfd `fd` (another domain's granted page).
+        Inside RAM (writable only) the RAM page's host memory is replaced in place and None is returned;
+        outside RAM the page becomes a region of its own (the caller maps it into the engine)."""
+        ram = self.regions[0]
+        if gpa % PAGE or gpa < 0:
+            raise ValueError(f"{gpa:#x} is not a page address")
+        if os.fstat(fd).st_size < PAGE:
+            raise ValueError("the shared page's file is smaller than a page")
+        if gpa < ram.end:
+            if not writable:
+                raise ValueError("a read-only foreign page cannot replace a RAM page")
+            _map_fixed(ram.host_address + gpa, PAGE, mmap.MAP_SHARED, fd)
+            return None
+        for r in self.regions:
+            if gpa < r.end and r.gpa < gpa + PAGE:
+                raise ValueError(f"{gpa:#x} overlaps {r.name}")
+        if writable:
+            mem = mmap.mmap(fd, PAGE, mmap.MAP_SHARED)
+        else:  # a page of address space of our own, then the file read-only over it (host_address works)
+            mem = mmap.mmap(-1, PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            try:
+                _map_fixed(ctypes.addressof(ctypes.c_char.from_buffer(mem)), PAGE, mmap.MAP_SHARED, fd,
+                           mmap.PROT_READ)
+            except BaseException:
+                mem.close()
+                raise
+        reg = Region(gpa, PAGE, mem, f"foreign-{gpa:#x}", writable)
+        self.regions.append(reg)
+        return reg
+
+    def unmap_foreign_page(self, gpa: int, region: Region | None) -> None:
+        """Undo map_foreign_page: a RAM page gets fresh private memory (zeros, as a page Xen repopulates);
+        a region of its own is removed (the caller has unmapped it from the engine first)."""
+        if region is None:
+            ram = self.regions[0]
+            _map_fixed(ram.host_address + gpa, PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1)
+            _madvise(ram.host_address + gpa, PAGE, mmap.MADV_MERGEABLE)
+        else:
+            self.remove_region(region)
+
 
 class ForeignPages(PhysicalPages):
     """Domain 0's mapping of a few pages another process's guest owns (Xen's foreign mapping): each
@@ -202,6 +280,16 @@ def _madvise(host_address: int, size: int, advice: int) -> None:
     if _libc.madvise(host_address, size, advice) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"madvise failed: {os.strerror(err)}")
+
+
+def _map_fixed(host_address: int, size: int, flags: int, fd: int,
+               prot: int = mmap.PROT_READ | mmap.PROT_WRITE) -> None:
+    """Replace the host pages at `host_address` (inside one of our mappings) by a mapping of `fd` from
+    offset 0 (flags MAP_SHARED), or of fresh anonymous memory (fd -1, MAP_ANONYMOUS)."""
+    res = _libc.mmap(host_address, size, prot, flags | MAP_FIXED, fd, 0)
+    if res != host_address:
+        err = ctypes.get_errno()
+        raise OSError(err, f"remapping guest memory failed: {os.strerror(err)}")
 
 
 def map_copy_on_write(host_address: int, fd: int, size: int) -> None:

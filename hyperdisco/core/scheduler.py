@@ -13,6 +13,8 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,6 +29,9 @@ class Scheduler:
         self._parked: dict[VcpuContext, float] = {}
         self._running: set[VcpuContext] = set()
         self._woken: set[VcpuContext] = set()
+        self._held: set[Domain] = set()  # domains whose vCPUs must stay out of guest code (hold)
+        self._held_parked: set[VcpuContext] = set()
+        self._outside: set[VcpuContext] = set()  # vCPUs waiting inside a hypercall (outside_guest)
         self._stopping = False
         n = workers or os.cpu_count() or 1
         self._threads = [threading.Thread(target=self._worker, name=f"hd-worker-{i}", daemon=True)
@@ -65,6 +70,47 @@ class Scheduler:
                 self._woken.add(ctx)
                 ctx.ev.kick()  # end its slice now: the event is delivered as soon as it can be
 
+    def hold(self, dom: Domain, me: VcpuContext | None = None) -> None:
+        """Keep `dom`'s vCPUs out of guest code until release(dom). Returns once none runs a slice, but
+        `me` (the caller's own vCPU, inside a hypercall) and vCPUs that wait inside one (outside_guest)."""
+        with self._cond:
+            self._held.add(dom)
+            while True:
+                busy = [c for c in dom.vcpus if c in self._running and c is not me and c not in self._outside]
+                if not busy:
+                    return
+                for c in busy:
+                    c.ev.kick()  # again each time: a stop that lands before the slice began is lost
+                self._cond.wait(0.001)
+
+    def release(self, dom: Domain) -> None:
+        with self._cond:
+            self._held.discard(dom)
+            for c in dom.vcpus:
+                if c in self._held_parked:
+                    self._held_parked.discard(c)
+                    if self._parked.pop(c, None) is not None:  # not woken into the run queue meanwhile
+                        self._runq.append(c)
+            self._cond.notify_all()
+
+    @contextmanager
+    def outside_guest(self, ctx: VcpuContext | None) -> Iterator[None]:
+        """The vCPU `ctx` waits inside a hypercall (for another process, for a lock): it counts as out of
+        guest code for hold(), and returns to it only once its domain is not held."""
+        if ctx is None:
+            yield
+            return
+        with self._cond:
+            self._outside.add(ctx)
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._outside.discard(ctx)
+                while ctx.dom in self._held:
+                    self._cond.wait(0.05)
+
     def shutdown(self) -> None:
         with self._cond:
             self._stopping = True
@@ -78,6 +124,10 @@ class Scheduler:
                 self._runq.append(ctx)
         while self._runq:
             ctx = self._runq.popleft()
+            if ctx.dom in self._held and not ctx.dom.finished:
+                self._parked[ctx] = float("inf")
+                self._held_parked.add(ctx)
+                continue
             if not ctx.dom.finished and not ctx.dom.paused:
                 return ctx
             if ctx.dom.paused and not ctx.dom.finished:

@@ -412,7 +412,10 @@ class DomainHandle:
                 msg, fds = self.ch.recv()
             except ChannelClosed:
                 break
-            for fd in fds:  # a domain process has no business sending descriptors
+            if msg.get("t") == "gnt-shared":  # a page it lends another domain (dom0/grants.py)
+                self.host.grants.shared(self, msg, fds)
+                fds = []
+            for fd in fds:  # a domain process has no other business sending descriptors
                 os.close(fd)
             try:
                 if self._handle(msg):
@@ -459,6 +462,10 @@ class DomainHandle:
             self.host.broker.send(self, msg)
         elif t == "evtchn-close":
             self.host.broker.close(self, msg)
+        elif t == "gnt-map":
+            self.host.grants.map(self, msg)
+        elif t == "gnt-unmap":
+            self.host.grants.unmap(self, msg)
         elif t == "shutdown":
             if isinstance(msg.get("stats"), dict):
                 self.stats = msg["stats"]

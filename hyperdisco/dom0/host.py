@@ -33,6 +33,7 @@ from ..vmm.jail import jail_root
 from . import cgroups
 from .admission import Admission
 from .broker import EventChannelBroker
+from .grants import GrantBroker
 from .handle import DomainHandle
 from .spawner import Spawner
 
@@ -77,6 +78,7 @@ class Host:
             self.xs.write(path, value)
         self.blk = BlockDevices(self)
         self.broker = EventChannelBroker(self)  # inter-domain event channels between domain processes
+        self.grants = GrantBroker(self)  # grant mappings between domain processes
         self.net = NetworkDevices(self)  # its switches (one per named network) start with the first vif
         self.spawner: Spawner | None = None
         if template:
@@ -332,6 +334,7 @@ class Host:
         self.blk.close_domain(dom.domid)  # the toolstack's side of its disks
         self.net.close_domain(dom.domid)  # its ports off the switches, its vif nodes
         self.broker.domain_gone(dom.domid)
+        self.grants.domain_gone(dom.domid)
         with self._lock:
             if self.domains.get(dom.domid) is dom:
                 self.domains.pop(dom.domid, None)

@@ -71,8 +71,9 @@ class Vcpu(ABC):
     index: int
 
     @abstractmethod
-    def map_ram(self, gpa: int, size: int, host_address: int) -> None:
-        """Make host memory at `host_address` appear at guest-physical `gpa` (page aligned)."""
+    def map_ram(self, gpa: int, size: int, host_address: int, writable: bool = True) -> None:
+        """Make host memory at `host_address` appear at guest-physical `gpa` (page aligned); a guest write
+        to it when not `writable` stops the vCPU as fatal."""
 
     @abstractmethod
     def unmap_ram(self, gpa: int, size: int) -> None: ...

@@ -86,7 +86,7 @@ class ScriptedVcpu(Vcpu):
         self._counts.halts += 1
         return RunResult(StopReason.HALT)  # "halt", or a step this engine does not know
 
-    def map_ram(self, gpa: int, size: int, host_address: int) -> None:
+    def map_ram(self, gpa: int, size: int, host_address: int, writable: bool = True) -> None:
         if gpa == 0:
             self._ram = (host_address, size)
 

@@ -35,6 +35,7 @@ from ..core.scheduler import Scheduler
 from ..errors import HyperdiscoError
 from .builder import build_domain, domain_stats
 from .channel import Channel, ChannelClosed, PendingReplies
+from .grants import BrokeredGrants
 from .interdomain import BrokeredChannels
 from .jail import Jail
 from .remote_xenstore import RemoteXenstore
@@ -52,6 +53,7 @@ class DomainProcess:
         self.vbds: VbdHost | None = None
         self.vifs: VifHost | None = None
         self.channels: BrokeredChannels | None = None
+        self.grants: BrokeredGrants | None = None
         self._pending = PendingReplies()  # our own requests to domain 0
         self.scheduler: Scheduler | None = None
         self.gone = threading.Event()  # domain 0 went away for good
@@ -62,14 +64,14 @@ class DomainProcess:
         self._held: list[dict[str, Any]] = []  # log lines from while no domain 0 listened
 
     # -- to domain 0 ------------------------------------------------------------------------------------
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         if self.orphaned.is_set():
             # nobody listens: the rings keep what the guest wrote for the next domain 0; log lines wait
             if msg.get("t") == "log" and len(self._held) < 100:
                 self._held.append(msg)
             return
         try:
-            self.ch.send(msg)
+            self.ch.send(msg, fds or ())
         except ChannelClosed:
             self._lost()
 
@@ -107,6 +109,8 @@ class DomainProcess:
             self.vifs = VifHost(dom, self.xs, self.log)
             self.channels = BrokeredChannels(dom, self.send, self.call)
             dom.remote_channels = self.channels
+            self.grants = BrokeredGrants(dom, self.send)
+            dom.remote_grants = self.grants
             jail = Jail(dom.domid, msg.get("jail_root"))
             jail.enter()
         except Exception as exc:  # anything: one line to domain 0, which refuses the create
@@ -254,6 +258,12 @@ class DomainProcess:
             self.channels.raise_port(msg)
         elif t == "evtchn-peer-closed" and self.channels is not None:
             self.channels.peer_closed(msg)
+        elif t == "gnt-mapped" and self.grants is not None:
+            self.grants.mapped(msg, fds)
+        elif t == "gnt-peer-map" and self.grants is not None:
+            self.grants.peer_request("map", msg)
+        elif t == "gnt-peer-unmap" and self.grants is not None:
+            self.grants.peer_request("unmap", msg)
         elif t == "net-attach":
             self._net_attach(msg, fds)
         elif t == "net-detach":

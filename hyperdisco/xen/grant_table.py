@@ -12,6 +12,10 @@ __all__ = [
     "GNTTABOP_query_size", "GNTTABOP_set_version", "GNTTABOP_get_version", "GNTTAB_QUERY_SIZE",
     "GNTTAB_SETUP_TABLE", "GNTST_okay", "GNTST_general_error", "GNTST_bad_domain", "GRANT_ENTRY_V1",
     "ENTRIES_PER_FRAME", "GTF_type_mask", "GTF_permit_access", "GTF_readonly", "GTF_reading", "GTF_writing",
+    "GNTTAB_MAP_GRANT_REF", "GNTTAB_UNMAP_GRANT_REF", "GNTMAP_device_map", "GNTMAP_host_map",
+    "GNTMAP_readonly", "GNTMAP_application_map", "GNTMAP_contains_pte", "GNTST_bad_gntref",
+    "GNTST_bad_handle", "GNTST_bad_virt_addr", "GNTST_no_device_space", "GNTST_permission_denied",
+    "GNTST_bad_page", "GNTST_eagain",
 ]
 
 # --- grant_table.h ------------------------------------------------------------------------------------
@@ -20,6 +24,18 @@ GNTTABOP_copy, GNTTABOP_query_size, GNTTABOP_set_version, GNTTABOP_get_version =
 GNTTAB_QUERY_SIZE = struct.Struct("<H2xIIh2x")  # dom, nr_frames (OUT), max_nr_frames (OUT), status
 GNTTAB_SETUP_TABLE = struct.Struct("<H2xIh6xQ")  # dom, nr_frames, status (OUT), frame_list (handle)
 GNTST_okay, GNTST_general_error, GNTST_bad_domain = 0, -1, -2
+GNTST_bad_gntref, GNTST_bad_handle, GNTST_bad_virt_addr = -3, -4, -5
+GNTST_no_device_space, GNTST_permission_denied, GNTST_bad_page = -7, -8, -9
+GNTST_eagain = -12  # "operation not done; try again"
+# struct gnttab_map_grant_ref {uint64_t host_addr; uint32_t flags; grant_ref_t ref; domid_t dom;
+#   int16_t status (OUT); grant_handle_t handle (OUT); uint64_t dev_bus_addr (OUT);}
+GNTTAB_MAP_GRANT_REF = struct.Struct("<QIIHhIQ")
+# struct gnttab_unmap_grant_ref {uint64_t host_addr; uint64_t dev_bus_addr; grant_handle_t handle;
+#   int16_t status (OUT);} (padded to 24 bytes)
+GNTTAB_UNMAP_GRANT_REF = struct.Struct("<QQIh2x")
+# GNTMAP_* flags of map_grant_ref
+GNTMAP_device_map, GNTMAP_host_map, GNTMAP_readonly = 1 << 0, 1 << 1, 1 << 2
+GNTMAP_application_map, GNTMAP_contains_pte = 1 << 3, 1 << 4
 
 # --- grant_table.h: struct grant_entry_v1 {uint16_t flags; domid_t domid; uint32_t frame;} and its flags --
 GRANT_ENTRY_V1 = struct.Struct("<HHI")  # flags, domid, frame

@@ -203,8 +203,9 @@ class TcgVcpu(Vcpu):
                 raise EngineError("hyperdisco: installing the CPUID fast path failed")
 
     # -- memory -----------------------------------------------------------------------------------------
-    def map_ram(self, gpa: int, size: int, host_address: int) -> None:
-        self.uc.mem_map_ptr(gpa, size, unicorn.UC_PROT_ALL, host_address)
+    def map_ram(self, gpa: int, size: int, host_address: int, writable: bool = True) -> None:
+        prot = unicorn.UC_PROT_ALL if writable else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+        self.uc.mem_map_ptr(gpa, size, prot, host_address)
 
     def unmap_ram(self, gpa: int, size: int) -> None:
         self.uc.mem_unmap(gpa, size)
