@@ -232,8 +232,8 @@ def cmd_xenstore(args: argparse.Namespace) -> int:
                 print(json.loads(line)["path"], flush=True)
         return 0
     if args.xs_cmd == "ls":
-        for depth, name, value in c.call("xenstore", cmd="ls", path=args.path):
-            print(f"{' ' * depth}{name} = \"{value}\"")
+        for row in c.call("xenstore", cmd="ls", path=args.path):
+            print(f"{' ' * row['depth']}{row['name']} = \"{row['value']}\"")
         return 0
     res = c.call("xenstore", cmd=args.xs_cmd, path=args.path, value=getattr(args, "value", None))
     if res is not None:

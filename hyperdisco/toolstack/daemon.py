@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.net.manager import MAX_VIFS, VifConfig
+from ..backends.xenstore.unix_socket import XenstoredSocket
+from ..backends.xenstore.unix_socket import socket_path as xenstored_socket_path
+from ..backends.xenstore.wire import XsError
 from ..core import page_sharing
 from ..core.domain import DomainConfig
 from ..dom0.handle import DomainHandle
@@ -31,8 +34,9 @@ from ..loader.elf import KernelImage
 from ..platform import layout
 from .build import domain_config
 from .protocol import encode, socket_path
-from .requests import MAX_REQUEST_BYTES, RequestError, check_name, field, parse_request
+from .requests import MAX_REQUEST_BYTES, RequestError, XsRequestError, check_name, field, parse_request
 from .sessions import ExecSession
+from .xenstore_ops import XenstoreOps
 from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec, vif_from_params
 
 MAX_VCPUS = 1
@@ -143,8 +147,10 @@ class ClientStream:
 
 class Daemon:
     def __init__(self, sock: str | None = None, engine: str = "tcg", verbose: bool = False,
-                 share_pages: bool = False, overcommit: float | None = None) -> None:
+                 share_pages: bool = False, overcommit: float | None = None,
+                 xenstored_socket: str | None = None) -> None:
         self.path = socket_path(sock)
+        self.xenstored_socket = xenstored_socket  # None: $XENSTORED_PATH or the default; "none": no socket
         self._claim_socket()  # before anything else: a second daemon or another user's socket is one line
         if share_pages:
             page_sharing.enable()
@@ -153,6 +159,7 @@ class Daemon:
                          state_dir=str(self.path.with_name(self.path.name + ".state")),
                          config_of=self._adopted_config, template=True)
         self.exec_locks: dict[int, threading.Lock] = {}
+        self.xenstore = XenstoreOps(self.host.xenstored.local_connection)
 
     # -- operations -------------------------------------------------------------------------------------
     def op_create(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -301,36 +308,11 @@ class Daemon:
             self.host.dmesg.clear()
         return lines
 
-    def op_xenstore(self, cmd: str, path: str, value: str | None = None) -> Any:
-        xs = self.host.xs
-        try:
-            if cmd == "read":
-                v = xs.read(path)
-                if v is None:
-                    raise HyperdiscoError(f"hyperdisco: xenstore: {path}: no such node")
-                return v
-            if cmd == "write":
-                xs.write(path, value or "")
-                return None
-            if cmd == "rm":
-                xs.rm(path)
-                return None
-            if cmd == "ls":
-                return self._ls(xs, path)
-        except HyperdiscoError:
-            raise
-        except Exception as exc:  # xenstored's own errors (ENOENT, EINVAL, E2BIG...): one line
-            raise HyperdiscoError(f"hyperdisco: xenstore {cmd} {path[:200]}: {exc}") from None
-        raise RequestError(f"hyperdisco: xenstore: unknown command {cmd[:20]!r}")
+    def op_xenstore(self, **req: Any) -> Any:
+        return self.xenstore.one(req)
 
-    def _ls(self, xs: Any, path: str, depth: int = 0) -> list[list[Any]]:
-        out: list[list[Any]] = []
-        for child in xs.directory(path) or []:
-            full = path.rstrip("/") + "/" + child
-            out.append([depth, child, xs.read(full) or ""])
-            if depth < 32:
-                out.extend(self._ls(xs, full, depth + 1))
-        return out
+    def op_xenstore_tx(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.xenstore.batch(ops)
 
     def op_exec(self, dom: str | int, command: str, timeout: float = 120.0,
                 conn: socket.socket | None = None) -> dict[str, Any]:
@@ -385,7 +367,7 @@ class Daemon:
                     args["conn"] = conn
                 reply = {"ok": True, "result": getattr(self, f"op_{op}")(**args)}
             except HyperdiscoError as exc:
-                reply = {"ok": False, "error": _one_line(str(exc))}
+                reply = _error_reply(exc)
             except Exception as exc:  # a bug must cost one request, not the connection or the daemon
                 self.host.log(f"control: {type(exc).__name__}: {exc}"[:400])
                 reply = {"ok": False, "error": f"hyperdisco: internal error ({type(exc).__name__})"}
@@ -410,20 +392,24 @@ class Daemon:
             console.detach(out.put)
             out.close()
 
-    def _watch_stream(self, conn: socket.socket, f: Any, path: str) -> None:
+    def _watch_stream(self, conn: socket.socket, f: Any, path: str | list[str]) -> None:
+        """Watches on one or more paths (the token of each is its path, as xenstore-watch sets them): an
+        answer, then one {"path", "watch"} line per event."""
+        paths = [path] if isinstance(path, str) else path
         out = ClientStream(conn, start=False)  # xenstored fires a new watch at once: after our answer
 
         def on_watch(p: str, token: str) -> None:
-            out.put(encode({"path": p}))
+            out.put(encode({"path": p, "watch": token}))
 
         c = self.host.xenstored.local_connection(on_watch)
         try:
-            try:
-                c.watch(path, "hd")
-            except Exception as exc:
-                err = f"hyperdisco: xenstore watch {path[:200]}: {exc}"
-                conn.sendall(encode({"ok": False, "error": _one_line(err)}))
-                return
+            for p in paths:
+                try:
+                    c.watch(p, p)
+                except XsError as exc:
+                    err = XsRequestError(exc.name, f"hyperdisco: xenstore watch {p[:200]}: {exc.name}")
+                    conn.sendall(encode(_error_reply(err)))
+                    return
             conn.sendall(encode({"ok": True, "result": None}))
             out.start()
             while not out.closed.is_set():  # until the client hangs up
@@ -489,12 +475,35 @@ class Daemon:
             threading.Thread(target=server.shutdown, daemon=True).start()
 
         signal.signal(signal.SIGTERM, on_term)
+        xs_door: XenstoredSocket | None = None
         try:
+            xs_door = self._serve_xenstored()
             server.serve_forever()
         finally:
+            if xs_door is not None:
+                xs_door.close()
             server.server_close()
             Path(path).unlink(missing_ok=True)
             self.host.close()
+
+    def _serve_xenstored(self, gid: int | None = None) -> XenstoredSocket | None:
+        """xenstored's wire protocol on its Unix socket, for domain 0's tools (xenstore-utils, pyxs).
+        A path given explicitly must be served; the default one ($XENSTORED_PATH or
+        /run/xenstored/socket) is skipped with a log line when it cannot be (another xenstored holds
+        it, or no permission), as the control socket is the daemon's essential door."""
+        if self.xenstored_socket == "none":
+            return None
+        path = xenstored_socket_path(self.xenstored_socket)
+        door = XenstoredSocket(self.host.xenstored, path, gid=gid, log=self.host.log)
+        try:
+            door.start()
+        except HyperdiscoError as exc:
+            if self.xenstored_socket is not None:
+                raise
+            self.host.log(f"{exc} (xenstored's socket not served; --xenstored-socket picks another)")
+            return None
+        self.host.log(f"xenstored serving {path}")
+        return door
 
 
 def _client_gone(conn: socket.socket) -> bool:
@@ -504,6 +513,14 @@ def _client_gone(conn: socket.socket) -> bool:
         return bool(r) and conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (OSError, ValueError):
         return True
+
+
+def _error_reply(exc: HyperdiscoError) -> dict[str, Any]:
+    """A refused request's answer: its one line, and Xen's error name for a xenstore refusal."""
+    reply: dict[str, Any] = {"ok": False, "error": _one_line(str(exc))}
+    if isinstance(exc, XsRequestError):
+        reply["errno"] = exc.errno
+    return reply
 
 
 def _one_line(text: str) -> str:

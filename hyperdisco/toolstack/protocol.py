@@ -28,7 +28,12 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 
 class DaemonError(HyperdiscoError):
-    pass
+    """The daemon refused a request (or cannot be reached); `errno` is Xen's error name when a xenstore
+    request was refused (ENOENT, EINVAL, EACCES, E2BIG...)."""
+
+    def __init__(self, message: str, errno: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class Client:
@@ -55,7 +60,9 @@ class Client:
         reply = json.loads(line)
         if not reply.get("ok"):
             err = str(reply.get("error", "unknown error"))
-            raise DaemonError(err if err.startswith("hyperdisco:") else f"hyperdisco: {err}")
+            errno = reply.get("errno")
+            raise DaemonError(err if err.startswith("hyperdisco:") else f"hyperdisco: {err}",
+                              errno if isinstance(errno, str) else None)
         return reply.get("result")
 
     def close(self) -> None:

@@ -26,8 +26,37 @@ class RequestError(HyperdiscoError):
     pass
 
 
-# argument -> (kind, required); kinds: str, int, bool, float, dom, dict, dev (a vif's devid or MAC)
+class XsRequestError(RequestError):
+    """A xenstore request refused with one of Xen's xsd_errors names (EINVAL, ENOENT, EACCES, E2BIG...),
+    which the answer carries as its "errno" (docs/control-api.md)."""
+
+    def __init__(self, errno: str, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+# docs/misc/xenstore.txt: path components are ASCII alphanumerics and -/_@ (special watch paths start
+# with @); xenstored checks the rest (no doubled or trailing slash, lengths).
+XS_PATH_RE = re.compile(r"[A-Za-z0-9/_@-]+")
+XS_PERM_RE = re.compile(r"[nrwb][0-9]{1,5}")
+XS_CMDS = ("read", "write", "rm", "ls", "list", "exists", "mkdir", "chmod", "getperms")
+MAX_XS_BATCH = 256
+MAX_WATCH_PATHS = 64
+
+
+# argument -> (kind, required); kinds: str, int, bool, float, dom, dict, dev (a vif's devid or MAC),
+# xspath (a xenstore path), xspaths (one path or a list of them), perms (a list of xenstore permissions),
+# xsops (a list of xenstore requests, each checked against XS_OP)
 Schema = dict[str, tuple[str, bool]]
+
+# one xenstore request: `xenstore`'s arguments, and each element of `xenstore_tx`'s `ops`
+XS_OP: Schema = {"cmd": ("str", True), "path": ("xspath", True), "value": ("str", False),
+                 "base64": ("bool", False), "perms": ("perms", False), "recurse": ("bool", False),
+                 "upto": ("bool", False), "tidy": ("bool", False), "with_perms": ("bool", False)}
+# the arguments each command takes besides cmd and path (and base64, which any may carry)
+XS_CMD_ARGS: dict[str, tuple[str, ...]] = {
+    "read": (), "write": ("value",), "rm": ("tidy",), "ls": ("with_perms",), "list": (), "exists": (),
+    "mkdir": (), "chmod": ("perms", "recurse", "upto"), "getperms": ()}
 
 OPS: dict[str, Schema] = {
     "create": {"config": ("dict", True)},
@@ -42,7 +71,8 @@ OPS: dict[str, Schema] = {
     "shutdown": {"dom": ("dom", True), "reason": ("str", False)},
     "wait": {"dom": ("dom", True), "timeout": ("float", False)},
     "dmesg": {"clear": ("bool", False)},
-    "xenstore": {"cmd": ("str", True), "path": ("str", True), "value": ("str", False)},
+    "xenstore": XS_OP,
+    "xenstore_tx": {"ops": ("xsops", True)},
     "exec": {"dom": ("dom", True), "command": ("str", True), "timeout": ("float", False)},
     "block_attach": {"dom": ("dom", True), "disk": ("dict", True)},
     "block_detach": {"dom": ("dom", True), "vdev": ("str", True), "timeout": ("float", False)},
@@ -51,7 +81,7 @@ OPS: dict[str, Schema] = {
     "network_detach": {"dom": ("dom", True), "dev": ("dev", True), "timeout": ("float", False)},
     "network_list": {"dom": ("dom", True)},
     "console": {"dom": ("dom", True)},
-    "watch": {"path": ("str", True)},
+    "watch": {"path": ("xspaths", True)},
 }
 
 
@@ -73,6 +103,15 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     schema = OPS.get(op)
     if schema is None:
         raise RequestError(f"hyperdisco: unknown operation {op[:64]!r}")
+    args = check_args(op, schema, req)
+    if op == "xenstore":
+        check_xs_op(args, "xenstore")
+    return op, args
+
+
+def check_args(op: str, schema: Schema, req: dict[str, Any]) -> dict[str, Any]:
+    """A request's arguments (`op` removed) checked against `schema`: unknown and missing ones refused,
+    optional ones sent as null dropped (their default applies)."""
     for key in req:
         if key not in schema:
             raise RequestError(f"hyperdisco: {op}: unknown argument {str(key)[:64]!r}")
@@ -84,7 +123,23 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
                 raise RequestError(f"hyperdisco: {op}: missing argument {key!r}")
             continue
         req[key] = check(op, key, kind, req[key])
-    return op, req
+    return req
+
+
+def check_xs_op(args: dict[str, Any], where: str) -> None:
+    """A xenstore request's command and the arguments it may carry (XS_CMD_ARGS); write needs a value,
+    chmod its permissions."""
+    cmd = args["cmd"]
+    if cmd not in XS_CMD_ARGS:
+        raise RequestError(f"hyperdisco: {where}: unknown command {cmd[:20]!r} (one of {', '.join(XS_CMDS)})")
+    allowed = {"cmd", "path", "base64", *XS_CMD_ARGS[cmd]}
+    for key in args:
+        if key not in allowed:
+            raise RequestError(f"hyperdisco: {where} {cmd}: takes no {key!r}")
+    if cmd == "write" and "value" not in args:
+        raise RequestError(f"hyperdisco: {where} write: missing argument 'value'")
+    if cmd == "chmod" and not args.get("perms"):
+        raise RequestError(f"hyperdisco: {where} chmod: missing argument 'perms'")
 
 
 def check(op: str, key: str, kind: str, value: Any) -> Any:
@@ -131,7 +186,57 @@ def check(op: str, key: str, kind: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise bad("an object")
         return value
+    if kind == "xspath":
+        return check_xs_path(value, op)
+    if kind == "xspaths":
+        if isinstance(value, list):
+            if not 1 <= len(value) <= MAX_WATCH_PATHS:
+                raise bad(f"a path or a list of 1..{MAX_WATCH_PATHS} paths")
+            return [check_xs_path(v, op) for v in value]
+        return check_xs_path(value, op)
+    if kind == "perms":
+        if not isinstance(value, list) or not 1 <= len(value) <= 64:
+            raise bad("a list of 1..64 permissions (n0, r1, w2, b3...)")
+        for v in value:
+            if not isinstance(v, str) or not XS_PERM_RE.fullmatch(v) or int(v[1:]) > 0xFFFF:
+                shown = repr(v)[:40] if isinstance(v, str) else type(v).__name__
+                raise XsRequestError("EINVAL", f"hyperdisco: {op}: EINVAL (bad permission {shown}: a letter "
+                                               "n, r, w or b and a domain ID: n0, r1...)")
+        return list(value)
+    if kind == "xsops":
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_XS_BATCH:
+            raise bad(f"a list of 1..{MAX_XS_BATCH} xenstore requests")
+        ops = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise RequestError(f"hyperdisco: {op}: {key}[{i}] must be an object")
+            args = check_args(f"{op} {key}[{i}]", XS_OP, dict(item))
+            check_xs_op(args, f"{op} {key}[{i}]")
+            if args["cmd"] == "ls":
+                raise RequestError(f"hyperdisco: {op}: {key}[{i}]: ls is not done in a transaction")
+            ops.append(args)
+        return ops
     raise bad(kind)  # pragma: no cover - a schema typo
+
+
+def check_xs_path(value: Any, where: str) -> str:
+    """A xenstore path as a request carries it: a string of xenstore's path characters; anything else
+    (a NUL, a space, a non-ASCII character) is Xen's EINVAL."""
+    if not isinstance(value, str):
+        raise RequestError(f"hyperdisco: {where} must be a string")
+    if not value or len(value) > 4096 or not XS_PATH_RE.fullmatch(value):
+        bad = next((c for c in value if not XS_PATH_RE.fullmatch(c)), None)
+        why = ("an empty path" if not value else "a path longer than 4096 characters" if len(value) > 4096
+               else f"path {_shown(value)}: xenstore paths may not hold {bad!r}")
+        raise XsRequestError("EINVAL", f"hyperdisco: {where}: EINVAL ({why})")
+    return value
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """Text for a one-line message: as it is when printable ASCII, its repr otherwise; shortened."""
+    short = text[:limit] + ("..." if len(text) > limit else "")
+    plain = short.isascii() and short.isprintable() and short.strip() == short and short != ""
+    return short if plain else repr(short)
 
 
 def check_name(name: Any, where: str = "name") -> str:
