@@ -202,7 +202,7 @@ class Host:
         """Start a domain; everything is undone (process, xenstore nodes, disks, vifs) if any step fails.
 
         Its vifs get their devids and MACs first (NetworkDevices.prepare); the kernel command line gets
-        the first vif's ip= (or ip=dhcp on a network with a passt uplink); a dict `config.record` gets
+        the first vif's ip= (or ip=dhcp when it has its own passt uplink); a dict `config.record` gets
         the vifs as chosen under "net" (what a successor domain 0 re-plugs). They are attached after
         the domain process has built the domain and the disks are attached (the guest may be running)."""
         vifs = self.net.prepare(config.name, vifs)
@@ -210,8 +210,7 @@ class Host:
             record = config.record
             if isinstance(record, dict):
                 record = {**record, "net": [v.to_record() for v in vifs]}
-            config = replace(config, cmdline=guest_cmdline(config.cmdline, vifs, self.net.passt_networks()),
-                             record=record)
+            config = replace(config, cmdline=guest_cmdline(config.cmdline, vifs), record=record)
         disks = self.blk.open_images(config.disks)  # a missing, corrupt or busy image: one line, no domain
         dom: DomainHandle | None = None
         try:

@@ -120,3 +120,41 @@ def test_uplink_dhcp_and_port_forward_to_guest_httpd(xl: Xl, tmp_path: Path) -> 
         except OSError:
             time.sleep(0.5)
     assert "hello-from-the-guest" in body
+
+
+def fetch(port: int, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+                return str(resp.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.mark.skipif(PASST is None, reason="passt is not installed (apt-get install passt)")
+def test_two_domains_each_with_their_own_passt_on_one_network(xl: Xl, tmp_path: Path) -> None:
+    """One passt per vif: both guests get a lease (passt gives both the host's address), each serves its
+    own page on its own forwarded port, and they still reach each other on the network (static extra
+    addresses: their passts must not answer ARP for them)."""
+    ports = {}
+    for n in (1, 2):
+        ports[n] = port = free_port()
+        xl("create", domain_cfg(tmp_path, f"w{n}", f"vif = [ 'mac=00:16:3e:00:05:{n:02x}, bridge=up2, "
+                                                   f"uplink=passt, hostfwd=tcp:{port}:80' ]"))
+    for n in (1, 2):
+        wait_for(xl, f"w{n}", "ip -4 addr show eth0 | grep -q 'inet '", timeout=60)  # each its own lease
+        xl("exec", f"w{n}", f"ip addr add 10.0.5.{n}/24 dev eth0 && mkdir -p /www && "
+                            f"echo hello-from-w{n} > /www/index.html && httpd -p 80 -h /www")
+    for n in (1, 2):
+        body = fetch(ports[n])
+        assert f"hello-from-w{n}" in body, (n, body)
+    assert pings(xl, "w1", "10.0.5.2")
+    assert pings(xl, "w2", "10.0.5.1")
+    for n in (1, 2):                                   # and the forwards still go where they went
+        assert f"hello-from-w{n}" in fetch(ports[n])
+    listing = xl("network-list", "w1", "w2").stdout
+    assert "up2" in listing and "00:16:3e:00:05:01" in listing and "00:16:3e:00:05:02" in listing, listing
+    assert "w2" in xl("list", "-l").stdout

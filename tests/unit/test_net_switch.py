@@ -237,3 +237,161 @@ def test_close_stops_the_thread_and_closes_ports() -> None:
     assert not thread.is_alive() and time.monotonic() - t0 < 1.0
     assert a.sock.recv(100) == b""
     sw.close()                                    # twice is fine
+
+
+# -- devices: the network's own (a tap) and a vif's own (its passt) ---------------------------------------
+
+GW = bytes.fromhex("9a559a559a55")     # every passt's gateway MAC: the same for all of them
+
+
+class Device:
+    """A FrameDevice over a SOCK_SEQPACKET pair: the test holds the far end (``host``)."""
+
+    def __init__(self) -> None:
+        self.host, self.sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.host.settimeout(3.0)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_frames(self) -> list[tuple[F.Meta, bytes]]:
+        out: list[tuple[F.Meta, bytes]] = []
+        while True:
+            try:
+                data = self.sock.recv(F.MAX_FRAME + 1)
+            except BlockingIOError:
+                return out
+            if not data:
+                raise EOFError("closed")
+            out.append((F.Meta(F.DATA_VALIDATED), data))
+
+    def write_frame(self, meta: F.Meta, frame: bytes) -> bool:
+        self.sock.send(frame)
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # the test's side: frames without the switch's 8-byte header
+    def send(self, msg: bytes) -> None:
+        self.host.send(msg[F.HEADER.size:])
+
+    def recv(self) -> bytes:
+        return self.host.recv(F.MAX_FRAME + 1)
+
+
+def silent(*ends: Guest | Device, wait: float = 0.2) -> bool:
+    """Nothing is waiting for any of these ends (after ``wait`` seconds)."""
+    time.sleep(wait)
+    for end in ends:
+        sock = end.sock if isinstance(end, Guest) else end.host
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            sock.recv(F.MAX_MESSAGE + 1)
+        except BlockingIOError:
+            continue
+        finally:
+            sock.settimeout(timeout)
+        return False
+    return True
+
+
+def owned_network(sw: Switches) -> tuple[Network, Guest, Guest, Guest, Device, Device]:
+    """a and b each with their own device (pa, pb), c without one."""
+    net = sw.get("lan0")
+    a, b, c = (Guest(net, f"d{i}.0", mac(i)) for i in (1, 2, 3))
+    pa, pb = Device(), Device()
+    net.add_device("uplink:passt:d1.0", pa, owner=a.port)
+    net.add_device("uplink:passt:d2.0", pb, owner=b.port)
+    return net, a, b, c, pa, pb
+
+
+def test_a_network_device_is_flooded_to_and_learned(switches: tuple[Switches, list[str]]) -> None:
+    sw, _ = switches
+    net = sw.get("lan0")
+    a, b = Guest(net, "d1.0", mac(1)), Guest(net, "d2.0", mac(2))
+    tap = Device()
+    port = net.add_device("uplink:tap:t0", tap)
+    assert port.owner is None and a.port.owned == ()
+    for dst in (BCAST, mac(9)):                                 # broadcast and unknown unicast
+        a.send(msg := eth(dst, a.mac))
+        assert b.recv() == msg and tap.recv() == msg[8:]
+    tap.send(from_host := eth(BCAST, mac(40)))                  # a host behind the tap
+    assert a.recv()[8:] == from_host[8:] and b.recv()[8:] == from_host[8:]
+    a.send(to_host := eth(mac(40), a.mac))                      # learned: to the tap only
+    assert tap.recv() == to_host[8:]
+    assert silent(b)
+
+
+def test_owned_devices_each_see_only_their_owners_frames(switches: tuple[Switches, list[str]]) -> None:
+    sw, _ = switches
+    net, a, b, c, pa, pb = owned_network(sw)
+    assert a.port.owned == tuple(p for p in net.ports() if p.name == "uplink:passt:d1.0")
+    for src, others, own, not_own in ((a, (b, c), pa, pb), (b, (a, c), pb, pa)):
+        for dst in (BCAST, b"\x01\x00\x5e\x00\x00\x01"):         # broadcast, multicast
+            src.send(msg := eth(dst, src.mac))
+            assert all(o.recv() == msg for o in others)
+            assert own.recv() == msg[8:]
+        assert silent(not_own)
+    c.send(msg := eth(BCAST, c.mac))                            # a vif without a device: vifs only
+    assert a.recv() == msg and b.recv() == msg
+    assert silent(pa, pb)
+
+
+def test_an_owners_unknown_unicast_goes_to_its_own_device_only(switches: tuple[Switches, list[str]]) -> None:
+    sw, _ = switches
+    net, a, b, c, pa, pb = owned_network(sw)
+    a.send(to_gw := eth(GW, a.mac))
+    assert pa.recv() == to_gw[8:]
+    assert silent(b, c, pb)
+    # a vif's own MAC is a known port without learning: to that vif, not to the owner's device
+    a.send(to_b := eth(b.mac, a.mac))
+    assert b.recv() == to_b
+    assert silent(c, pa, pb)
+    # another vif's unknown unicast is flooded to the vifs, never to anyone's device
+    c.send(to_gw := eth(GW, c.mac))
+    assert a.recv() == to_gw and b.recv() == to_gw
+    assert silent(pa, pb)
+
+
+def test_an_owned_devices_frames_reach_its_owner_alone_and_are_not_learned(
+        switches: tuple[Switches, list[str]]) -> None:
+    sw, _ = switches
+    net, a, b, c, pa, pb = owned_network(sw)
+    for dev, owner, others in ((pa, a, (b, c)), (pb, b, (a, c))):
+        for dst in (BCAST, owner.mac, mac(2) if owner is a else mac(1)):
+            dev.send(msg := eth(dst, GW))
+            assert owner.recv()[8:] == msg[8:]
+        assert silent(*others)
+    assert GW not in net._table
+    # the gateway MAC was not learned: b's frame to it goes to b's own device, not to a's
+    b.send(to_gw := eth(GW, b.mac))
+    assert pb.recv() == to_gw[8:]
+    assert silent(a, c, pa)
+    assert pa.host is not None and a.port.stats()["rx_packets"] == 3
+
+
+def test_owned_device_bookkeeping(switches: tuple[Switches, list[str]]) -> None:
+    sw, _ = switches
+    net, a, b, c, pa, pb = owned_network(sw)
+    other = sw.get("dmz")
+    x = Guest(other, "d4.0", mac(4))
+    with pytest.raises(ValueError, match="not a vif port"):
+        net.add_device("bad", Device(), owner=x.port)           # a port of another network
+    tap = net.add_device("uplink:tap:t0", Device())
+    with pytest.raises(ValueError, match="not a vif port"):
+        net.add_device("bad", Device(), owner=tap)              # a device cannot own one
+    [pa_port] = a.port.owned
+    net.remove_port(pa_port)
+    assert a.port.owned == () and pa_port not in net.ports()
+    assert pa.host.recv(100) == b""                              # closed
+    a.send(to_gw := eth(GW, a.mac))                # no device left: an ordinary vif's unknown unicast
+    assert b.recv() == to_gw and c.recv() == to_gw
+    assert silent(pb)
+    # the owner gone: its device's frames are dropped, nobody else gets them
+    net.remove_port(b.port)
+    pb.send(eth(BCAST, GW))
+    assert silent(a, c)
+    assert not b.port.alive

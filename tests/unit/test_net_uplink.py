@@ -3,6 +3,7 @@ stream, and the real passt answering DHCP through a switch."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import shutil
@@ -20,8 +21,11 @@ from hyperdisco.backends.net.uplink import (
     FROM_HOST,
     PASST_MAX_FRAME,
     FrameStream,
+    PasstDevice,
     PasstUplink,
     TapUplink,
+    arp_request_target,
+    dhcp_lease,
     finish_checksum,
     make_uplink,
     prepare_for_host,
@@ -228,12 +232,12 @@ def test_output_is_never_cut_mid_frame_and_is_bounded() -> None:
 
 # -- the real passt ------------------------------------------------------------------------------------------
 
-def dhcp_discover(xid: int) -> bytes:
-    bootp = (bytes([1, 1, 6, 0]) + xid.to_bytes(4, "big") + b"\0\0\x80\0" + bytes(16) + GUEST_MAC + bytes(10)
+def dhcp_discover(xid: int, mac: bytes = GUEST_MAC) -> bytes:
+    bootp = (bytes([1, 1, 6, 0]) + xid.to_bytes(4, "big") + b"\0\0\x80\0" + bytes(16) + mac + bytes(10)
              + bytes(192) + b"\x63\x82\x53\x63" + b"\x35\x01\x01" + b"\x37\x03\x01\x03\x06" + b"\xff")
     udp = b"\x00\x44\x00\x43" + (8 + len(bootp)).to_bytes(2, "big") + b"\0\0" + bootp
     ip = ip4_header(17, len(udp), "0.0.0.0", "255.255.255.255")
-    frame = bytearray(b"\xff" * 6 + GUEST_MAC + b"\x08\x00" + ip + udp)
+    frame = bytearray(b"\xff" * 6 + mac + b"\x08\x00" + ip + udp)
     finish_checksum(frame)
     return bytes(frame)
 
@@ -368,3 +372,129 @@ def test_tap_uplink(lan: tuple[Switches, list[str]]) -> None:
     assert net.ports() == [] and wait_for(lambda: not os.path.exists(f"/sys/class/net/{name}"))
     bad = TapUplink(net, "x" * 20, logs.append)
     assert not bad.start() and "not an interface name" in logs[-1]
+
+
+# -- one passt per vif: the owner, and ARP requests passt must not answer -----------------------------------
+
+def dhcp_reply(kind: int, yiaddr: str, mask: str | None, routers: list[str]) -> bytes:
+    opts = bytes([53, 1, kind])
+    if mask is not None:
+        opts += bytes([1, 4]) + socket.inet_aton(mask)
+    if routers:
+        opts += bytes([3, 4 * len(routers)]) + b"".join(socket.inet_aton(r) for r in routers)
+    opts += bytes([6, 4]) + socket.inet_aton("192.0.2.53") + b"\0\0\xff"      # DNS, two pads, end
+    bootp = (bytes([2, 1, 6, 0]) + (7).to_bytes(4, "big") + bytes(8) + socket.inet_aton(yiaddr) + bytes(8)
+             + GUEST_MAC + bytes(10) + bytes(192) + b"\x63\x82\x53\x63" + opts)
+    udp = b"\x00\x43\x00\x44" + (8 + len(bootp)).to_bytes(2, "big") + b"\0\0" + bootp
+    ip = ip4_header(17, len(udp), "192.0.2.1", "255.255.255.255")
+    return bytes(HOST_MAC + GUEST_MAC + b"\x08\x00" + ip + udp)
+
+
+def arp_request(target: str, sender: str = "10.0.5.1") -> bytes:
+    return (b"\xff" * 6 + GUEST_MAC + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + GUEST_MAC
+            + socket.inet_aton(sender) + bytes(6) + socket.inet_aton(target) + bytes(18))
+
+
+def test_dhcp_lease_and_arp_target_parsing() -> None:
+    subnet, routers = dhcp_lease(dhcp_reply(5, "192.0.2.2", "255.255.255.0", ["192.0.2.1", "198.51.100.1"]))
+    assert str(subnet) == "192.0.2.0/24"
+    assert routers == {socket.inet_aton("192.0.2.1"), socket.inet_aton("198.51.100.1")}
+    offer = dhcp_lease(dhcp_reply(2, "192.0.2.2", None, []))
+    assert offer is not None and str(offer[0]) == "192.0.2.2/32" and offer[1] == frozenset()
+    assert dhcp_lease(dhcp_reply(6, "192.0.2.2", "255.255.255.0", [])) is None       # a NAK
+    assert dhcp_lease(dhcp_discover(1)) is None
+    assert dhcp_lease(dhcp_reply(5, "192.0.2.2", "255.255.255.0", [])[:-5]) is None  # an option cut off
+    assert dhcp_lease(arp_request("10.0.5.2")) is None
+    assert arp_request_target(arp_request("10.0.5.2")) == socket.inet_aton("10.0.5.2")
+    reply = bytearray(arp_request("10.0.5.2"))
+    reply[21] = 2
+    assert arp_request_target(bytes(reply)) is None and arp_request_target(dhcp_discover(1)) is None
+
+
+def test_passt_device_keeps_arp_for_other_addresses_from_passt() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    dev = PasstDevice(ours)
+    theirs.settimeout(0.5)
+
+    def passt_got() -> list[bytes]:
+        stream = FrameStream(socket.socket(fileno=os.dup(theirs.fileno())))
+        try:
+            return [f for _m, f in stream.read_frames()]
+        finally:
+            stream.close()
+
+    # before any lease, every ARP request goes to passt
+    assert dev.write_frame(F.PLAIN, arp_request("10.0.5.2"))
+    assert passt_got() == [arp_request("10.0.5.2")]
+    reply = dhcp_reply(5, "192.0.2.2", "255.255.255.0", ["192.0.2.1"])
+    theirs.send(len(reply).to_bytes(4, "big") + reply)
+    assert [f for _m, f in dev.read_frames()] == [reply] and dev.lease is not None
+    # now one for another guest's address stays out; the subnet's, the router's and other frames go in
+    assert dev.write_frame(F.PLAIN, arp_request("10.0.5.2")) and dev.held_back == 1
+    for frame in (arp_request("192.0.2.77"), arp_request("192.0.2.1"), dhcp_discover(3)):
+        assert dev.write_frame(F.PLAIN, frame)
+    assert passt_got() == [arp_request("192.0.2.77"), arp_request("192.0.2.1"), dhcp_discover(3)]
+    assert dev.held_back == 1
+    dev.close()
+    theirs.close()
+
+
+@needs_passt
+def test_an_owned_passt_learns_its_lease_and_answers_only_for_it(
+        lan: tuple[Switches, list[str]], tmp_path: Path) -> None:
+    sw, logs = lan
+    net = sw.get("lan0")
+    guest, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    owner = net.add_port("d1.0", theirs, GUEST_MAC)
+    up = make_uplink("passt", net, tmp_path, [], logs.append, owner=owner)
+    assert isinstance(up, PasstUplink)
+    try:
+        assert up.start(), logs
+        assert up.port is not None and up.port.owner is owner and owner.owned == (up.port,)
+        assert up.port.name == "uplink:passt:d1.0" and up.log_path.name == "passt-lan0-d1.0.log"
+        device = up.port.device
+        assert isinstance(device, PasstDevice)
+        guest.settimeout(0.5)
+        deadline = time.monotonic() + 5
+        while device.lease is None and time.monotonic() < deadline:
+            guest.send(F.pack(F.Meta(F.CSUM_BLANK), dhcp_discover(0x42)))
+            try:
+                while device.lease is None:
+                    guest.recv(F.MAX_MESSAGE)
+            except TimeoutError:
+                pass
+        assert device.lease is not None, logs
+        subnet, routers = device.lease
+
+        def arp_answered(target: str) -> bool:
+            guest.send(F.pack(F.PLAIN, arp_request(target, "0.0.0.0")))
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                try:
+                    f = guest.recv(F.MAX_MESSAGE)[8:]
+                except TimeoutError:
+                    return False
+                if (f[12:14] == b"\x08\x06" and f[20:22] == b"\x00\x02"
+                        and f[28:32] == socket.inet_aton(target)):
+                    return True
+            return False
+
+        outside = "10.0.5.2" if socket.inet_aton("10.0.5.2") not in routers and \
+            not subnet.overlaps(ipaddress.IPv4Network("10.0.5.0/24")) else "172.31.254.2"
+        assert not arp_answered(outside) and device.held_back >= 1
+        if routers:
+            assert arp_answered(socket.inet_ntoa(sorted(routers)[0]))
+    finally:
+        up.close()
+    assert owner.owned == ()
+    guest.close()
+
+
+def test_a_tap_is_the_networks_not_a_vifs(lan: tuple[Switches, list[str]], tmp_path: Path) -> None:
+    sw, logs = lan
+    net = sw.get("lan0")
+    guest, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    owner = net.add_port("d1.0", theirs, GUEST_MAC)
+    with pytest.raises(ValueError, match="not one vif's"):
+        make_uplink("tap:t0", net, tmp_path, [], logs.append, owner=owner)
+    guest.close()

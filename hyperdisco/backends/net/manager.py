@@ -1,8 +1,15 @@
 """The toolstack's side of virtual network interfaces (domain 0): pick each vif's device ID and MAC,
 write the xenstore nodes libxl writes for a vif, give the domain's netback (in its domain process,
 backends/netback/) one end of a ``SOCK_SEQPACKET`` pair and plug the other end into the vif's network
-(backends/net/switch.py), start the network's uplink (backends/net/uplink.py) when a vif asks for one,
-detach the way libxl does, and tidy up when a domain goes.
+(backends/net/switch.py), start uplinks (backends/net/uplink.py) when a vif asks for one, detach the
+way libxl does, and tidy up when a domain goes.
+
+Uplinks: ``uplink=passt`` gives *that vif* its own passt (with that vif's ``hostfwd=``), owned by the vif's
+switch port and started and stopped with it, as podman runs one passt per container: passt serves exactly
+one guest (one DHCP address for everyone, replies to whichever guest it heard last), so vifs on one network
+each get their own. Two vifs cannot forward the same host port. ``uplink=tap:IFNAME`` is the network's (a
+tap is a real L2 segment): started by the first vif that asks, stopped when no vif of the network is left;
+a network has either a tap or its vifs' passts, not both.
 
 Nodes (libxl's libxl__device_nic_add / libxl__device_generic_add), written in one transaction: the
 backend directory /local/domain/0/backend/vif/<domid>/<devid> is owned by domain 0 and readable by the
@@ -49,9 +56,9 @@ STAT_KEYS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drop_spoof", "
 class VifConfig:
     """One vif as the toolstack checked it (toolstack/xlcfg.py parses xl's syntax into this). ``mac``
     and ``devid`` None: chosen at attach. ``ips``: IPv4 addresses with an optional /prefix, as written.
-    ``rate``: (bytes per interval, interval in microseconds), as libxl writes it. ``uplink``: "passt" or
-    "tap:IFNAME", given to the network when it is first used. ``hostfwd``: (tcp|udp, host port, guest
-    port) for a passt uplink."""
+    ``rate``: (bytes per interval, interval in microseconds), as libxl writes it. ``uplink``: "passt" (this
+    vif's own) or "tap:IFNAME" (given to the network when it is first used). ``hostfwd``: (tcp|udp, host
+    port, guest port) for this vif's passt."""
 
     network: str = DEFAULT_NETWORK
     mac: str | None = None
@@ -142,17 +149,18 @@ def derive_mac(domain: str, index: int, attempt: int = 0) -> str:
     return frame.mac_text(XEN_OUI + bytes((h[0] & 0x7F, h[1], h[2])))
 
 
-def guest_cmdline(cmdline: str, vifs: Sequence[VifConfig], passt_networks: Sequence[str] = ()) -> str:
+def guest_cmdline(cmdline: str, vifs: Sequence[VifConfig]) -> str:
     """The kernel command line with the guest's address for its first vif: ``ip=A.B.C.D/NN`` when the vif
-    has ip= (the first address; /24 unless written), ``ip=dhcp`` when its network has a passt uplink
-    (``passt_networks``: networks that already have one), unchanged when it already has an ip= token."""
+    has ip= (the first address; /24 unless written), ``ip=dhcp`` when it has its own passt (uplink=passt:
+    another vif's passt on the same network never answers this one), unchanged when it already has an ip=
+    token."""
     if not vifs or any(w.startswith("ip=") for w in cmdline.split()):
         return cmdline
     first = vifs[0]
     if first.ips:
         addr, slash, prefix = first.ips[0].partition("/")
         arg = f"ip={addr}/{prefix if slash else DEFAULT_PREFIX}"
-    elif first.uplink == "passt" or (first.uplink is None and first.network in passt_networks):
+    elif first.uplink == "passt":
         arg = "ip=dhcp"
     else:
         return cmdline
@@ -165,6 +173,7 @@ class _Vif:
 
     cfg: VifConfig
     port: Any = None  # the switch's Port
+    uplink: Any = None  # its own passt (backends/net/uplink.PasstUplink) with uplink=passt, when it runs
 
     @property
     def devid(self) -> int:
@@ -179,10 +188,11 @@ class _Vif:
 
 @dataclass
 class _Uplink:
+    """A network's own uplink (a tap)."""
+
     kind: str
-    forwards: tuple[tuple[str, int, int], ...]
     uplink: Any = None  # backends/net/uplink.Uplink, or None when it could not start
-    users: set[tuple[int, int]] = field(default_factory=set)  # (domid, devid) of the vifs that use it
+    users: set[tuple[int, int]] = field(default_factory=set)  # (domid, devid) of the network's vifs
 
 
 class NetworkDevices:
@@ -193,7 +203,7 @@ class NetworkDevices:
         self.host = host
         self._lock = threading.RLock()
         self._devices: dict[int, dict[int, _Vif]] = {}  # domid -> devid -> vif
-        self._uplinks: dict[str, _Uplink] = {}  # network name -> its uplink
+        self._uplinks: dict[str, _Uplink] = {}  # network name -> its own uplink (a tap)
         self._switches: Any = None
         self._uplink_dir: Path | None = None
 
@@ -212,7 +222,8 @@ class NetworkDevices:
     def prepare(self, domain: str, configs: Sequence[VifConfig], domid: int | None = None) -> list[VifConfig]:
         """Device IDs (0, 1, 2... in order, as xl) and MACs (the given ones, else derive_mac's) for the
         vifs of a domain about to be created (or of `domid`, for a vif added to it), checked against
-        every vif on the host: a MAC in use or an uplink that contradicts its network's is one line."""
+        every vif on the host: a MAC in use, an uplink that contradicts its network's or a host port another
+        vif forwards is one line."""
         with self._lock:
             taken = {v.mac for devs in self._devices.values() for v in devs.values()}
             mine = self._devices.get(domid, {}) if domid is not None else {}
@@ -240,31 +251,54 @@ class NetworkDevices:
                 self._check_uplink(cfg)
                 out.append(replace(cfg, devid=devid, mac=mac))
             # the uplinks these vifs ask for must agree with each other too
-            asked: dict[str, tuple[str, tuple[tuple[str, int, int], ...]]] = {}
+            asked: dict[str, str] = {}
             for cfg in out:
                 if cfg.uplink is not None:
-                    prev = asked.setdefault(cfg.network, (cfg.uplink, cfg.hostfwd))
-                    if prev != (cfg.uplink, cfg.hostfwd):
+                    prev = asked.setdefault(cfg.network, cfg.uplink)
+                    if prev != cfg.uplink:
                         raise ConfigError(f"hyperdisco: {domain}: two vifs give network {cfg.network} "
-                                          "different uplinks or port forwards")
+                                          f"different uplinks ({prev}, {cfg.uplink})")
+            self._check_forwards(domain, out)
             return out
 
-    def _check_uplink(self, cfg: VifConfig) -> None:
-        have = self._uplinks.get(cfg.network)
-        if have is None or cfg.uplink is None:
-            return
-        if have.kind != cfg.uplink:
-            raise ConfigError(f"hyperdisco: network {cfg.network} already has uplink {have.kind} "
-                              f"(not {cfg.uplink})")
-        missing = set(cfg.hostfwd) - set(have.forwards)
-        if missing:
-            proto, hp, gp = sorted(missing)[0]
-            raise ConfigError(f"hyperdisco: network {cfg.network}'s uplink is running without "
-                              f"hostfwd {proto}:{hp}:{gp} (forwards are set when the uplink starts)")
+    def _network_uplink(self, network: str) -> str | None:
+        """What the network's uplinks are now: its tap's kind, "passt" when vifs on it have their own."""
+        up = self._uplinks.get(network)
+        if up is not None:
+            return up.kind
+        for devs in self._devices.values():
+            for vif in devs.values():
+                if vif.cfg.network == network and vif.cfg.uplink == "passt":
+                    return "passt"
+        return None
 
-    def passt_networks(self) -> list[str]:
-        with self._lock:
-            return [name for name, u in self._uplinks.items() if u.kind == "passt"]
+    def _check_uplink(self, cfg: VifConfig) -> None:
+        have = self._network_uplink(cfg.network)
+        if have is None or cfg.uplink is None or have == cfg.uplink:
+            return
+        if "passt" in (have, cfg.uplink):
+            raise ConfigError(f"hyperdisco: network {cfg.network} already has uplink {have} (not "
+                              f"{cfg.uplink}): a tap is the network's, passts are their vifs' own")
+        raise ConfigError(f"hyperdisco: network {cfg.network} already has uplink {have} (not {cfg.uplink})")
+
+    def _check_forwards(self, domain: str, configs: Sequence[VifConfig]) -> None:
+        """ConfigError when one of these vifs' hostfwd asks for a host port another vif (already attached,
+        or earlier in `configs`) forwards."""
+        taken: dict[tuple[str, int], str] = {}
+        for domid, devs in self._devices.items():
+            for vif in devs.values():
+                if vif.cfg.uplink == "passt":
+                    for proto, hp, _gp in vif.cfg.hostfwd:
+                        taken[(proto, hp)] = f"d{domid} vif {vif.devid}"
+        for cfg in configs:
+            if cfg.uplink != "passt":
+                continue
+            for proto, hp, gp in cfg.hostfwd:
+                who = taken.get((proto, hp))
+                if who is not None:
+                    raise ConfigError(f"hyperdisco: {domain}: hostfwd {proto}:{hp}:{gp}: host port "
+                                      f"{proto} {hp} is already forwarded (to {who})")
+                taken[(proto, hp)] = f"{domain} vif {cfg.devid}"
 
     # -- attach ----------------------------------------------------------------------------------------
     def attach(self, dom: Any, cfg: VifConfig) -> int:
@@ -273,15 +307,17 @@ class NetworkDevices:
         if cfg.devid is None or cfg.mac is None:
             cfg = self.prepare(dom.name, [cfg], dom.domid)[0]
         vif = _Vif(cfg)
-        with self._lock:
-            devs = self._devices.setdefault(dom.domid, {})
-            if vif.devid in devs:
+        with self._lock:  # checked again with the vif registered at once: two attaches cannot both pass
+            if vif.devid in self._devices.get(dom.domid, {}):
                 raise ConfigError(f"hyperdisco: {dom.name} already has a vif {vif.devid}")
-            devs[vif.devid] = vif
+            self._check_uplink(cfg)
+            self._check_forwards(dom.name, [cfg])
+            self._devices.setdefault(dom.domid, {})[vif.devid] = vif
         try:
             self._ensure_uplink(dom.domid, cfg)
             self._write_nodes(dom.domid, cfg)
             self._plug(dom, vif)
+            self._start_passt(dom.domid, vif)
         except BaseException:
             self._forget(dom.domid, vif.devid)
             self._remove_nodes(dom.domid, vif.devid)
@@ -318,13 +354,46 @@ class NetworkDevices:
             raise
         vif.port = port
 
+    def _start_passt(self, domid: int, vif: _Vif) -> None:
+        """The vif's own passt (uplink=passt), owned by its switch port: its frames reach this vif alone.
+        One that cannot run is one log line (from the uplink), and the vif works without it."""
+        if vif.cfg.uplink != "passt" or vif.port is None:
+            return
+        from .uplink import make_uplink
+
+        what = f"d{domid}: vif {vif.devid}"
+        try:
+            uplink = make_uplink("passt", vif.port.network, self._run_dir(), list(vif.cfg.hostfwd),
+                                 self.host.log, owner=vif.port)
+            if uplink is None:
+                return
+            if not uplink.start():
+                uplink.close()
+                return
+        except (OSError, HyperdiscoError, ValueError) as exc:
+            self.host.log(f"{what}: uplink passt not started: {exc}")
+            return
+        vif.uplink = uplink
+        fwds = ";".join(f"{p}:{h}:{g}" for p, h, g in vif.cfg.hostfwd)
+        self.host.log(f"{what}: uplink passt{' hostfwd ' + fwds if fwds else ''}")
+
+    def _stop_passt(self, domid: int, vif: _Vif) -> None:
+        uplink, vif.uplink = vif.uplink, None
+        if uplink is None:
+            return
+        try:
+            uplink.close()
+        except Exception as exc:
+            self.host.log(f"d{domid}: vif {vif.devid}: closing its passt: {type(exc).__name__}: {exc}")
+
     def _ensure_uplink(self, domid: int, cfg: VifConfig) -> None:
+        """The network's own uplink (a tap): started by the first vif that asks for it."""
         with self._lock:
             up = self._uplinks.get(cfg.network)
             if up is None:
-                if cfg.uplink is None:
+                if cfg.uplink is None or cfg.uplink == "passt":
                     return
-                up = self._uplinks[cfg.network] = _Uplink(cfg.uplink, cfg.hostfwd)
+                up = self._uplinks[cfg.network] = _Uplink(cfg.uplink)
                 start = True
             else:
                 start = False
@@ -337,15 +406,13 @@ class NetworkDevices:
         from .uplink import make_uplink
 
         try:
-            uplink = make_uplink(up.kind, self.switches.get(network), self._run_dir(), list(up.forwards),
-                                 self.host.log)
+            uplink = make_uplink(up.kind, self.switches.get(network), self._run_dir(), [], self.host.log)
             if uplink is None:
                 return None
             if not uplink.start():
                 uplink.close()
                 return None
-            fwds = ";".join(f"{p}:{h}:{g}" for p, h, g in up.forwards)
-            self.host.log(f"network {network}: uplink {up.kind}{' hostfwd ' + fwds if fwds else ''}")
+            self.host.log(f"network {network}: uplink {up.kind}")
             return uplink
         except (OSError, HyperdiscoError, ValueError) as exc:
             self.host.log(f"network {network}: uplink {up.kind} not started: {exc}")
@@ -460,6 +527,7 @@ class NetworkDevices:
                 self._devices.pop(domid, None)
         if vif is None:
             return
+        self._stop_passt(domid, vif)
         if vif.port is not None:
             vif.port.network.remove_port(vif.port)
             vif.port = None
@@ -512,6 +580,7 @@ class NetworkDevices:
                 if self.host.xs.read(f"{backend_path(dom.domid, vif.devid)}/state") is None:
                     self._write_nodes(dom.domid, cfg)
                 self._plug(dom, vif)
+                self._start_passt(dom.domid, vif)
             except Exception as exc:
                 self.host.log(f"d{dom.domid}: vif {vif.devid} not adopted: {exc}"[:300])
                 self._forget(dom.domid, vif.devid)
@@ -522,11 +591,14 @@ class NetworkDevices:
             return [v.cfg for _d, v in sorted(self._devices.get(domid, {}).items())]
 
     def close(self) -> None:
-        """Domain 0 stops: every uplink, then the switches."""
+        """Domain 0 stops: every uplink (the vifs' passts, the networks' taps), then the switches."""
         with self._lock:
             ups = list(self._uplinks.items())
             self._uplinks.clear()
             switches, self._switches = self._switches, None
+            vifs = [(domid, v) for domid, devs in self._devices.items() for v in devs.values()]
+        for domid, vif in vifs:
+            self._stop_passt(domid, vif)
         for network, up in ups:
             if up.uplink is not None:
                 try:

@@ -1,9 +1,22 @@
 """Domain 0's learning switches: one per named network, all served by one selector thread.
 
 Each port is one end of a vif's ``SOCK_SEQPACKET`` pair (the other end is in the domain's netback) or a
-:class:`FrameDevice` (an uplink whose transport is not one message per frame). A message is a frame in the
-format of :mod:`frame` (8-byte header, then the Ethernet frame); the switch looks at the 14 bytes of the
-Ethernet header only, plus the source address of IPv4/IPv6/ARP when the port is restricted to addresses.
+:class:`FrameDevice` (an uplink whose transport is not one message per frame). A device is either the
+network's (a tap: a real L2 segment, a port like any other) or *owned* by one vif port (that vif's own
+passt, which serves exactly one guest):
+
+- frames from an owned device go to its owner only, and are never learned (every passt uses the same
+  gateway MAC: learning it would send one guest's replies to another guest's passt);
+- the owner's unicast to an address that is no port of the network (passt's gateway MAC) goes to its own
+  devices only, its broadcasts and multicasts to the network's other ports as usual plus its own devices;
+- frames from any other port never reach an owned device.
+
+A unicast destination is a known port when the MAC table has learned it or when it is a vif port's own
+MAC (the switch enforces that MAC as the port's source, so it needs no learning and never ages out).
+
+A message is a frame in the format of :mod:`frame` (8-byte header, then the Ethernet frame); the switch
+looks at the 14 bytes of the Ethernet header only, plus the source address of IPv4/IPv6/ARP when the port
+is restricted to addresses.
 
 What a guest can do here is send frames, quickly, with any bytes in them. So:
 
@@ -81,12 +94,14 @@ class Port:
     """One attachment to a network: a vif's socket or an uplink device."""
 
     __slots__ = ("name", "mac", "ips", "network", "sock", "device", "buffered", "alive", "fd",
-                 "_ip4", "_ip6", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes",
+                 "owner", "owned", "_ip4", "_ip6", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes",
                  "drop_spoof", "drop_full", "drop_bad", "_write_events")
 
     def __init__(self, network: Network, name: str, sock: socket.socket | None, device: FrameDevice | None,
-                 mac: bytes | None, ips: frozenset[str] | None) -> None:
+                 mac: bytes | None, ips: frozenset[str] | None, owner: Port | None = None) -> None:
         self.name = name
+        self.owner = owner                      # an owned device: the vif port it serves alone
+        self.owned: tuple[Port, ...] = ()       # a vif port: its own devices (replaced under switches._lock)
         self.mac = mac
         self.ips = ips
         self.network = network
@@ -150,6 +165,7 @@ class Network:
         self.name = name
         self._switches = switches
         self._ports: tuple[Port, ...] = ()         # replaced whole under switches._lock
+        self._macs: dict[bytes, Port] = {}         # vif ports by their own MAC (replaced whole, as _ports)
         self._table: dict[bytes, tuple[Port, float]] = {}   # selector thread only
 
     def add_port(self, name: str, sock: socket.socket, mac: bytes | None,
@@ -167,9 +183,13 @@ class Network:
         self._switches._attach(port)
         return port
 
-    def add_device(self, name: str, device: FrameDevice) -> Port:
-        """Attach an uplink device (any source MAC and address); the switch closes it on removal."""
-        port = Port(self, name, None, device, None, None)
+    def add_device(self, name: str, device: FrameDevice, owner: Port | None = None) -> Port:
+        """Attach an uplink device (any source MAC and address); the switch closes it on removal.
+        ``owner``: a vif port of this network that the device serves alone (see the module's notes);
+        None: the network's device, flooded to and learned like a vif."""
+        if owner is not None and (owner.network is not self or owner.sock is None):
+            raise ValueError(f"port {name}: its owner {owner.name} is not a vif port of network {self.name}")
+        port = Port(self, name, None, device, None, None, owner)
         self._switches._attach(port)
         return port
 
@@ -230,6 +250,7 @@ class Switches:
             ports = [p for net in self._networks.values() for p in net._ports]
             for net in self._networks.values():
                 net._ports = ()
+                net._macs = {}
                 net._table.clear()
             ops, self._ops = self._ops, []
         for port in ports + [port for op, port, _done in ops if op == "remove"]:
@@ -248,16 +269,17 @@ class Switches:
                 raise RuntimeError("the switches are closed")
             net = port.network
             net._ports = net._ports + (port,)
+            if port.mac is not None and port.sock is not None:
+                net._macs = {**net._macs, port.mac: port}
+            if port.owner is not None:
+                port.owner.owned = port.owner.owned + (port,)
             self._ops.append(("add", port, None))
         self._wake()
 
     def _detach(self, port: Port) -> None:
         done = threading.Event()
         with self._lock:
-            net = port.network
-            if port in net._ports:
-                net._ports = tuple(p for p in net._ports if p is not port)
-            port.alive = False
+            self._unlist(port)
             closed = self._closed
             if not closed:
                 self._ops.append(("remove", port, done))
@@ -269,6 +291,19 @@ class Switches:
             return
         self._wake()
         done.wait(5.0)
+
+    @staticmethod
+    def _unlist(port: Port) -> None:
+        """Take the port off its network's lists (with the switches' lock held); it is dead from now on."""
+        net = port.network
+        if port in net._ports:
+            net._ports = tuple(p for p in net._ports if p is not port)
+        if port.mac is not None and net._macs.get(port.mac) is port:
+            net._macs = {m: p for m, p in net._macs.items() if p is not port}
+        owner = port.owner
+        if owner is not None and port in owner.owned:
+            owner.owned = tuple(p for p in owner.owned if p is not port)
+        port.alive = False
 
     def _wake(self) -> None:
         try:
@@ -369,10 +404,7 @@ class Switches:
             self.limiter.log(self._log, "port-gone",
                              f"network {port.network.name}: port {port.name} removed: {why}")
         with self._lock:
-            net = port.network
-            if port in net._ports:
-                net._ports = tuple(p for p in net._ports if p is not port)
-            port.alive = False
+            self._unlist(port)
         self._unregister(port)
         self._forget(port)
         self._close_port(port)
@@ -435,6 +467,11 @@ class Switches:
         size = len(msg) - _H
         src.tx_packets += 1
         src.tx_bytes += size
+        owner = src.owner
+        if owner is not None:                     # an owned device: to its owner alone, never learned
+            if owner.alive:
+                self._deliver(owner, msg, meta, size)
+            return
         net = src.network
         table = net._table
         smac = msg[_SRC:_SRC + 6]
@@ -451,9 +488,19 @@ class Switches:
                 if dst is not src:
                     self._deliver(dst, msg, meta, size)
                 return
+            known = net._macs.get(dmac)
+            if known is not None and known.alive:
+                if known is not src:
+                    self._deliver(known, msg, meta, size)
+                return
+            if src.owned:                         # unknown unicast from an owner: its own devices only
+                frame = msg[_H:]
+                for dst in src.owned:
+                    self._deliver_device(dst, meta, frame, size)
+                return
         frame_bytes: bytes | None = None
         for dst in net._ports:
-            if dst is src:
+            if dst is src or (dst.owner is not None and dst.owner is not src):
                 continue
             if dst.sock is not None:
                 self._deliver(dst, msg, meta, size)

@@ -17,6 +17,15 @@ address. Port forwards ``("tcp", host, guest)`` become ``-t 127.0.0.1/HOST:GUEST
 ``-u none`` when there is none, since passt would otherwise forward the UDP twins of the TCP ports).
 When passt exits it is started again with a backoff (at most :data:`RESTARTS_PER_MINUTE` a minute).
 
+passt serves exactly one guest: it hands every DHCP client the same address and sends everything back to
+the guest MAC/IP it saw last. So a passt is started per vif (``owner``: the vif's switch port, which the
+switch gives this passt's frames to alone, and whose frames alone reach it), never per network. One more
+thing keeps guests on one network apart from their passts: passt answers an ARP request for *any* address
+but the guest's own (it is the way out to everything), so it would answer, faster than the guest asked for,
+when a guest looks for another guest on the network. :class:`PasstDevice` therefore reads the lease passt
+hands out (DHCP OFFER/ACK: address, subnet mask, routers) and, once it knows one, keeps from passt the ARP
+requests for addresses outside that subnet (and not a router): those are the network's business.
+
 **tap** (``tap:IFNAME``): /dev/net/tun with ``TUNSETIFF`` and ``IFF_TAP | IFF_NO_PI``, non-blocking; one
 read or write per frame. Bringing the interface up, addressing or bridging it is the host's business.
 """
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import os
 import re
 import shutil
@@ -56,7 +66,9 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFNAMSIZ = 16
 
-_IPV4, _IPV6 = 0x0800, 0x86DD
+_IPV4, _IPV6, _ARP = 0x0800, 0x86DD, 0x0806
+_DHCP_COOKIE = b"\x63\x82\x53\x63"
+_DHCP_OFFER, _DHCP_ACK = 2, 5
 _TCP, _UDP = 6, 17
 _TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
 
@@ -297,10 +309,82 @@ class FrameStream:
         self.sock.close()
 
 
+def dhcp_lease(frame: bytes | bytearray) -> tuple[ipaddress.IPv4Network, frozenset[bytes]] | None:
+    """(the subnet, the routers' addresses) of a DHCP OFFER or ACK from a server, or None for any other
+    frame. Without a subnet mask option the subnet is the leased address alone."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != _UDP:     # IPv4, UDP
+        return None
+    l4 = 14 + (frame[14] & 0x0F) * 4
+    if frame[l4:l4 + 4] != b"\x00\x43\x00\x44":                                   # port 67 to 68
+        return None
+    bootp = frame[l4 + 8:]
+    if len(bootp) < 240 or bootp[0] != 2 or bootp[236:240] != _DHCP_COOKIE:
+        return None
+    kind, mask, routers = 0, 32, b""
+    i, n = 240, len(bootp)
+    while i < n:
+        code = bootp[i]
+        if code == 0xFF:
+            break
+        if code == 0:
+            i += 1
+            continue
+        if i + 2 > n or i + 2 + bootp[i + 1] > n:
+            return None
+        val = bytes(bootp[i + 2:i + 2 + bootp[i + 1]])
+        if code == 53 and len(val) == 1:
+            kind = val[0]
+        elif code == 1 and len(val) == 4:
+            bits = int.from_bytes(val, "big")
+            mask = 32 - ((~bits & 0xFFFFFFFF).bit_length())
+        elif code == 3:
+            routers = val
+        i += 2 + len(val)
+    if kind not in (_DHCP_OFFER, _DHCP_ACK):
+        return None
+    subnet = ipaddress.IPv4Network((bytes(bootp[16:20]), mask), strict=False)
+    return subnet, frozenset(routers[j:j + 4] for j in range(0, len(routers) - 3, 4))
+
+
+def arp_request_target(frame: bytes | bytearray) -> bytes | None:
+    """The address an Ethernet/IPv4 ARP request asks for, or None when the frame is no such request."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x06" or frame[14:22] != b"\x00\x01\x08\x00\x06\x04\x00\x01":
+        return None
+    return bytes(frame[38:42])
+
+
 class PasstDevice(FrameStream):
-    """The switch's view of passt: guests' frames made ready for it, its frames DATA_VALIDATED."""
+    """The switch's view of passt: guests' frames made ready for it, its frames DATA_VALIDATED; the ARP
+    requests for addresses outside passt's lease kept from it (``held_back``: see the module's notes)."""
+
+    def __init__(self, sock: socket.socket, max_out: int = STREAM_BUFFER) -> None:
+        super().__init__(sock, max_out)
+        self.lease: tuple[ipaddress.IPv4Network, frozenset[bytes]] | None = None
+        self.held_back = 0
+
+    def read_frames(self) -> list[tuple[Meta, bytes]]:
+        frames = super().read_frames()
+        for _meta, data in frames:
+            if data[12:14] == b"\x08\x00":
+                lease = dhcp_lease(data)
+                if lease is not None:
+                    self.lease = lease
+        return frames
+
+    def for_passt(self, frame: bytes | bytearray) -> bool:
+        """False for an ARP request passt must not answer: one for an address outside its lease."""
+        lease = self.lease
+        if lease is None:
+            return True
+        target = arp_request_target(frame)
+        if target is None or target in lease[1]:
+            return True
+        return ipaddress.IPv4Address(target) in lease[0]
 
     def write_frame(self, meta: Meta, frame: bytes) -> bool:
+        if not self.for_passt(frame):
+            self.held_back += 1
+            return True
         ok = True
         for piece in prepare_for_host(meta, frame, PASST_MAX_FRAME, segment_gso=False):
             ok = self.write(piece) and ok
@@ -312,22 +396,27 @@ def _safe_name(name: str) -> str:
 
 
 class PasstUplink:
-    """A passt child serving one network, restarted when it exits."""
+    """A passt child serving one vif (``owner``, its switch port) or, without an owner, the whole network
+    (right only for a network of one guest), restarted when it exits."""
 
     def __init__(self, network: Network, run_dir: Path, forwards: list[tuple[str, int, int]],
-                 log: Log) -> None:
+                 log: Log, owner: Port | None = None) -> None:
         self.network = network
+        self.owner = owner
         self.run_dir = Path(run_dir)
         self.log = log
+        self.what = f"network {network.name}" + (f": {owner.name}" if owner is not None else "")
+        self.port_name = "uplink:passt" + (f":{owner.name}" if owner is not None else "")
         self.options: list[str] = []
         tcp = [f"127.0.0.1/{h}:{g}" for proto, h, g in forwards if proto == "tcp"]
         udp = [f"127.0.0.1/{h}:{g}" for proto, h, g in forwards if proto == "udp"]
         for proto, host, guest in forwards:
             if proto not in ("tcp", "udp") or not (0 < host < 65536 and 0 < guest < 65536):
-                raise ValueError(f"network {network.name}: bad port forward {proto}:{host}:{guest}")
+                raise ValueError(f"{self.what}: bad port forward {proto}:{host}:{guest}")
         self.options += [a for spec in tcp for a in ("-t", spec)]
         self.options += [a for spec in udp for a in ("-u", spec)] if udp else ["-u", "none"]
-        self.log_path = self.run_dir / f"passt-{_safe_name(network.name)}.log"
+        suffix = f"-{owner.name}" if owner is not None else ""
+        self.log_path = self.run_dir / f"passt-{_safe_name(network.name + suffix)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: Port | None = None
         self._lock = threading.Lock()
@@ -338,15 +427,14 @@ class PasstUplink:
     def start(self) -> bool:
         binary = shutil.which("passt")
         if binary is None:
-            self.log(f"network {self.network.name}: no uplink: passt is not installed "
-                     "(apt-get install passt)")
+            self.log(f"{self.what}: no uplink: passt is not installed (apt-get install passt)")
             return False
         why = self._spawn(binary)
         if why is not None:
-            self.log(f"network {self.network.name}: no uplink: passt did not start: {why}")
+            self.log(f"{self.what}: no uplink: passt did not start: {why}")
             return False
         self._thread = threading.Thread(target=self._supervise, args=(binary,), daemon=True,
-                                        name=f"passt-{self.network.name}")
+                                        name=f"passt-{self.port_name}")
         self._thread.start()
         return True
 
@@ -390,8 +478,8 @@ class PasstUplink:
             self.proc = proc
             self._starts.append(time.monotonic())
             try:
-                self.port = self.network.add_device("uplink:passt", PasstDevice(ours))
-            except RuntimeError as e:            # the switches are closed
+                self.port = self.network.add_device(self.port_name, PasstDevice(ours), owner=self.owner)
+            except (RuntimeError, ValueError) as e:   # the switches are closed, or a bad owner
                 ours.close()
                 _stop(proc)
                 self.proc = None
@@ -421,7 +509,7 @@ class PasstUplink:
                     port, self.port, self.proc = self.port, None, None
                 if port is not None:
                     self.network.remove_port(port)
-                self.log(f"network {self.network.name}: passt exited (status {status}): "
+                self.log(f"{self.what}: passt exited (status {status}): "
                          f"{self._last_words()}; restarting it")
             now = time.monotonic()
             self._starts = [t for t in self._starts if now - t < 60.0]
@@ -436,7 +524,7 @@ class PasstUplink:
                 backoff = BACKOFF_FIRST
             else:
                 backoff = min(BACKOFF_MAX, backoff * 2)
-                self.log(f"network {self.network.name}: passt did not start again: {why}")
+                self.log(f"{self.what}: passt did not start again: {why}")
 
     def close(self) -> None:
         self._closing.set()
@@ -544,14 +632,17 @@ class TapUplink:
 
 
 def make_uplink(kind: str, network: Network, run_dir: Path, forwards: list[tuple[str, int, int]],
-                log: Log) -> Uplink | None:
-    """The uplink a network's configuration names (not started): "passt", "tap:IFNAME", or none for ""
-    and "none". ValueError for anything else."""
+                log: Log, owner: Port | None = None) -> Uplink | None:
+    """The uplink a configuration names (not started): "passt" (for the vif port ``owner``; see
+    PasstUplink), "tap:IFNAME" (the network's: a tap has no owner), or none for "" and "none". ValueError
+    for anything else."""
     if kind in ("", "none"):
         return None
     if kind == "passt":
-        return PasstUplink(network, run_dir, forwards, log)
+        return PasstUplink(network, run_dir, forwards, log, owner)
     if kind.startswith("tap:"):
+        if owner is not None:
+            raise ValueError(f"network {network.name}: a tap uplink is the network's, not one vif's")
         if forwards:
             log(f"network {network.name}: port forwards need the passt uplink; ignored for {kind}")
         return TapUplink(network, kind[4:], log)
