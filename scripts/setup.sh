@@ -11,6 +11,7 @@ command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)   # images rootfs, disk tests
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)   # qcow2 interoperability tests
 command -v passt >/dev/null || need_apt+=(passt)           # the virtual network's uplink to the host
+command -v xenstore-ls >/dev/null || need_apt+=(xenstore-utils)  # Xen's own tools on xenstored's socket
 command -v python3 >/dev/null || need_apt+=(python3)
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then need_apt+=(python3-venv); fi
 if [ ! -d /var/lib/apt/lists ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ] \
