@@ -208,7 +208,18 @@ class TcgVcpu(Vcpu):
         self.uc.mem_map_ptr(gpa, size, prot, host_address)
 
     def unmap_ram(self, gpa: int, size: int) -> None:
-        self.uc.mem_unmap(gpa, size)
+        """Remove a range (inside a hypercall too: a grant or grant-frame unmap). unicorn's mem_unmap
+        leaves a page fault's state behind (old_exception 14, exception_index, CR2 = the range), so the
+        guest's next ordinary page fault would be taken as a fault while delivering one (#DF): the
+        vCPU's exception state is put back as it was (found with tests/integration/
+        test_interdomain_grants.py: every unmap of a grant killed the grantee)."""
+        exc_index = ctypes.c_int32.from_address(self.q.cpu + qs.CPU_EXCEPTION_INDEX)
+        saved = (self._old_exception.value, exc_index.value, self.uc.reg_read(X.UC_X86_REG_CR2))
+        try:
+            self.uc.mem_unmap(gpa, size)
+        finally:
+            self._old_exception.value, exc_index.value = saved[0], saved[1]
+            self.uc.reg_write(X.UC_X86_REG_CR2, saved[2])
 
     def map_mmio(self, gpa: int, size: int) -> None:
         self.uc.mmio_map(gpa, size, self._on_mmio_read, gpa, self._on_mmio_write, gpa)
