@@ -220,27 +220,6 @@ def cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_xenstore(args: argparse.Namespace) -> int:
-    c = _client(args)
-    if args.xs_cmd == "watch":
-        c.sock.sendall(encode({"op": "watch", "path": args.path}))
-        first = c.file.readline()
-        if not _stream_ok(first):
-            return 1
-        for line in c.file:
-            if line.strip():
-                print(json.loads(line)["path"], flush=True)
-        return 0
-    if args.xs_cmd == "ls":
-        for row in c.call("xenstore", cmd="ls", path=args.path):
-            print(f"{' ' * row['depth']}{row['name']} = \"{row['value']}\"")
-        return 0
-    res = c.call("xenstore", cmd=args.xs_cmd, path=args.path, value=getattr(args, "value", None))
-    if res is not None:
-        print(res)
-    return 0
-
-
 def cmd_console(args: argparse.Namespace) -> int:
     return console(args, args.dom)
 
@@ -334,11 +313,7 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("-i", "--iterations", type=int, default=None)
     p.add_argument("-b", "--batch", action="store_true", help="no screen clearing")
     p.add_argument("-n", "--networks", action="store_true", help="a line per vif (as xentop -n)")
-    p = verb("xenstore", cmd_xenstore, "read and write the store")
-    xs = p.add_subparsers(dest="xs_cmd", required=True, metavar="CMD")
-    for name in ("ls", "read", "rm", "watch"):
-        q = xs.add_parser(name)
-        q.add_argument("path", nargs="?" if name == "ls" else None, default="/")
-    q = xs.add_parser("write")
-    q.add_argument("path")
-    q.add_argument("value")
+    from .xenstore import add_xenstore, cmd_xenstore
+
+    add_xenstore(verb("xenstore", cmd_xenstore, "the store, as xenstore-utils: ls read write rm list exists "
+                                                "chmod mkdir watch"))

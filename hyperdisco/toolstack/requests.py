@@ -40,7 +40,7 @@ class XsRequestError(RequestError):
 XS_PATH_RE = re.compile(r"[A-Za-z0-9/_@-]+")
 XS_PERM_RE = re.compile(r"[nrwb][0-9]{1,5}")
 XS_CMDS = ("read", "write", "rm", "ls", "list", "exists", "mkdir", "chmod", "getperms")
-MAX_XS_BATCH = 256
+MAX_XS_BATCH = 4096
 MAX_WATCH_PATHS = 64
 
 
