@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,6 +40,22 @@ def domain_pid(xl: Xl, name: str) -> int:
         reply = json.loads(s.makefile("rb").readline())
     rows = {r["name"]: r for r in reply["result"]}
     return int(rows[name]["pid"])
+
+
+def reaches(xl: Xl, dom: str, ip: str, attempts: int = 3) -> bool:
+    """Whether `dom` gets echo replies from `ip` (a few tries: on a loaded 2-core host a TCG guest's first
+    reply, ARP included, can take longer than ping's wait)."""
+    for _ in range(attempts):
+        r = xl("exec", dom, f"ping -c 3 -W 5 {ip}", "--timeout", "90", check=False)
+        if r.returncode == 0 and re.search(r"[1-9]\d* packets received", r.stdout):
+            return True
+    return False
+
+
+def never_reaches(xl: Xl, dom: str, ip: str) -> bool:
+    """`dom` gets no reply at all from `ip` (two pings, 3 s of waiting)."""
+    r = xl("exec", dom, f"ping -c 2 -W 3 {ip}", "--timeout", "90", check=False)
+    return "2 packets transmitted, 0 packets received" in r.stdout
 
 
 @dataclass

@@ -30,7 +30,7 @@ from hyperdisco.images.cpio import CpioWriter
 from hyperdisco.xen.io import netif
 from hyperdisco.xen.io import xenbus as xb
 
-from .conftest import Xl, domain_cfg
+from .conftest import Xl, domain_cfg, reaches
 
 pytestmark = pytest.mark.slow
 
@@ -124,8 +124,7 @@ def wait_xs(xl: Xl, path: str, want: set[str], timeout: float = 30.0) -> str:
 
 
 def ping(xl: Xl, src: str, dst: str) -> str:
-    return xl("exec", src, f"ping -c 2 -W 3 {IP[dst]} >/dev/null 2>&1 && echo ping-ok || echo ping-failed",
-              "--timeout", "60").stdout
+    return "ping-ok" if reaches(xl, src, IP[dst]) else "ping-failed"
 
 
 def test_hostile_netfront_fails_alone(xl: Xl, tmp_path: Path, images: GuestImages) -> None:
