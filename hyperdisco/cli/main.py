@@ -83,7 +83,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from ..toolstack.daemon import Daemon
 
     Daemon(args.socket, args.engine, verbose=args.verbose, share_pages=args.share_pages,
-           overcommit=args.overcommit, xenstored_socket=args.xenstored_socket).serve_forever()
+           overcommit=args.overcommit, xenstored_socket=args.xenstored_socket,
+           group=args.group).serve_forever()
     return 0
 
 
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("daemon", help="run the hypervisor: host domains, serve the control socket")
     d.add_argument("--socket", help="control socket path (default $HYPERDISCO_SOCKET or "
                                     "/run/hyperdisco/control.sock)")
+    d.add_argument("--group", metavar="NAME",
+                   help="make the control and xenstored sockets 0660 and this group's: its members may "
+                        "use every verb (default: 0600, the daemon user's only)")
     d.add_argument("--xenstored-socket", metavar="PATH",
                    help="serve xenstored's wire protocol here for xenstore-utils and other libxenstore "
                         "clients (default $XENSTORED_PATH or /run/xenstored/socket; 'none': do not)")

@@ -10,6 +10,7 @@ line on a connection that stays open; console and watch streams go through bound
 from __future__ import annotations
 
 import base64
+import grp
 import os
 import queue
 import select
@@ -148,9 +149,12 @@ class ClientStream:
 class Daemon:
     def __init__(self, sock: str | None = None, engine: str = "tcg", verbose: bool = False,
                  share_pages: bool = False, overcommit: float | None = None,
-                 xenstored_socket: str | None = None) -> None:
+                 xenstored_socket: str | None = None, group: str | None = None) -> None:
         self.path = socket_path(sock)
         self.xenstored_socket = xenstored_socket  # None: $XENSTORED_PATH or the default; "none": no socket
+        # `--group NAME`: the control and xenstored sockets are 0660 and this group's (as libvirt's
+        # unix_sock_group, docker's -G); None: 0600, the daemon user's only
+        self.group_gid: int | None = None if group is None else group_id(group)
         self._claim_socket()  # before anything else: a second daemon or another user's socket is one line
         if share_pages:
             page_sharing.enable()
@@ -445,7 +449,8 @@ class Daemon:
             finally:
                 probe.close()
 
-    def serve_forever(self) -> None:
+    def listen(self) -> socketserver.ThreadingUnixStreamServer:
+        """The control socket, bound with its mode and group set (grant_socket), not yet served."""
         path = self.path
         daemon = self
 
@@ -467,8 +472,38 @@ class Daemon:
             raise HyperdiscoError(f"hyperdisco: cannot serve {path}: {exc.strerror}") from None
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
-        self.host.log(f"hyperdisco daemon serving {path}")
+        try:
+            self.grant_socket(path)
+        except HyperdiscoError:
+            server.server_close()
+            Path(path).unlink(missing_ok=True)
+            raise
+        self.host.log(f"hyperdisco daemon serving {path}" + (
+            f" (group {self.group_gid}, 0660)" if self.group_gid is not None else ""))
+        return server
+
+    def grant_socket(self, path: str | Path) -> None:
+        """A socket this daemon serves (the control socket; the xenstored socket too) made reachable as
+        `--group` says: 0660 and the group's, else 0600. Call it right after bind (which made it 0600 under
+        the daemon's umask), before listening matters; the directory must let the group through."""
+        path = Path(path)
+        try:
+            if self.group_gid is None:
+                os.chmod(path, 0o600)
+                return
+            os.chown(path, -1, self.group_gid)
+            os.chmod(path, 0o660)
+        except OSError as exc:
+            raise HyperdiscoError(f"hyperdisco: cannot give {path} to group {self.group_gid}: "
+                                  f"{exc.strerror}") from None
+        parent = path.parent.stat()
+        if not parent.st_mode & 0o011 and not (parent.st_gid == self.group_gid and parent.st_mode & 0o010):
+            print(f"hyperdisco: warning: {path.parent} does not let group {self.group_gid} through "
+                  "(no search permission); its members cannot reach the socket", file=sys.stderr)
+
+    def serve_forever(self) -> None:
+        server = self.listen()
+        path = self.path
         import signal
 
         def on_term(_sig: int, _frame: Any) -> None:
@@ -477,7 +512,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, on_term)
         xs_door: XenstoredSocket | None = None
         try:
-            xs_door = self._serve_xenstored()
+            xs_door = self._serve_xenstored(self.group_gid)
             server.serve_forever()
         finally:
             if xs_door is not None:
@@ -504,6 +539,16 @@ class Daemon:
             return None
         self.host.log(f"xenstored serving {path}")
         return door
+
+
+def group_id(group: str) -> int:
+    """`--group`'s argument: a group name, or a numeric ID."""
+    if group.isascii() and group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise HyperdiscoError(f"hyperdisco: --group: no group named {group[:64]!r}") from None
 
 
 def _client_gone(conn: socket.socket) -> bool:

@@ -36,6 +36,28 @@ class DaemonError(HyperdiscoError):
         self.errno = errno
 
 
+def _who_may(path: Path) -> str:
+    """Who may use a socket, for a permission error: its owner and, when 0660, its group."""
+    import grp
+    import pwd
+
+    try:
+        st = path.stat()
+    except OSError:
+        return f"you may not enter {path.parent}"
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    if st.st_mode & 0o060 == 0o060:
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        return f"only {owner} and group {group} may use it, and you are in neither"
+    return f"only {owner} may use it (mode {st.st_mode & 0o777:04o})"
+
+
 class Client:
     def __init__(self, path: str | None = None) -> None:
         self.path = socket_path(path)
@@ -44,8 +66,9 @@ class Client:
             self.sock.connect(str(self.path))
         except PermissionError:
             self.sock.close()
-            raise DaemonError(f"hyperdisco: permission denied on {self.path}: the daemon runs, but its "
-                              "socket is not yours (ask its administrator or use another)") from None
+            raise DaemonError(f"hyperdisco: permission denied on {self.path}: {_who_may(self.path)}; "
+                              "the daemon's administrator can run it with --group NAME and add you to "
+                              "NAME") from None
         except OSError as exc:
             self.sock.close()
             raise DaemonError(f"hyperdisco: cannot reach the daemon at {self.path} ({exc.strerror}); "
