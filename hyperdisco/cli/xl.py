@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import select
@@ -15,6 +14,7 @@ import tty
 from dataclasses import asdict
 from typing import Any
 
+from ..client import Connection, config_of_file
 from ..toolstack.protocol import Client, encode
 
 DETACH = b"\x1d"
@@ -36,16 +36,15 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(getattr(args, "socket", None))
 
 
-def cmd_create(args: argparse.Namespace) -> int:
-    from ..toolstack.xlcfg import parse_file
+def _conn(args: argparse.Namespace) -> Connection:
+    return Connection(getattr(args, "socket", None))
 
+
+def cmd_create(args: argparse.Namespace) -> int:
     print(f"Parsing config from {args.config}", file=sys.stderr)
-    spec = parse_file(args.config, args.overrides)
-    config = {k: v for k, v in asdict(spec).items() if k not in ("vifs", "source")}
-    config["vifs"] = [v.params for v in spec.vifs]
-    res = _client(args).call("create", config=config)
+    dom = _conn(args).create(config_of_file(args.config, args.overrides))
     if args.console:
-        return console(args, str(res["domid"]))
+        return console(args, str(dom.domid))
     return 0
 
 
@@ -135,22 +134,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simple(op: str, **extra: Any) -> Any:
+def _simple(op: str) -> Any:
+    """pause, unpause, destroy; domid and domname print the answer."""
     def fn(args: argparse.Namespace) -> int:
-        res = _client(args).call(op, dom=args.dom, **{k: getattr(args, v) for k, v in extra.items()})
-        if res is not None and op in ("domid", "domname"):
-            print(res)
+        dom = _conn(args).lookup(args.dom)
+        if op in ("domid", "domname"):
+            print(dom.domid if op == "domid" else dom.name)
+        else:
+            getattr(dom, op)()
         return 0
     return fn
 
 
 def cmd_shutdown(args: argparse.Namespace, reason: str = "poweroff") -> int:
-    c = _client(args)
-    c.call("shutdown", dom=args.dom, reason=reason)
-    if getattr(args, "wait", False):
-        if not c.call("wait", dom=args.dom, timeout=args.timeout):
-            print(f"hyperdisco: {args.dom} did not shut down within {args.timeout:.0f}s", file=sys.stderr)
-            return 1
+    dom = _conn(args).lookup(args.dom)
+    if not dom.shutdown(reason, wait=getattr(args, "wait", False), timeout=getattr(args, "timeout", 120.0)):
+        print(f"hyperdisco: {args.dom} did not shut down within {args.timeout:.0f}s", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -159,23 +159,22 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = _client(args).call("info")
-    for k, v in info.items():
+    for k, v in _conn(args).info().items():
         print(f"{k:<22}: {v}")
     return 0
 
 
 def cmd_dmesg(args: argparse.Namespace) -> int:
-    for line in _client(args).call("dmesg", clear=args.clear):
+    for line in _conn(args).dmesg(clear=args.clear):
         print(line)
     return 0
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    res = _client(args).call("exec", dom=args.dom, command=args.command, timeout=args.timeout)
-    sys.stdout.buffer.write(base64.b64decode(res["output"]))
+    res = _conn(args).lookup(args.dom).exec(args.command, timeout=args.timeout)
+    sys.stdout.buffer.write(res.output)
     sys.stdout.flush()
-    return int(res["status"])
+    return res.status
 
 
 def cmd_top(args: argparse.Namespace) -> int:
