@@ -185,48 +185,6 @@ class Domain:
     def e820(self) -> list[tuple[int, int, int]]:
         return layout.e820(self.memory.ram_bytes)
 
-    def map_shared_info(self, gpa: int) -> None:
-        self.memory.fill(gpa, PAGE)
-        self.evtchn.shared_info = gpa
-        for ctx in self.vcpus:
-            if ctx.index < abi.XEN_LEGACY_MAX_VCPUS and ctx.index not in self.evtchn.vcpu_info:
-                self.evtchn.vcpu_info[ctx.index] = gpa + ctx.index * abi.VCPU_INFO_SIZE
-        sec, nsec = self.clock.wallclock_at_zero()
-        self.memory.pack(abi.WALLCLOCK, gpa + abi.SI_WC_VERSION, 2, sec & 0xFFFFFFFF, nsec, sec >> 32)
-        for ctx in self.vcpus:
-            self.update_time(ctx)
-
-    def move_vcpu_info(self, vcpu: int, gpa: int) -> None:
-        old = self.evtchn.vcpu_info.get(vcpu)
-        data = self.memory.read(old, abi.VCPU_INFO_SIZE) if old is not None else bytes(abi.VCPU_INFO_SIZE)
-        self.memory.write(gpa, data)
-        self.evtchn.vcpu_info[vcpu] = gpa
-        self.update_time(self.vcpus[vcpu])
-
-    def map_grant_frame(self, idx: int, gpa: int) -> int:
-        """Put grant-table frame `idx` at `gpa`: a RAM page, or a fresh page in the unpopulated space above
-        RAM (below the platform's MMIO and special pages). Re-mapping an index moves it."""
-        if self.grant_frames.get(idx) == gpa:
-            return 0  # already there (a resumed guest re-maps its frames)
-        in_ram = self.is_ram(gpa)
-        above = self.memory.ram_bytes <= gpa < layout.MMIO_START or gpa >= 1 << 32
-        if not in_ram and (not above or self.memory.region_at(gpa) is not None):
-            return -abi.EINVAL
-        old = self.grant_frames.pop(idx, None)
-        if old is not None:
-            reg = self.memory.region_at(old)
-            if reg is not None and reg.name.startswith("grant-frame"):
-                for ctx in self.vcpus:
-                    ctx.ev.unmap_ram(reg.gpa, reg.size)
-                self.memory.remove_region(reg)
-        if not in_ram:
-            reg = self.memory.add_region(gpa, PAGE, f"grant-frame-{idx}")
-            for ctx in self.vcpus:
-                ctx.ev.map_ram(gpa, PAGE, reg.host_address)
-        self.memory.fill(gpa, PAGE)
-        self.grant_frames[idx] = gpa
-        return 0
-
     def hypervisor_page(self, gpa: int) -> str | None:
         """What the hypervisor itself keeps in page `gpa` (grant frames, shared info, vcpu_info), if any:
         such a page is neither granted to nor replaced by another domain's page."""
@@ -258,19 +216,6 @@ class Domain:
                 sched.release(self)
         finally:
             self._quiesce.release()
-
-    def update_time(self, ctx: VcpuContext) -> None:
-        """Publish pvclock parameters in the vCPU's vcpu_info (version odd while updating)."""
-        vi = self.evtchn.vcpu_info.get(ctx.index)
-        if vi is None:
-            return
-        at = vi + abi.VI_TIME
-        ver = (self.memory.u32(at) + 1) | 1
-        self.memory.set_u32(at, ver)
-        tsc = self.engine.guest_tsc()
-        self.memory.pack(abi.VCPU_TIME_INFO, at, ver, 0, tsc, self.clock.ns_at(tsc), self.clock.mul,
-                         self.clock.shift, abi.XEN_PVCLOCK_TSC_STABLE_BIT)
-        self.memory.set_u32(at, ver + 1)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def wake(self) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from ..platform import layout
+from ..xen import abi
 from ..xen.grant_table import (
     ENTRIES_PER_FRAME,
     GRANT_ENTRY_V1,
@@ -82,6 +84,32 @@ class GrantTable:
         # ref -> [readers, writers]: GTF_writing stays while writers > 0, GTF_reading while either is
         self._busy: dict[int, list[int]] = {}
         self._lock = threading.Lock()
+
+    def map_frame(self, idx: int, gpa: int) -> int:
+        """XENMAPSPACE_grant_table: put grant-table frame `idx` at `gpa`, a RAM page or a fresh page in the
+        unpopulated space above RAM (below the platform's MMIO and special pages). Re-mapping an index
+        moves it. 0 or -errno."""
+        dom = self.dom
+        if dom.grant_frames.get(idx) == gpa:
+            return 0  # already there (a resumed guest re-maps its frames)
+        in_ram = dom.is_ram(gpa)
+        above = dom.memory.ram_bytes <= gpa < layout.MMIO_START or gpa >= 1 << 32
+        if not in_ram and (not above or dom.memory.region_at(gpa) is not None):
+            return -abi.EINVAL
+        old = dom.grant_frames.pop(idx, None)
+        if old is not None:
+            reg = dom.memory.region_at(old)
+            if reg is not None and reg.name.startswith("grant-frame"):
+                for ctx in dom.vcpus:
+                    ctx.ev.unmap_ram(reg.gpa, reg.size)
+                dom.memory.remove_region(reg)
+        if not in_ram:
+            reg = dom.memory.add_region(gpa, PAGE, f"grant-frame-{idx}")
+            for ctx in dom.vcpus:
+                ctx.ev.map_ram(gpa, PAGE, reg.host_address)
+        dom.memory.fill(gpa, PAGE)
+        dom.grant_frames[idx] = gpa
+        return 0
 
     def nr_entries(self) -> int:
         frames = self.dom.grant_frames

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..xen import abi
+from . import shared_info
 from .evtchn import EvtchnError, Port
 from .memory import PAGE, GuestFault
 from .ratelimit import RateLimiter
@@ -127,12 +128,12 @@ class Hypercalls:
             if space == abi.XENMAPSPACE_shared_info:
                 if idx != 0 or not dom.is_ram(gpfn << 12):
                     return -abi.EINVAL
-                dom.map_shared_info(gpfn << 12)
+                shared_info.map_shared_info(dom, gpfn << 12)
                 return 0
             if space == abi.XENMAPSPACE_grant_table:
                 if idx >= GRANT_FRAMES_MAX or gpfn >= 1 << 40:
                     return -abi.EINVAL
-                return dom.map_grant_frame(idx, gpfn << 12)
+                return dom.grants.map_frame(idx, gpfn << 12)
             return -abi.EOPNOTSUPP
         if op == abi.XENMEM_memory_map:
             nr, buf = va.unpack(abi.MEMORY_MAP, arg)
@@ -189,7 +190,7 @@ class Hypercalls:
             gpa = (mfn << 12) + offset
             if offset + abi.VCPU_INFO_SIZE > PAGE or not dom.is_ram(gpa):
                 return -abi.EINVAL
-            dom.move_vcpu_info(vcpuid, gpa)
+            shared_info.move_vcpu_info(dom, vcpuid, gpa)
             return 0
         if cmd == abi.VCPUOP_register_runstate_memory_area:
             (addr,) = va.unpack(_U64, arg)

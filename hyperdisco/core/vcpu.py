@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..engine.base import StopReason, Vcpu
 from ..platform.lapic import Lapic
 from ..xen import abi
+from . import shared_info
 from .memory import VirtualAccess
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class VcpuContext:
                 vec = self.lapic.take_pending()
                 dom.stats["inject.lapic"] += 1
             elif upcall:
-                dom.update_time(self)
+                shared_info.update_time(dom, self)
                 vec = dom.callback_vector
                 dom.stats["inject.upcall"] += 1
             failure = ev.inject_interrupt(vec) if vec is not None else None
