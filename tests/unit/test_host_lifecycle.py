@@ -54,7 +54,7 @@ def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
 
 
 def test_create_output_and_poweroff(host: Host) -> None:
-    dom = host.create(cfg("p", f"say:hello-from-d1,{POWEROFF}"))
+    dom = host.create(cfg("p", f"say:hello-from-d1,spin:20,{POWEROFF}"))  # alive while we look at it
     assert dom.pid != os.getpid() and dom.jail.startswith("jail:")
     if host.spawner is not None:  # forked from the template, not started by domain 0
         assert dom.proc is None and _ppid(dom.pid) == host.spawner.proc.pid
