@@ -42,7 +42,8 @@ from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec, vif_from_params
 
 MAX_VCPUS = 1
 RECORD_KEYS = ("name", "memory", "vcpus", "kernel", "ramdisk", "cmdline", "on_poweroff", "on_reboot",
-               "on_crash", "disks", "net")  # net: the vifs as attached (dom0/host.py writes it)
+               "on_crash", "disks", "net",  # net: the vifs as attached (dom0/host.py writes it)
+               "bootloader", "bootloader_args")
 CLIENT_QUEUE_BYTES = 1 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
 LISTEN_BACKLOG = 128
 
@@ -182,7 +183,18 @@ class Daemon:
         kernel = field(config, "kernel", str, None)
         ramdisk = field(config, "ramdisk", str, None)
         cmdline = field(config, "cmdline", str, None)
-        cfg = domain_config(name, kernel, ramdisk, cmdline, memory, vcpus)
+        disks = config.get("disks") or []
+        if not isinstance(disks, list) or len(disks) > 16:
+            raise RequestError("hyperdisco: create: disks must be a list of at most 16 disks")
+        disk_specs = [_disk_spec(d) for d in disks]
+        bootloader = field(config, "bootloader", str, None)
+        boot_args = config.get("bootloader_args") or []
+        if not isinstance(boot_args, list) or len(boot_args) > 64 or not all(
+                isinstance(a, str) and "\0" not in a and len(a) <= 4096 for a in boot_args):
+            raise RequestError("hyperdisco: create: bootloader_args must be a list of at most 64 strings")
+        # with a bootloader (pygrub) the kernel comes from the boot disk; kernel/ramdisk name files in it
+        cfg = domain_config(name, kernel, ramdisk, cmdline, memory, vcpus, bootloader=bootloader,
+                            bootloader_args=boot_args, disks=disk_specs)
         for key in ("on_poweroff", "on_reboot", "on_crash"):
             if key in config:
                 action = field(config, key, str, "destroy")
@@ -190,10 +202,7 @@ class Daemon:
                     raise RequestError(f"hyperdisco: create: {key} must be one of "
                                        f"{', '.join(SUPPORTED_ACTIONS)}")
                 setattr(cfg, key, action)
-        disks = config.get("disks") or []
-        if not isinstance(disks, list) or len(disks) > 16:
-            raise RequestError("hyperdisco: create: disks must be a list of at most 16 disks")
-        cfg.disks = [_disk_spec(d) for d in disks]
+        cfg.disks = disk_specs
         cfg.record = {k: config[k] for k in RECORD_KEYS if k in config}
         return cfg
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.net.manager import VifConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, ImageError
 
 MIN_MEMORY_MIB = 32
 MAX_MEMORY_MIB = 3072
@@ -51,8 +51,10 @@ MAX_ECHO = 80               # characters of user text quoted in one error messag
 
 KNOWN_KEYS = frozenset({
     "name", "type", "kernel", "ramdisk", "extra", "cmdline", "root", "memory", "maxmem", "vcpus",
-    "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "disk", "vif", "uuid", "cpus",
+    "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "disk", "vif", "uuid", "cpus", "bootloader",
+    "bootloader_args",
 })
+BOOTLOADERS = ("pygrub",)   # by name; a path to it (/usr/lib/xen-4.17/bin/pygrub) means the same
 
 #: every action xl accepts for on_poweroff/on_reboot/on_crash; hyperdisco implements SUPPORTED_ACTIONS
 XL_ACTIONS = ("destroy", "restart", "preserve", "rename-restart", "coredump-destroy", "coredump-restart",
@@ -126,8 +128,10 @@ class VifSpec:
 class DomainSpec:
     name: str
     type: str = "pvh"
-    kernel: str | None = None
+    kernel: str | None = None       # with a bootloader: a file inside the guest's disk (pygrub --kernel)
     ramdisk: str | None = None
+    bootloader: str | None = None   # "pygrub": boot the kernel the guest's disk holds (images/pygrub.py)
+    bootloader_args: list[str] = field(default_factory=list)
     cmdline: str | None = None      # `cmdline`, or "root=ROOT EXTRA" built from `root` and `extra` as xl does
     memory: int = 256               # MiB
     maxmem: int | None = None       # MiB, >= memory
@@ -495,6 +499,27 @@ def _path(s: _Setting, value: str) -> str:
     return str(s.base_dir / value)
 
 
+def _bootloader(s: _Setting) -> str:
+    value = _as_str(s)
+    name = value.rsplit("/", 1)[-1]
+    if name not in BOOTLOADERS:
+        raise _fail(s.where, s.key, f"{_q(value)} is not supported (hyperdisco has {', '.join(BOOTLOADERS)})")
+    return name
+
+
+def _bootloader_args(s: _Setting) -> list[str]:
+    """A list of arguments, or (xl's deprecated form) one string of them separated by blanks; checked
+    against the pygrub options hyperdisco takes."""
+    from ..images.pygrub import parse_bootloader_args
+
+    args = _as_str_list(s) if isinstance(s.value, list) else _as_str(s).split()
+    try:
+        parse_bootloader_args(args)
+    except ImageError as exc:
+        raise _fail(s.where, s.key, str(exc).removeprefix("hyperdisco: bootloader_args: ")) from None
+    return args
+
+
 def _action(s: _Setting) -> str:
     action = _as_str(s)
     if action in SUPPORTED_ACTIONS:
@@ -792,7 +817,17 @@ def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
             path = _as_str(s)
             if not path:
                 raise _fail(s.where, key, "empty path")
-            setattr(spec, key, _path(s, path))
+            if "bootloader" in settings:    # a file inside the guest's disk, as xl hands it to pygrub
+                if not path.startswith("/"):
+                    raise _fail(s.where, key, f"{_q(path)}: with a bootloader, an absolute path inside the "
+                                              "guest's disk")
+                setattr(spec, key, path)
+            else:
+                setattr(spec, key, _path(s, path))
+        elif key == "bootloader":
+            spec.bootloader = _bootloader(s)
+        elif key == "bootloader_args":
+            spec.bootloader_args = _bootloader_args(s)
         elif key == "memory":
             spec.memory = _as_int(s, MIN_MEMORY_MIB, MAX_MEMORY_MIB, " MiB")
         elif key == "maxmem":
