@@ -13,7 +13,8 @@
 
 Every refusal raises `Error` (a HyperdiscoError: one line; `errno` is Xen's error name when a xenstore
 request was refused). A Connection is one socket, answered in order; it may be shared between threads
-(calls are serialised). Streams (`Domain.console()`, `Connection.watch()`) open a connection of their own.
+(calls are serialised). Streams (`Domain.console()`, `Connection.watch()`, `Connection.events()`) open a
+connection of their own.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 from .toolstack.protocol import Client, encode
 from .toolstack.protocol import DaemonError as Error
 
-__all__ = ["Connection", "Console", "Domain", "DomainInfo", "Error", "ExecResult", "Xenstore"]
+__all__ = ["Connection", "Console", "Domain", "DomainEvent", "DomainInfo", "Error", "EventStream",
+           "ExecResult", "Xenstore"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,24 @@ class DomainInfo:
         return cls(name=str(row["name"]), domid=int(row["domid"]), mem=int(row["mem"]),
                    vcpus=int(row["vcpus"]), state=str(row["state"]), time=float(row["time"]),
                    outcome=row.get("outcome"), restarts=int(row.get("restarts") or 0))
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """A domain state change (the `events` stream): `event` is created, paused, unpaused, shutdown,
+    crashed, destroyed or restarted; `outcome` why it stopped (poweroff, reboot, crash, destroyed...) for
+    shutdown, crashed, destroyed and restarted, else None; `time` in seconds since the Unix epoch."""
+    domain: str
+    domid: int
+    event: str
+    outcome: str | None
+    time: float
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> DomainEvent:
+        outcome = obj.get("outcome")
+        return cls(domain=str(obj["domain"]), domid=int(obj["domid"]), event=str(obj["event"]),
+                   outcome=None if outcome is None else str(outcome), time=float(obj["time"]))
 
 
 @dataclass(frozen=True)
@@ -132,6 +152,48 @@ class Connection:
                 yield str(event["path"]), str(event.get("watch", ""))
         finally:
             c.close()
+
+    def events(self, timeout: float | None = None) -> EventStream:
+        """Domain state changes from now on, as DomainEvents, on a connection of its own (subscribed
+        when this returns): iterate it, close it (or use it as a context manager) to stop. With
+        `timeout`, waiting longer than that for an event raises TimeoutError (then close the stream)."""
+        return EventStream(self.socket_path, timeout)
+
+
+class EventStream:
+    """The `events` stream: an iterator of DomainEvent until closed (or the daemon goes away)."""
+
+    def __init__(self, socket_path: str, timeout: float | None = None) -> None:
+        self._c = Client(socket_path)
+        try:
+            self._c.sock.sendall(encode({"op": "events"}))
+            _check(self._c.file.readline())
+            self._c.sock.settimeout(timeout)
+        except BaseException:
+            self._c.close()
+            raise
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> DomainEvent:
+        try:
+            line = self._c.file.readline()
+        except TimeoutError:
+            raise TimeoutError("hyperdisco: no domain event in time") from None
+        if not line:
+            raise StopIteration
+        return DomainEvent.from_json(json.loads(line))
+
+    def close(self) -> None:
+        self._c.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 class Domain:

@@ -257,6 +257,24 @@ def console(args: argparse.Namespace, dom: str) -> int:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+def event_line(ev: Any) -> str:
+    """One domain event (a client.DomainEvent) as `hyperdisco events` prints it: local time, event,
+    domain ID, name, and why it stopped when it did."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time)) + f".{int(ev.time % 1 * 1000):03d}"
+    return f"{stamp} {ev.event:<9} {ev.domid:>5} {ev.domain}" + (f" ({ev.outcome})" if ev.outcome else "")
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Domain state changes, one line each, until interrupted (or -n N of them)."""
+    conn = _conn(args)
+    with conn, conn.events() as events:
+        for n, ev in enumerate(events, 1):
+            print(event_line(ev), flush=True)
+            if args.count is not None and n >= args.count:
+                break
+    return 0
+
+
 def add_verbs(sub: Any) -> None:
     def verb(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help)
@@ -307,6 +325,9 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="wait this long for the guest to release it")
     p = verb("network-list", cmd_network_list, "domains' virtual network interfaces")
     p.add_argument("doms", nargs="+", metavar="DOMAIN")
+    p = verb("events", cmd_events, "print domain state changes as they happen (created, paused, unpaused, "
+                                   "shutdown, crashed, destroyed, restarted)")
+    p.add_argument("-n", dest="count", type=int, default=None, metavar="N", help="stop after N events")
     p = verb("top", cmd_top, "per-domain CPU, memory, traps and events, refreshed")
     p.add_argument("-d", "--delay", type=float, default=1.0)
     p.add_argument("-i", "--iterations", type=int, default=None)

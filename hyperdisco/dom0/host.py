@@ -38,6 +38,8 @@ from .handle import DomainHandle
 from .spawner import Spawner
 
 MAX_DOMAINS = 1024
+# the domain state changes Host.add_listener reports (the control API's `events`)
+EVENTS = ("created", "paused", "unpaused", "shutdown", "crashed", "destroyed", "restarted")
 DEFAULT_RUN_DIR = "/run/hyperdisco"
 
 
@@ -66,6 +68,8 @@ class Host:
         self._lock = threading.RLock()
         self._next_domid = 1
         self._changed = threading.Condition(self._lock)
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._events_lock = threading.Lock()  # every listener sees the events in one order
         try:
             os.makedirs(run_dir, exist_ok=True)
             self.jail_root = jail_root(run_dir)
@@ -176,6 +180,29 @@ class Host:
         if self.log_sink is not None:
             self.log_sink(line)
 
+    # -- state changes ----------------------------------------------------------------------------------
+    def add_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Call fn({domain, domid, event, outcome, time}) at each domain state change (EVENTS): created,
+        paused, unpaused, shutdown or crashed (the guest stopped; outcome says why), destroyed (it left
+        the domain table: destroyed, or its on_* action removed it), restarted (after the new
+        incarnation's created). fn is called on the thread that made the change: it must not block."""
+        with self._events_lock:
+            self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        with self._events_lock:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+    def _event(self, dom: DomainHandle, event: str, outcome: str | None = None) -> None:
+        ev = {"domain": dom.name, "domid": dom.domid, "event": event, "outcome": outcome, "time": time.time()}
+        with self._events_lock:
+            for fn in self._listeners:
+                try:
+                    fn(ev)
+                except Exception as exc:  # a listener's bug must not stop a domain's lifecycle
+                    self.limit_log(f"event listener failed: {type(exc).__name__}: {exc}")
+
     # -- lookup -----------------------------------------------------------------------------------------
     def find(self, dom: str | int) -> DomainHandle:
         with self._lock:
@@ -249,6 +276,7 @@ class Host:
             raise
         self.log(f"created domain {domid} ({config.name}), {config.memory_mib} MiB, {config.vcpus} vCPU, "
                  f"pid {dom.pid}, {dom.jail}")
+        self._event(dom, "created")
         return dom
 
     def _introduce(self, dom: DomainHandle) -> None:
@@ -302,6 +330,7 @@ class Host:
                   "crash": dom.config.on_crash}.get(outcome, "destroy")
         self.log(f"domain {dom.domid} ({dom.name}) {outcome}"
                  f"{': ' + dom.outcome_detail if dom.outcome_detail else ''}; action {action}")
+        self._event(dom, "crashed" if outcome == "crash" else "shutdown", outcome)
         if action == "preserve":
             return  # stays listed, stopped, until destroyed
         console = self.consoles.get(dom.domid)
@@ -313,6 +342,7 @@ class Host:
                 new = self.create(replace(dom.config), console=console, vifs=vifs)
                 new.restarts = dom.restarts + 1
                 dom.successor = new
+                self._event(new, "restarted", outcome)
             except HyperdiscoError as e:  # e.g. its disk image went away: it stays down
                 self.log(f"domain {dom.name} not restarted: {e}")
             finally:
@@ -335,9 +365,12 @@ class Host:
         self.broker.domain_gone(dom.domid)
         self.grants.domain_gone(dom.domid)
         with self._lock:
-            if self.domains.get(dom.domid) is dom:
+            gone = self.domains.get(dom.domid) is dom
+            if gone:
                 self.domains.pop(dom.domid, None)
                 self.consoles.pop(dom.domid, None)
+        if gone and not dom.creating:  # a create that failed was never announced
+            self._event(dom, "destroyed", dom.outcome)
         if self.xenstored.is_introduced(dom.domid):
             self.xenstored.release_domain(dom.domid)
         try:
@@ -359,9 +392,11 @@ class Host:
 
     def pause(self, dom: DomainHandle) -> None:
         dom.pause()
+        self._event(dom, "paused")
 
     def unpause(self, dom: DomainHandle) -> None:
         dom.unpause()
+        self._event(dom, "unpaused")
 
     # -- vifs at run time (xl network-attach / network-detach) -----------------------------------------
     def attach_vif(self, dom: DomainHandle, vif: VifConfig) -> int:

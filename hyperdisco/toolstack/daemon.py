@@ -96,9 +96,14 @@ def _rss_mib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
 
 
+# the requests that turn the connection into a stream (the schema's x-stream), served by _NAME_stream;
+# every other request is answered by op_NAME
+STREAM_OPS = ("console", "watch", "events")
+
+
 class ClientStream:
-    """Output to one streaming client (console, watch) through a bounded queue and a writer thread of its
-    own: the producer never blocks; a client that falls CLIENT_QUEUE_BYTES behind is disconnected."""
+    """Output to one streaming client (console, watch, events) through a bounded queue and a writer thread
+    of its own: the producer never blocks; a client that falls CLIENT_QUEUE_BYTES behind is disconnected."""
 
     def __init__(self, conn: socket.socket, start: bool = True) -> None:
         self.conn = conn
@@ -376,6 +381,9 @@ class Daemon:
                 if op == "watch":
                     self._watch_stream(conn, f, args["path"])
                     return
+                if op == "events":
+                    self._events_stream(conn, f)
+                    return
                 if op == "exec":
                     args["conn"] = conn
                 reply = {"ok": True, "result": getattr(self, f"op_{op}")(**args)}
@@ -433,6 +441,29 @@ class Daemon:
             pass
         finally:
             c.close()
+            out.close()
+
+    def _events_stream(self, conn: socket.socket, f: Any) -> None:
+        """Domain state changes (Host.add_listener): an answer, then one {domain, domid, event, outcome,
+        time} line per change, through a bounded queue (a client that falls behind is dropped; the host
+        never waits for it)."""
+        out = ClientStream(conn, start=False)  # what happens before our answer is sent after it
+
+        def on_event(event: dict[str, Any]) -> None:
+            out.put(encode(event))
+
+        self.host.add_listener(on_event)
+        try:
+            conn.sendall(encode({"ok": True, "result": None}))
+            out.start()
+            while not out.closed.is_set():  # until the client hangs up or is dropped
+                r, _w, _x = select.select([conn], [], [], 1.0)
+                if r and not f.read1(4096):
+                    break
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.host.remove_listener(on_event)
             out.close()
 
     def _claim_socket(self) -> None:

@@ -1,15 +1,21 @@
-"""Validation of the daemon's control requests (docs/control-api.md): every request is checked against
-the documented argument types before anything acts on it, and bounded in size and nesting.
+"""Validation of the daemon's control requests against the control API's schema
+(control-api.schema.json, JSON Schema 2020-12; docs/control-api.md is generated from it by apidoc.py).
 
-A request is one JSON object per line: {"op": NAME, ...arguments}. Unknown operations, unknown or
-missing arguments and values of the wrong type are answered with one-line errors; nothing here raises
-anything but RequestError.
+A request is one JSON object per line: {"op": NAME, ...arguments}; its schema is the schema's
+`request.NAME` definition. This module is a small validator of the subset of JSON Schema that file uses
+(SCHEMA_KEYWORDS), with the file's two conventions: an optional property sent as null is as if absent,
+and a string matched by a subschema with "x-convert": "integer" becomes that integer (a domain ID sent as
+"3"). A refusal is one line naming the request and the argument; within a subschema carrying "x-errno" it
+is a XsRequestError with that error name (a xenstore path: EINVAL). Nothing here raises anything but
+RequestError, and nothing acts on a request before it passed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from importlib import resources
 from typing import Any
 
 from ..errors import HyperdiscoError
@@ -18,8 +24,15 @@ MAX_REQUEST_BYTES = 1 << 20
 MAX_NAME = 64
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_STRING = 64 * 1024
-DEVID_RE = re.compile(r"[0-9]{1,5}")
-MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
+SCHEMA_FILE = "control-api.schema.json"
+
+# what the validator understands; annotations it skips; anything else in the schema is a mistake
+SCHEMA_KEYWORDS = frozenset({
+    "$ref", "allOf", "anyOf", "not", "if", "then", "else", "type", "const", "enum", "minimum", "maximum",
+    "minLength", "maxLength", "pattern", "items", "minItems", "maxItems", "properties", "required",
+    "additionalProperties", "propertyNames", "maxProperties", "x-convert", "x-errno"})
+ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "title", "description", "default", "x-result", "x-stream",
+                         "contentMediaType", "oneOf"})  # oneOf: only the root's, dispatched on "op"
 
 
 class RequestError(HyperdiscoError):
@@ -35,58 +48,62 @@ class XsRequestError(RequestError):
         self.errno = errno
 
 
-# docs/misc/xenstore.txt: path components are ASCII alphanumerics and -/_@ (special watch paths start
-# with @); xenstored checks the rest (no doubled or trailing slash, lengths).
-XS_PATH_RE = re.compile(r"[A-Za-z0-9/_@-]+")
-XS_PERM_RE = re.compile(r"[nrwb][0-9]{1,5}")
-XS_CMDS = ("read", "write", "rm", "ls", "list", "exists", "mkdir", "chmod", "getperms")
-MAX_XS_BATCH = 4096
-MAX_WATCH_PATHS = 64
+@functools.cache
+def schema() -> dict[str, Any]:
+    """The control API's schema, as packaged beside this module."""
+    text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
 
 
-# argument -> (kind, required); kinds: str, int, bool, float, dom, dict, dev (a vif's devid or MAC),
-# xspath (a xenstore path), xspaths (one path or a list of them), perms (a list of xenstore permissions),
-# xsops (a list of xenstore requests, each checked against XS_OP)
-Schema = dict[str, tuple[str, bool]]
+def operations() -> dict[str, dict[str, Any]]:
+    """op -> its request's schema: the root's oneOf, each branch a $ref to a definition whose "op" is a
+    const."""
+    ops: dict[str, dict[str, Any]] = {}
+    for branch in schema()["oneOf"]:
+        definition = resolve(branch)
+        ops[definition["properties"]["op"]["const"]] = definition
+    return ops
 
-# one xenstore request: `xenstore`'s arguments, and each element of `xenstore_tx`'s `ops`
-XS_OP: Schema = {"cmd": ("str", True), "path": ("xspath", True), "value": ("str", False),
-                 "base64": ("bool", False), "perms": ("perms", False), "recurse": ("bool", False),
-                 "upto": ("bool", False), "tidy": ("bool", False), "with_perms": ("bool", False)}
-# the arguments each command takes besides cmd and path (and base64, which any may carry)
-XS_CMD_ARGS: dict[str, tuple[str, ...]] = {
-    "read": (), "write": ("value",), "rm": ("tidy",), "ls": ("with_perms",), "list": (), "exists": (),
-    "mkdir": (), "chmod": ("perms", "recurse", "upto"), "getperms": ()}
 
-OPS: dict[str, Schema] = {
-    "create": {"config": ("dict", True)},
-    "list": {"long": ("bool", False)},
-    "top": {},
-    "info": {},
-    "domid": {"dom": ("dom", True)},
-    "domname": {"dom": ("dom", True)},
-    "pause": {"dom": ("dom", True)},
-    "unpause": {"dom": ("dom", True)},
-    "destroy": {"dom": ("dom", True)},
-    "shutdown": {"dom": ("dom", True), "reason": ("str", False)},
-    "wait": {"dom": ("dom", True), "timeout": ("float", False)},
-    "dmesg": {"clear": ("bool", False)},
-    "xenstore": XS_OP,
-    "xenstore_tx": {"ops": ("xsops", True)},
-    "exec": {"dom": ("dom", True), "command": ("str", True), "timeout": ("float", False)},
-    "block_attach": {"dom": ("dom", True), "disk": ("dict", True)},
-    "block_detach": {"dom": ("dom", True), "vdev": ("str", True), "timeout": ("float", False)},
-    "block_list": {"dom": ("dom", True)},
-    "network_attach": {"dom": ("dom", True), "vif": ("dict", True)},
-    "network_detach": {"dom": ("dom", True), "dev": ("dev", True), "timeout": ("float", False)},
-    "network_list": {"dom": ("dom", True)},
-    "console": {"dom": ("dom", True)},
-    "watch": {"path": ("xspaths", True)},
-}
+def resolve(sub: dict[str, Any]) -> dict[str, Any]:
+    """A subschema that is only a $ref ("#/$defs/NAME") -> the definition; others as they are."""
+    while set(sub) == {"$ref"}:
+        sub = _ref(sub["$ref"])
+    return sub
+
+
+def _ref(ref: str) -> dict[str, Any]:
+    prefix = "#/$defs/"
+    if not ref.startswith(prefix):
+        raise ValueError(f"unsupported $ref {ref!r}")  # pragma: no cover - the schema's test catches it
+    target: dict[str, Any] = schema()["$defs"][ref[len(prefix):]]
+    return target
+
+
+OPS = operations()
+
+
+class _Refusal(Exception):
+    """Where a value failed (label: "dom", "config.memory", "ops[3].path"; "" for the request object
+    itself), why, and the error name of the innermost x-errno around it."""
+
+    def __init__(self, label: str, detail: str, tag: str = "", errno: str | None = None) -> None:
+        super().__init__(detail)
+        self.label, self.detail, self.tag, self.errno = label, detail, tag, errno
+
+    def error(self, op: str) -> RequestError:
+        if self.errno is not None:
+            what = f"{self.label} {self.detail}" if self.label else self.detail
+            return XsRequestError(self.errno, f"hyperdisco: {op}: {self.errno} ({what})")
+        if self.tag or not self.label or self.detail.startswith(("missing ", "unknown ", "takes ")):
+            where = " ".join(p for p in (op, self.label, self.tag) if p)
+            return RequestError(f"hyperdisco: {where}: {self.detail}")
+        return RequestError(f"hyperdisco: {op}: {self.label} {self.detail}")
 
 
 def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
-    """One request line -> (op, arguments), validated against OPS."""
+    """One request line -> (op, arguments), validated against the op's schema."""
     if len(line) > MAX_REQUEST_BYTES:
         raise RequestError(f"hyperdisco: request larger than {MAX_REQUEST_BYTES} bytes")
     try:
@@ -97,139 +114,200 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         raise RequestError(f"hyperdisco: bad request: not JSON ({str(exc).split(':')[0]})") from None
     if not isinstance(req, dict):
         raise RequestError("hyperdisco: bad request: expected a JSON object")
-    op = req.pop("op", None)
+    op = req.get("op")
     if not isinstance(op, str):
         raise RequestError("hyperdisco: bad request: 'op' must be a string")
-    schema = OPS.get(op)
-    if schema is None:
+    definition = OPS.get(op)
+    if definition is None:
         raise RequestError(f"hyperdisco: unknown operation {op[:64]!r}")
-    args = check_args(op, schema, req)
-    if op == "xenstore":
-        check_xs_op(args, "xenstore")
+    try:
+        args = validate(definition, req)
+    except _Refusal as refusal:
+        raise refusal.error(op) from None
+    args.pop("op")
     return op, args
 
 
-def check_args(op: str, schema: Schema, req: dict[str, Any]) -> dict[str, Any]:
-    """A request's arguments (`op` removed) checked against `schema`: unknown and missing ones refused,
-    optional ones sent as null dropped (their default applies)."""
-    for key in req:
-        if key not in schema:
-            raise RequestError(f"hyperdisco: {op}: unknown argument {str(key)[:64]!r}")
-    for key, (kind, required) in schema.items():
-        if key in req and req[key] is None and not required:
-            del req[key]  # an optional argument sent as null: its default
-        if key not in req:
-            if required:
-                raise RequestError(f"hyperdisco: {op}: missing argument {key!r}")
-            continue
-        req[key] = check(op, key, kind, req[key])
-    return req
+def validate(sub: dict[str, Any], value: Any, label: str = "") -> Any:
+    """`value` checked against `sub`: the value (objects copied, optional nulls dropped, x-convert
+    applied), or _Refusal."""
+    errno = sub.get("x-errno")
+    try:
+        return _validate(sub, value, label)
+    except _Refusal as refusal:
+        if errno is not None and refusal.errno is None:
+            refusal.errno = errno
+        raise
 
 
-def check_xs_op(args: dict[str, Any], where: str) -> None:
-    """A xenstore request's command and the arguments it may carry (XS_CMD_ARGS); write needs a value,
-    chmod its permissions."""
-    cmd = args["cmd"]
-    if cmd not in XS_CMD_ARGS:
-        raise RequestError(f"hyperdisco: {where}: unknown command {cmd[:20]!r} (one of {', '.join(XS_CMDS)})")
-    allowed = {"cmd", "path", "base64", *XS_CMD_ARGS[cmd]}
-    for key in args:
-        if key not in allowed:
-            raise RequestError(f"hyperdisco: {where} {cmd}: takes no {key!r}")
-    if cmd == "write" and "value" not in args:
-        raise RequestError(f"hyperdisco: {where} write: missing argument 'value'")
-    if cmd == "chmod" and not args.get("perms"):
-        raise RequestError(f"hyperdisco: {where} chmod: missing argument 'perms'")
+_TYPE_PHRASES = {"string": "a string", "integer": "an integer", "number": "a number",
+                 "boolean": "true or false", "object": "an object", "array": "a list", "null": "null"}
 
 
-def check(op: str, key: str, kind: str, value: Any) -> Any:
-    def bad(what: str) -> RequestError:
-        return RequestError(f"hyperdisco: {op}: {key} must be {what}")
-
-    if kind == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-        if len(value) > MAX_STRING:
-            raise RequestError(f"hyperdisco: {op}: {key} is longer than {MAX_STRING} characters")
-        if "\0" in value:
-            raise bad("a string without NUL characters")
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 86400:
-            raise bad("a number of seconds (0..86400)")
-        return float(value)
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if kind == "dom":
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise bad("a domain name or ID")
-        if isinstance(value, int):
-            if not 0 <= value < 1 << 16:
-                raise bad("a domain ID (0..65535)")
-            return value
-        if value.isascii() and value.isdigit() and len(value) <= 5:
-            return int(value)
-        return check_name(value, f"{op}: {key}")
-    if kind == "dev":
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 16:
-            return value
-        if isinstance(value, str) and (DEVID_RE.fullmatch(value) or MAC_RE.fullmatch(value)):
-            return int(value) if value.isdigit() else value
-        raise bad("a device ID (0..65535) or a MAC address")
-    if kind == "dict":
-        if not isinstance(value, dict):
-            raise bad("an object")
-        return value
-    if kind == "xspath":
-        return check_xs_path(value, op)
-    if kind == "xspaths":
-        if isinstance(value, list):
-            if not 1 <= len(value) <= MAX_WATCH_PATHS:
-                raise bad(f"a path or a list of 1..{MAX_WATCH_PATHS} paths")
-            return [check_xs_path(v, op) for v in value]
-        return check_xs_path(value, op)
-    if kind == "perms":
-        if not isinstance(value, list) or not 1 <= len(value) <= 64:
-            raise bad("a list of 1..64 permissions (n0, r1, w2, b3...)")
-        for v in value:
-            if not isinstance(v, str) or not XS_PERM_RE.fullmatch(v) or int(v[1:]) > 0xFFFF:
-                shown = repr(v)[:40] if isinstance(v, str) else type(v).__name__
-                raise XsRequestError("EINVAL", f"hyperdisco: {op}: EINVAL (bad permission {shown}: a letter "
-                                               "n, r, w or b and a domain ID: n0, r1...)")
-        return list(value)
-    if kind == "xsops":
-        if not isinstance(value, list) or not 1 <= len(value) <= MAX_XS_BATCH:
-            raise bad(f"a list of 1..{MAX_XS_BATCH} xenstore requests")
-        ops = []
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise RequestError(f"hyperdisco: {op}: {key}[{i}] must be an object")
-            args = check_args(f"{op} {key}[{i}]", XS_OP, dict(item))
-            check_xs_op(args, f"{op} {key}[{i}]")
-            if args["cmd"] == "ls":
-                raise RequestError(f"hyperdisco: {op}: {key}[{i}]: ls is not done in a transaction")
-            ops.append(args)
-        return ops
-    raise bad(kind)  # pragma: no cover - a schema typo
+def _is(kind: str, value: Any) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, {"string": str, "boolean": bool, "object": dict, "array": list,
+                              "null": type(None)}[kind])
 
 
-def check_xs_path(value: Any, where: str) -> str:
-    """A xenstore path as a request carries it: a string of xenstore's path characters; anything else
-    (a NUL, a space, a non-ASCII character) is Xen's EINVAL."""
-    if not isinstance(value, str):
-        raise RequestError(f"hyperdisco: {where} must be a string")
-    if not value or len(value) > 4096 or not XS_PATH_RE.fullmatch(value):
-        bad = next((c for c in value if not XS_PATH_RE.fullmatch(c)), None)
-        why = ("an empty path" if not value else "a path longer than 4096 characters" if len(value) > 4096
-               else f"path {_shown(value)}: xenstore paths may not hold {bad!r}")
-        raise XsRequestError("EINVAL", f"hyperdisco: {where}: EINVAL ({why})")
+def _phrase(sub: dict[str, Any]) -> str:
+    """What a value of `sub` is, for "must be ...": its title, or its type's name; with its bounds."""
+    kinds = sub.get("type")
+    base = sub.get("title") or (" or ".join(_TYPE_PHRASES[k] for k in kinds) if isinstance(kinds, list)
+                                else _TYPE_PHRASES.get(str(kinds), "something else"))
+    if "minimum" in sub or "maximum" in sub:
+        base += f" ({_num(sub.get('minimum', '...'))}..{_num(sub.get('maximum', '...'))})"
+    return str(base)
+
+
+def _num(x: Any) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+def _validate(sub: dict[str, Any], value: Any, label: str) -> Any:
+    bad = functools.partial(_Refusal, label)
+    if isinstance(value, dict) and "properties" in sub:  # an optional property sent as null: absent
+        props, required = sub["properties"], sub.get("required", ())
+        value = {k: v for k, v in value.items() if not (v is None and k in props and k not in required)}
+    if "$ref" in sub:
+        value = validate(_ref(sub["$ref"]), value, label)
+    for part in sub.get("allOf", ()):
+        value = validate(part, value, label)
+    if "anyOf" in sub:
+        value = _any_of(sub, value, label)
+    if "not" in sub:
+        try:
+            validate(sub["not"], value, label)
+        except _Refusal:
+            pass
+        else:
+            raise bad(f"must be {sub.get('title', 'something else')}")
+    kinds = sub.get("type")
+    if kinds is not None:
+        if not any(_is(k, value) for k in ([kinds] if isinstance(kinds, str) else kinds)):
+            raise bad(f"must be {_phrase(sub)}")
+    if "const" in sub and not _same(value, sub["const"]):
+        raise bad(f"must be {json.dumps(sub['const'])}")
+    if "enum" in sub and not any(_same(value, e) for e in sub["enum"]):
+        raise bad(f"must be one of {', '.join(str(e) for e in sub['enum'])}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < sub.get("minimum", value) or value > sub.get("maximum", value):
+            raise bad(f"must be {_phrase(sub)}")
+    if isinstance(value, str):
+        _check_string(sub, value, bad)
+        if sub.get("x-convert") == "integer":
+            value = int(value)
+    if isinstance(value, list):
+        lo, hi = sub.get("minItems", 0), sub.get("maxItems", len(value))
+        if not lo <= len(value) <= hi:
+            raise bad(f"must be {sub.get('title') or f'a list of {lo}..{hi} items'}")
+        if "items" in sub:
+            value = [validate(sub["items"], v, f"{label}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        value = _check_object(sub, value, label)
+    if "if" in sub:
+        try:
+            validate(sub["if"], value, label)
+            branch, tag = sub.get("then"), _tag(sub["if"])
+        except _Refusal:
+            branch, tag = sub.get("else"), ""
+        if branch is not None:
+            try:
+                value = validate(branch, value, label)
+            except _Refusal as refusal:
+                refusal.tag = refusal.tag or tag
+                raise
     return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: true is not 1."""
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+def _tag(cond: dict[str, Any]) -> str:
+    """An if's condition for messages: its consts ("write" in "xenstore write: missing argument...")."""
+    props = cond.get("properties", {})
+    return " ".join(str(p["const"]) for p in props.values() if isinstance(p, dict) and "const" in p)
+
+
+def _any_of(sub: dict[str, Any], value: Any, label: str) -> Any:
+    """The first branch that takes the value (its conversion applies). When none does and only one
+    branch is of the value's type, that branch's refusal says why; otherwise the title does."""
+    refusals = []
+    for branch in sub["anyOf"]:
+        try:
+            return validate(branch, value, label)
+        except _Refusal as refusal:
+            refusals.append((branch, refusal))
+    typed = [r for b, r in refusals if _accepts_type(b, value)]
+    if len(typed) == 1:
+        raise typed[0]
+    raise _Refusal(label, f"must be {sub.get('title', 'of another type')}")
+
+
+def _accepts_type(sub: dict[str, Any], value: Any) -> bool:
+    sub = resolve(sub)
+    kinds = sub.get("type")
+    if kinds is None:
+        return all(_accepts_type(p, value) for p in sub.get("allOf", ())) if "allOf" in sub else True
+    return any(_is(k, value) for k in ([kinds] if isinstance(kinds, str) else kinds))
+
+
+@functools.cache
+def _pattern(pattern: str) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
+    """A schema pattern (ECMA-262, searched) compiled; a final $ is the end of the string (Python's \\Z, not
+    before a trailing newline). With it, the character class of a pattern that is one class repeated, to
+    name the character refused."""
+    compiled = re.compile(pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$")
+                          else pattern)
+    m = re.fullmatch(r"\^(\[[^\]]+\])[*+]\$", pattern)
+    return compiled, re.compile(m.group(1)) if m else None
+
+
+def _check_string(sub: dict[str, Any], value: str, bad: Any) -> None:
+    if len(value) > sub.get("maxLength", len(value)):
+        raise bad(f"is longer than {sub['maxLength']} characters")
+    if len(value) < sub.get("minLength", 0):
+        raise bad("must not be empty" if sub["minLength"] == 1 else f"is shorter than {sub['minLength']} "
+                                                                    "characters")
+    if "pattern" in sub:
+        compiled, chars = _pattern(sub["pattern"])
+        if not compiled.search(value):
+            c = next((c for c in value if chars is not None and not chars.fullmatch(c)), None)
+            if c is not None:
+                raise bad(f"{_shown(value)}: may not hold {c!r}")
+            raise bad(f"must be {sub.get('title') or 'matching ' + sub['pattern']}")
+
+
+def _check_object(sub: dict[str, Any], value: dict[str, Any], label: str) -> dict[str, Any]:
+    props: dict[str, Any] = sub.get("properties", {})
+    required = sub.get("required", ())
+    out = dict(value)
+    for key in required:
+        if key not in out:
+            raise _Refusal(label, f"missing argument {key!r}")
+    if len(out) > sub.get("maxProperties", len(out)):
+        raise _Refusal(label, f"unknown argument: more than {sub['maxProperties']} keys")
+    names = sub.get("propertyNames")
+    extra = sub.get("additionalProperties", True)
+    for key in list(out):
+        inner = f"{label}.{key}" if label else str(key)
+        if names is not None:
+            try:
+                validate(names, key, inner)
+            except _Refusal:
+                raise _Refusal(label, f"takes no {str(key)[:64]!r}") from None
+        if key in props:
+            out[key] = validate(props[key], out[key], inner)
+        elif extra is False:
+            raise _Refusal(label, f"unknown argument {str(key)[:64]!r}")
+        elif isinstance(extra, dict):
+            out[key] = validate(extra, out[key], inner)
+    return out
 
 
 def _shown(text: str, limit: int = 120) -> str:
