@@ -13,6 +13,14 @@ XEN_BASE = 0x40000000
 XEN_HVM_CPUID_VCPU_ID_PRESENT = 1 << 3
 XEN_HVM_CPUID_DOMID_PRESENT = 1 << 4
 SUBLEAF_LEAVES = (4, 7, 0xB, 0xD, 0xF, 0x10, 0x14)
+# Never offered, whatever CPU model the engine emulates: unicorn 2.1.4's RDRAND/RDSEED helper draws from
+# a Mersenne Twister per host thread (its glib_compat g_rand, seeded once from 16 bytes of /dev/urandom),
+# not a cryptographic generator. Its state follows from 312 RDRAND results, so any guest process could
+# predict (and, the generator being invertible, recompute) what the guest kernel draws; and the stock
+# Debian kernel (CONFIG_RANDOM_TRUST_CPU=y) credits RDRAND as full entropy to seed its RNG. (On the qemu64
+# model the tcg engine uses, TCG raises #UD for both anyway: it checks the model's own feature bits.)
+LEAF1_ECX_RDRAND = 1 << 30
+LEAF7_EBX_RDSEED = 1 << 18
 
 Regs = tuple[int, int, int, int]
 
@@ -25,7 +33,10 @@ class CpuidPolicy:
             ecx = table[(1, 0)][2]
             ecx &= ~((1 << 21) | (1 << 24))  # no x2APIC, no TSC deadline timer: not modelled
             ecx |= 1 << 31  # running on a hypervisor
+            ecx &= ~LEAF1_ECX_RDRAND  # see LEAF1_ECX_RDRAND
             table[(1, 0)][2] = ecx
+        if (7, 0) in table:
+            table[(7, 0)][1] &= ~LEAF7_EBX_RDSEED
         if (0x80000007, 0) in table:
             table[(0x80000007, 0)][3] |= 1 << 8  # invariant TSC: it is the host's
         # The TSC frequency, stated the way Intel CPUs state it (SDM vol. 2, CPUID leaves 15H and 16H):

@@ -251,6 +251,22 @@ def test_cpuid_policy_without_leaf1() -> None:
     assert p.lookup(1, 0, 0) == (0, 0, 0, 0)
 
 
+def test_cpuid_never_offers_rdrand_or_rdseed() -> None:
+    """unicorn's RDRAND is a Mersenne Twister the guest can predict (platform/cpuid.py): a CPU model that
+    has RDRAND/RDSEED must not pass them on, and nothing else in those leaves changes."""
+    native = dict(NATIVE)
+    native[(1, 0)] = (0x306A9, 0x00010800, (1 << 30) | (1 << 0), 0x078BFBFF)
+    native[(7, 0)] = (0, (1 << 18) | 0x11, 0, 0)
+    p = CpuidPolicy(native, 1, (4, 17), 1000)
+    c = p.lookup(1, 0, 0)[2]
+    assert not c >> 30 & 1 and c & 1
+    assert p.lookup(7, 0, 0)[1] == 0x11
+    assert p.lookup(7, 1, 0)[1] == 0x22
+    table = p.engine_table(0)
+    assert not table[(1, None)][2] >> 30 & 1
+    assert not table[(7, 0)][1] >> 18 & 1
+
+
 # -- layout ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ram", [layout.MIN_RAM, 512 * layout.MiB, layout.MAX_RAM])
 def test_e820(ram: int) -> None:
