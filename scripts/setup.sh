@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
-command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)   # images rootfs, disk tests
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)   # images rootfs, disk tests, pygrub's debugfs
+command -v sfdisk >/dev/null || [ -x /usr/sbin/sfdisk ] || [ -x /sbin/sfdisk ] || need_apt+=(fdisk)  # pygrub: partitions
+command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)  # images debian
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)   # qcow2 interoperability tests
 command -v passt >/dev/null || need_apt+=(passt)           # the virtual network's uplink to the host
 command -v xenstore-ls >/dev/null || need_apt+=(xenstore-utils)  # Xen's own tools on xenstored's socket

@@ -98,6 +98,27 @@ def cmd_images_rootfs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_images_debian(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..images.debian_image import (
+        DebianImageSpec,
+        build_debian_image,
+        check_password,
+        check_suite,
+        parse_packages,
+        parse_size,
+        read_ssh_key,
+    )
+
+    spec = DebianImageSpec(out=Path(args.out), suite=check_suite(args.suite), size_mib=parse_size(args.size),
+                           packages=parse_packages(args.packages),
+                           ssh_key=read_ssh_key(args.ssh_key) if args.ssh_key else None,
+                           password=check_password(args.password) if args.password is not None else None)
+    print(build_debian_image(spec, progress=_progress))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyperdisco", description="A hypervisor in Python (Xen PVH guests)")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -150,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("out", metavar="OUT.img")
     rf.add_argument("--size", type=int, default=64, metavar="MiB", help="image size (default 64)")
     rf.set_defaults(fn=cmd_images_rootfs)
+    db = imsub.add_parser("debian", help="build a bootable Debian image with mmdebstrap (systemd, the cloud "
+                                         "kernel inside it: boot it with bootloader = \"pygrub\"; root)")
+    db.add_argument("out", metavar="OUT.img")
+    db.add_argument("--suite", default="bookworm", help="Debian suite (default bookworm)")
+    db.add_argument("--size", default="4G", help="image size, e.g. 4G or 2048M (default 4G)")
+    db.add_argument("--packages", metavar="A,B", help="more packages to install, comma-separated")
+    db.add_argument("--ssh-key", metavar="FILE", help="an SSH public key for root (installs openssh-server)")
+    db.add_argument("--password", metavar="PW", help="root's password (none by default: no password login)")
+    db.set_defaults(fn=cmd_images_debian)
     return p
 
 
