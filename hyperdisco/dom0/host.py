@@ -47,7 +47,8 @@ class Host:
     def __init__(self, engine: str = "tcg", log_sink: Callable[[str], None] | None = None,
                  run_dir: str = DEFAULT_RUN_DIR, overcommit: float | None = None,
                  state_dir: str | None = None,
-                 config_of: Callable[[Any], DomainConfig] | None = None, template: bool = False) -> None:
+                 config_of: Callable[[Any], DomainConfig] | None = None, template: bool = False,
+                 reconfigure: Callable[[Any], DomainConfig] | None = None) -> None:
         """With `state_dir`, domains outlive this process: each domain process listens in
         state_dir/domains for a new domain 0, xenstored's state is kept in state_dir/xenstore.json, and
         the domains found there are adopted now (`config_of` turns a domain's record back into its
@@ -92,6 +93,9 @@ class Host:
                 self.log(f"no template domain process ({exc}); domain processes start afresh")
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self._config_of = config_of
+        # a domain booted by a bootloader (pygrub) reads its boot disk again when it restarts, so that a
+        # kernel upgraded inside the guest boots at its next boot: its record -> a fresh configuration
+        self._reconfigure = reconfigure
         if self.state_dir is not None:
             (self.state_dir / "domains").mkdir(parents=True, exist_ok=True, mode=0o700)
             self._adopt_all()
@@ -339,7 +343,11 @@ class Host:
         self._remove(dom)
         if action == "restart":
             try:
-                new = self.create(replace(dom.config), console=console, vifs=vifs)
+                config = replace(dom.config)
+                record = dom.config.record
+                if self._reconfigure is not None and isinstance(record, dict) and record.get("bootloader"):
+                    config = self._reconfigure(record)
+                new = self.create(config, console=console, vifs=vifs)
                 new.restarts = dom.restarts + 1
                 dom.successor = new
                 self._event(new, "restarted", outcome)

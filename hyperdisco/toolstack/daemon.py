@@ -167,7 +167,7 @@ class Daemon:
         self.host = Host(engine, log_sink=(lambda m: print(m, flush=True)) if verbose else None,
                          run_dir=str(self.path.parent), overcommit=overcommit,
                          state_dir=str(self.path.with_name(self.path.name + ".state")),
-                         config_of=self._adopted_config, template=True)
+                         config_of=self._adopted_config, template=True, reconfigure=self._config)
         self.exec_locks: dict[int, threading.Lock] = {}
         self.xenstore = XenstoreOps(self.host.xenstored.local_connection)
 

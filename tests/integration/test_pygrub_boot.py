@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,29 @@ def test_pygrub_newest_kernel_without_grub_cfg_and_bad_images(xl: Xl, tmp_path: 
     assert r.returncode != 0
     err = [ln for ln in r.stderr.splitlines() if not ln.startswith("Parsing config")]
     assert len(err) == 1 and "kernel /boot/vmlinuz-9.9 is not in the image" in err[0], r.stderr
+
+
+@needs_mkfs
+def test_a_kernel_change_inside_the_guest_boots_at_its_next_reboot(xl: Xl, tmp_path: Path,
+                                                                  images: GuestImages) -> None:
+    """pygrub runs again when the domain restarts (on_reboot = restart): what the guest changed in its
+    /boot takes effect at its next boot, as on Xen."""
+    img = boot_image(tmp_path, images, GRUB_CFG)
+    cfg = domain_cfg(tmp_path, "pg4", 'bootloader = "pygrub"',
+                     f"disk = [ 'format=raw, vdev=xvda, access=rw, target={img}' ]")
+    xl("create", cfg)
+    old_id = xl.rows()["pg4"][1]
+    xl("exec", "pg4", "mkdir -p /mnt/b && mount -t ext4 /dev/xvda /mnt/b && "
+                      "sed -i 's/from_grub_cfg=1/from_grub_cfg=upgraded/' /mnt/b/boot/grub/grub.cfg && "
+                      "umount /mnt/b && sync", "--timeout", "120")
+    xl("reboot", "pg4")
+    deadline = time.monotonic() + 90
+    while True:
+        rows = xl.rows()
+        if "pg4" in rows and rows["pg4"][1] != old_id:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.5)
+    r = xl("exec", "pg4", "cat /proc/cmdline", "--timeout", "120")
+    assert "from_grub_cfg=upgraded" in r.stdout, r.stdout
+    xl("destroy", "pg4")
