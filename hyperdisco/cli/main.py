@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import signal
 import sys
 import time
@@ -183,6 +185,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SIGPIPE_STATUS = 128 + 13  # what the shell reports for a command killed by SIGPIPE (`... | head`)
+
+
+def _stdout_gone() -> bool:
+    """stdout's reader went away (a pipe into `head` that has exited): poll reports POLLERR on the
+    write end of a pipe without readers. Python ignores SIGPIPE, so the write raised BrokenPipeError;
+    the same error from the control socket (the daemon went away) is not this."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is still buffered does
+    not raise again ("Exception ignored ... BrokenPipeError") at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     import faulthandler
 
@@ -191,7 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args))
+        status = int(args.fn(args))
+        sys.stdout.flush()  # here, where a reader that went away is caught below, not at exit
+        return status
+    except ConnectionError as exc:  # BrokenPipeError, ConnectionResetError
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():
+            _quiet_stdout()
+            return SIGPIPE_STATUS
+        sys.stderr.write("hyperdisco: the daemon closed the connection\n")  # the control socket's
+        return 1
     except HyperdiscoError as exc:
         msg = str(exc)
         sys.stderr.write((msg if msg.startswith("hyperdisco:") else f"hyperdisco: {msg}") + "\n")
