@@ -19,7 +19,7 @@ def _progress(msg: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..toolstack.build import domain_config
-    from ..toolstack.oneshot import run_domain
+    from ..toolstack.oneshot import DETACHED_STATUS, run_domain
 
     t0 = time.monotonic()
     config = domain_config("guest", args.kernel, args.initrd, args.cmdline, args.memory, progress=_progress)
@@ -51,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _progress(f"guest crashed{': ' + report.detail if report.detail else ''}")
     elif report.outcome == "timeout":
         _progress(f"guest timed out ({report.detail})")
+    elif report.exit_status == DETACHED_STATUS:
+        _progress(f"guest destroyed ({report.detail})")
     elif args.exec_ is None:
         _progress(f"guest {report.outcome}")
     if args.stats:

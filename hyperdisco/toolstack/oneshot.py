@@ -14,6 +14,8 @@ from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
 from .sessions import ExecSession, TerminalAttachment
 
+DETACHED_STATUS = 130  # Ctrl-] destroyed the guest: the user interrupted it, as Ctrl-C would
+
 
 @dataclass
 class RunReport:
@@ -45,12 +47,20 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
 
     session: ExecSession | None = None
     attach: TerminalAttachment | None = None
+    detached = False
+
+    def detach() -> None:
+        nonlocal detached
+        detached = True
+        if current:
+            current[-1].shutdown("destroyed", "Ctrl-] pressed")
+
     if exec_command is not None:
         session = ExecSession(exec_command, send)
         console.attach(session.feed)
         config = replace(config, on_reboot="destroy", on_crash="destroy", on_poweroff="destroy")
     else:
-        attach = TerminalAttachment(send, lambda: current[-1].shutdown("destroyed") if current else None)
+        attach = TerminalAttachment(send, detach)
         if not quiet_console:
             console.attach(attach.output)
         config = replace(config, on_reboot="restart", on_crash="destroy", on_poweroff="destroy")
@@ -90,6 +100,9 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
     host.close()
     outcome = dom.outcome or "unknown"
     status = {"poweroff": 0, "reboot": 0, "destroyed": 0}.get(outcome, 1)
+    detail = dom.outcome_detail
+    if detached and outcome == "destroyed":
+        status, detail = DETACHED_STATUS, "Ctrl-] pressed"
     output = b""
     if session is not None:
         if session.exit_status is not None:
@@ -98,4 +111,4 @@ def run_domain(config: DomainConfig, engine_name: str = "tcg", exec_command: str
         else:
             status = 1
             output = bytes(transcript)
-    return RunReport(outcome, dom.outcome_detail, status, output, timings, traps)
+    return RunReport(outcome, detail, status, output, timings, traps)
