@@ -336,8 +336,12 @@ class Daemon:
                 conn: socket.socket | None = None) -> dict[str, Any]:
         d = self._dom(dom)
         lock = self.exec_locks.setdefault(d.domid, threading.Lock())
-        if not lock.acquire(timeout=timeout):
-            raise HyperdiscoError(f"hyperdisco: exec in {d.name}: another exec is still running")
+        queued = time.monotonic() + timeout
+        while not lock.acquire(timeout=0.2):  # a client that goes away while it waits gives up its turn
+            if conn is not None and _client_gone(conn):
+                raise HyperdiscoError(f"hyperdisco: exec in {d.name}: the client went away")
+            if time.monotonic() > queued:
+                raise HyperdiscoError(f"hyperdisco: exec in {d.name}: another exec is still running")
         try:
             console = self.host.consoles[d.domid]
             fresh = not d.guest_up
