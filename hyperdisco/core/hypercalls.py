@@ -200,10 +200,10 @@ class Hypercalls:
             timeout, flags = va.unpack(abi.SINGLESHOT_TIMER, arg)
             if flags & abi.VCPU_SSHOTTMR_future and timeout < dom.clock.now_ns():
                 return -abi.ETIME
-            target.timer_ns = timeout
+            target.set_timer(timeout, own_thread=target is ctx)
             return 0
         if cmd == abi.VCPUOP_stop_singleshot_timer:
-            target.timer_ns = None
+            target.set_timer(None, own_thread=target is ctx)
             return 0
         if cmd == abi.VCPUOP_set_periodic_timer:
             (period,) = va.unpack(_U64, arg)
@@ -410,5 +410,5 @@ class Hypercalls:
 
     # -- set_timer_op -----------------------------------------------------------------------------------
     def set_timer_op(self, ctx: VcpuContext, timeout: int, *_: int) -> int:
-        ctx.timer_ns = timeout or None
+        ctx.set_timer(timeout or None)
         return 0

@@ -14,6 +14,7 @@ import pytest
 from unit_support import KERNEL_PADDR, SCRATCH_VA, DomainHarness, make_elf
 
 from hyperdisco.core import shared_info
+from hyperdisco.core import vcpu as vcpu_mod
 from hyperdisco.core.clock import Clock
 from hyperdisco.core.domain import Domain, DomainConfig
 from hyperdisco.core.trap_dispatch import DEBUG_PORT
@@ -268,3 +269,34 @@ def test_describe_says_where_a_vcpu_is(dh: DomainHarness) -> None:
     ctx.timer_ns = dh.dom.clock.now_ns() + 5_000_000
     line = ctx.describe()
     assert "vcpu0 halted" in line and "timer in " in line and " ms" in line
+
+
+def test_a_timer_due_before_the_slice_ends_ends_the_slice(dh: DomainHarness) -> None:
+    ctx = dh.ctx
+    stops: list[str] = []
+    ctx.ev.request_stop = lambda: stops.append("stop")  # type: ignore[method-assign]
+    now = dh.dom.clock.now_ns()
+    ctx.slice_end_ns = now + 10_000_000  # a 10 ms slice is running
+    ctx.set_timer(now + 20_000_000)  # after it: the slice runs on
+    assert stops == [] and ctx.timer_ns == now + 20_000_000
+    ctx.set_timer(now + 1_000_000)  # before its end: the slice ends when the hypercall returns
+    assert stops == ["stop"] and ctx.timer_ns == now + 1_000_000
+
+
+def test_an_event_the_guest_cannot_take_yet_is_retried_soon(dh: DomainHarness) -> None:
+    """Interrupts are off at the PVH entry: the pending upcall is not injected, and the next slice is
+    short so that it is delivered soon after the guest turns interrupts on."""
+    _setup_events(dh)
+    dom, ctx = dh.dom, dh.ctx
+    dom.callback_vector = 0xF3
+    dom.evtchn.notify(dom.console_port)
+    slices: list[int] = []
+    real_run = ctx.ev.run
+
+    def run(slice_ns: int) -> object:
+        slices.append(slice_ns)
+        return real_run(50_000)
+
+    ctx.ev.run = run  # type: ignore[method-assign]
+    ctx.step()
+    assert ctx.undelivered and slices == [vcpu_mod.DELIVERY_RETRY_NS]
