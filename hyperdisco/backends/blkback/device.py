@@ -22,6 +22,7 @@ from ...core.evtchn import EvtchnError
 from ...core.grant import GrantError
 from ...core.ratelimit import RateLimiter
 from ...xen import abi as xen_abi
+from ..xenbus_backend import XenbusBackend, release_port
 from . import abi
 from .ioqueue import DomainIoQueue
 from .ring import DEFAULT_MAX_INDIRECT_SEGMENTS, BlkRing, Disk, RingError
@@ -36,7 +37,7 @@ MAX_RING_REF = 1 << 32
 OFFER_PERSISTENT = True
 
 
-class VbdBackend:
+class VbdBackend(XenbusBackend):
     def __init__(self, dom: Any, xenstored: Any, devid: int, vdev: str, disk: Disk,
                  log: Callable[[str], None], offer_persistent: bool | None = None,
                  io: DomainIoQueue | None = None) -> None:
@@ -55,8 +56,7 @@ class VbdBackend:
         self._kicked = False
         self._xenbus = False
         self._stop = False
-        self.closed = threading.Event()  # frontend and backend both Closed
-        self.state = abi.XenbusStateInitialising
+        self._init_xenbus()
         self.ring: BlkRing | None = None
         self.port: int | None = None
         self.ring_ref: int | None = None
@@ -151,26 +151,10 @@ class VbdBackend:
         self._switch(abi.XenbusStateClosing)
         return False
 
-    def _read(self, rel: str) -> str | None:
-        try:
-            v = self.xs.read(f"{self.fe}/{rel}")
-        except Exception:
-            return None
-        return None if v is None else str(v)
-
-    def _read_uint(self, rel: str, limit: int) -> int | None:
-        v = self._read(rel)
-        if v is None or not v.strip().isdigit() or not v.strip().isascii():
-            return None
-        n = int(v.strip())
-        return n if n < limit else None
-
-    def _switch(self, state: int) -> None:
-        self.state = state
-        try:
-            self.xs.write(f"{self.be}/state", str(state))
-        except Exception as e:
-            self.limit.log(self.log, "state", f"cannot write state {state}: {e}")
+    # -- xenbus (the state machine: backends/xenbus_backend.py) ------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.ring is not None
 
     def _advertise(self) -> None:
         """Features and device properties (blkif.h "Backend XenBus Nodes")."""
@@ -191,43 +175,7 @@ class VbdBackend:
             "max-ring-page-order": "0",
             "feature-persistent": "1" if self.offer_persistent else "0",
         }
-        tx = self.xs.transaction_start()
-        for k, v in nodes.items():
-            self.xs.write(f"{self.be}/{k}", v, tx)
-        self.xs.transaction_end(tx)
-
-    def _frontend_changed(self) -> None:
-        raw = self._read("state")
-        if raw is None and self.ring is not None:
-            self.log("frontend state unreadable")
-        fstate = abi.XenbusStateClosed if raw is None or not raw.isdigit() else int(raw)
-        if fstate in (abi.XenbusStateInitialising, abi.XenbusStateInitWait):
-            if self.state == abi.XenbusStateClosed:  # the frontend reconnects (e.g. module reloaded)
-                self.closed.clear()
-                self._advertise()
-                self._switch(abi.XenbusStateInitWait)
-        elif fstate in (abi.XenbusStateInitialised, abi.XenbusStateConnected):
-            if self.ring is None and self.state in (abi.XenbusStateInitWait, abi.XenbusStateInitialised):
-                self._connect()
-        elif fstate == abi.XenbusStateClosing:
-            self._disconnect()
-            if self.state != abi.XenbusStateClosing:
-                self._switch(abi.XenbusStateClosing)
-        elif fstate == abi.XenbusStateClosed or fstate == abi.XenbusStateUnknown:
-            self._disconnect()
-            if self.state != abi.XenbusStateClosed:
-                self._switch(abi.XenbusStateClosed)
-            self.closed.set()
-
-    def _fatal(self, msg: str) -> None:
-        """As xenbus_dev_fatal: say why in the backend's error node and close."""
-        self.limit.log(self.log, "fatal", msg)
-        try:
-            self.xs.write(f"{self.be}/error", msg)
-        except Exception:
-            pass
-        self._disconnect()
-        self._switch(abi.XenbusStateClosing)
+        self._publish(nodes)
 
     def _connect(self) -> None:
         protocol = self._read("protocol") or abi.PROTO_X86_64
@@ -266,14 +214,11 @@ class VbdBackend:
     def _disconnect(self) -> None:
         if self.ring is None:
             return
-        self.log("disconnected")
+        self.limit.log(self.log, "disconnected", "disconnected")
         ring, self.ring = self.ring, None
         with self._serving:
             ring.close()
-        port, p = self.port, self._port_obj
-        if port is not None and p is not None and self.dom.evtchn.ports.get(port) is p:
-            # as Xen's evtchn_close on our end: the guest's port is unbound again, still offered to us
-            p.state, p.on_send = xen_abi.EVTCHNSTAT_unbound, None
+        release_port(self.dom.evtchn, self.port, self._port_obj)
         self.port, self._port_obj = None, None
         if self._stack is not None:
             self._stack.close()  # releases the ring page's grant

@@ -33,6 +33,7 @@ from ...xen.io import netif
 from ...xen.io import xenbus as xb
 from ..back_ring import RingError
 from ..net import frame as fr
+from ..xenbus_backend import XenbusBackend, release_port
 from .rings import Credit, NetRings, VifStats
 
 TX_BUDGET = 64  # packets per round before the thread looks at its socket and xenstore again
@@ -41,7 +42,7 @@ RX_BATCH = 64  # frames read from the socket per round
 MAX_RING_REF = 1 << 32
 
 
-class VifBackend:
+class VifBackend(XenbusBackend):
     def __init__(self, dom: Any, xenstored: Any, devid: int, mac: str, sock: socket.socket,
                  log: Callable[[str], None]) -> None:
         self.dom = dom
@@ -52,8 +53,7 @@ class VifBackend:
         self.be = f"/local/domain/0/backend/vif/{dom.domid}/{devid}"
         self.fe = f"/local/domain/{dom.domid}/device/vif/{devid}"
         self.stats = VifStats()
-        self.state = xb.XenbusStateInitialising
-        self.closed = threading.Event()
+        self._init_xenbus()
         self.rings: NetRings | None = None
         self.port: int | None = None
         self._port_obj: Any = None
@@ -226,27 +226,10 @@ class VifBackend:
         self._switch(xb.XenbusStateClosing)
         return False
 
-    # -- xenbus -----------------------------------------------------------------------------------------
-    def _read(self, rel: str) -> str | None:
-        try:
-            v = self.xs.read(f"{self.fe}/{rel}")
-        except Exception:
-            return None
-        return None if v is None else str(v)
-
-    def _read_uint(self, rel: str, limit: int) -> int | None:
-        v = self._read(rel)
-        if v is None or not v.strip().isdigit() or not v.strip().isascii():
-            return None
-        n = int(v.strip())
-        return n if n < limit else None
-
-    def _switch(self, state: int) -> None:
-        self.state = state
-        try:
-            self.xs.write(f"{self.be}/state", str(state))
-        except Exception as e:
-            self.limit.log(self.log, "state", f"cannot write state {state}: {e}")
+    # -- xenbus (the state machine: backends/xenbus_backend.py) ------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.rings is not None
 
     def _advertise(self) -> None:
         """What Linux netback writes in its backend directory (xenbus.c netback_probe)."""
@@ -258,40 +241,7 @@ class VifBackend:
             "feature-rx-copy": "1",
             "feature-rx-flip": "0",
         }
-        tx = self.xs.transaction_start()
-        for k, v in nodes.items():
-            self.xs.write(f"{self.be}/{k}", v, tx)
-        self.xs.transaction_end(tx)
-
-    def _frontend_changed(self) -> None:
-        raw = self._read("state")
-        fstate = xb.XenbusStateClosed if raw is None or not raw.isdigit() else int(raw)
-        if fstate in (xb.XenbusStateInitialising, xb.XenbusStateInitWait):
-            if self.state == xb.XenbusStateClosed:  # the frontend reconnects (its module reloaded)
-                self.closed.clear()
-                self._advertise()
-                self._switch(xb.XenbusStateInitWait)
-        elif fstate in (xb.XenbusStateInitialised, xb.XenbusStateConnected):
-            if self.rings is None and self.state in (xb.XenbusStateInitWait, xb.XenbusStateInitialised):
-                self._connect()
-        elif fstate == xb.XenbusStateClosing:
-            self._disconnect()
-            if self.state != xb.XenbusStateClosing:
-                self._switch(xb.XenbusStateClosing)
-        else:  # Closed, Unknown, or nonsense
-            self._disconnect()
-            if self.state != xb.XenbusStateClosed:
-                self._switch(xb.XenbusStateClosed)
-            self.closed.set()
-
-    def _fatal(self, msg: str) -> None:
-        self.limit.log(self.log, "fatal", msg)
-        try:
-            self.xs.write(f"{self.be}/error", msg)
-        except Exception:
-            pass
-        self._disconnect()
-        self._switch(xb.XenbusStateClosing)
+        self._publish(nodes)
 
     def _connect(self) -> None:
         queues = self._read_uint("multi-queue-num-queues", 1 << 16)
@@ -325,10 +275,7 @@ class VifBackend:
         self._port_obj = self.dom.evtchn.ports.get(port)
         self.rings = NetRings(tx_page, rx_page, self.dom.grants, 0, self._send, self._notify,
                               self._complain, rx_gso=gso, rx_sg=sg, stats=self.stats, credit=self._credit())
-        try:
-            self.xs.rm(f"{self.be}/error")  # a refusal of an earlier attempt is history now
-        except Exception:
-            pass
+        self._clear_error()
         self._switch(xb.XenbusStateConnected)
         self.limit.log(self.log, "connected", f"connected: {self.mac}, tx-ring-ref {tx_ref}, "
                        f"rx-ring-ref {rx_ref}, event channel {port}")
@@ -357,9 +304,7 @@ class VifBackend:
         self.limit.log(self.log, "disconnected", "disconnected")
         rings, self.rings = self.rings, None
         rings.close()
-        port, p = self.port, self._port_obj
-        if port is not None and p is not None and self.dom.evtchn.ports.get(port) is p:
-            p.state, p.on_send = xen_abi.EVTCHNSTAT_unbound, None
+        release_port(self.dom.evtchn, self.port, self._port_obj)
         self.port, self._port_obj = None, None
         if self._stack is not None:
             self._stack.close()

@@ -1,0 +1,121 @@
+"""What every back end of a split driver does on xenbus, whatever its device (io/xenbus.h's states, as
+Linux's xenbus backends drive them): read the frontend's nodes (untrusted: parsed defensively), publish
+our state and features, follow the frontend's state, refuse a frontend through the backend's `error`
+node (xenbus_dev_fatal), and give the guest's end of the event channel back when we disconnect.
+
+A device class (blkback's VbdBackend, netback's VifBackend) sets `xs` (its xenstore connection), `be`
+and `fe` (the two directories), `limit` and `log`, and provides `_advertise`, `_connect`,
+`_disconnect` and `connected`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..core.ratelimit import RateLimiter
+from ..xen import abi as xen_abi
+from ..xen.io import xenbus as xb
+
+
+class XenbusBackend:
+    xs: Any
+    be: str
+    fe: str
+    limit: RateLimiter
+    log: Callable[[str], None]
+
+    def _init_xenbus(self) -> None:
+        self.state = xb.XenbusStateInitialising
+        self.closed = threading.Event()  # frontend and backend both Closed
+
+    # -- the device's part ------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        raise NotImplementedError
+
+    def _advertise(self) -> None:
+        raise NotImplementedError
+
+    def _connect(self) -> None:
+        raise NotImplementedError
+
+    def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    # -- nodes ------------------------------------------------------------------------------------------
+    def _read(self, rel: str) -> str | None:
+        try:
+            v = self.xs.read(f"{self.fe}/{rel}")
+        except Exception:
+            return None
+        return None if v is None else str(v)
+
+    def _read_uint(self, rel: str, limit: int) -> int | None:
+        v = self._read(rel)
+        if v is None or not v.strip().isdigit() or not v.strip().isascii():
+            return None
+        n = int(v.strip())
+        return n if n < limit else None
+
+    def _switch(self, state: int) -> None:
+        self.state = state
+        try:
+            self.xs.write(f"{self.be}/state", str(state))
+        except Exception as e:
+            self.limit.log(self.log, "state", f"cannot write state {state}: {e}")
+
+    def _publish(self, nodes: dict[str, str]) -> None:
+        """Backend nodes (features, device properties) in one transaction."""
+        tx = self.xs.transaction_start()
+        for k, v in nodes.items():
+            self.xs.write(f"{self.be}/{k}", v, tx)
+        self.xs.transaction_end(tx)
+
+    # -- states -----------------------------------------------------------------------------------------
+    def _frontend_changed(self) -> None:
+        raw = self._read("state")
+        if raw is None and self.connected:
+            self.log("frontend state unreadable")
+        fstate = xb.XenbusStateClosed if raw is None or not raw.isdigit() else int(raw)
+        if fstate in (xb.XenbusStateInitialising, xb.XenbusStateInitWait):
+            if self.state == xb.XenbusStateClosed:  # the frontend reconnects (e.g. its module reloaded)
+                self.closed.clear()
+                self._advertise()
+                self._switch(xb.XenbusStateInitWait)
+        elif fstate in (xb.XenbusStateInitialised, xb.XenbusStateConnected):
+            if not self.connected and self.state in (xb.XenbusStateInitWait, xb.XenbusStateInitialised):
+                self._connect()
+        elif fstate == xb.XenbusStateClosing:
+            self._disconnect()
+            if self.state != xb.XenbusStateClosing:
+                self._switch(xb.XenbusStateClosing)
+        else:  # Closed, Unknown, or nonsense
+            self._disconnect()
+            if self.state != xb.XenbusStateClosed:
+                self._switch(xb.XenbusStateClosed)
+            self.closed.set()
+
+    def _fatal(self, msg: str) -> None:
+        """As xenbus_dev_fatal: say why in the backend's error node and close."""
+        self.limit.log(self.log, "fatal", msg)
+        try:
+            self.xs.write(f"{self.be}/error", msg)
+        except Exception:
+            pass
+        self._disconnect()
+        self._switch(xb.XenbusStateClosing)
+
+    def _clear_error(self) -> None:
+        try:
+            self.xs.rm(f"{self.be}/error")  # a refusal of an earlier attempt is history now
+        except Exception:
+            pass
+
+
+def release_port(evtchn: Any, port: int | None, port_obj: Any) -> None:
+    """Our end of the guest's event channel goes away (as Xen's evtchn_close on our side): the guest's
+    port is unbound again, still offered to us, if it is still the one we bound."""
+    if port is not None and port_obj is not None and evtchn.ports.get(port) is port_obj:
+        port_obj.state, port_obj.on_send = xen_abi.EVTCHNSTAT_unbound, None
