@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..client import Connection, config_of_file
+from ..errors import HyperdiscoError
 from ..toolstack.protocol import Client, encode
 
 DETACH = b"\x1d"
@@ -32,6 +33,18 @@ def _stream_ok(first: bytes) -> bool:
     return True
 
 
+def _answer_line(sock: socket.socket, limit: int = 1 << 16) -> bytes:
+    """The daemon's one-line answer before a stream, read a byte at a time so that nothing of the stream
+    after it is left in a buffer select cannot see."""
+    line = bytearray()
+    while not line.endswith(b"\n") and len(line) < limit:
+        b = sock.recv(1)
+        if not b:
+            break
+        line += b
+    return bytes(line)
+
+
 def _client(args: argparse.Namespace) -> Client:
     return Client(getattr(args, "socket", None))
 
@@ -44,7 +57,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     print(f"Parsing config from {args.config}", file=sys.stderr)
     dom = _conn(args).create(config_of_file(args.config, args.overrides))
     if args.console:
-        return console(args, str(dom.domid))
+        return console(args, str(dom.domid), dom.name)
     return 0
 
 
@@ -223,38 +236,175 @@ def cmd_console(args: argparse.Namespace) -> int:
     return console(args, args.dom)
 
 
-def console(args: argparse.Namespace, dom: str) -> int:
+# how a console's last line puts a domain's end (its outcome, as the events stream gives it)
+ENDINGS = {"poweroff": "powered off", "reboot": "rebooted (on_reboot does not restart it)",
+           "crash": "crashed", "destroyed": "destroyed", "suspend": "suspended",
+           "watchdog": "was stopped by its watchdog", "soft_reset": "asked for a soft reset",
+           "timeout": "timed out"}
+RESTARTS = {"reboot": "rebooted", "crash": "crashed and was restarted"}
+LAST_EVENTS_S = 2.0  # after the console closes: how long its domain's last events may take to arrive
+
+
+class _DomainEvents:
+    """The daemon's `events` stream read alongside a console, for one domain: how it ended, and the new
+    ID when it restarts. Events are JSON lines; they are read as the socket has them (select), never
+    through a buffered reader that select cannot see into."""
+
+    def __init__(self, args: argparse.Namespace, domid: int, name: str) -> None:
+        self.domid, self.name = domid, name
+        self.ending: tuple[str, str] | None = None  # (event, outcome) of its stop
+        self.gone = False  # "destroyed" seen: nothing more will come for it
+        self._buf = b""
+        self.sock: socket.socket | None = None
+        try:
+            sock = _client(args).sock
+            sock.sendall(encode({"op": "events"}))
+            if json.loads(_answer_line(sock)).get("ok"):
+                self.sock = sock
+            else:
+                sock.close()
+        except (OSError, ValueError, HyperdiscoError):
+            self.sock = None  # no events: the console still works, its last line is vaguer
+
+    def read(self) -> list[str]:
+        """Take what arrived; the lines to show now (a restart). sock is None once the daemon hung up."""
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.sock = None
+            return []
+        self._buf += data
+        return self._lines()
+
+    def _lines(self) -> list[str]:
+        notes = []
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            event, domid, outcome = ev.get("event"), ev.get("domid"), ev.get("outcome")
+            if domid == self.domid and event in ("shutdown", "crashed", "destroyed"):
+                if self.ending is None or event != "destroyed":  # "destroyed" repeats why it stopped
+                    self.ending = (str(event), str(outcome or event))
+                self.gone = self.gone or event == "destroyed"
+            elif event == "restarted" and ev.get("domain") == self.name and isinstance(domid, int):
+                how = RESTARTS.get(str(outcome), "was restarted")
+                notes.append(f"hyperdisco: domain {self.name} {how}; now domain {domid}")
+                self.domid, self.ending, self.gone = domid, None, False
+        return notes
+
+    def settle(self) -> list[str]:
+        """After the console closed: wait (briefly) for the domain's last events."""
+        notes: list[str] = []
+        deadline = time.monotonic() + LAST_EVENTS_S
+        while self.sock is not None and not self.gone:
+            left = deadline - time.monotonic()
+            if self.ending is not None:
+                left = min(left, 0.3)  # stopped and preserved: no "destroyed" will follow
+            if left <= 0:
+                break
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                break
+            notes += self.read()
+        return notes
+
+    def last_line(self, args: argparse.Namespace) -> tuple[str, int]:
+        if self.ending is None:  # it had stopped before we listened (preserved): ask how
+            try:
+                rows = _client(args).call("list")
+                self.ending = next(("shutdown", str(r["outcome"])) for r in rows
+                                   if r.get("domid") == self.domid and r.get("outcome"))
+            except (HyperdiscoError, OSError, StopIteration, KeyError, TypeError):
+                return f"hyperdisco: the daemon closed the console of {self.name}", 1
+        outcome = self.ending[1]
+        return f"hyperdisco: domain {self.name} {ENDINGS.get(outcome, f'stopped ({outcome})')}", 0
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def console(args: argparse.Namespace, dom: str, name: str | None = None) -> int:
+    """Attach the terminal to a domain's console until Ctrl-] (status 0) or the domain's end, said in one
+    line (status 0; 1 if the daemon went away). It follows the domain through restarts: one line says
+    so, and keystrokes go to the new incarnation."""
     c = _client(args)
+    if name is None:
+        try:
+            name = str(c.call("domname", dom=dom))
+        except HyperdiscoError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+    events = _DomainEvents(args, -1, name)  # before attaching: no event of its end can be missed
     c.sock.sendall(encode({"op": "console", "dom": dom}))
-    first = c.file.readline()
+    first = _answer_line(c.sock)  # unbuffered: the stream that follows is read as select sees it
     if not _stream_ok(first):
+        events.close()
         return 1
+    events.domid = int(json.loads(first)["result"]["domid"])
     sock: socket.socket = c.sock
     fd = sys.stdin.fileno()
+    out = sys.stdout.fileno()
     saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    eol = "\r\n" if saved is not None else "\n"
+    last = b"\n"  # the last byte shown: a message starts on a line of its own
+
+    def show(data: bytes) -> None:
+        nonlocal last
+        if data:
+            os.write(out, data)
+            last = data[-1:]
+
+    def note(line: str) -> None:
+        nonlocal last
+        if last != b"\n":
+            os.write(out, eol.encode())
+            last = b"\n"
+        sys.stderr.write(line + eol)
+        sys.stderr.flush()
+
     if saved is not None:
         tty.setraw(fd)
     try:
-        pending = c.file.peek(0) if hasattr(c.file, "peek") else b""
-        if pending:
-            os.write(sys.stdout.fileno(), c.file.read1(len(pending)))
         while True:
-            r, _, _ = select.select([sock, fd], [], [])
+            watched: list[Any] = [sock, fd] + ([events.sock] if events.sock is not None else [])
+            r, _, _ = select.select(watched, [], [])
+            if events.sock is not None and events.sock in r:
+                for line in events.read():
+                    note(line)
             if sock in r:
-                data = sock.recv(4096)
+                try:
+                    data = sock.recv(4096)
+                except OSError:
+                    data = b""
                 if not data:
-                    return 0
-                os.write(sys.stdout.fileno(), data)
+                    break
+                show(data)
             if fd in r:
                 data = os.read(fd, 1024)
                 if not data or DETACH in data:
                     if data:
                         sock.sendall(data[:data.index(DETACH)])
+                    events.close()
                     return 0
                 sock.sendall(data)
     finally:
         if saved is not None:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    eol = "\n"
+    for line in events.settle():
+        note(line)
+    message, status = events.last_line(args)
+    note(message)
+    events.close()
+    return status
 
 
 def event_line(ev: Any) -> str:

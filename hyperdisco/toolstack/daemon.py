@@ -110,6 +110,7 @@ class ClientStream:
         self.q: queue.Queue[bytes | None] = queue.Queue()
         self.queued = 0
         self.closed = threading.Event()
+        self._hang_up = False  # finish(): the writer hangs up once the queue is written
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._write, name="hd-client", daemon=True)
         if start:
@@ -133,6 +134,8 @@ class ClientStream:
         while True:
             data = self.q.get()
             if data is None:
+                if self._hang_up:
+                    self._shutdown()
                 break
             with self._lock:
                 self.queued -= len(data)
@@ -143,13 +146,101 @@ class ClientStream:
                 break
 
     def close(self) -> None:
+        """Hang up now: what is still queued is dropped."""
         if not self.closed.is_set():
             self.closed.set()
             self.q.put(None)
-            try:
-                self.conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self._shutdown()
+
+    def finish(self, timeout: float = 5.0) -> None:
+        """Hang up once what is queued is written (the stream's source has ended); a client that does not
+        read it within `timeout` seconds is cut off."""
+        if not self.closed.is_set():
+            self._hang_up = True
+            self.closed.set()
+            self.q.put(None)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _stays_stopped(dom: DomainHandle) -> bool:
+    """A stopped domain its on_* action keeps (preserve): listed, but it will not run again."""
+    action = {"poweroff": dom.config.on_poweroff, "reboot": dom.config.on_reboot,
+              "crash": dom.config.on_crash}.get(dom.outcome or "crash", "destroy")
+    return dom.finished and dom.reaped and action == "preserve"
+
+
+class ConsoleFollower:
+    """Which incarnation of a domain a console client types into: the domain, then each one its restart
+    action creates (Host.successor). When the domain is gone without one, or stopped and preserved, the
+    stream is finished (its queued output written, then hung up). Woken by the host's state changes
+    (Host.add_listener), with a poll as a backstop; never blocks the host."""
+
+    POLL_S = 1.0
+
+    def __init__(self, host: Host, dom: DomainHandle, out: ClientStream) -> None:
+        self.host = host
+        self.dom = dom
+        self.out = out
+        self.ended = False
+        self._changed = threading.Condition()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        host.add_listener(self._on_event)
+        self._thread = threading.Thread(target=self._run, name="hd-console-follow", daemon=True)
+        self._thread.start()
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("event") in ("shutdown", "crashed", "destroyed"):
+            self._wake.set()
+
+    def target(self) -> DomainHandle | None:
+        """The incarnation to type into, waiting while the current one has stopped and its successor is
+        being made; None once the domain has ended (or the client is gone)."""
+        with self._changed:
+            while self.dom.finished and not self.ended and not self._stopped.is_set():
+                self._changed.wait(0.2)
+            return None if self.ended or self._stopped.is_set() else self.dom
+
+    def stop(self) -> None:
+        """The client went away: stop following."""
+        self._stopped.set()
+        self._wake.set()
+        self._thread.join(5.0)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped.is_set() and not self.out.closed.is_set():
+                d = self.dom
+                if self.host.domains.get(d.domid) is d:
+                    if _stays_stopped(d):
+                        self._end()
+                        return
+                    self._wake.wait(self.POLL_S)
+                    self._wake.clear()
+                    continue
+                nxt = self.host.successor(d)  # waits while its restart is under way
+                if nxt is None:
+                    self._end()
+                    return
+                with self._changed:
+                    self.dom = nxt
+                    self._changed.notify_all()
+        finally:
+            self.host.remove_listener(self._on_event)
+
+    def _end(self) -> None:
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+        self.out.finish()
 
 
 class Daemon:
@@ -399,22 +490,31 @@ class Daemon:
             conn.sendall(encode(reply))
 
     def _console_stream(self, conn: socket.socket, f: Any, dom: str | int) -> None:
+        """The domain's console, following it: through a restart (on_reboot/on_crash "restart", the same
+        console buffer under a new ID) keystrokes go to the new incarnation (those typed in between wait
+        for it); when the domain is gone for good, or stopped and preserved, the guest's last output is
+        written and the stream ends. Why it ended is the `events` stream's to say."""
         d = self._dom(dom)
         console = self.host.consoles[d.domid]
         conn.sendall(encode({"ok": True, "result": {"domid": d.domid}}))
         out = ClientStream(conn)
         console.attach(out.put, replay=True)
+        follow = ConsoleFollower(self.host, d, out)
         try:
             while not out.closed.is_set():
                 data = f.read1(4096)
-                if not data or d.finished:
+                if not data:
                     break
-                if not d.input(data):
-                    break  # the guest left too much input unread
-        except OSError:
+                target = follow.target()
+                if target is None or not target.input(data):
+                    break  # the domain ended, or the guest left too much input unread
+        except (OSError, ValueError):
             pass
         finally:
+            follow.stop()
             console.detach(out.put)
+            if follow.ended:
+                out.finish()
             out.close()
 
     def _watch_stream(self, conn: socket.socket, f: Any, path: str | list[str]) -> None:

@@ -95,6 +95,9 @@ def test_a_guest_that_powers_off_and_one_that_crashes_and_restarts(served: tuple
                 except Exception:
                     pass  # it crashed meanwhile
             time.sleep(0.3)
+            if conn.domains():
+                return False
+            time.sleep(0.5)  # none listed may be a restart under way (old removed, new not yet created)
             return not conn.domains()
 
         until(gone)
