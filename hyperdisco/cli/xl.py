@@ -367,7 +367,8 @@ def console(args: argparse.Namespace, dom: str, name: str | None = None) -> int:
         if last != b"\n":
             os.write(out, eol.encode())
             last = b"\n"
-        sys.stderr.write(line + eol)
+        cr = "\r" if os.isatty(out) else ""  # at column 0 even after a guest's bare newline
+        sys.stderr.write(cr + line + eol)
         sys.stderr.flush()
 
     if saved is not None:
