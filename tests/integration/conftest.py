@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hyperdisco.images import GuestImages, ensure_default_images
+from hyperdisco.images.cpio import CpioWriter
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +42,30 @@ def domain_pid(xl: Xl, name: str) -> int:
         reply = json.loads(s.makefile("rb").readline())
     rows = {r["name"]: r for r in reply["result"]}
     return int(rows[name]["pid"])
+
+
+CC = shutil.which("gcc") or shutil.which("cc")
+
+
+def build_guest_program(source: Path, out: Path) -> Path:
+    """A static program for the guest from tests/guest/*.c (the test is skipped where none can be built)."""
+    if CC is None:
+        pytest.skip(f"no C compiler (gcc) to build {source.name}")
+    p = subprocess.run([CC, "-static", "-O2", "-Wall", "-Wextra", "-o", str(out), str(source)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["failed"])[-1]
+        pytest.skip(f"cannot build a static guest program with {CC} -static (libc.a missing?): {last}")
+    return out
+
+
+def initrd_with_program(images: GuestImages, binary: Path, name: str, out: Path) -> Path:
+    """The default initramfs with `binary` added as /bin/NAME (a second newc archive appended to the
+    first: the kernel unpacks concatenated archives)."""
+    extra = CpioWriter()
+    extra.file(f"bin/{name}", binary.read_bytes(), 0o755)
+    out.write_bytes(Path(images.initrd).read_bytes() + extra.finish())
+    return out
 
 
 def reaches(xl: Xl, dom: str, ip: str, attempts: int = 3) -> bool:

@@ -12,8 +12,6 @@ through /dev/xen/evtchn and does the xenbus handshake through /dev/xen/xenbus.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,14 +19,12 @@ import pytest
 
 from hyperdisco.backends.blkback import abi
 from hyperdisco.images import GuestImages
-from hyperdisco.images.cpio import CpioWriter
 
-from .conftest import Xl, domain_cfg
+from .conftest import Xl, build_guest_program, domain_cfg, initrd_with_program
 
 pytestmark = pytest.mark.slow
 
 SOURCE = Path(__file__).resolve().parent.parent / "guest" / "hostile_blkfront.c"
-CC = shutil.which("gcc") or shutil.which("cc")
 DISK_SECTORS = 512  # a 256 KiB image
 SECTOR0 = b"HOST-SECTOR-ZERO-PATTERN-0123456789"
 BYSTANDER = b"BYSTANDER-DISK-SECTOR-ZERO"
@@ -66,22 +62,11 @@ COMPLAINTS = (
 
 
 def build_hostile(tmp_path: Path) -> Path:
-    if CC is None:
-        pytest.skip("no C compiler (gcc) to build tests/guest/hostile_blkfront.c")
-    out = tmp_path / "hostile"
-    p = subprocess.run([CC, "-static", "-O2", "-Wall", "-o", str(out), str(SOURCE)], capture_output=True,
-                       text=True)
-    if p.returncode != 0:
-        last = (p.stderr.strip().splitlines() or ["failed"])[-1]
-        pytest.skip(f"cannot build a static guest program with {CC} -static (libc.a missing?): {last}")
-    return out
+    return build_guest_program(SOURCE, tmp_path / "hostile")
 
 
 def initrd_with(images: GuestImages, binary: Path, out: Path) -> Path:
-    extra = CpioWriter()
-    extra.file("bin/hostile", binary.read_bytes(), 0o755)
-    out.write_bytes(Path(images.initrd).read_bytes() + extra.finish())
-    return out
+    return initrd_with_program(images, binary, "hostile", out)
 
 
 def raw_image(path: Path, sectors: int, head: bytes) -> Path:

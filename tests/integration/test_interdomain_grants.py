@@ -14,44 +14,30 @@ runs in the background in A, writing to a file the test polls.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from hyperdisco.images import GuestImages
-from hyperdisco.images.cpio import CpioWriter
 
-from .conftest import Xl, domain_cfg
+from .conftest import Xl, build_guest_program, domain_cfg, initrd_with_program
 from .test_interdomain_evtchn import line, wait_output
 
 pytestmark = pytest.mark.slow
 
 SOURCE = Path(__file__).resolve().parent.parent / "guest" / "grant_peer.c"
-CC = shutil.which("gcc") or shutil.which("cc")
 PEER = "/bin/grant_peer"
 ANSWER = "answer-from-B"  # what `grant_peer map` writes (ANSWER_TEXT in grant_peer.c)
 GUEST_TROUBLE = re.compile(r"double fault|Oops|BUG:|Kernel panic|general protection|WARNING:")
 
 
 def build(tmp_path: Path) -> Path:
-    if CC is None:
-        pytest.skip("no C compiler (gcc) to build tests/guest/grant_peer.c")
-    out = tmp_path / "grant_peer"
-    p = subprocess.run([CC, "-static", "-O2", "-Wall", "-Wextra", "-o", str(out), str(SOURCE)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        last = (p.stderr.strip().splitlines() or ["failed"])[-1]
-        pytest.skip(f"cannot build a static guest program with {CC} -static (libc.a missing?): {last}")
-    return out
+    return build_guest_program(SOURCE, tmp_path / "grant_peer")
 
 
 def initrd_with(images: GuestImages, binary: Path, out: Path) -> Path:
-    extra = CpioWriter()
-    extra.file("bin/grant_peer", binary.read_bytes(), 0o755)
-    out.write_bytes(Path(images.initrd).read_bytes() + extra.finish())
-    return out
+    return initrd_with_program(images, binary, "grant_peer", out)
 
 
 def boot(xl: Xl, tmp_path: Path, images: GuestImages, initrd: Path, name: str) -> int:

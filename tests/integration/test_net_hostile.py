@@ -18,24 +18,20 @@ only there to be pinged.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from hyperdisco.images import GuestImages
-from hyperdisco.images.cpio import CpioWriter
 from hyperdisco.xen.io import netif
 from hyperdisco.xen.io import xenbus as xb
 
-from .conftest import Xl, domain_cfg, reaches
+from .conftest import Xl, build_guest_program, domain_cfg, initrd_with_program, reaches
 
 pytestmark = pytest.mark.slow
 
 SOURCE = Path(__file__).resolve().parent.parent / "guest" / "hostile_netfront.c"
-CC = shutil.which("gcc") or shutil.which("cc")
 NET = "hostilenet"
 MAC = {"hostile": "00:16:3e:4e:00:02", "peer": "00:16:3e:4e:00:03", "third": "00:16:3e:4e:00:04"}
 IP = {"hostile": "10.9.0.2", "peer": "10.9.0.3", "third": "10.9.0.4"}
@@ -90,22 +86,11 @@ COMPLAINTS = (
 
 
 def build(tmp_path: Path) -> Path:
-    if CC is None:
-        pytest.skip("no C compiler (gcc) to build tests/guest/hostile_netfront.c")
-    out = tmp_path / "hostile_net"
-    p = subprocess.run([CC, "-static", "-O2", "-Wall", "-o", str(out), str(SOURCE)], capture_output=True,
-                       text=True)
-    if p.returncode != 0:
-        last = (p.stderr.strip().splitlines() or ["failed"])[-1]
-        pytest.skip(f"cannot build a static guest program with {CC} -static (libc.a missing?): {last}")
-    return out
+    return build_guest_program(SOURCE, tmp_path / "hostile_net")
 
 
 def initrd_with(images: GuestImages, binary: Path, out: Path) -> Path:
-    extra = CpioWriter()
-    extra.file("bin/hostile_net", binary.read_bytes(), 0o755)
-    out.write_bytes(Path(images.initrd).read_bytes() + extra.finish())
-    return out
+    return initrd_with_program(images, binary, "hostile_net", out)
 
 
 def vif(name: str, with_ip: bool = True) -> str:
