@@ -3,29 +3,19 @@ create, list, lookup, pause/unpause, destroy, the store, watches and errors with
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from unit_support import make_elf
+from unit_support import scripted_daemon
 
 from hyperdisco.client import Connection, DomainInfo, Error
-from hyperdisco.toolstack.daemon import Daemon
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    tmp = tmp_path_factory.mktemp("client")
-    kernel = tmp / "vmlinux"
-    kernel.write_bytes(make_elf())
-    d = Daemon(str(tmp / "c.sock"), engine="scripted", xenstored_socket="none")
-    server = d.listen()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield str(tmp / "c.sock"), kernel
-    server.shutdown()
-    server.server_close()
-    d.host.close()
+    with scripted_daemon(tmp_path_factory.mktemp("client")) as (_daemon, path, kernel):
+        yield path, kernel
 
 
 def test_domains(served: tuple[str, Path]) -> None:

@@ -11,12 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
-from unit_support import make_elf
+from unit_support import scripted_daemon, until
 
 from hyperdisco.client import Connection
 from hyperdisco.dom0.handle import DomainHandle
@@ -30,16 +30,8 @@ LIVES = "spin:500"  # about 5 s of a scripted guest's life: long enough to type 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str, Path]]:
-    tmp = tmp_path_factory.mktemp("console")
-    kernel = tmp / "vmlinux"
-    kernel.write_bytes(make_elf())
-    d = Daemon(str(tmp / "c.sock"), engine="scripted", xenstored_socket="none")
-    server = d.listen()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield d, str(tmp / "c.sock"), kernel
-    server.shutdown()
-    server.server_close()
-    d.host.close()
+    with scripted_daemon(tmp_path_factory.mktemp("console")) as served:
+        yield served
 
 
 @pytest.fixture
@@ -54,13 +46,6 @@ def typed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes]]:
 
     monkeypatch.setattr(DomainHandle, "input", record)
     return got
-
-
-def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 class Cli:

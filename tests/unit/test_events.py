@@ -9,13 +9,13 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from unit_support import make_elf
+from unit_support import scripted_daemon, until
 
 from hyperdisco.cli.main import main as cli_main
 from hyperdisco.client import Connection, DomainEvent, EventStream
@@ -28,23 +28,8 @@ POWEROFF = f"out:{acpi.SLEEP_CONTROL_PORT}:{acpi.SLP_EN}"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str, Path]]:
-    tmp = tmp_path_factory.mktemp("events")
-    kernel = tmp / "vmlinux"
-    kernel.write_bytes(make_elf())
-    d = Daemon(str(tmp / "c.sock"), engine="scripted", xenstored_socket="none")
-    server = d.listen()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield d, str(tmp / "c.sock"), kernel
-    server.shutdown()
-    server.server_close()
-    d.host.close()
-
-
-def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+    with scripted_daemon(tmp_path_factory.mktemp("events")) as served:
+        yield served
 
 
 def take(events: EventStream, n: int) -> list[DomainEvent]:

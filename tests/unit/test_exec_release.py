@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from unit_support import make_elf
+from unit_support import scripted_daemon, until
 
 from hyperdisco.client import Connection
 from hyperdisco.dom0.handle import DomainHandle
@@ -22,23 +21,8 @@ from hyperdisco.toolstack.daemon import Daemon
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str, Path]]:
-    tmp = tmp_path_factory.mktemp("exec")
-    kernel = tmp / "vmlinux"
-    kernel.write_bytes(make_elf())
-    d = Daemon(str(tmp / "c.sock"), engine="scripted", xenstored_socket="none")
-    server = d.listen()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield d, str(tmp / "c.sock"), kernel
-    server.shutdown()
-    server.server_close()
-    d.host.close()
-
-
-def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+    with scripted_daemon(tmp_path_factory.mktemp("exec")) as served:
+        yield served
 
 
 def exec_client(path: str, dom: str) -> subprocess.Popen[bytes]:

@@ -4,7 +4,13 @@ the engine does (registers in, RAX out)."""
 from __future__ import annotations
 
 import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from hyperdisco.core.domain import Domain
 from hyperdisco.core.vcpu import VcpuContext
@@ -62,3 +68,30 @@ class DomainHarness:
     def put(self, fmt: struct.Struct, *values: int, at: int = SCRATCH_VA) -> int:
         self.dom.memory.pack(fmt, at, *values)
         return at
+
+
+@contextmanager
+def scripted_daemon(tmp: Path) -> Iterator[tuple[Any, str, Path]]:
+    """A real daemon (in this process, `scripted` engine, no xenstored socket) serving tmp/c.sock, and a
+    synthetic kernel for its domains: (daemon, socket path, kernel path)."""
+    from hyperdisco.toolstack.daemon import Daemon
+
+    kernel = tmp / "vmlinux"
+    kernel.write_bytes(make_elf())
+    d = Daemon(str(tmp / "c.sock"), engine="scripted", xenstored_socket="none")
+    server = d.listen()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield d, str(tmp / "c.sock"), kernel
+    finally:
+        server.shutdown()
+        server.server_close()
+        d.host.close()
+
+
+def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
+    """Poll `cond` until it holds (the test fails after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
