@@ -119,3 +119,20 @@ def release_port(evtchn: Any, port: int | None, port_obj: Any) -> None:
     port is unbound again, still offered to us, if it is still the one we bound."""
     if port is not None and port_obj is not None and evtchn.ports.get(port) is port_obj:
         port_obj.state, port_obj.on_send = xen_abi.EVTCHNSTAT_unbound, None
+
+
+def remove_device_nodes(xs: Any, kind: str, domid: int, devid: int) -> None:
+    """The toolstack's side of a device going away (libxl's libxl__device_destroy): remove the frontend
+    and backend directories of device `devid` of type `kind` (vbd, vif), and the domain's backend
+    directory of that type once it is empty. Nodes that are already gone are no error."""
+    parent = f"/local/domain/0/backend/{kind}/{domid}"
+    for path in (f"/local/domain/{domid}/device/{kind}/{devid}", f"{parent}/{devid}"):
+        try:
+            xs.rm(path)
+        except Exception:
+            pass
+    try:
+        if not xs.directory(parent):
+            xs.rm(parent)
+    except Exception:
+        pass

@@ -21,6 +21,7 @@ from typing import Any
 from ...errors import ConfigError
 from ..disk import open_disk
 from ..disk.base import OpenRecord, RecordingOpener
+from ..xenbus_backend import remove_device_nodes
 from . import abi
 
 DETACH_TIMEOUT_S = 10.0  # libxl waits LIBXL_DESTROY_TIMEOUT (10 s) for the frontend, then forces removal
@@ -173,18 +174,7 @@ class BlockDevices:
         return clean
 
     def _remove_nodes(self, domid: int, devid: int) -> None:
-        xs = self.host.xs
-        for path in (frontend_path(domid, devid), backend_path(domid, devid)):
-            try:
-                xs.rm(path)
-            except Exception:
-                pass
-        parent = f"/local/domain/0/backend/vbd/{domid}"
-        try:
-            if not xs.directory(parent):
-                xs.rm(parent)
-        except Exception:
-            pass
+        remove_device_nodes(self.host.xs, "vbd", domid, devid)
 
     def adopt(self, dom: Any, vbds: dict[str, Any]) -> None:
         """A domain adopted from a previous domain 0: its devices, as its process reported them."""

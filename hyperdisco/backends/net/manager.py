@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, HyperdiscoError
+from ..xenbus_backend import remove_device_nodes
 from . import frame
 
 DETACH_TIMEOUT_S = 10.0  # libxl waits LIBXL_DESTROY_TIMEOUT (10 s) for the frontend, then forces removal
@@ -534,18 +535,7 @@ class NetworkDevices:
         self._release_uplink(domid, devid, vif.cfg.network)
 
     def _remove_nodes(self, domid: int, devid: int) -> None:
-        xs = self.host.xs
-        for path in (frontend_path(domid, devid), backend_path(domid, devid)):
-            try:
-                xs.rm(path)
-            except Exception:
-                pass
-        parent = f"/local/domain/0/backend/vif/{domid}"
-        try:
-            if not xs.directory(parent):
-                xs.rm(parent)
-        except Exception:
-            pass
+        remove_device_nodes(self.host.xs, "vif", domid, devid)
 
     def close_domain(self, domid: int) -> None:
         """The domain is going (its process stops its netbacks): ports off the switches, nodes removed."""
