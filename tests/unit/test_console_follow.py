@@ -18,7 +18,7 @@ from typing import IO
 import pytest
 from unit_support import scripted_daemon, until
 
-from hyperdisco.client import Connection
+from hyperdisco.client import Connection, Error
 from hyperdisco.dom0.handle import DomainHandle
 from hyperdisco.platform import acpi
 from hyperdisco.toolstack.daemon import Daemon
@@ -99,16 +99,33 @@ def test_console_follows_a_reboot_and_the_next_key_reaches_the_new_guest(
             assert cli.err_lines() == [f"hyperdisco: domain fw rebooted; now domain {new.domid}"]
             until(lambda: cli.out.count(b"up\n") >= 2)  # the new incarnation's output
             cli.type(b"k")
-            until(lambda: (new.domid, b"k") in typed)
-            assert all(domid == new.domid for domid, _ in typed)
+            # The key reaches the new incarnation, or (on a slow host, when the guest's next scripted
+            # reboot came first) a later one: never the first one, exactly once.
+            until(lambda: [data for _, data in typed] == [b"k"])
+            assert typed[0][0] >= new.domid
             assert cli.p.poll() is None  # still attached
-            new.destroy()
+            _destroy_while_it_restarts(conn, "fw", cli)
             assert cli.wait() == 0
-            assert cli.err_lines()[1:] == ["hyperdisco: domain fw destroyed"]
+            lines = cli.err_lines()
+            assert lines[-1] == "hyperdisco: domain fw destroyed"
+            assert all(" rebooted; now domain " in line for line in lines[:-1])
         finally:
             cli.close()
             for left in conn.domains():
                 left.destroy()
+
+
+def _destroy_while_it_restarts(conn: Connection, name: str, cli: Cli) -> None:
+    """Destroy the domain called `name` even if it is just being restarted (retried until the attached
+    console has ended)."""
+    def gone() -> bool:
+        try:
+            conn.lookup(name).destroy()
+        except Error:
+            pass
+        time.sleep(0.1)
+        return cli.p.poll() is not None
+    until(gone)
 
 
 @pytest.mark.parametrize(("script", "extra", "said"), [
