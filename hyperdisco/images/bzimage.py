@@ -16,14 +16,10 @@ from pathlib import Path
 
 from hyperdisco.errors import ImageError
 from hyperdisco.images.hostfile import MAX_KERNEL_BYTES, read_regular_file
-
-XEN_ELFNOTE_PHYS32_ENTRY = 18
+from hyperdisco.loader.elf import check_header, xen_notes
+from hyperdisco.xen.elfnote import XEN_ELFNOTE_PHYS32_ENTRY
 
 _ELF_MAGIC = b"\x7fELF"
-_ELFCLASS64 = 2
-_ELFDATA2LSB = 1
-_EM_X86_64 = 62
-_PT_NOTE = 4
 
 _LZ4_LEGACY_MAGIC = 0x184C2102
 _LZ4_LEGACY_BLOCK = 8 << 20  # every block of the legacy format decompresses to at most 8 MiB
@@ -36,54 +32,22 @@ def _fail(name: str, why: str) -> ImageError:
 # --------------------------------------------------------------------------------------------------- ELF
 
 
-def _elf_notes(elf: bytes) -> list[tuple[bytes, int, bytes]]:
-    """All (owner, type, descriptor) notes of the PT_NOTE segments of a little-endian ELF64 image."""
-    if len(elf) < 64:
-        return []
-    (e_phoff,) = struct.unpack_from("<Q", elf, 0x20)
-    e_phentsize, e_phnum = struct.unpack_from("<HH", elf, 0x36)
-    notes: list[tuple[bytes, int, bytes]] = []
-    for i in range(e_phnum):
-        ph = e_phoff + i * e_phentsize
-        if ph + 56 > len(elf):
-            break
-        (p_type,) = struct.unpack_from("<I", elf, ph)
-        if p_type != _PT_NOTE:
-            continue
-        (p_offset,) = struct.unpack_from("<Q", elf, ph + 8)
-        (p_filesz,) = struct.unpack_from("<Q", elf, ph + 32)
-        pos, end = p_offset, min(p_offset + p_filesz, len(elf))
-        while pos + 12 <= end:
-            namesz, descsz, ntype = struct.unpack_from("<III", elf, pos)
-            name_at = pos + 12
-            desc_at = name_at + ((namesz + 3) & ~3)
-            next_at = desc_at + ((descsz + 3) & ~3)
-            if next_at > end and desc_at + descsz > end:
-                break
-            owner = elf[name_at : name_at + namesz].rstrip(b"\0")
-            notes.append((owner, ntype, elf[desc_at : desc_at + descsz]))
-            pos = next_at
-    return notes
-
-
 def pvh_entry(elf: bytes) -> int | None:
-    """The 32-bit physical PVH entry point from the Xen ELF note, or None when the kernel has none."""
-    for owner, ntype, desc in _elf_notes(elf):
-        if owner == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY and len(desc) >= 4:
-            value: int = struct.unpack_from("<I", desc)[0]
-            return value
-    return None
+    """The 32-bit physical PVH entry point from the Xen ELF note, or None when the kernel has none (or is
+    not a well-formed x86 ELF file)."""
+    try:
+        notes = xen_notes(elf)
+    except ImageError:
+        return None
+    found = [n.desc for n in notes if n.type == XEN_ELFNOTE_PHYS32_ENTRY and len(n.desc) >= 4]
+    return struct.unpack_from("<I", found[-1])[0] if found else None
 
 
 def _check_pvh_elf(elf: bytes, name: str) -> bytes:
-    if len(elf) < 64 or elf[:4] != _ELF_MAGIC:
-        raise _fail(name, "not an ELF file")
-    if elf[4] != _ELFCLASS64 or elf[5] != _ELFDATA2LSB:
-        raise _fail(name, "not a 64-bit little-endian ELF kernel")
-    (machine,) = struct.unpack_from("<H", elf, 0x12)
-    if machine != _EM_X86_64:
-        raise _fail(name, f"ELF kernel is for machine {machine}, not x86-64")
+    """A first look (header and notes) before the image is cached; loader/elf.py checks the rest."""
+    check_header(elf, name)
     if pvh_entry(elf) is None:
+        xen_notes(elf, name)  # a malformed note area is its own one-line error
         raise _fail(
             name, "kernel has no Xen PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y"
         )
@@ -209,7 +173,7 @@ def _bzimage_payload(data: bytes, name: str) -> bytes:
 
 
 def kernel_elf_from_bytes(data: bytes, name: str = "kernel") -> bytes:
-    """Return the PVH-capable x86-64 ELF kernel contained in ``data`` (an ELF vmlinux or a bzImage).
+    """Return the PVH-capable x86 (ELF32 or ELF64) kernel contained in ``data`` (an ELF vmlinux or a bzImage).
 
     ``name`` only appears in error messages (usually the file's path).
     """

@@ -28,8 +28,8 @@ def test_parse_synthetic_kernel() -> None:
 
 
 def test_entry_note_eight_bytes_is_truncated_to_32_bits() -> None:
-    notes = elf_note(b"Xen", 18, struct.pack("<Q", 0xFFFFFFFF_81000000))
-    assert parse_kernel(make_elf(notes=notes)).pvh_entry == 0x81000000
+    notes = elf_note(b"Xen", 18, struct.pack("<Q", 0xFFFFFFFF_01000000))
+    assert parse_kernel(make_elf(notes=notes)).pvh_entry == 0x01000000
 
 
 def test_multiple_notes_and_foreign_owners() -> None:
@@ -41,6 +41,7 @@ def test_multiple_notes_and_foreign_owners() -> None:
     assert k.pvh_entry == 0x1000100
     assert k.notes[6] == b"linux\0"
     assert set(k.notes) == {6, 18}
+    assert k.xen is not None and k.xen.strings == {"GUEST_OS": "linux"}
 
 
 @pytest.mark.parametrize("notes", [
@@ -54,13 +55,15 @@ def test_missing_pvh_note(notes: bytes) -> None:
         parse_kernel(make_elf(notes=notes))
 
 
-def test_truncated_note_is_ignored_not_overread() -> None:
-    good = elf_note(b"Xen", 18, b"\0" * 4)
+def test_truncated_note_is_refused_not_overread() -> None:
+    good = elf_note(b"Xen", 18, struct.pack("<I", KERNEL_PADDR))
     bad = struct.pack("<III", 4, 0xFFFFFFF0, 18) + b"Xen\0"
-    with pytest.raises(ImageError, match="PVH entry note"):
+    with pytest.raises(ImageError, match="malformed ELF note"):
         parse_kernel(make_elf(notes=bad + good))
-    with pytest.raises(ImageError, match="PVH entry note"):
+    with pytest.raises(ImageError, match="malformed ELF note"):
         parse_kernel(make_elf(notes=good[:-2]))
+    with pytest.raises(ImageError, match="malformed ELF note"):
+        parse_kernel(make_elf(notes=good + b"\0" * 8))  # a header cut short
 
 
 @pytest.mark.parametrize("cut", [0, 3, 4, 16, EHDR.size - 1])
@@ -101,12 +104,14 @@ def test_not_elf_or_wrong_class() -> None:
     data = make_elf()
     with pytest.raises(ImageError, match="not an ELF"):
         parse_kernel(b"MZ" + data[2:])
-    with pytest.raises(ImageError, match="x86-64"):
-        parse_kernel(data[:4] + b"\x01" + data[5:])  # ELFCLASS32
-    with pytest.raises(ImageError, match="x86-64"):
+    with pytest.raises(ImageError, match="unknown ELF class 3"):
+        parse_kernel(data[:4] + b"\x03" + data[5:])
+    with pytest.raises(ImageError, match="not a little-endian"):
         parse_kernel(data[:5] + b"\x02" + data[6:])  # big endian
     with pytest.raises(ImageError, match="x86-64"):
         parse_kernel(make_elf(machine=183))  # aarch64
+    with pytest.raises(ImageError, match="machine 40"):
+        parse_kernel(make_elf(machine=40, cls=32))  # ARM
 
 
 def _patch_load_phdr(data: bytes, **fields: int) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 
 from hyperdisco.core.domain import Domain
 from hyperdisco.core.vcpu import VcpuContext
-from hyperdisco.loader.elf import EHDR, NHDR, PHDR
+from hyperdisco.loader.elf import EHDR, EHDR32, NHDR, PHDR, PHDR32, SHDR, SHDR32
 from hyperdisco.xen import abi
 
 KERNEL_PADDR = 0x1000000
@@ -28,19 +28,48 @@ def elf_note(name: bytes, typ: int, desc: bytes) -> bytes:
         (len(desc) + 3) & ~3, b"\0")
 
 
-def make_elf(entry: int = KERNEL_PADDR, code: bytes = b"\xf4" * 16, memsz: int = 0x2000,
-             notes: bytes | None = None, paddr: int = KERNEL_PADDR, machine: int = 62) -> bytes:
-    """A tiny ELF64 x86-64 kernel: one PT_NOTE (Xen PHYS32_ENTRY by default) and one PT_LOAD."""
+def make_elf(entry: int | None = None, code: bytes = b"\xf4" * 16, memsz: int = 0x2000,
+             notes: bytes | None = None, paddr: int = KERNEL_PADDR, machine: int = 62, cls: int = 64,
+             extra_loads: tuple[tuple[int, bytes, int], ...] = (), note_align: int = 4,
+             section_notes: bool = False) -> bytes:
+    """A tiny x86 kernel, ELF64 or ELF32 (`cls`): one PT_NOTE (Xen PHYS32_ENTRY = `entry`, by default the
+    load address) and a PT_LOAD of `code` at `paddr`, then one PT_LOAD per (paddr, data, memsz) of
+    `extra_loads`. With `section_notes` the notes are in an SHT_NOTE section instead of a segment."""
+    if entry is None:
+        entry = paddr
     if notes is None:
         notes = elf_note(b"Xen", 18, struct.pack("<I", entry))
-    phoff = EHDR.size
-    note_off = phoff + 2 * PHDR.size
-    code_off = note_off + len(notes)
-    ident = b"\x7fELF" + bytes([2, 1, 1]) + b"\0" * 9
-    eh = EHDR.pack(ident, 2, machine, 1, entry, phoff, 0, 0, EHDR.size, PHDR.size, 2, 0, 0, 0)
-    ph_note = PHDR.pack(4, 4, note_off, 0, 0, len(notes), len(notes), 4)
-    ph_load = PHDR.pack(1, 5, code_off, paddr, paddr, len(code), memsz, 0x1000)
-    return eh + ph_note + ph_load + notes + code
+    ehdr, phdr, shdr = (EHDR, PHDR, SHDR) if cls == 64 else (EHDR32, PHDR32, SHDR32)
+    loads = ((paddr, code, memsz),) + extra_loads
+    nph = len(loads) + (0 if section_notes else 1)
+    phoff = ehdr.size
+    note_off = phoff + nph * phdr.size
+    at = note_off + len(notes)
+    body = notes
+    placed = []
+    for pa, data, msz in loads:
+        placed.append((at, pa, data, msz))
+        body += data
+        at += len(data)
+    shoff = shnum = 0
+    sections = b""
+    if section_notes:
+        shoff, shnum = at, 2
+        sections = shdr.pack(*([0] * 10)) + (
+            shdr.pack(0, 7, 0, 0, note_off, len(notes), 0, 0, note_align, 0))
+    ident = b"\x7fELF" + bytes([2 if cls == 64 else 1, 1, 1]) + b"\0" * 9
+    eh = ehdr.pack(ident, 2, machine, 1, entry, phoff, shoff, 0, ehdr.size, phdr.size, nph,
+                   shdr.size, shnum, 0)
+
+    def ph(typ: int, flags: int, off: int, pa: int, filesz: int, msz: int, align: int) -> bytes:
+        if cls == 64:
+            return PHDR.pack(typ, flags, off, pa, pa, filesz, msz, align)
+        return PHDR32.pack(typ, off, pa, pa, filesz, msz, flags, align)
+
+    phs = b"" if section_notes else ph(4, 4, note_off, 0, len(notes), len(notes), note_align)
+    for off, pa, data, msz in placed:
+        phs += ph(1, 5, off, pa, len(data), msz, 0x1000)
+    return eh + phs + body + sections
 
 
 @dataclass
