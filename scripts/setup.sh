@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs what hyperdisco needs on a fresh Debian/Ubuntu machine (run as root): a C compiler for the tcg
-# engine's fast path, apt/dpkg tooling for the default guest images, and a virtualenv in .venv holding
+# Installs what hyperdisco needs on a fresh Debian/Ubuntu machine (run as root): a C compiler and cmake for
+# the tcg engine (its fast path, and the project's patched unicorn built into the cache), apt/dpkg tooling for the default guest images, and a virtualenv in .venv holding
 # the package and its development tools. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
+command -v cmake >/dev/null || need_apt+=(cmake)           # the patched unicorn (engine/tcg/unicorn_build.py)
+command -v make >/dev/null || need_apt+=(make)             # cmake's default generator
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)   # images rootfs, disk tests, pygrub's debugfs
 command -v sfdisk >/dev/null || [ -x /usr/sbin/sfdisk ] || [ -x /sbin/sfdisk ] || need_apt+=(fdisk)  # pygrub: partitions
@@ -43,3 +45,5 @@ if ! .venv/bin/python -c 'import hyperdisco, unicorn, pytest, ruff, mypy, hypoth
   .venv/bin/pip install -q -e '.[dev]'
   touch .venv/.installed
 fi
+# the tcg engine's patched unicorn (engine/tcg/unicorn_patches.py), once per patch set, into the cache
+.venv/bin/python -m hyperdisco.engine.tcg.unicorn_build >/dev/null

@@ -1,4 +1,4 @@
-"""Compile fastpath.c against the unicorn wheel's headers and library, once, into the user's cache."""
+"""Compile fastpath.c against the patched unicorn's headers and library (uc.py), once, into the cache."""
 
 from __future__ import annotations
 
@@ -9,26 +9,20 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import unicorn
-
 from ...cachedir import cache_dir
 from ...errors import EngineError
+from .uc import LIBRARY_DIR, check, library_path
+from .unicorn_build import expected_marker
 
 SOURCE = Path(__file__).with_name("fastpath.c")
 
 
-def _unicorn_dirs() -> tuple[Path, Path]:
-    root = Path(unicorn.__file__).parent
-    return root / "include", root / "lib"
-
-
 def fastpath_library() -> Path:
     """Path of the compiled fast path, building it if the source or the unicorn build changed."""
-    inc, lib = _unicorn_dirs()
-    libfile = lib / "libunicorn.so.2"
-    if not libfile.exists():
-        raise EngineError(f"hyperdisco: unicorn library not found at {libfile}")
-    key = hashlib.sha256(SOURCE.read_bytes() + str(libfile.stat().st_size).encode()).hexdigest()[:16]
+    check()
+    inc, lib, libfile = LIBRARY_DIR / "include", LIBRARY_DIR, library_path()
+    key = hashlib.sha256(SOURCE.read_bytes() + expected_marker().encode()
+                         + str(libfile.stat().st_size).encode()).hexdigest()[:16]
     out = cache_dir() / "engine" / f"fastpath-{key}.so"
     if out.exists():
         return out

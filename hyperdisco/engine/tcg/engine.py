@@ -7,14 +7,12 @@ import functools
 import struct
 import time
 
-import unicorn
-from unicorn import x86_const as X
-
 from ...errors import EngineError
 from ..base import Engine, RunResult, StopReason, TrapCounts, TrapHandler, Vcpu
 from . import qemu_state as qs
 from .build import fastpath_library
 from .ticker import ticker
+from .uc import X, check, unicorn
 
 HYPERCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
@@ -82,6 +80,7 @@ CPU_MODEL = X.UC_CPU_X86_QEMU64
 
 
 def new_uc() -> unicorn.Uc:
+    check()  # the patched library (uc.py), or a one-line error
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
     uc.ctl_set_cpu_model(CPU_MODEL)
     return uc

@@ -2,7 +2,8 @@
 
 unicorn hides QEMU's CPUState and CPUX86State; the engine needs them to deliver exceptions through the
 guest IDT, to perform SYSCALL and to inject interrupts. The offsets below were read from the disassembly
-of libunicorn.so.2 2.1.4 (uc_emu_stop, uc_context_save, x86_cpu_do_interrupt_x86_64, helper_hlt,
+of libunicorn.so.2 2.1.4 (the PyPI wheel's; the project's patched build, uc.py, keeps them: its new
+uc_struct fields are at the end) (uc_emu_stop, uc_context_save, x86_cpu_do_interrupt_x86_64, helper_hlt,
 check_exit_request, cpu_loop_exit) and every one that can be is verified at start-up against values
 written through the public API. A different unicorn build is refused with a one-line error.
 """
@@ -11,10 +12,8 @@ from __future__ import annotations
 
 import ctypes
 
-import unicorn
-from unicorn import x86_const as X
-
 from ...errors import EngineError
+from .uc import X, unicorn
 
 PINNED_VERSION = "2.1.4"
 
