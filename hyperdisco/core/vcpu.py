@@ -150,7 +150,7 @@ class VcpuContext:
             dom.crash(res.detail)
         elif res.reason is StopReason.HALT:
             if not self.ev.interrupts_enabled() and not dom.finished:
-                dom.crash("vCPU halted with interrupts disabled")
+                dom.crash(f"vCPU halted with interrupts disabled at rip {self.ev.rip:#x}")
             self.halted = True
             dom.stats["halt"] += 1
         return None

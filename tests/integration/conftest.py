@@ -26,6 +26,18 @@ def images() -> GuestImages:
     return ensure_default_images()
 
 
+@pytest.fixture(scope="session")
+def pvh_kernel() -> Path:
+    """The project's PVH test kernel (tests/pvh_kernel/, booted with pvh_kernel.boot_test_kernel), built
+    once per source hash; the test is skipped where the host cannot build it."""
+    from .pvh_kernel import BuildUnavailable, build_test_kernel
+
+    try:
+        return build_test_kernel()
+    except BuildUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 def domain_cfg(tmp_path: Path, name: str, *lines: str, memory: int = 128) -> str:
     """An xl.cfg file for domain `name` with the given extra lines; its path."""
     p = tmp_path / f"{name}.cfg"
