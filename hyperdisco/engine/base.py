@@ -141,7 +141,11 @@ class Engine(ABC):
     name: str
 
     @abstractmethod
-    def create_vcpu(self, index: int, handler: TrapHandler) -> Vcpu: ...
+    def create_vcpu(self, index: int, handler: TrapHandler, sibling: Vcpu | None = None) -> Vcpu:
+        """A new vCPU; with `sibling`, of the same domain as that vCPU. A domain's vCPUs may run at the same
+        time on several host threads: once a domain has more than one, the engine makes locked
+        instructions atomic across them (each vCPU switches at the start of its next `run`) and stops them
+        all when one must run an instruction alone. `kick` and `close` of one vCPU never wait for another."""
 
     @abstractmethod
     def guest_tsc(self) -> int:

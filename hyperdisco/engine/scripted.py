@@ -148,5 +148,5 @@ class ScriptedEngine(Engine):
     def native_cpuid(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
         return {(0, 0): (1, 0, 0, 0), (1, 0): (0, 0, 0, 0), (0x80000000, 0): (0x80000000, 0, 0, 0)}
 
-    def create_vcpu(self, index: int, handler: TrapHandler) -> Vcpu:
+    def create_vcpu(self, index: int, handler: TrapHandler, sibling: Vcpu | None = None) -> Vcpu:
         return ScriptedVcpu(index, handler)

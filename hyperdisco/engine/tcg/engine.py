@@ -11,8 +11,10 @@ from ...errors import EngineError
 from ..base import Engine, RunResult, StopReason, TrapCounts, TrapHandler, Vcpu
 from . import qemu_state as qs
 from .build import fastpath_library
+from .smp import VcpuGroup
 from .ticker import ticker
-from .uc import X, check, unicorn
+from .uc import X, check, hd, unicorn
+from .unicorn_patches import CF_PARALLEL
 
 HYPERCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
@@ -87,10 +89,11 @@ def new_uc() -> unicorn.Uc:
 
 
 class TcgVcpu(Vcpu):
-    def __init__(self, index: int, handler: TrapHandler) -> None:
+    def __init__(self, index: int, handler: TrapHandler, group: VcpuGroup | None = None) -> None:
         self.index = index
         self.handler = handler
         self.uc = new_uc()
+        self._uch = qs.uc_handle(self.uc)
         self.q = qs.QemuState(self.uc)
         lib = fastpath()
         self._lib = lib
@@ -131,6 +134,11 @@ class TcgVcpu(Vcpu):
         self._stop_reason = StopReason.STOP
         self._io = self._cpuid = self._mmio = self._halts = self._slices = self._injected = 0
         self._error: str | None = None
+        self._atomic_steps = 0
+        self._cflags = 0  # what this instance translates with (uc_hd_set_cflags)
+        self.group = group if group is not None else VcpuGroup()
+        self._kick_fn = self.kick  # one bound method: the group tells its members apart by identity
+        self.group.join(self._kick_fn)
 
     # -- traps that reach Python ------------------------------------------------------------------------
     def _guard(self, what: str, exc: BaseException) -> None:
@@ -250,10 +258,32 @@ class TcgVcpu(Vcpu):
         self._stop_reason = StopReason.SLICE_END
         self.q.clear_halted()
         self._slices += 1
+        group = self.group
+        parallel = group.parallel
+        if self._cflags != (CF_PARALLEL if parallel else 0):
+            self._set_translation(parallel)
         tk = ticker()
-        tk.arm(id(self), time.monotonic() + slice_ns / 1e9, self.uc.emu_stop)
+        deadline = time.monotonic() + slice_ns / 1e9
+        tk.arm(id(self), deadline, self.uc.emu_stop)
         try:
-            self.uc.emu_start(self._eip.value, 0)
+            while True:
+                if parallel:
+                    group.enter()
+                    try:
+                        self.uc.emu_start(self._eip.value, 0)
+                    finally:
+                        group.exit()
+                else:
+                    self.uc.emu_start(self._eip.value, 0)
+                if not hd.uc_hd_take_atomic(self._uch):
+                    break
+                # a misaligned or MMIO locked access (EXCP_ATOMIC): run it with the domain's other vCPUs
+                # out of unicorn (smp.py), then carry on with the slice
+                tk.disarm(id(self))
+                group.exclusive(self._kick_fn, self._step_one)
+                if self._stop_requested or self._error is not None or time.monotonic() >= deadline:
+                    break
+                tk.arm(id(self), deadline, self.uc.emu_stop)
         except unicorn.UcError as exc:
             return RunResult(StopReason.FATAL, f"engine error at rip {self._eip.value:#x}: {exc}")
         finally:
@@ -271,6 +301,23 @@ class TcgVcpu(Vcpu):
             self._halts += 1
             return RunResult(StopReason.HALT)
         return RunResult(StopReason.SLICE_END)
+
+    def _set_translation(self, parallel: bool) -> None:
+        """On the vCPU's own thread, between runs: translate with CF_PARALLEL (locked instructions as host
+        atomics) or not, and drop what was translated the other way (its blocks are chained together)."""
+        self._cflags = CF_PARALLEL if parallel else 0
+        hd.uc_hd_set_cflags(self._uch, self._cflags)
+        self.uc.ctl_flush_tb()  # type: ignore[attr-defined]
+
+    def _step_one(self) -> None:
+        """The instruction at rip, alone and translated without CF_PARALLEL (unicorn_patches.py
+        "step-one"). If a stop request was pending it does not run; the slice then meets it again."""
+        self._atomic_steps += 1
+        hd.uc_hd_set_step(self._uch, 1)
+        try:
+            self.uc.emu_start(self._eip.value, 0)
+        finally:
+            hd.uc_hd_set_step(self._uch, 0)
 
     def kick(self) -> None:
         if not self._closed:  # a late wake-up of a destroyed domain must not reach a freed instance
@@ -324,6 +371,7 @@ class TcgVcpu(Vcpu):
         """Free the unicorn instance now (its translated code is tens of MiB), not whenever the garbage
         collector gets to it. The vCPU must not run again."""
         self._closed = True
+        self.group.leave_group(self._kick_fn)
         ticker().disarm(id(self))
         finalizer = getattr(self.uc, "_Uc__finalizer", None)  # the binding's own uc_close, run once
         if finalizer is not None:
@@ -339,8 +387,8 @@ class TcgEngine(Engine):
     def native_cpuid(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
         return native_cpuid_table()
 
-    def create_vcpu(self, index: int, handler: TrapHandler) -> Vcpu:
-        return TcgVcpu(index, handler)
+    def create_vcpu(self, index: int, handler: TrapHandler, sibling: Vcpu | None = None) -> Vcpu:
+        return TcgVcpu(index, handler, sibling.group if isinstance(sibling, TcgVcpu) else None)
 
 
 def host_tsc() -> int:
