@@ -30,6 +30,7 @@ from .grant import GrantTable
 from .hypercalls import XEN_VERSION, Hypercalls
 from .memory import PAGE, GuestMemory
 from .trap_dispatch import TrapDispatch
+from .unbacked import UnbackedMemory
 from .vcpu import VcpuContext
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ class Domain:
         self.grants = GrantTable(self)
         self.evtchn = EventChannels(self.memory, domid, self.wake)
         self.hypercalls = Hypercalls(self)
+        self.unbacked = UnbackedMemory(self.log, self.stats)
         self.cpuid = CpuidPolicy(engine.native_cpuid(), domid, XEN_VERSION, clock.tsc_khz())
         for i in range(config.vcpus):
             ev = engine.create_vcpu(i, TrapDispatch(self))

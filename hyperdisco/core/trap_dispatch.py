@@ -1,6 +1,6 @@
 """The core's side of the engine interface for one domain: hypercalls to the handlers, port I/O to the
 platform's devices (CMOS RTC, ACPI sleep and reset registers, the debug port), CPUID to the policy, MMIO
-to the local APIC."""
+to the local APIC, unbacked memory to Xen's null handler (unbacked.py)."""
 
 from __future__ import annotations
 
@@ -74,3 +74,9 @@ class TrapDispatch:
             ctx.lapic.write(addr - layout.LAPIC_BASE, value)
             if ctx.lapic.pending:
                 vcpu.kick()
+
+    def unbacked_read(self, vcpu: Vcpu, addr: int, size: int) -> int:
+        return self.dom.unbacked.read(addr, size, vcpu.rip)
+
+    def unbacked_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None:
+        self.dom.unbacked.write(addr, size, value, vcpu.rip)

@@ -2,8 +2,9 @@
 
 An engine runs one vCPU's guest code for a time slice and reports why it stopped. While guest code runs,
 the engine calls back into a `TrapHandler` (the core) for the traps it cannot finish alone: hypercalls,
-port I/O, CPUID and MMIO. Exceptions, system calls and page faults never leave the engine: they are
-delivered through the guest's own IDT. Guest RAM belongs to the core (`core.memory`); engines map it.
+port I/O, CPUID, MMIO and accesses to unbacked memory. Exceptions, system calls and page faults never
+leave the engine: they are delivered through the guest's own IDT. Guest RAM belongs to the core
+(`core.memory`); engines map it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class TrapHandler(Protocol):
     def mmio_read(self, vcpu: Vcpu, addr: int, size: int) -> int: ...
 
     def mmio_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None: ...
+
+    # A data read or write of a guest-physical address that is neither RAM (map_ram) nor MMIO (map_mmio):
+    # the core decides what it reads as (Xen: all ones) and the guest continues after it; the engine
+    # only makes sure such an access reaches these instead of ending the vCPU. An instruction fetch from
+    # such an address stays fatal.
+    def unbacked_read(self, vcpu: Vcpu, addr: int, size: int) -> int: ...
+
+    def unbacked_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None: ...
 
 
 class Vcpu(ABC):

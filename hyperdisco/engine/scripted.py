@@ -9,6 +9,9 @@ points at (`scripted=STEP,STEP,...`, hvm_start_info.cmdline_paddr), one step per
   crash           a fatal engine error (a triple fault)
   abort           the engine aborts the whole process (as a bug in native code would)
   hypercall:N     a hypercall with RAX=N and no arguments (its result is not checked)
+  read:ADDR       a 4-byte read of guest-physical ADDR: RAM, an MMIO range or unbacked memory, whichever
+                  is there (the interface's mmio_read / unbacked_read for the last two)
+  write:ADDR:V    a 4-byte write of V, the same way
 
 After the last step the vCPU halts for good. Time is the host's monotonic clock in nanoseconds.
 """
@@ -31,6 +34,7 @@ class ScriptedVcpu(Vcpu):
         self.index = index
         self.handler = handler
         self._ram: tuple[int, int] | None = None  # (host address, size) of guest RAM at 0
+        self._mapped: dict[int, tuple[int, int | None]] = {}  # gpa -> (size, host address; None: MMIO)
         self._start_info = 0
         self._script: list[str] | None = None
         self._regs = [0] * 16
@@ -83,18 +87,44 @@ class ScriptedVcpu(Vcpu):
             self._counts.hypercalls += 1
             self.handler.hypercall(self)
             return RunResult(StopReason.SLICE_END)
+        if kind in ("read", "write"):
+            addr, _, value = arg.partition(":")
+            try:
+                self._access(int(addr, 0), int(value, 0) if kind == "write" else None)
+            except ValueError:
+                pass
+            return RunResult(StopReason.SLICE_END)
         self._counts.halts += 1
         return RunResult(StopReason.HALT)  # "halt", or a step this engine does not know
+
+    def _access(self, gpa: int, value: int | None) -> None:
+        """A 4-byte guest-physical read (value None) or write, wherever it lands."""
+        for base, (size, host) in self._mapped.items():
+            if base <= gpa and gpa + 4 <= base + size:
+                if host is None:
+                    self._counts.mmio += 1
+                    if value is None:
+                        self.handler.mmio_read(self, gpa, 4)
+                    else:
+                        self.handler.mmio_write(self, gpa, 4, value)
+                elif value is not None:
+                    ctypes.memmove(host + gpa - base, value.to_bytes(4, "little"), 4)
+                return
+        if value is None:
+            self.handler.unbacked_read(self, gpa, 4)
+        else:
+            self.handler.unbacked_write(self, gpa, 4, value & 0xFFFFFFFF)
 
     def map_ram(self, gpa: int, size: int, host_address: int, writable: bool = True) -> None:
         if gpa == 0:
             self._ram = (host_address, size)
+        self._mapped[gpa] = (size, host_address)
 
     def unmap_ram(self, gpa: int, size: int) -> None:
-        pass
+        self._mapped.pop(gpa, None)
 
     def map_mmio(self, gpa: int, size: int) -> None:
-        pass
+        self._mapped[gpa] = (size, None)
 
     def set_pvh_entry(self, entry: int, start_info: int, scratch: int) -> None:
         self._regs[3] = start_info

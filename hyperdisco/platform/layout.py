@@ -12,6 +12,11 @@ ACPI_BASE = 0xF0000  # RSDP and the tables behind it
 ACPI_SIZE = 0x10000
 MMIO_START = 0xFE000000  # from here to 4 GiB: LAPIC, special pages and other platform MMIO
 LAPIC_BASE = 0xFEE00000
+# Where a PC has its IO-APIC and HPET. A Xen PVH domU has neither (libxl gives it XEN_X86_EMU_LAPIC as its
+# only emulated device; xen/arch/x86/domain.c emulation_flags_ok): both ranges are unbacked memory, read
+# as all ones. Named only so the log can say what the guest was looking for.
+IOAPIC_BASE = 0xFEC00000
+HPET_BASE = 0xFED00000
 SPECIAL_BASE = 0xFEFF0000  # special pages (console ring, store ring...), outside RAM
 SPECIAL_PAGES = 16
 CONSOLE_PAGE = 0  # index into the special pages
@@ -33,3 +38,12 @@ def e820(ram_bytes: int) -> list[tuple[int, int, int]]:
 
 def special_gpa(index: int) -> int:
     return SPECIAL_BASE + index * 4096
+
+
+def absent_device(gpa: int) -> str | None:
+    """The PC device a guest probing `gpa` is looking for, when it is one we leave out on purpose."""
+    if IOAPIC_BASE <= gpa < IOAPIC_BASE + 0x1000:
+        return "IO-APIC"
+    if HPET_BASE <= gpa < HPET_BASE + 0x1000:
+        return "HPET"
+    return None

@@ -14,6 +14,7 @@ from .build import fastpath_library
 from .smp import VcpuGroup
 from .ticker import ticker
 from .uc import X, check, hd, unicorn
+from .unbacked import UnbackedWindows
 from .unicorn_patches import CF_PARALLEL
 
 HYPERCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
@@ -125,6 +126,11 @@ class TcgVcpu(Vcpu):
                                                X.UC_X86_INS_CPUID)
         self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         self.uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        # physical memory with nothing behind it: to the handler's unbacked_read/unbacked_write (unbacked.py);
+        # the hook is added when RAM is mapped at 0, for the addresses above it
+        self._unbacked = UnbackedWindows(self.uc, self._on_unbacked_read, self._on_unbacked_write,
+                                         self._unmap_keeping_state)
+        self._unmapped_hook: int | None = None
         # No exit addresses: otherwise every emu_start ends by fetching at `until-1`, which faults once the
         # guest unmaps that page and leaves stale exception state behind (the prototype's silent stall).
         self.uc.ctl_exits_enabled(True)
@@ -193,6 +199,26 @@ class TcgVcpu(Vcpu):
         except BaseException as exc:  # noqa: BLE001
             self._guard("mmio write", exc)
 
+    def _on_unmapped(self, uc: unicorn.Uc, access: int, addr: int, size: int, value: int, ud: object) -> bool:
+        try:
+            return self._unbacked.on_unmapped(uc, access, addr, size, value, ud)
+        except BaseException as exc:  # noqa: BLE001
+            self._guard("unbacked memory", exc)
+            return False
+
+    def _on_unbacked_read(self, uc: unicorn.Uc, offset: int, size: int, base: int) -> int:
+        try:
+            return self.handler.unbacked_read(self, base + offset, size) & ((1 << (8 * size)) - 1)
+        except BaseException as exc:  # noqa: BLE001
+            self._guard("unbacked read", exc)
+            return 0
+
+    def _on_unbacked_write(self, uc: unicorn.Uc, offset: int, size: int, value: int, base: int) -> None:
+        try:
+            self.handler.unbacked_write(self, base + offset, size, value)
+        except BaseException as exc:  # noqa: BLE001
+            self._guard("unbacked write", exc)
+
     def load_cpuid(self, table: dict[tuple[int, int | None], tuple[int, int, int, int]]) -> None:
         """Answer CPUID from `table` in C from now on ((leaf, None) matches any subleaf; anything else is
         zeros), instead of calling the handler."""
@@ -212,9 +238,20 @@ class TcgVcpu(Vcpu):
     # -- memory -----------------------------------------------------------------------------------------
     def map_ram(self, gpa: int, size: int, host_address: int, writable: bool = True) -> None:
         prot = unicorn.UC_PROT_ALL if writable else unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+        self._unbacked.clear(gpa, size)
         self.uc.mem_map_ptr(gpa, size, prot, host_address)
+        if gpa == 0 and self._unmapped_hook is None:
+            # Bounded to the addresses above RAM: while any memory hook covers an address, unicorn keeps
+            # the page's TLB entry on its slow write path once code was translated from it
+            # (uc_mem_hook_installed in cputlb.c's notdirty_write); RAM must keep the fast one.
+            self._unmapped_hook = self.uc.hook_add(
+                unicorn.UC_HOOK_MEM_READ_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_UNMAPPED, self._on_unmapped,
+                None, size, (1 << 64) - 1)
 
     def unmap_ram(self, gpa: int, size: int) -> None:
+        self._unmap_keeping_state(gpa, size)
+
+    def _unmap_keeping_state(self, gpa: int, size: int) -> None:
         """Remove a range (inside a hypercall too: a grant or grant-frame unmap). unicorn's mem_unmap
         leaves a page fault's state behind (old_exception 14, exception_index, CR2 = the range), so the
         guest's next ordinary page fault would be taken as a fault while delivering one (#DF): the
@@ -229,6 +266,7 @@ class TcgVcpu(Vcpu):
             self.uc.reg_write(X.UC_X86_REG_CR2, saved[2])
 
     def map_mmio(self, gpa: int, size: int) -> None:
+        self._unbacked.clear(gpa, size)
         self.uc.mmio_map(gpa, size, self._on_mmio_read, gpa, self._on_mmio_write, gpa)
 
     # -- entry ------------------------------------------------------------------------------------------
