@@ -29,6 +29,7 @@ from .evtchn import EventChannels, Port
 from .grant import GrantTable
 from .hypercalls import XEN_VERSION, Hypercalls
 from .memory import PAGE, GuestMemory
+from .reservation import Reservation
 from .trap_dispatch import TrapDispatch
 from .unbacked import UnbackedMemory
 from .vcpu import VcpuContext
@@ -138,6 +139,7 @@ class Domain:
         self.evtchn = EventChannels(self.memory, domid, self.wake)
         self.hypercalls = Hypercalls(self)
         self.unbacked = UnbackedMemory(self.log, self.stats)
+        self.reservation = Reservation(self)  # XENMEM_*_reservation, populate_physmap (ballooning)
         self.cpuid = CpuidPolicy(engine.native_cpuid(), domid, XEN_VERSION, clock.tsc_khz())
         for i in range(config.vcpus):
             ev = engine.create_vcpu(i, TrapDispatch(self))

@@ -143,11 +143,15 @@ class Hypercalls:
             va.write(buf, b"".join(abi.E820_ENTRY.pack(a, s, t) for a, s, t in entries))
             va.pack(abi.EVTCHN_PORT, arg, len(entries))
             return 0
+        if op in (abi.XENMEM_increase_reservation, abi.XENMEM_decrease_reservation,
+                  abi.XENMEM_populate_physmap):
+            return dom.reservation.memory_op(va, cmd, arg)  # core/reservation.py
         if op in (abi.XENMEM_current_reservation, abi.XENMEM_maximum_reservation):
             (domid,) = va.unpack(_DOMID, arg)
             if not self._own_domid(domid):
                 return -abi.EPERM
-            return dom.memory.ram_bytes // PAGE
+            r = dom.reservation
+            return r.tot_pages if op == abi.XENMEM_current_reservation else r.max_pages
         if op in (abi.XENMEM_maximum_ram_page, abi.XENMEM_maximum_gpfn):
             return dom.memory.ram_bytes // PAGE - 1
         return self.unimplemented(12, op)

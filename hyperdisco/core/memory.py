@@ -50,6 +50,9 @@ class PhysicalPages:
 
     def __init__(self) -> None:
         self.regions: list[Region] = []
+        # RAM page numbers the guest gave back (XENMEM_decrease_reservation, core/reservation.py): no
+        # host memory behind them and no hypervisor access to them until they are populated again
+        self.unbacked: set[int] = set()
 
     def _locate(self, gpa: int, n: int, write: bool = False) -> tuple[mmap.mmap, int]:
         if n < 0:
@@ -58,6 +61,9 @@ class PhysicalPages:
             if r.gpa <= gpa and gpa + n <= r.end:
                 if write and not r.writable:
                     raise GuestFault(f"guest-physical range {gpa:#x}+{n:#x} is read-only")
+                if self.unbacked and any(p in self.unbacked
+                                         for p in range(gpa // PAGE, (gpa + max(n, 1) - 1) // PAGE + 1)):
+                    raise GuestFault(f"guest-physical range {gpa:#x}+{n:#x} was given back (unpopulated)")
                 return r.mem, gpa - r.gpa
         raise GuestFault(f"guest-physical range {gpa:#x}+{n:#x} is not guest memory")
 
@@ -130,6 +136,7 @@ class GuestMemory(PhysicalPages):
         ram.madvise(mmap.MADV_MERGEABLE)
         self.ram_bytes = ram_bytes
         self.shared_bytes = 0  # RAM backed by shared copy-on-write images (loader/shared_image.py)
+        self._cow_ranges: list[tuple[int, int]] = []  # those ranges: (gpa, size)
         super().__init__()
         self.regions.append(Region(0, ram_bytes, ram, "ram"))
 
@@ -165,6 +172,37 @@ class GuestMemory(PhysicalPages):
         map_copy_on_write(ram.host_address + img.gpa, img.fd, img.size)
         _madvise(ram.host_address + img.gpa, img.size, mmap.MADV_MERGEABLE)  # its private copies too
         self.shared_bytes += img.size
+        self._cow_ranges.append((img.gpa, img.size))
+
+    # -- pages given back and populated again (XENMEM_decrease_reservation / populate_physmap) --------
+    def release_ram_page(self, pfn: int, shared: bool = False) -> None:
+        """Give RAM page `pfn` back to the host: it is marked unbacked first (hypervisor accesses fault
+        from then on), then its host memory is dropped. A private anonymous page is discarded in place
+        (MADV_DONTNEED: the host frees it, or drops this domain's reference to a page the host's
+        same-page merging shares, never the other holders' copy). A page mapped from elsewhere (the
+        shared kernel image's copy-on-write mapping, or `shared`: a memfd page other domains map
+        through a grant) gets fresh anonymous memory at the same host address instead, so the others'
+        page is left alone and nothing of it stays reachable here. The guest's own loads from an
+        unbacked page read zeros (the engine keeps the host address mapped); see docs/ballooning.md."""
+        ram = self.regions[0]
+        gpa = pfn * PAGE
+        if not 0 <= gpa < ram.end:
+            raise ValueError(f"page {pfn:#x} is not RAM")
+        self.unbacked.add(pfn)
+        if shared or any(a <= gpa < a + s for a, s in self._cow_ranges):
+            _map_fixed(ram.host_address + gpa, PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1)
+            _madvise(ram.host_address + gpa, PAGE, mmap.MADV_MERGEABLE)
+        else:
+            _madvise(ram.host_address + gpa, PAGE, mmap.MADV_DONTNEED)
+
+    def populate_ram_page(self, pfn: int) -> None:
+        """Back an unbacked RAM page again with a zero page (whatever the guest stored there meanwhile is
+        discarded first: Xen hands out a scrubbed page). The host allocates it when it is first touched."""
+        ram = self.regions[0]
+        if pfn not in self.unbacked:
+            raise ValueError(f"page {pfn:#x} is populated")
+        _madvise(ram.host_address + pfn * PAGE, PAGE, mmap.MADV_DONTNEED)
+        self.unbacked.discard(pfn)
 
     def region_at(self, gpa: int) -> Region | None:
         for r in self.regions:

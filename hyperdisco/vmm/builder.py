@@ -62,6 +62,7 @@ def domain_stats(dom: Domain, scheduler: Scheduler | None) -> dict[str, Any]:
                    "describe": ctx.describe()} for ctx in dom.vcpus],
         "paused": dom.paused,
         "shared_bytes": dom.memory.shared_bytes,
+        "memory": dom.reservation.stats(),  # tot_pages, max_pages, pages given back (core/reservation.py)
         "user_space_mono": dom.clock.mono_at(first_tsc) if first_tsc else None,
         "first_output": dom.first_output,
     }

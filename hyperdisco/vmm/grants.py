@@ -63,6 +63,7 @@ class _Mapping:  # one of our mappings of another domain's page
 class _Share:  # one of our pages that other domains map
     fd: int
     users: int
+    given_back: bool = False  # the guest gave the page back meanwhile: the last unmap only closes fd
 
 
 @dataclass
@@ -71,6 +72,7 @@ class _Lent:  # one mapping another domain made of one of our grants
     ref: int
     write: bool
     gpa: int
+    share: _Share  # the page's memfd (still this one if the guest gave the page back meanwhile)
 
 
 class _Waiter:
@@ -93,6 +95,10 @@ class BrokeredGrants:
         self._lent: dict[tuple[int, int], _Lent] = {}  # (grantee, mid) -> what it maps
         self._work: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._worker: threading.Thread | None = None
+        # ballooning (core/reservation.py): a page holding another domain's page cannot be given back;
+        # a page of ours that others map is dropped here only (they keep theirs)
+        dom.reservation.refuse.append(self._balloon_refused)
+        dom.reservation.on_release.append(self._given_back)
 
     # -- the guest's hypercalls (as grantee) ------------------------------------------------------------
     def _place_refused(self, gpa: int) -> bool:
@@ -209,6 +215,19 @@ class BrokeredGrants:
         if msg.get("status") == abi.GNTST_okay and isinstance(msg.get("mid"), int):
             self.send({"t": "gnt-unmap", "mid": msg["mid"]}, [])
 
+    def _balloon_refused(self, gpa: int) -> str | None:
+        with self._lock:
+            return "another domain's page is mapped there" if gpa in self._busy_gpas else None
+
+    def _given_back(self, gpa: int) -> bool:
+        """The guest gave back page `gpa`: True if other domains map it (its memfd stays theirs)."""
+        with self._lock:
+            share = self._shared.pop(gpa, None)
+            if share is None:
+                return False
+            share.given_back = True  # its mappings (_Lent.share) still hold it
+            return True
+
     def foreign_pages(self) -> set[int]:
         with self._lock:
             return set(self._busy_gpas)
@@ -271,7 +290,7 @@ class BrokeredGrants:
                     self._shared[gpa] = share
             with self._lock:
                 share.users += 1
-                self._lent[(grantee, mid)] = _Lent(grantee, ref, write, gpa)
+                self._lent[(grantee, mid)] = _Lent(grantee, ref, write, gpa, share)
             return abi.GNTST_okay, [share.fd]
         except _Refused as exc:
             self.dom.grants.unpin(ref, write)
@@ -287,13 +306,15 @@ class BrokeredGrants:
                 else None
             if lent is None:
                 return
-            share = self._shared[lent.gpa]
+            share = lent.share
             share.users -= 1
             last = share.users == 0
-            if last:
+            if last and not share.given_back:
                 del self._shared[lent.gpa]
         self.dom.grants.unpin(lent.ref, lent.write)
-        if last:
+        if last and share.given_back:
+            os.close(share.fd)  # the page here is another one now (or none): nothing to copy back
+        elif last:
             with self.dom.quiesced():
                 self.dom.memory.unshare_ram_page(lent.gpa, share.fd)
 

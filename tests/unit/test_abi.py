@@ -13,7 +13,7 @@ from hyperdisco.xen import abi
 @pytest.mark.parametrize(("fmt", "size"), [
     (abi.HVM_START_INFO, 56), (abi.HVM_MODLIST_ENTRY, 32), (abi.HVM_MEMMAP_ENTRY, 24),
     (abi.VCPU_TIME_INFO, 32), (abi.WALLCLOCK, 16), (abi.ADD_TO_PHYSMAP, 24), (abi.MEMORY_MAP, 16),
-    (abi.E820_ENTRY, 20), (abi.MEMORY_RESERVATION, 24), (abi.HVM_PARAM, 16), (abi.SINGLESHOT_TIMER, 16),
+    (abi.E820_ENTRY, 20), (abi.MEMORY_RESERVATION, 32), (abi.HVM_PARAM, 16), (abi.SINGLESHOT_TIMER, 16),
     (abi.REGISTER_VCPU_INFO, 16), (abi.SCHED_POLL, 24), (abi.EVTCHN_ALLOC_UNBOUND, 8),
     (abi.EVTCHN_BIND_INTERDOMAIN, 12), (abi.EVTCHN_BIND_VIRQ, 12), (abi.EVTCHN_BIND_IPI, 8),
     (abi.EVTCHN_BIND_VCPU, 8), (abi.EVTCHN_PORT, 4), (abi.EVTCHN_STATUS, 16), (abi.GNTTAB_QUERY_SIZE, 16),

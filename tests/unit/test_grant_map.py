@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -319,3 +320,42 @@ def test_share_and_unshare_a_ram_page() -> None:
             mem.share_ram_page(0x3001)
     finally:
         mem.close()
+
+
+def give_back(h: DomainHarness, gpa: int, cmd: int = abi.XENMEM_decrease_reservation) -> int:
+    """XENMEM_decrease_reservation (or populate_physmap) of the one page `gpa`: extents done."""
+    h.dom.memory.pack(struct.Struct("<Q"), 0x201000, gpa >> 12)
+    arg = h.put(abi.MEMORY_RESERVATION, 0x201000, 1, 0, 0, abi.DOMID_SELF, at=0x202000)
+    return h.call("memory_op", cmd, arg)
+
+
+def test_granter_gives_back_a_page_another_domain_maps(trio: tuple[Any, ...]) -> None:
+    a, b, _c, _host = trio
+    a.dom.memory.write(SHARED, b"lent to B")
+    grant(a, 5, grantee=2)
+    status, handle = map_ref(b, 1, 5)
+    assert status == abi.GNTST_okay
+    assert give_back(a, SHARED) == 1  # as Xen: the page leaves A's physmap, B's mapping keeps it
+    assert b.dom.memory.read(PLACE, 9) == b"lent to B"
+    with pytest.raises(GuestFault):
+        a.dom.memory.read(SHARED, 1)
+    assert give_back(a, SHARED, abi.XENMEM_populate_physmap) == 1
+    assert a.dom.memory.read(SHARED, PAGE) == bytes(PAGE)  # A's new page is a new page
+    a.dom.memory.write(SHARED, b"A's new data")
+    assert b.dom.memory.read(PLACE, 9) == b"lent to B"  # not B's
+    assert unmap_ref(b, handle) == abi.GNTST_okay
+    settle(a)
+    assert a.dom.memory.read(SHARED, 12) == b"A's new data"  # the unmap copied nothing back over it
+    assert entry_flags(a, 5) & BUSY == 0
+
+
+def test_a_page_holding_a_foreign_page_cannot_be_given_back(trio: tuple[Any, ...]) -> None:
+    a, b, _c, _host = trio
+    grant(a, 5, grantee=2)
+    in_ram = 0x600000
+    status, handle = map_ref(b, 1, 5, at=in_ram)
+    assert status == abi.GNTST_okay
+    assert give_back(b, in_ram) == 0  # guest_remove_page finds another domain's page: stop
+    assert unmap_ref(b, handle, at=in_ram) == abi.GNTST_okay
+    settle(a)
+    assert give_back(b, in_ram) == 1
