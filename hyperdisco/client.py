@@ -219,6 +219,14 @@ class Domain:
     def unpause(self) -> None:
         self.conn.call("unpause", dom=self.domid)
 
+    def mem_set(self, mib: int) -> None:
+        """xl mem-set: the balloon target (the guest gives memory back or takes it again)."""
+        self.conn.call("mem_set", dom=self.domid, memory=mib)
+
+    def mem_max(self, mib: int) -> None:
+        """xl mem-max: the most memory the domain may hold."""
+        self.conn.call("mem_max", dom=self.domid, memory=mib)
+
     def destroy(self) -> None:
         self.conn.call("destroy", dom=self.domid)
 

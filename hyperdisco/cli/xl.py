@@ -159,6 +159,32 @@ def _simple(op: str) -> Any:
     return fn
 
 
+def parse_mem_mib(text: str) -> int:
+    """xl's memory argument (xl_utils.c parse_mem_size_kb): a number, MiB unless it ends in b, k, m, g or
+    t; whole MiB here."""
+    t = text.strip().lower()
+    shift = {"b": -20, "k": -10, "m": 0, "g": 10, "t": 20}.get(t[-1:], None) if t else None
+    digits = t[:-1] if shift is not None else t
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 15:
+        raise HyperdiscoError(f"hyperdisco: invalid memory size {text[:40]!r} (MiB, or with b/k/m/g/t)")
+    value = int(digits)
+    mib = value << (shift or 0) if (shift or 0) >= 0 else value >> -(shift or 0)
+    if mib <= 0 or mib > 1 << 20:
+        raise HyperdiscoError(f"hyperdisco: invalid memory size {text[:40]!r}: 1 MiB to 1 TiB")
+    return mib
+
+
+def cmd_mem(args: argparse.Namespace) -> int:
+    """mem-set / mem-max DOM MEM."""
+    dom = _conn(args).lookup(args.dom)
+    mib = parse_mem_mib(args.memory)
+    if args.verb == "mem-set":
+        dom.mem_set(mib)
+    else:
+        dom.mem_max(mib)
+    return 0
+
+
 def cmd_shutdown(args: argparse.Namespace, reason: str = "poweroff") -> int:
     dom = _conn(args).lookup(args.dom)
     if not dom.shutdown(reason, wait=getattr(args, "wait", False), timeout=getattr(args, "timeout", 120.0)):
@@ -444,6 +470,12 @@ def add_verbs(sub: Any) -> None:
                        ("destroy", "destroy a domain at once"), ("domid", "print a domain's ID"),
                        ("domname", "print a domain's name")):
         verb(name, _simple(name), help).add_argument("dom")
+    for name, help in (("mem-set", "set a domain's memory target: its balloon driver gives back or takes "
+                                   "memory (MiB, or with b/k/m/g)"),
+                       ("mem-max", "set the most memory a domain may hold")):
+        p = verb(name, cmd_mem, help)
+        p.add_argument("dom")
+        p.add_argument("memory", metavar="MEM")
     for name, fn, help in (("shutdown", cmd_shutdown, "ask a domain to power off"),
                            ("reboot", cmd_reboot, "ask a domain to reboot")):
         p = verb(name, fn, help)

@@ -30,7 +30,7 @@ from ..engine.base import get_engine
 from ..errors import ConfigError, HyperdiscoError
 from ..platform import layout
 from ..vmm.jail import jail_root
-from . import cgroups
+from . import cgroups, memctl
 from .admission import Admission
 from .broker import EventChannelBroker
 from .grants import GrantBroker
@@ -294,7 +294,7 @@ class Host:
         conn.mkdir(base)
         conn.set_perms(base, ro)  # children made below inherit these
         for key, value in (("name", dom.name), ("domid", str(n)),
-                           ("memory/target", str(dom.config.memory_mib * 1024)),
+                           *memctl.initial_nodes(dom.config.memory_mib),  # static-max, target
                            ("console/port", str(dom.console_port)),
                            ("console/ring-ref", str(layout.special_gpa(layout.CONSOLE_PAGE) >> 12)),
                            ("console/type", "xenconsoled")):

@@ -28,6 +28,7 @@ from ..backends.xenstore.unix_socket import socket_path as xenstored_socket_path
 from ..backends.xenstore.wire import XsError
 from ..core import page_sharing
 from ..core.domain import DomainConfig
+from ..dom0 import memctl
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
 from ..errors import HyperdiscoError
@@ -339,7 +340,7 @@ class Daemon:
         return self.host.net.rows(self._dom(dom))
 
     def _row(self, d: DomainHandle) -> dict[str, Any]:
-        return {"name": d.name, "domid": d.domid, "mem": d.config.memory_mib, "vcpus": d.config.vcpus,
+        return {"name": d.name, "domid": d.domid, "mem": memctl.current_mib(d), "vcpus": d.config.vcpus,
                 "state": domain_state(d), "time": round(d.cpu_seconds(), 1),
                 "outcome": d.outcome, "restarts": d.restarts}
 
@@ -366,7 +367,7 @@ class Daemon:
             t = d.traps()
             events = t.get("evtchn.raised", 0)
             doms.append({**self._row(d), "cpu_s": d.cpu_seconds(), "traps": sum(t.values()) - events,
-                         "events": events, "mem_kib": d.config.memory_mib * 1024,
+                         "events": events, "mem_kib": memctl.current_mib(d) * 1024,
                          "vifs": self.host.net.stats(d.domid)})
         return {"time": time.monotonic(), "host_cpu_s": time.process_time(), "dom0_mem_kib": _rss_mib() << 10,
                 "domains": doms}
@@ -399,6 +400,12 @@ class Daemon:
 
     def op_unpause(self, dom: str | int) -> None:
         self.host.unpause(self._dom(dom))
+
+    def op_mem_set(self, dom: str | int, memory: int) -> None:
+        memctl.set_target(self.host, self._dom(dom), memory)
+
+    def op_mem_max(self, dom: str | int, memory: int) -> None:
+        memctl.set_max(self.host, self._dom(dom), memory)
 
     def op_destroy(self, dom: str | int) -> None:
         self.host.destroy(self._dom(dom))

@@ -7,6 +7,7 @@ kernel image, the initramfs). The process builds the domain (builder.py), enters
 
   notify console|store     domain 0's xenconsoled/xenstored moved data in a ring: signal the guest
   pause, unpause, destroy  as xl's verbs
+  mem-max                  the most pages the guest may hold (xl mem-set, mem-max: dom0/memctl.py)
   query                    statistics and the vCPUs' whereabouts, for list/top/run --stats
   blk-attach, blk-detach   a virtual block device with its image descriptors (opened by domain 0)
   net-attach, net-detach   a vif with its end of the socket pair to domain 0's switch
@@ -244,6 +245,8 @@ class DomainProcess:
             outcome = msg.get("outcome")
             dom.shutdown(outcome if outcome in ("destroyed", "timeout") else "destroyed",
                          str(msg.get("detail", ""))[:4096])
+        elif t == "mem-max" and isinstance(msg.get("pages"), int) and msg["pages"] >= 0:
+            dom.reservation.set_max_pages(msg["pages"])  # xl mem-set/mem-max (dom0/memctl.py)
         elif t == "query":
             self.send({"t": "reply", "id": msg.get("id"), "stats": self._stats(dom)})
         elif t == "blk-attach":
