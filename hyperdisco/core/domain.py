@@ -272,7 +272,8 @@ class Domain:
             out["halt"] += c.halts
             out["slice"] += c.slices
             out["interrupt.injected"] += c.injected
-        out.update({k: v for k, v in self.stats.items() if k.startswith(("hypercall.", "inject.", "timer.", "unbacked."))})
+        core_kinds = ("hypercall.", "inject.", "timer.", "unbacked.")
+        out.update({k: v for k, v in self.stats.items() if k.startswith(core_kinds)})
         out["evtchn.raised"] = self.evtchn.raised
         return dict(out)
 
