@@ -199,6 +199,8 @@ class Domain:
             return "the shared info page"
         if any(v & ~(PAGE - 1) == page for v in self.evtchn.vcpu_info.values()):
             return "a vcpu_info page"
+        if page in self.evtchn.hypervisor_pages():
+            return "a FIFO event-channel page"
         return None
 
     @contextmanager
@@ -272,7 +274,7 @@ class Domain:
             out["halt"] += c.halts
             out["slice"] += c.slices
             out["interrupt.injected"] += c.injected
-        core_kinds = ("hypercall.", "inject.", "timer.", "unbacked.")
+        core_kinds = ("hypercall.", "inject.", "timer.", "unbacked.", "evtchn.")
         out.update({k: v for k, v in self.stats.items() if k.startswith(core_kinds)})
         out["evtchn.raised"] = self.evtchn.raised
         return dict(out)

@@ -1,9 +1,14 @@
-"""Event channels, 2-level ABI (xen/common/event_2l.c semantics, layouts in xen/include/public/xen.h).
+"""Event channels: the port table and what the rest of the core calls (xen/common/event_channel.c).
 
-Pending and mask bits live in the guest's shared_info page, the selector and upcall flag in each vCPU's
-vcpu_info. The guest flips those bits with atomic instructions while it runs, so the hypervisor only
-touches them on the vCPU's own thread between slices: other threads `notify()` a port, which queues it
-and wakes the vCPU; `deliver_queued()` then sets the bits.
+Where the pending and mask state of each port lives in guest memory is the ABI's business (`self.abi`,
+evtchn_abi.py's interface): the 2-level bitmaps of shared_info (evtchn_2l.py) until the guest sets up
+FIFO queues with EVTCHNOP_init_control (evtchn_fifo.py), and again after EVTCHNOP_reset. Both ABIs end a
+delivery in the vCPU's vcpu_info upcall flag (`mark_vcpu`), which the vCPU checks between slices.
+
+The hypervisor changes event words with host atomics (the guest changes them with locked instructions on
+its vCPUs meanwhile) and only from a thread of this domain's vCPUs: other threads (backends, console,
+domain 0's broker) `notify()` a port, which queues it and wakes the vCPU; `deliver_queued()` then raises
+it. Guest memory is only written by threads that run while the domain does.
 """
 
 from __future__ import annotations
@@ -11,21 +16,24 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..xen import abi
-from .memory import GuestMemory
+from .evtchn_2l import TwoLevel
+from .evtchn_abi import EventAbi, EvtchnError
+from .evtchn_fifo import Fifo
+from .memory import PAGE, GuestMemory
 
-MAX_PORTS = abi.EVTCHN_2L_NR_CHANNELS
+__all__ = ["MAX_PORTS", "DEFAULT_MAX_PORT", "BUCKET", "EventChannels", "EvtchnError", "Port"]
+
+MAX_PORTS = abi.EVTCHN_2L_NR_CHANNELS  # the 2-level ABI's ports (the FIFO ABI names 2^17)
+# xl.cfg's max_event_channels default: "The default of 1023 should be sufficient for typical guests"
+# (libxl sets Xen's max_evtchn_port from it); the domain config may raise it up to what the ABI names
+DEFAULT_MAX_PORT = 1023
+BUCKET = 64  # Xen allocates ports in buckets of a page of struct evtchn (64 on x86-64): port_is_valid
 
 
-class EvtchnError(Exception):
-    def __init__(self, errno: int, msg: str = "") -> None:
-        super().__init__(msg or f"errno {errno}")
-        self.errno = errno
-
-
-@dataclass
+@dataclass(slots=True)
 class Port:
     state: int  # abi.EVTCHNSTAT_*
     vcpu: int = 0
@@ -34,14 +42,15 @@ class Port:
     remote_port: int = 0
     on_send: Callable[[], None] | None = None  # a hypervisor-side peer (backend, broker) to call on send
     on_close: Callable[[], None] | None = None  # and to tell when the guest closes its end
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class EventChannels:
-    def __init__(self, memory: GuestMemory, domid: int, wake: Callable[[], None]) -> None:
+    def __init__(self, memory: GuestMemory, domid: int, wake: Callable[[], None],
+                 max_port: int = DEFAULT_MAX_PORT) -> None:
         self.mem = memory
         self.domid = domid
         self.wake = wake
+        self.max_port = max_port  # Xen's d->max_evtchn_port: the highest port this domain may use
         self.ports: dict[int, Port] = {}
         self.virqs: dict[tuple[int, int], int] = {}  # (virq, vcpu) -> port
         self.shared_info: int | None = None  # guest-physical address, once mapped
@@ -49,25 +58,45 @@ class EventChannels:
         self._queue: deque[int] = deque()
         self.lock = threading.Lock()  # the port table (vCPU threads, backends, the broker)
         self.raised = 0
+        self.on_upcall: Callable[[int], None] | None = None  # a vCPU's upcall became pending
+        self.valid_ports = BUCKET  # Xen's valid_evtchns: ports below it exist (free or not)
+        self.abi: EventAbi = TwoLevel(self)
+        self.abi_switches = 0  # init_control that switched to FIFO (the first one, or after a reset)
+
+    @property
+    def limit(self) -> int:
+        """Ports that may be allocated are below this: the ABI's and the domain's limit."""
+        return min(self.abi.max_ports, self.max_port + 1)
 
     # -- allocation -------------------------------------------------------------------------------------
     def alloc(self, port: Port) -> int:
+        """Xen's get_free_port: the lowest port that is free and not still queued (FIFO: LINKED)."""
         with self.lock:
-            for p in range(1, MAX_PORTS):
-                if p not in self.ports:
+            for p in range(1, self.limit):
+                if p not in self.ports and not self.abi.is_busy(p):
                     self.ports[p] = port
+                    if p >= self.valid_ports:
+                        self.valid_ports = (p // BUCKET + 1) * BUCKET
                     return p
         raise EvtchnError(abi.ENOSPC, "no free event channel")
 
+    def valid(self, port: int) -> bool:
+        """Xen's port_is_valid: the port exists (bound or free), which decides -EINVAL for unmask,
+        status, set_priority."""
+        return 0 <= port < min(self.valid_ports, self.abi.max_ports)
+
     def get(self, port: int) -> Port:
-        p = self.ports.get(port) if 0 < port < MAX_PORTS else None
+        p = self.ports.get(port) if 0 < port < self.abi.max_ports else None
         if p is None:
             raise EvtchnError(abi.EINVAL, f"port {port} is not bound")
         return p
 
     def bind_virq(self, virq: int, vcpu: int, nr_vcpus: int) -> int:
+        """Xen's evtchn_bind_virq: global VIRQs only on vCPU 0 (rebound later with bind_vcpu)."""
         if not 0 <= virq < abi.NR_VIRQS:
             raise EvtchnError(abi.EINVAL, f"virq {virq} out of range")
+        if virq_is_global(virq) and vcpu != 0:
+            raise EvtchnError(abi.EINVAL, f"virq {virq} is global: bind it on vcpu 0")
         if not 0 <= vcpu < nr_vcpus:
             raise EvtchnError(abi.ENOENT, f"no vcpu {vcpu}")
         if (virq, vcpu) in self.virqs:
@@ -84,15 +113,15 @@ class EventChannels:
         p.state, p.on_send = abi.EVTCHNSTAT_interdomain, on_send
 
     def close(self, port: int) -> None:
+        """Free the port (Xen's evtchn_free): not pending any more, bound to vCPU 0 when reused."""
         p = self.get(port)
         if p.state == abi.EVTCHNSTAT_virq:
-            self.virqs.pop((p.virq, p.vcpu), None)
+            for key in [k for k, v in self.virqs.items() if v == port]:
+                del self.virqs[key]
         with self.lock:
             del self.ports[port]
-        if self.shared_info is not None:  # as Xen's evtchn_close: a closed port is not pending
-            word, bit = divmod(port, 64)
-            pend_a = self.shared_info + abi.SI_EVTCHN_PENDING + word * 8
-            self.mem.set_u64(pend_a, self.mem.u64(pend_a) & ~(1 << bit))
+        self.abi.clear_pending(port)
+        self.abi.port_freed(port)
 
     # -- raising ----------------------------------------------------------------------------------------
     def notify(self, port: int) -> None:
@@ -116,56 +145,99 @@ class EventChannels:
                 self.set_pending(port)
 
     def set_pending(self, port: int) -> None:
-        """vCPU thread only (see module docstring)."""
-        si = self.shared_info
-        if si is None:
+        """A thread of this domain's vCPUs only (see module docstring)."""
+        p = self.ports.get(port)
+        if self.shared_info is None and not isinstance(self.abi, Fifo):
             return
         self.raised += 1
-        word, bit = divmod(port, 64)
-        pend_a = si + abi.SI_EVTCHN_PENDING + word * 8
-        pend = self.mem.u64(pend_a)
-        if pend >> bit & 1:
-            return
-        self.mem.set_u64(pend_a, pend | 1 << bit)
-        if self.mem.u64(si + abi.SI_EVTCHN_MASK + word * 8) >> bit & 1:
-            return
-        p = self.ports.get(port)
-        self._mark_vcpu(p.vcpu if p else 0, word)
+        self.abi.set_pending(port, p.vcpu if p else 0)
 
-    def _mark_vcpu(self, vcpu: int, word: int) -> None:
+    def mark_vcpu(self, vcpu: int) -> None:
+        """Xen's vcpu_mark_events_pending: the vCPU's upcall flag, which it checks between slices."""
         vi = self.vcpu_info.get(vcpu)
-        if vi is None:
-            return
-        sel = self.mem.u64(vi + abi.VI_PENDING_SEL)
-        if not sel >> word & 1:
-            self.mem.set_u64(vi + abi.VI_PENDING_SEL, sel | 1 << word)
+        if vi is not None:
             self.mem.set_u8(vi + abi.VI_UPCALL_PENDING, 1)
+            if self.on_upcall is not None:
+                self.on_upcall(vcpu)
 
     def unmask(self, port: int) -> None:
-        si = self.shared_info
-        if si is None or not 0 < port < MAX_PORTS:
+        """EVTCHNOP_unmask (Xen's evtchn_unmask: any existing port, bound or not)."""
+        if not self.valid(port):
             raise EvtchnError(abi.EINVAL, f"port {port} out of range")
-        word, bit = divmod(port, 64)
-        mask_a = si + abi.SI_EVTCHN_MASK + word * 8
-        self.mem.set_u64(mask_a, self.mem.u64(mask_a) & ~(1 << bit))
-        if self.mem.u64(si + abi.SI_EVTCHN_PENDING + word * 8) >> bit & 1:
-            p = self.ports.get(port)
-            self._mark_vcpu(p.vcpu if p else 0, word)
+        p = self.ports.get(port)
+        self.abi.unmask(port, p.vcpu if p else 0)
 
     def upcall_pending(self, vcpu: int) -> bool:
         vi = self.vcpu_info.get(vcpu)
         return vi is not None and self.mem.u8(vi + abi.VI_UPCALL_PENDING) != 0
 
     def any_pending(self, ports: list[int]) -> bool:
-        si = self.shared_info
-        if si is None:
-            return False
-        for port in ports:
-            if 0 < port < MAX_PORTS:
-                word, bit = divmod(port, 64)
-                if self.mem.u64(si + abi.SI_EVTCHN_PENDING + word * 8) >> bit & 1:
-                    return True
-        return False
+        return any(0 < port < self.abi.max_ports and self.abi.is_pending(port) for port in ports)
 
     def has_queued(self) -> bool:
         return bool(self._queue)
+
+    # -- the FIFO ABI -----------------------------------------------------------------------------------
+    def init_control(self, vcpu: int, gfn: int, offset: int, nr_vcpus: int,
+                     is_ram: Callable[[int], bool]) -> None:
+        """EVTCHNOP_init_control (event_fifo.c's evtchn_fifo_init_control, Xen 4.16+ error codes): the
+        first call switches the domain to FIFO, carrying each bound port's pending state over."""
+        if not 0 <= vcpu < nr_vcpus:
+            raise EvtchnError(abi.ENOENT, f"no vcpu {vcpu}")
+        if not 0 <= offset <= PAGE - abi.EVTCHN_FIFO_CONTROL_BLOCK_SIZE or offset % 4:
+            raise EvtchnError(abi.ENXIO, f"control block offset {offset:#x}")
+        gpa = gfn << 12
+        if isinstance(self.abi, Fifo) and vcpu in self.abi.control:
+            raise EvtchnError(abi.EINVAL, f"vcpu {vcpu} already has a control block")
+        if not 0 <= gfn < 1 << 40 or not is_ram(gpa):
+            raise EvtchnError(abi.EINVAL, f"control gfn {gfn:#x} is not RAM")
+        if isinstance(self.abi, Fifo):
+            self.abi.map_control(vcpu, gpa + offset)
+            return
+        fifo = Fifo(self)
+        fifo.map_control(vcpu, gpa + offset)
+        with self.lock:
+            fifo.early.update(p for p in self.ports if self.abi.is_pending(p))  # event_fifo.c: setup_ports
+            self.abi = fifo
+        self.abi_switches += 1
+
+    def expand_array(self, gfn: int, is_ram: Callable[[int], bool]) -> None:
+        """EVTCHNOP_expand_array (event_fifo.c's evtchn_fifo_expand_array)."""
+        if not isinstance(self.abi, Fifo):
+            raise EvtchnError(abi.EOPNOTSUPP, "the FIFO ABI is not set up")
+        if len(self.abi.array) >= len(range(0, abi.EVTCHN_FIFO_NR_CHANNELS, PAGE // 4)):
+            raise EvtchnError(abi.ENOSPC, "the FIFO event array is full")
+        if not 0 <= gfn < 1 << 40 or not is_ram(gfn << 12):
+            raise EvtchnError(abi.EINVAL, f"array gfn {gfn:#x} is not RAM")
+        self.abi.add_array_page(gfn << 12)
+
+    def set_priority(self, port: int, priority: int) -> None:
+        if not self.valid(port):
+            raise EvtchnError(abi.EINVAL, f"port {port} out of range")
+        self.abi.set_priority(port, priority)
+
+    def reset_abi(self) -> None:
+        """After EVTCHNOP_reset closed the guest's ports: back to 2-level (event_channel.c's
+        evtchn_reset); the ports that stay (domain 0's console and store) keep their pending state."""
+        if isinstance(self.abi, Fifo):
+            old = self.abi
+            with self.lock:
+                self.abi = TwoLevel(self)
+            for port, p in list(self.ports.items()):
+                if old.is_pending(port) or port in old.early:
+                    self.abi.set_pending(port, p.vcpu)
+
+    def hypervisor_pages(self) -> set[int]:
+        return self.abi.hypervisor_pages()
+
+    def describe(self) -> str:
+        return f"{self.abi.name} ABI, {len(self.ports)} ports bound"
+
+
+def virq_is_global(virq: int) -> bool:
+    """event_channel.c's virq_is_global: per-vCPU VIRQs are the timer, debug, xenoprof and xenpmu ones
+    (xen.h); the rest, the arch ones included on x86, are global."""
+    return virq not in (abi.VIRQ_TIMER, abi.VIRQ_DEBUG, VIRQ_XENOPROF, VIRQ_XENPMU)
+
+
+VIRQ_XENOPROF, VIRQ_XENPMU = 6, 13  # xen.h

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..xen import abi
-from . import shared_info
-from .evtchn import EvtchnError, Port
+from . import evtchn_ops, shared_info
+from .evtchn_abi import EvtchnError
 from .memory import PAGE, GuestFault
 from .ratelimit import RateLimiter
 
@@ -223,112 +223,7 @@ class Hypercalls:
 
     # -- event_channel_op -------------------------------------------------------------------------------
     def event_channel_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
-        dom, va, ec = self.dom, ctx.va, self.dom.evtchn
-        if cmd == abi.EVTCHNOP_bind_virq:
-            virq, vcpu, _out = va.unpack(abi.EVTCHN_BIND_VIRQ, arg)
-            port = ec.bind_virq(virq, vcpu, len(dom.vcpus))
-            va.pack(abi.EVTCHN_BIND_VIRQ, arg, virq, vcpu, port)
-            return 0
-        if cmd == abi.EVTCHNOP_bind_ipi:
-            vcpu, _out = va.unpack(abi.EVTCHN_BIND_IPI, arg)
-            if vcpu >= len(dom.vcpus):
-                return -abi.ENOENT
-            port = ec.alloc(Port(abi.EVTCHNSTAT_ipi, vcpu=vcpu))
-            va.pack(abi.EVTCHN_BIND_IPI, arg, vcpu, port)
-            return 0
-        if cmd == abi.EVTCHNOP_alloc_unbound:
-            d, remote, _out = va.unpack(abi.EVTCHN_ALLOC_UNBOUND, arg)
-            if not self._own_domid(d):
-                return -abi.EPERM
-            remote = dom.domid if remote == abi.DOMID_SELF else remote
-            port = ec.alloc(Port(abi.EVTCHNSTAT_unbound, remote_dom=remote))
-            va.pack(abi.EVTCHN_ALLOC_UNBOUND, arg, d, remote, port)
-            return 0
-        if cmd == abi.EVTCHNOP_bind_interdomain:
-            remote, rport, _out = va.unpack(abi.EVTCHN_BIND_INTERDOMAIN, arg)
-            port = self._bind_interdomain(dom.domid if remote == abi.DOMID_SELF else remote, rport)
-            va.pack(abi.EVTCHN_BIND_INTERDOMAIN, arg, remote, rport, port)
-            return 0
-        if cmd == abi.EVTCHNOP_send:
-            (port,) = va.unpack(abi.EVTCHN_PORT, arg)
-            p = ec.get(port)
-            if p.state == abi.EVTCHNSTAT_ipi:
-                ec.set_pending(port)
-            elif p.state == abi.EVTCHNSTAT_interdomain and p.on_send is not None:
-                p.on_send()
-            elif p.state == abi.EVTCHNSTAT_interdomain:
-                peer = self._peer(p.remote_dom)
-                if peer is not None:
-                    peer.evtchn.notify(p.remote_port)
-            elif p.state == abi.EVTCHNSTAT_virq:
-                return -abi.EINVAL  # as Xen: a VIRQ is raised by the hypervisor only
-            return 0
-        if cmd == abi.EVTCHNOP_unmask:
-            (port,) = va.unpack(abi.EVTCHN_PORT, arg)
-            ec.unmask(port)
-            return 0
-        if cmd == abi.EVTCHNOP_close:
-            (port,) = va.unpack(abi.EVTCHN_PORT, arg)
-            if port in dom.reserved_ports:
-                return -abi.EINVAL
-            p = ec.get(port)
-            if p.on_close is not None:
-                p.on_close()
-            elif p.state == abi.EVTCHNSTAT_interdomain and p.on_send is None:
-                peer = self._peer(p.remote_dom)
-                rp = peer.evtchn.ports.get(p.remote_port) if peer is not None else None
-                if rp is not None and rp.state == abi.EVTCHNSTAT_interdomain and rp.remote_dom == dom.domid:
-                    rp.state, rp.remote_port = abi.EVTCHNSTAT_unbound, 0  # as Xen: the peer is re-offered
-            ec.close(port)
-            return 0
-        if cmd == abi.EVTCHNOP_status:
-            d, port, _st, _vc = va.unpack(abi.EVTCHN_STATUS, arg)
-            if not self._own_domid(d):
-                return -abi.EPERM
-            sp = ec.ports.get(port)
-            state = sp.state if sp else abi.EVTCHNSTAT_closed
-            va.pack(abi.EVTCHN_STATUS, arg, d, port, state, sp.vcpu if sp else 0)
-            union = 0
-            if sp and sp.state == abi.EVTCHNSTAT_virq:
-                union = sp.virq
-            elif sp and sp.state in (abi.EVTCHNSTAT_unbound, abi.EVTCHNSTAT_interdomain):
-                union = (sp.remote_dom & 0xFFFF) | (sp.remote_port << 32)
-            va.pack(_U64, arg + abi.EVTCHN_STATUS_UNION, union)
-            return 0
-        if cmd == abi.EVTCHNOP_bind_vcpu:
-            port, vcpu = va.unpack(abi.EVTCHN_BIND_VCPU, arg)
-            if vcpu >= len(dom.vcpus):
-                return -abi.ENOENT
-            p = ec.get(port)
-            if p.state not in (abi.EVTCHNSTAT_virq, abi.EVTCHNSTAT_interdomain, abi.EVTCHNSTAT_unbound):
-                return -abi.EINVAL
-            if p.state != abi.EVTCHNSTAT_virq or p.virq != abi.VIRQ_TIMER:
-                p.vcpu = vcpu
-            return 0
-        # init_control (FIFO ABI) stays unimplemented: the guest falls back to the 2-level ABI
-        return self.unimplemented(32, cmd)
-
-    def _peer(self, domid: int) -> Domain | None:
-        if domid == self.dom.domid:
-            return self.dom
-        peers = self.dom.peers
-        return peers.domain(domid) if peers is not None else None
-
-    def _bind_interdomain(self, remote: int, rport: int) -> int:
-        """Xen's evtchn_bind_interdomain: the remote port must be unbound and offered to this domain."""
-        dom = self.dom
-        peer = self._peer(remote)
-        if peer is None and dom.remote_channels is not None and remote != dom.domid:
-            return dom.remote_channels.bind(remote, rport)
-        if peer is None or peer.finished:
-            raise EvtchnError(abi.ESRCH, f"no domain {remote}")
-        rp = peer.evtchn.ports.get(rport)
-        if rp is None or rp.state != abi.EVTCHNSTAT_unbound or rp.remote_dom != dom.domid:
-            raise EvtchnError(abi.EINVAL, f"d{remote} port {rport} is not offered to d{dom.domid}")
-        port = dom.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=remote, remote_port=rport))
-        rp.state, rp.remote_port = abi.EVTCHNSTAT_interdomain, port
-        dom.evtchn.notify(port)  # as Xen, the new local end starts pending
-        return port
+        return evtchn_ops.event_channel_op(self.dom, ctx, cmd, arg)
 
     # -- sched_op ---------------------------------------------------------------------------------------
     def sched_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:

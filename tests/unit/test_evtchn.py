@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hyperdisco.core.evtchn import MAX_PORTS, EventChannels, EvtchnError, Port
+from hyperdisco.core.evtchn import BUCKET, DEFAULT_MAX_PORT, MAX_PORTS, EventChannels, EvtchnError, Port
 from hyperdisco.core.memory import PAGE, GuestMemory
 from hyperdisco.xen import abi
 
@@ -101,7 +101,13 @@ def test_alloc_reuses_lowest_free(env: Env) -> None:
 
 def test_alloc_exhaustion(env: Env) -> None:
     ec = env.ec
-    for _ in range(MAX_PORTS - 1):
+    for _ in range(DEFAULT_MAX_PORT):  # xl's default max_event_channels
+        ec.alloc(Port(abi.EVTCHNSTAT_unbound))
+    with pytest.raises(EvtchnError) as e:
+        ec.alloc(Port(abi.EVTCHNSTAT_unbound))
+    assert e.value.errno == abi.ENOSPC
+    ec.max_port = 1 << 20  # a domain allowed more: the 2-level ABI names 4096 ports
+    for _ in range(MAX_PORTS - 1 - DEFAULT_MAX_PORT):
         ec.alloc(Port(abi.EVTCHNSTAT_unbound))
     with pytest.raises(EvtchnError) as e:
         ec.alloc(Port(abi.EVTCHNSTAT_unbound))
@@ -194,11 +200,11 @@ def test_unmask_of_idle_port_only_clears_mask(env: Env) -> None:
 
 
 def test_unmask_errors(env: Env) -> None:
-    with pytest.raises(EvtchnError) as e:
-        env.ec.unmask(1)  # no shared_info yet
-    assert e.value.errno == abi.EINVAL
+    env.ec.unmask(1)  # an existing port (Xen allocates ports 0-63 at once), no shared_info yet: nothing
     env.map()
-    for port in (0, -1, MAX_PORTS, 1 << 40):
+    env.ec.unmask(0)
+    env.ec.unmask(BUCKET - 1)
+    for port in (-1, BUCKET, MAX_PORTS, 1 << 40):
         with pytest.raises(EvtchnError) as e:
             env.ec.unmask(port)
         assert e.value.errno == abi.EINVAL

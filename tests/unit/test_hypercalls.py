@@ -52,7 +52,8 @@ def test_unknown_subcommands_are_enosys(dh: DomainHarness) -> None:
     assert dh.call("memory_op", 63, SCRATCH_VA) == -abi.ENOSYS
     assert dh.call("hvm_op", 77, SCRATCH_VA) == -abi.ENOSYS
     assert dh.call("vcpu_op", abi.VCPUOP_send_nmi, 0, SCRATCH_VA) == -abi.ENOSYS
-    assert dh.call("event_channel_op", abi.EVTCHNOP_init_control, SCRATCH_VA) == -abi.ENOSYS
+    assert dh.call("event_channel_op", abi.EVTCHNOP_bind_pirq, SCRATCH_VA) == -abi.ENOSYS
+    assert dh.call("event_channel_op", 14, SCRATCH_VA) == -abi.ENOSYS
     assert dh.call("sched_op", 99, SCRATCH_VA) == -abi.ENOSYS
     assert dh.call("grant_table_op", abi.GNTTABOP_copy, SCRATCH_VA, 1) == -abi.ENOSYS
 
@@ -506,9 +507,12 @@ def test_evtchn_alloc_unbound_and_status(dh: DomainHarness) -> None:
     assert dh.call("event_channel_op", abi.EVTCHNOP_status, arg) == 0
     assert dh.dom.memory.unpack(abi.EVTCHN_STATUS, arg)[2] == abi.EVTCHNSTAT_unbound
     assert dh.dom.memory.u32(arg + abi.EVTCHN_STATUS_UNION) == 0  # remote dom
-    dh.put(abi.EVTCHN_STATUS, abi.DOMID_SELF, 4000, 0xFF, 0xFF)
+    dh.put(abi.EVTCHN_STATUS, abi.DOMID_SELF, 40, 0xFF, 0xFF)  # free, in the first bucket: closed
     assert dh.call("event_channel_op", abi.EVTCHNOP_status, arg) == 0
     assert dh.dom.memory.unpack(abi.EVTCHN_STATUS, arg)[2:] == (abi.EVTCHNSTAT_closed, 0)
+    dh.put(abi.EVTCHN_STATUS, abi.DOMID_SELF, 4000, 0xFF, 0xFF)  # Xen's port_is_valid: no such port
+    assert dh.call("event_channel_op", abi.EVTCHNOP_status, arg) == -abi.EINVAL
+    assert dh.dom.memory.unpack(abi.EVTCHN_STATUS, arg)[2:] == (0xFF, 0xFF)
     dh.put(abi.EVTCHN_STATUS, 9, port, 0, 0)
     assert dh.call("event_channel_op", abi.EVTCHNOP_status, arg) == -abi.EPERM
 
@@ -529,7 +533,7 @@ def test_evtchn_bind_vcpu(make_domain: Callable[..., DomainHarness]) -> None:
     dh.call("event_channel_op", abi.EVTCHNOP_bind_virq, arg)
     timer = dh.dom.memory.u32(arg + 8)
     dh.put(abi.EVTCHN_BIND_VCPU, timer, 1)
-    assert dh.call("event_channel_op", abi.EVTCHNOP_bind_vcpu, arg) == 0
+    assert dh.call("event_channel_op", abi.EVTCHNOP_bind_vcpu, arg) == -abi.EINVAL  # per-vCPU VIRQ
     assert dh.dom.evtchn.ports[timer].vcpu == 0  # the per-vCPU timer stays where it is
     cport = dh.dom.console_port
     dh.put(abi.EVTCHN_BIND_VCPU, cport, 1)
@@ -548,7 +552,7 @@ def test_evtchn_bind_vcpu(make_domain: Callable[..., DomainHarness]) -> None:
 
 def test_evtchn_unmask_via_hypercall(dh: DomainHarness) -> None:
     arg = dh.put(abi.EVTCHN_PORT, 5)
-    assert dh.call("event_channel_op", abi.EVTCHNOP_unmask, arg) == -abi.EINVAL  # no shared_info yet
+    assert dh.call("event_channel_op", abi.EVTCHNOP_unmask, arg) == 0  # an existing port: nothing to do
     si = map_shared_info(dh)
     dh.dom.memory.set_u64(si + abi.SI_EVTCHN_MASK, 1 << 5)
     assert dh.call("event_channel_op", abi.EVTCHNOP_unmask, arg) == 0
