@@ -81,15 +81,11 @@ class PhysicalPages:
         self.write(gpa, bytes([byte]) * n)
 
     def host_address(self, gpa: int, n: int) -> int:
-        """The host address of the writable guest range [gpa, gpa + n), which must lie in one region
-        (GuestFault otherwise): for atomic operations on words the guest shares (core/atomic.py). Valid
-        as long as the region is mapped."""
-        for r in self.regions:
-            if r.gpa <= gpa and gpa + n <= r.end and n >= 0:
-                if not r.writable:
-                    raise GuestFault(f"guest-physical range {gpa:#x}+{n:#x} is read-only")
-                return r.host_address + gpa - r.gpa
-        raise GuestFault(f"guest-physical range {gpa:#x}+{n:#x} is not guest memory")
+        """The host address of the writable guest range [gpa, gpa + n), which must lie in one region and
+        be populated (GuestFault otherwise): for atomic operations on words the guest shares
+        (core/atomic.py). Valid as long as the region is mapped."""
+        mem, off = self._locate(gpa, n, write=True)
+        return ctypes.addressof(ctypes.c_char.from_buffer(mem)) + off
 
     def unpack(self, fmt: struct.Struct, gpa: int) -> tuple[int, ...]:
         mem, off = self._locate(gpa, fmt.size)
