@@ -1,6 +1,7 @@
 """Hypercall dispatch and the hypercalls a PVH Linux guest makes to boot and run.
 
-Arguments arrive in RDI, RSI, RDX, R10, R8 with the number in RAX (xen/include/public/arch-x86/xen-x86_64.h);
+Arguments arrive in RDI, RSI, RDX, R10, R8 with the number in RAX (xen/include/public/arch-x86/xen-x86_64.h),
+or from a vCPU outside 64-bit mode in EBX, ECX, EDX, ESI, EDI with compat structures (compat32.py);
 the result goes back in RAX as a value or a negated Xen errno. Every pointer is a guest-virtual address
 and is read through `VirtualAccess`, which faults (-EFAULT) on anything the guest does not own. Every
 index and count is checked before use. What is not built yet answers -ENOSYS and is logged once. The
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..xen import abi
-from . import evtchn_ops, shared_info
+from . import compat32, evtchn_ops, shared_info
 from .evtchn_abi import EvtchnError
 from .memory import PAGE, GuestFault
 from .ratelimit import RateLimiter
@@ -45,8 +46,7 @@ class Hypercalls:
 
     def dispatch(self, ctx: VcpuContext) -> None:
         ev = ctx.ev
-        nr = ev.gpr(0) & 0xFFFFFFFF
-        args = (ev.gpr(7), ev.gpr(6), ev.gpr(2), ev.gpr(10), ev.gpr(8))
+        nr, args, compat = compat32.registers(ev)  # the 32-bit ABI outside a 64-bit code segment
         name = abi.HYPERCALLS.get(nr, "unknown")  # never key state by a guest-chosen number
         self.dom.stats[f"hypercall.{name}"] += 1
         fn = self.table.get(nr)
@@ -54,13 +54,13 @@ class Hypercalls:
             ret = self.unimplemented(nr, args[0])
         else:
             try:
-                ret = fn(ctx, *args)
+                ret = compat32.call(ctx, nr, args, fn) if compat else fn(ctx, *args)
             except GuestFault as exc:
                 self.limit.log(self.dom.log, "bad buffer", f"{name}: bad guest buffer: {exc}")
                 ret = -abi.EFAULT
             except EvtchnError as exc:
                 ret = -exc.errno
-        ev.set_gpr(0, ret)
+        ev.set_gpr(0, ret & 0xFFFFFFFF if compat else ret)
 
     def unimplemented(self, nr: int, cmd: int) -> int:
         key = (nr, cmd & 0xFFFF) if nr in abi.HYPERCALLS and cmd < 64 else (-1, -1)

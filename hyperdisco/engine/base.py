@@ -130,6 +130,11 @@ class Vcpu(ABC):
     @abstractmethod
     def cpl(self) -> int: ...
 
+    def in_64bit_mode(self) -> bool:
+        """True when the vCPU runs in a 64-bit code segment (long mode, CS.L): the hypercall ABI and the
+        structures' layouts depend on it. An engine that only runs 64-bit code may keep this default."""
+        return True
+
     @abstractmethod
     def interrupts_enabled(self) -> bool:
         """True when an external interrupt could be taken now (IF=1, no interrupt shadow)."""

@@ -226,7 +226,7 @@ def test_guest_code_reaches_debug_port_and_powers_off(engine: TcgEngine, clock: 
 
 def test_guest_vmcall_reaches_hypercalls(engine: TcgEngine, clock: Clock) -> None:
     code = (b"\xb8\x11\x00\x00\x00"  # mov eax, 17 (xen_version)
-            b"\x31\xff"  # xor edi, edi (XENVER_version)
+            b"\x31\xdb"  # xor ebx, ebx (XENVER_version: 32-bit code, so the 32-bit ABI's first argument)
             b"\x0f\x01\xc1"  # vmcall
             b"\xe6\xe9"  # out 0xe9, al: the low byte of the result
             b"\xb0\x20\x66\xba\x00\x06\xee\xf4")

@@ -82,16 +82,21 @@ class DomainHarness:
     def ctx(self) -> VcpuContext:
         return self.dom.vcpus[0]
 
-    def call(self, nr: int | str, *args: int, vcpu: int = 0) -> int:
-        """Issue hypercall `nr` from vCPU `vcpu` as the engine would; the signed result from RAX."""
+    def call(self, nr: int | str, *args: int, vcpu: int = 0, compat: bool = False) -> int:
+        """Issue hypercall `nr` from vCPU `vcpu` as the engine would from a 64-bit guest (or, with `compat`,
+        from one outside 64-bit mode: EBX, ECX, EDX, ESI, EDI); the signed result from RAX (EAX)."""
         number = abi.HYPERCALL_NUMBERS[nr] if isinstance(nr, str) else nr
         ctx = self.dom.vcpus[vcpu]
         ev = ctx.ev
+        ev.in_64bit_mode = lambda: not compat  # the mode a real vCPU reports from its code segment
         ev.set_gpr(0, number)
-        for reg, value in zip((7, 6, 2, 10, 8), args + (0,) * (5 - len(args)), strict=True):
+        regs = (3, 1, 2, 6, 7) if compat else (7, 6, 2, 10, 8)
+        for reg, value in zip(regs, args + (0,) * (5 - len(args)), strict=True):
             ev.set_gpr(reg, value)
         self.dom.hypercalls.dispatch(ctx)
         ret = ev.gpr(0)
+        if compat:
+            return ret - (1 << 32) if ret >> 31 else ret
         return ret - (1 << 64) if ret >> 63 else ret
 
     def put(self, fmt: struct.Struct, *values: int, at: int = SCRATCH_VA) -> int:

@@ -18,6 +18,7 @@ from .unbacked import UnbackedWindows
 from .unicorn_patches import CF_PARALLEL
 
 HYPERCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+HF_CS64_MASK = 1 << 15  # QEMU target/i386/cpu.h: CS is a 64-bit code segment (long mode, CS.L)
 
 
 class _Layout(ctypes.Structure):
@@ -383,6 +384,9 @@ class TcgVcpu(Vcpu):
 
     def cpl(self) -> int:
         return self._hflags.value & 3
+
+    def in_64bit_mode(self) -> bool:
+        return bool(self._hflags.value & HF_CS64_MASK)
 
     def interrupts_enabled(self) -> bool:
         return bool(self._lib.hd_can_inject(self._hvp))
