@@ -54,7 +54,8 @@ HC_SET_TIMER_OP, HC_MEMORY_OP, HC_XEN_VERSION, HC_SCHED_OP = 15, 12, 17, 29
 def registers(ev: Vcpu) -> tuple[int, tuple[int, int, int, int, int], bool]:
     """(number, five arguments, compat) of the hypercall the vCPU is making now."""
     if ev.in_64bit_mode():
-        return ev.gpr(RAX) & M32, (ev.gpr(RDI), ev.gpr(RSI), ev.gpr(RDX), ev.gpr(R10), ev.gpr(R8)), False
+        # 64-bit mode: all of RAX is the number (xen/arch/x86/hvm/hypercall.c): 2^32 + 17 is none
+        return ev.gpr(RAX), (ev.gpr(RDI), ev.gpr(RSI), ev.gpr(RDX), ev.gpr(R10), ev.gpr(R8)), False
     regs = (ev.gpr(RBX), ev.gpr(RCX), ev.gpr(RDX), ev.gpr(RSI), ev.gpr(RDI))
     a, b, c, d, e = (r & M32 for r in regs)
     return ev.gpr(RAX) & M32, (a, b, c, d, e), True

@@ -29,6 +29,9 @@ GRANT_FRAMES_MAX = 32
 MAX_GRANT_OPS = 1 << 16  # ops in one GNTTABOP_map/unmap_grant_ref call
 XEN_VERSION = (4, 17)
 _U64 = struct.Struct("<Q")
+# hvm/params.h HVM_PARAM_IOREQ_PFN, BUFIOREQ_PFN, BUFIOREQ_EVTCHN: the device model's, never the guest's
+# (xen/arch/x86/hvm/hvm.c hvm_allow_get_param: -EPERM when the domain asks about itself)
+DM_ONLY_PARAMS = frozenset({5, 6, 26})
 _DOMID = struct.Struct("<H")
 Handler = Callable[["VcpuContext", int, int, int, int, int], int]
 
@@ -88,13 +91,13 @@ class Hypercalls:
             va.write(arg, b"\0" * (64 + 16 + 32 + 32))
         elif cmd == abi.XENVER_get_features:
             (idx,) = va.unpack(abi.EVTCHN_PORT, arg)
-            bits = 0
-            if idx == 0:
-                bits = (1 << abi.XENFEAT_writable_page_tables | 1 << abi.XENFEAT_auto_translated_physmap
-                        | 1 << abi.XENFEAT_hvm_callback_vector | 1 << abi.XENFEAT_hvm_safe_pvclock)
+            if idx != 0:  # xen/common/kernel.c: one submap (XENFEAT_NR_SUBMAPS), any other is -EINVAL
+                return -abi.EINVAL
+            bits = (1 << abi.XENFEAT_writable_page_tables | 1 << abi.XENFEAT_auto_translated_physmap
+                    | 1 << abi.XENFEAT_hvm_callback_vector | 1 << abi.XENFEAT_hvm_safe_pvclock)
             va.pack(abi.EVTCHN_PORT, arg + 4, bits)
         elif cmd == abi.XENVER_pagesize:
-            return PAGE
+            return -abi.EINVAL if arg else PAGE  # kernel.c: a non-null handle is -EINVAL
         elif cmd == abi.XENVER_platform_parameters:
             va.write(arg, (0xFFFF800000000000).to_bytes(8, "little"))
         elif cmd == abi.XENVER_guest_handle:
@@ -115,7 +118,7 @@ class Hypercalls:
             return count
         if cmd == abi.CONSOLEIO_read:
             return 0
-        return -abi.EINVAL
+        return -abi.ENOSYS  # xen/drivers/char/console.c do_console_io: an unknown command
 
     # -- memory_op --------------------------------------------------------------------------------------
     def memory_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
@@ -137,9 +140,8 @@ class Hypercalls:
             return -abi.EOPNOTSUPP
         if op == abi.XENMEM_memory_map:
             nr, buf = va.unpack(abi.MEMORY_MAP, arg)
-            entries = dom.e820()
-            if nr < len(entries):
-                return -abi.EINVAL
+            # xen/arch/x86/mm.c: as many entries as the caller's buffer holds, nr_entries says how many
+            entries = dom.e820()[:nr]
             va.write(buf, b"".join(abi.E820_ENTRY.pack(a, s, t) for a, s, t in entries))
             va.pack(abi.EVTCHN_PORT, arg, len(entries))
             return 0
@@ -174,6 +176,8 @@ class Hypercalls:
                 dom.callback_vector = vector if value else None
                 dom.params[index] = value
                 return 0
+            if index in DM_ONLY_PARAMS:
+                return -abi.EPERM
             va.pack(abi.HVM_PARAM, arg, domid, index, dom.params.get(index, 0))
             return 0
         if cmd == abi.HVMOP_pagetable_dying:
@@ -246,12 +250,19 @@ class Hypercalls:
             if nr > 128:
                 return -abi.EINVAL
             ports = [int.from_bytes(va.read(ports_va + 4 * i, 4), "little") for i in range(nr)]
+            if not all(dom.evtchn.valid(p) for p in ports):
+                return -abi.EINVAL  # sched/core.c do_poll -> evtchn_port_poll: port >= max_evtchns
             if dom.evtchn.any_pending(ports):
                 return 0
             ctx.block(poll=ports, timeout_ns=timeout or None)
             return 0
         if cmd == abi.SCHEDOP_shutdown_code:
             return 0
+        if cmd == abi.SCHEDOP_remote_shutdown:
+            (target,) = va.unpack(_DOMID, arg)
+            # sched/core.c: no such domain is -ESRCH (DOMID_SELF and the other reserved IDs name none),
+            # any other is refused by xsm_schedop_shutdown(XSM_DM_PRIV): a guest is nobody's device model
+            return -abi.ESRCH if target >= abi.DOMID_FIRST_RESERVED else -abi.EPERM
         return self.unimplemented(29, cmd)
 
     # -- grant_table_op ---------------------------------------------------------------------------------
@@ -285,10 +296,16 @@ class Hypercalls:
             at = arg + i * abi.GNTTAB_MAP_GRANT_REF.size
             host_addr, flags, ref, d, _st, _h, _bus = va.unpack(abi.GNTTAB_MAP_GRANT_REF, at)
             handle = 0
-            if flags & abi.GNTMAP_contains_pte or not flags & abi.GNTMAP_host_map:
-                status = abi.GNTST_general_error
+            if not flags & (abi.GNTMAP_host_map | abi.GNTMAP_device_map):
+                status = abi.GNTST_bad_gntref  # grant_table.c map_grant_ref: "Bad flags in grant map op"
+            elif flags & (abi.GNTMAP_device_map | abi.GNTMAP_application_map | abi.GNTMAP_contains_pte):
+                status = abi.GNTST_general_error  # ...then, for an HVM/PVH domain, no device mapping
             elif remote is None or self._own_domid(d) or d >= abi.DOMID_FIRST_RESERVED:
                 status = abi.GNTST_bad_domain
+            elif d == 0:
+                # domain 0 exists but grants nothing (its backends map, never lend): as Xen answers for a
+                # one-frame table with no entry granted (grant_table.c map_grant_ref)
+                status = abi.GNTST_bad_gntref if ref >= abi.ENTRIES_PER_FRAME else abi.GNTST_general_error
             else:
                 status, handle = remote.map(ctx, d, ref, flags, host_addr)
             va.pack(abi.GNTTAB_MAP_GRANT_REF, at, host_addr, flags, ref, d, status, handle, 0)
