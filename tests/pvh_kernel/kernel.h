@@ -76,6 +76,15 @@ int strncmp(const char *a, const char *b, size_t n);
 uint64_t rand64(void);                             /* xorshift64*, seeded by rand_seed() */
 void rand_seed(uint64_t seed);
 
+uint32_t xen_cpuid_base(void);                     /* the leaf of "XenVMMXenVMM", or 0 */
+uint64_t tsc_khz(void);                            /* from Xen's CPUID time leaf (base + 3), or 0 */
+static inline uint64_t rdtsc(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return (uint64_t)hi << 32 | lo;
+}
+
 static inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4])
 {
     __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));

@@ -94,17 +94,21 @@ void unexpected_trap(unsigned long *frame)
  * arch/x86/cpuid.c, hvm/viridian-free HVM guests: write the page's address to that MSR); if it stays
  * empty the kernel writes Xen's stubs itself (mov $nr, %eax; vmcall; ret, as xen/arch/x86/hvm/vmx/vmx.c
  * vmx_init_hypercall_page writes them) so that the cases can run either way. */
+uint32_t xen_cpuid_base(void)
+{
+    uint32_t r[4];
+    for (uint32_t leaf = 0x40000000; leaf < 0x40010000; leaf += 0x100) {
+        cpuid(leaf, 0, r);
+        if (r[1] == 0x566e6558 && r[2] == 0x65584d4d && r[3] == 0x4d4d566e)  /* "XenVMMXenVMM" */
+            return leaf;
+    }
+    return 0;
+}
+
 static void hypercall_page_init(void)
 {
     uint32_t r[4];
-    uint32_t base = 0;
-    for (uint32_t leaf = 0x40000000; leaf < 0x40010000; leaf += 0x100) {
-        cpuid(leaf, 0, r);
-        if (r[1] == 0x566e6558 && r[2] == 0x65584d4d && r[3] == 0x4d4d566e) {  /* "XenVMMXenVMM" */
-            base = leaf;
-            break;
-        }
-    }
+    uint32_t base = xen_cpuid_base();
     if (base) {
         cpuid(base + 2, 0, r);
         if (r[0] >= 1 && wrmsr_safe(r[1], (uint64_t)hypercall_page) == 0 && hypercall_page[0])
