@@ -47,6 +47,9 @@ class DomainConfig:
     cmdline: str
     memory_mib: int
     vcpus: int = 1
+    # xl.cfg maxmem above memory: the guest's RAM (its e820) is maxmem and it boots ballooned down to
+    # memory, as Xen boots an HVM guest with populate-on-demand (core/reservation.py, dom0/memctl.py)
+    maxmem_mib: int | None = None
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
@@ -118,7 +121,7 @@ class Domain:
         self.paused = False
         self.done = threading.Event()
         self.scheduler: Scheduler | None = None
-        self.memory = GuestMemory(config.memory_mib << 20, config.name)
+        self.memory = GuestMemory(max(config.memory_mib, config.maxmem_mib or 0) << 20, config.name)
         self.vcpus: list[VcpuContext] = []
         try:
             self._build(config, engine, clock, special_fd)

@@ -202,6 +202,23 @@ class GuestMemory(PhysicalPages):
         else:
             _madvise(ram.host_address + gpa, PAGE, mmap.MADV_DONTNEED)
 
+    def resident_unbacked(self) -> list[int]:
+        """Pages given back that have host memory again: the guest's own stores (or loads) reached them,
+        since the engine keeps all of RAM mapped (mincore over RAM)."""
+        if not self.unbacked:
+            return []
+        ram = self.regions[0]
+        vec = (ctypes.c_ubyte * (ram.size // PAGE))()
+        if _libc.mincore(ctypes.c_void_p(ram.host_address), ctypes.c_size_t(ram.size), vec) != 0:
+            return []
+        return [pfn for pfn in self.unbacked if vec[pfn] & 1]
+
+    def discard_ram_page(self, pfn: int) -> None:
+        """Drop the host memory of a page given back again (what the guest stored there is lost, as a
+        store to memory Xen has no page behind)."""
+        if pfn in self.unbacked:
+            _madvise(self.regions[0].host_address + pfn * PAGE, PAGE, mmap.MADV_DONTNEED)
+
     def populate_ram_page(self, pfn: int) -> None:
         """Back an unbacked RAM page again with a zero page (whatever the guest stored there meanwhile is
         discarded first: Xen hands out a scrubbed page). The host allocates it when it is first touched."""
@@ -318,6 +335,8 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 
 
 _libc.madvise.restype = ctypes.c_int
+_libc.mincore.restype = ctypes.c_int
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 

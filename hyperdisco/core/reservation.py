@@ -61,6 +61,7 @@ class Reservation:
         self.unnamed = 0  # pages increase_reservation gave that have no guest frame (auto-translated guest)
         self.released = 0  # pages given back over the domain's life (statistics)
         self.populated = 0  # pages populated again
+        self.reclaimed = 0  # host pages the guest made by touching pages it had given back, dropped again
         self._lock = threading.Lock()  # one reservation change at a time (vCPUs of an SMP guest)
         # a page that cannot be given back: a reason, else None (grant mappings of other domains' pages)
         self.refuse: list[Callable[[int], str | None]] = []
@@ -81,10 +82,23 @@ class Reservation:
         with self._lock:
             self.max_pages = pages
 
+    def reclaim(self) -> int:
+        """Drop host memory behind pages given back that the guest touched since (its stores reach the
+        host page at that address; Xen would have dropped them): how many."""
+        mem = self.dom.memory
+        with self._lock:
+            touched = mem.resident_unbacked()
+            for pfn in touched:
+                mem.discard_ram_page(pfn)
+            self.reclaimed += len(touched)
+        return len(touched)
+
     def stats(self) -> dict[str, int]:
+        """For list/top (on every query): also reclaims what the guest touched of its given-back pages."""
+        self.reclaim()
         return {"tot_pages": self.tot_pages, "max_pages": self.max_pages,
                 "unbacked_pages": len(self.dom.memory.unbacked), "released_pages": self.released,
-                "populated_pages": self.populated}
+                "populated_pages": self.populated, "reclaimed_pages": self.reclaimed}
 
     # -- memory_op ----------------------------------------------------------------------------------------
     def memory_op(self, va: VirtualAccess, cmd: int, arg: int) -> int:

@@ -34,7 +34,8 @@ class Cgroups:
         try:
             path.mkdir(exist_ok=True)
             if os.environ.get("HYPERDISCO_CGROUP_LIMIT") == "1":
-                limit = (cost_mib(config) + SLACK_MIB) << 20
+                above = max(0, (config.maxmem_mib or 0) - config.memory_mib)  # what mem-set may give back
+                limit = (cost_mib(config) + above + SLACK_MIB) << 20
                 (path / self._limit_file()).write_text(str(limit))
             (path / "cgroup.procs").write_text(str(pid))
         except OSError:

@@ -135,7 +135,8 @@ class DomainHandle:
             self.ch = parent
             self._send_build(parent, {
                 "t": "build", "domid": self.domid, "name": cfg.name, "engine": engine, "clock": clock_params,
-                "memory_mib": cfg.memory_mib, "vcpus": cfg.vcpus, "cmdline": cfg.cmdline,
+                "memory_mib": cfg.memory_mib, "maxmem_mib": cfg.maxmem_mib, "vcpus": cfg.vcpus,
+                "cmdline": cfg.cmdline,
                 "kernel": {"pvh_entry": cfg.kernel.pvh_entry, "gpa": img.gpa, "size": img.size,
                            "segments": [[s.paddr, s.memsz] for s in cfg.kernel.segments]},
                 "initrd_size": len(cfg.initrd) if cfg.initrd is not None else None,

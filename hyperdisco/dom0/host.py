@@ -294,7 +294,7 @@ class Host:
         conn.mkdir(base)
         conn.set_perms(base, ro)  # children made below inherit these
         for key, value in (("name", dom.name), ("domid", str(n)),
-                           *memctl.initial_nodes(dom.config.memory_mib),  # static-max, target
+                           *memctl.initial_nodes(dom.config),  # static-max, target
                            ("console/port", str(dom.console_port)),
                            ("console/ring-ref", str(layout.special_gpa(layout.CONSOLE_PAGE) >> 12)),
                            ("console/type", "xenconsoled")):

@@ -10,8 +10,10 @@ the target plus LIBXL_MAXMEM_CONSTANT, so the guest cannot take back more than i
 `libxl_domain_setmaxmem` refuses a maximum below the current target and sets max_pages (it leaves
 static-max as it is). The domain process holds max_pages (message mem-max); domain 0 holds the nodes.
 
-Here static-max is the domain's RAM (xl.cfg `memory`): the guest's physical memory map holds that much
-and no more, so a target is at most that.
+Here static-max is the domain's RAM: xl.cfg `maxmem` when given, else `memory`. The guest's physical
+memory map holds that much and no more, so a target is at most that; with maxmem above memory the guest
+boots with maxmem of RAM and a target of memory, and balloons itself down at once (Xen's
+populate-on-demand boot of an HVM guest; untouched RAM costs the host nothing here).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from ..core.domain import DomainConfig
     from .handle import DomainHandle
     from .host import Host
 
@@ -28,10 +31,12 @@ MAXMEM_CONSTANT_KIB = 1024  # libxl_internal.h LIBXL_MAXMEM_CONSTANT: slack abov
 PAGE_KIB = 4
 
 
-def initial_nodes(memory_mib: int) -> list[tuple[str, str]]:
-    """The memory nodes libxl writes for a new domain (libxl_dom.c, libxl__build_post): KiB."""
-    kib = memory_mib * 1024
-    return [("memory/static-max", str(kib)), ("memory/target", str(kib))]
+def initial_nodes(config: DomainConfig) -> list[tuple[str, str]]:
+    """The memory nodes libxl writes for a new domain (libxl_dom.c, libxl__build_post), in KiB: static-max
+    is maxmem (else memory), the target is memory. With maxmem above memory, the guest's balloon driver
+    sees the difference at its first watch event and gives it back at once."""
+    static_max = max(config.memory_mib, config.maxmem_mib or 0) * 1024
+    return [("memory/static-max", str(static_max)), ("memory/target", str(config.memory_mib * 1024))]
 
 
 def _read_kib(host: Host, dom: DomainHandle, node: str) -> int:

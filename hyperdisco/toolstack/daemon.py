@@ -42,8 +42,8 @@ from .xenstore_ops import XenstoreOps
 from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec, vif_from_params
 
 MAX_VCPUS = 1
-RECORD_KEYS = ("name", "memory", "vcpus", "kernel", "ramdisk", "cmdline", "on_poweroff", "on_reboot",
-               "on_crash", "disks", "net",  # net: the vifs as attached (dom0/host.py writes it)
+RECORD_KEYS = ("name", "memory", "maxmem", "vcpus", "kernel", "ramdisk", "cmdline", "on_poweroff",
+               "on_reboot", "on_crash", "disks", "net",  # net: the vifs as attached (dom0/host.py writes it)
                "bootloader", "bootloader_args")
 CLIENT_QUEUE_BYTES = 1 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
 LISTEN_BACKLOG = 128
@@ -276,6 +276,9 @@ class Daemon:
         _config needs to build it again (a new daemon adopting the domain calls _adopted_config)."""
         name = check_name(config.get("name"), "create")
         memory = field(config, "memory", int, 256, layout.MIN_RAM >> 20, layout.MAX_RAM >> 20)
+        maxmem = field(config, "maxmem", int, None, layout.MIN_RAM >> 20, layout.MAX_RAM >> 20)
+        if maxmem is not None and maxmem < memory:
+            raise RequestError(f"hyperdisco: create: maxmem {maxmem} MiB is less than memory ({memory} MiB)")
         vcpus = field(config, "vcpus", int, 1, 1, MAX_VCPUS)
         kernel = field(config, "kernel", str, None)
         ramdisk = field(config, "ramdisk", str, None)
@@ -292,6 +295,7 @@ class Daemon:
         # with a bootloader (pygrub) the kernel comes from the boot disk; kernel/ramdisk name files in it
         cfg = domain_config(name, kernel, ramdisk, cmdline, memory, vcpus, bootloader=bootloader,
                             bootloader_args=boot_args, disks=disk_specs)
+        cfg.maxmem_mib = maxmem if maxmem is not None and maxmem > memory else None
         for key in ("on_poweroff", "on_reboot", "on_crash"):
             if key in config:
                 action = field(config, key, str, "destroy")

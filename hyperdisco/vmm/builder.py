@@ -47,7 +47,8 @@ def build_domain(msg: dict[str, Any], fds: list[int], output: Callable[[bytes], 
     engine = get_engine(str(msg.get("engine", "tcg")))
     clock = Clock(engine.guest_tsc, params=msg["clock"])
     config = DomainConfig(name=str(msg["name"]), kernel=kernel, initrd=initrd, cmdline=str(msg["cmdline"]),
-                          memory_mib=int(msg["memory_mib"]), vcpus=int(msg["vcpus"]))
+                          memory_mib=int(msg["memory_mib"]), vcpus=int(msg["vcpus"]),
+                          maxmem_mib=int(msg["maxmem_mib"]) if msg.get("maxmem_mib") is not None else None)
     # special_fd stays open: a new domain 0 that adopts this domain gets it again (domain_process.py)
     return Domain(int(msg["domid"]), config, engine, clock, output, log, special_fd=special_fd)
 

@@ -73,3 +73,19 @@ def test_mem_set_gives_memory_back_to_the_host(xl: Xl, tmp_path: Path) -> None:
              timeout=240).stdout
     assert "1+0 records in" in out and out.strip().endswith("alive")  # the memory taken back works
     assert xl.rows()["bal"][2] in ("255", "256")
+
+
+def test_maxmem_boots_ballooned_down_and_grows(xl: Xl, tmp_path: Path) -> None:
+    """memory = 128, maxmem = 256: the guest's RAM is 256 MiB and its balloon driver gives 128 back as
+    soon as it reads its target (Xen's populate-on-demand boot); mem-set 256 later gives it all."""
+    xl("create", domain_cfg(tmp_path, "mx", "maxmem = 256", memory=128))
+    down = wait_current(xl, "mx", lambda kb: kb <= (128 << 10) + 1024)
+    assert down >= 124 << 10, down
+    low = xl("exec", "mx", "dd if=/dev/zero of=/dev/null bs=160M count=1 2>&1; echo rc=$?").stdout
+    assert "rc=0" not in low  # 128 MiB (less the kernel's own) cannot hold a 160 MiB buffer
+    xl("mem-set", "mx", "256")
+    up = wait_current(xl, "mx", lambda kb: kb >= 250 << 10)
+    assert up <= 256 << 10
+    out = xl("exec", "mx", "dd if=/dev/zero of=/dev/null bs=160M count=1 2>&1 && echo alive", timeout=240).stdout
+    assert out.strip().endswith("alive")
+    assert xl("mem-set", "mx", "257", check=False).returncode != 0

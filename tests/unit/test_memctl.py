@@ -92,3 +92,22 @@ def test_parse_mem(text: str, mib: int) -> None:
 def test_parse_mem_refuses(text: str) -> None:
     with pytest.raises(HyperdiscoError):
         parse_mem_mib(text)
+
+
+def test_maxmem_above_memory(served: tuple[object, str, Path]) -> None:
+    daemon, path, kernel = served
+    with Connection(path) as conn:
+        with pytest.raises(Error, match="maxmem 48 MiB is less than memory"):
+            conn.create({"name": "mx", "memory": 64, "maxmem": 48, "kernel": str(kernel),
+                         "cmdline": "scripted=halt"})
+        dom = conn.create({"name": "mx", "memory": 64, "maxmem": 96, "kernel": str(kernel),
+                           "cmdline": "scripted=halt"})
+        base = f"/local/domain/{dom.domid}/memory"
+        # the guest's RAM is maxmem; its target memory: its balloon driver gives the rest back at once
+        assert conn.xenstore.read(f"{base}/static-max") == b"98304"
+        assert conn.xenstore.read(f"{base}/target") == b"65536"
+        assert max_pages(daemon, dom.domid) == 96 * 256
+        dom.mem_set(96)
+        with pytest.raises(Error, match="above mx's maximum"):
+            dom.mem_set(97)
+        dom.destroy()

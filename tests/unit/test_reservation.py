@@ -254,3 +254,21 @@ def test_smp_vcpus_share_one_reservation(make_domain: object) -> None:
     assert op(dh, DEC, reservation(dh, [BALLOON])) == 1
     assert dh.call("memory_op", DEC, reservation(dh, [BALLOON]), vcpu=1) == 0
     assert dh.call("memory_op", POP, reservation(dh, [BALLOON]), vcpu=1) == 1
+
+
+def test_guest_stores_to_given_back_pages_are_reclaimed(dh: DomainHarness) -> None:
+    """The engine keeps RAM mapped whole, so a guest's own store to a page it gave back lands in host
+    memory; the reservation finds such pages (mincore) and drops them again, as Xen ignores the store."""
+    r, mem = dh.dom.reservation, dh.dom.memory
+    frames = [BALLOON + i for i in range(8)]
+    assert op(dh, DEC, reservation(dh, frames)) == 8
+    assert resident(dh, BALLOON, 8) == 0 and r.reclaim() == 0
+    ram = mem.regions[0].mem
+    ram[(BALLOON + 2) * PAGE:(BALLOON + 2) * PAGE + 5] = b"store"  # as the guest's CPU would
+    ram[(BALLOON + 6) * PAGE] = 1
+    ram[(BALLOON + 20) * PAGE] = 1  # a populated page: not the reservation's business
+    assert resident(dh, BALLOON, 8) == 2
+    assert r.stats()["reclaimed_pages"] == 2
+    assert resident(dh, BALLOON, 8) == 0 and resident(dh, BALLOON + 20) == 1
+    assert op(dh, POP, reservation(dh, frames)) == 8
+    assert mem.read((BALLOON + 2) * PAGE, 5) == bytes(5)
