@@ -86,6 +86,7 @@ def test_maxmem_boots_ballooned_down_and_grows(xl: Xl, tmp_path: Path) -> None:
     xl("mem-set", "mx", "256")
     up = wait_current(xl, "mx", lambda kb: kb >= 250 << 10)
     assert up <= 256 << 10
-    out = xl("exec", "mx", "dd if=/dev/zero of=/dev/null bs=160M count=1 2>&1 && echo alive", timeout=240).stdout
+    out = xl("exec", "mx", "dd if=/dev/zero of=/dev/null bs=160M count=1 2>&1 && echo alive",
+             timeout=240).stdout
     assert out.strip().endswith("alive")
     assert xl("mem-set", "mx", "257", check=False).returncode != 0
