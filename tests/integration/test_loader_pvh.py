@@ -1,4 +1,4 @@
-"""Issue 13 on the project's PVH test kernel: the same image loads from an ELF64 file and from an ELF32
+"""Issue 13 on the project's PVH test kernels: the same image loads from an ELF64 file and from an ELF32
 (i386) container, as Xen's libelf loads both, and unbacked memory (the HPET's and IO-APIC's addresses, a
 hole above RAM) reads as all ones, ignores writes and leaves the domain running."""
 
@@ -23,4 +23,22 @@ def test_elf_containers_boot_and_unbacked_memory(xl: Xl, tmp_path: Path, variant
     run = boot_test_kernel(xl, tmp_path, f"ld{variant}", kernel, "cases=boot,xen_version,unbacked")
     run.assert_all_passed(at_least=12)
     assert {"unbacked.hpet_id", "unbacked.hole_quad", "unbacked.still_running"} <= set(run.passed)
+    assert "powered off" in run.end, run.end
+
+
+@pytest.mark.parametrize("paging", ["off", "2level", "pae"])
+def test_32bit_kernel_hypercalls(xl: Xl, tmp_path: Path, paging: str) -> None:
+    """A 32-bit kernel (tests/pvh_kernel/i386: gcc -m32, ELF32 EM_386) that never enters long mode, with
+    paging off, 2-level or PAE: console_io, xen_version, add_to_physmap and memory_map in their compat
+    layouts, event channels, a bad pointer's -EFAULT, through the 32-bit hypercall ABI; then powers off."""
+    from .pvh_kernel32 import build_kernel32
+
+    try:
+        kernel = build_kernel32()
+    except BuildUnavailable as exc:
+        pytest.skip(str(exc))
+    run = boot_test_kernel(xl, tmp_path, f"k32{paging}", kernel, f"paging={paging}")
+    run.assert_all_passed(at_least=13)
+    assert f"paging {paging}" in run.lines[0]
+    assert "# hello from 32-bit code" in run.lines
     assert "powered off" in run.end, run.end

@@ -181,3 +181,14 @@ def test_fetch_outside_ram_is_fatal(ram: mmap.mmap) -> None:
     v.set_pvh_entry(0x8000_0000, 0x6000, 0x1000)  # jumps to unmapped memory
     assert v.run(50_000_000).reason is StopReason.FATAL
     v.close()
+
+
+def test_pvh_entry_stack_is_32_bit(ram: mmap.mmap) -> None:
+    """The PVH entry's SS is a flat 32-bit segment: a push above 64 KiB lands at ESP, not at SP."""
+    code = b"\xbc\x00\x50\x10\x00\x68\x78\x56\x34\x12\xf4"  # mov esp, 0x105000; push 0x12345678; hlt
+    v, _ = boot(ram, code)
+    assert v.run(50_000_000).reason is StopReason.HALT
+    assert v.gpr(4) == 0x104FFC
+    assert ram[0x104FFC:0x105000] == b"\x78\x56\x34\x12"
+    assert ram[0x4FFC:0x5000] == bytes(4)
+    v.close()

@@ -19,6 +19,8 @@ from .unicorn_patches import CF_PARALLEL
 
 HYPERCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 HF_CS64_MASK = 1 << 15  # QEMU target/i386/cpu.h: CS is a 64-bit code segment (long mode, CS.L)
+HF_SS32_MASK = 1 << 5  # SS is a 32-bit stack segment (B)
+HF_ADDSEG_MASK = 1 << 6  # a DS/ES/SS base is not 0
 
 
 class _Layout(ctypes.Structure):
@@ -284,12 +286,28 @@ class TcgVcpu(Vcpu):
         uc.reg_write(X.UC_X86_REG_CR0, 0x11)
         for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
             uc.reg_write(r, 0x10)
+        self._flat_data_segments()
         tramp = scratch + 0x100
         uc.mem_write(tramp, b"\xea" + struct.pack("<IH", entry, 0x08))  # ljmp 0x08:entry
         uc.reg_write(X.UC_X86_REG_RBX, start_info)
         uc.reg_write(X.UC_X86_REG_ESP, 0)
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
         self._eip.value = tramp
+
+    def _flat_data_segments(self) -> None:
+        """In unicorn's 64-bit mode a segment register write sets the selector only; the caches kept the
+        flags unicorn started with, SS without its B bit, so the guest's first push/call used a 16-bit
+        SP (found with a 32-bit PVH kernel whose stack lived above 64 KiB: its arguments were read
+        0x100000 away from where they were pushed). The PVH ABI wants flat 32-bit read/write data
+        segments (xen/include/public/arch-x86/hvm/start_info.h): fill ES, SS, DS, FS, GS as loading GDT
+        entry 2 does (base 0, limit 4 GiB, flags = its high word) and mark SS 32-bit (QEMU's HF_SS32)."""
+        for seg in (0, 2, 3, 4, 5):  # QEMU's R_ES, R_SS, R_DS, R_FS, R_GS
+            at = self.q.env + qs.ENV_SEGS + seg * qs.SEG_SIZE
+            ctypes.c_uint32.from_address(at).value = 0x10
+            ctypes.c_uint64.from_address(at + 8).value = 0
+            ctypes.c_uint32.from_address(at + 16).value = 0xFFFFFFFF
+            ctypes.c_uint32.from_address(at + 20).value = 0x00CF9200
+        self._hflags.value = (self._hflags.value | HF_SS32_MASK) & ~HF_ADDSEG_MASK
 
     # -- running ----------------------------------------------------------------------------------------
     def run(self, slice_ns: int) -> RunResult:
