@@ -19,7 +19,9 @@ guest can name), and any output copied back in compat layout:
 - XENMEM_memory_map: {u32 nr_entries, u32 buffer} (nr_entries is written back);
 - SCHEDOP_poll: {u32 ports, u32 nr_ports, u64 timeout at offset 8};
 - set_timer_op: the 64-bit timeout comes in two registers, low half first (compat set_timer_op(lo, hi));
-- XENVER_platform_parameters: {u32 virt_start}, 0 for an HVM vCPU (xen/common/kernel.c).
+- XENVER_platform_parameters: {u32 virt_start}, 0 for an HVM vCPU (xen/common/kernel.c);
+- XENMEM_increase/decrease_reservation, populate_physmap: core/reservation.py reads the compat
+  reservation and its 32-bit extent list itself.
 
 Not translated (docs/loader.md): shared_info and vcpu_info in compat layout (Xen switches a 32-bit HVM
 guest's shared info to it, hvm_latch_shinfo_size), the runstate area, GNTTABOP_setup_table's frame list,
@@ -109,6 +111,9 @@ def call(ctx: VcpuContext, nr: int, args: tuple[int, int, int, int, int], native
         ret = _run(ctx, native, args, xlat)
         va.pack(_U32, arg, abi.MEMORY_MAP.unpack_from(xlat.buf)[0])  # the count written back
         return ret
+    if nr == HC_MEMORY_OP and cmd & 0x3F in (abi.XENMEM_increase_reservation, abi.XENMEM_decrease_reservation,
+                                             abi.XENMEM_populate_physmap):
+        return ctx.dom.reservation.memory_op(va, cmd, arg, compat=True)  # its own compat layouts
     if nr == HC_SCHED_OP and cmd == abi.SCHEDOP_poll:
         ports, nr_ports, timeout = va.unpack(COMPAT_SCHED_POLL, arg)
         return _via_xlat(ctx, native, args, abi.SCHED_POLL.pack(ports, nr_ports, timeout))

@@ -48,6 +48,10 @@ if TYPE_CHECKING:
     from .memory import VirtualAccess
 
 _PFN = struct.Struct("<Q")
+# the 32-bit ABI (core/compat32.py): Xen's compat xen_memory_reservation (guest handle, xen_ulong_t
+# nr_extents, extent_order, mem_flags, domid; 20 bytes) and its extent lists of 32-bit compat_pfn_t
+COMPAT_MEMORY_RESERVATION = struct.Struct("<IIIIH2x")
+_PFN32 = struct.Struct("<I")
 UINT_MAX = 0xFFFFFFFF
 MAX_EXTENT_CONTINUATION = UINT_MAX >> abi.MEMOP_EXTENT_SHIFT  # the most extents one call may name
 LIST_CHUNK = 512  # extent-list entries read at a time (one page of xen_pfn_t)
@@ -101,12 +105,15 @@ class Reservation:
                 "populated_pages": self.populated, "reclaimed_pages": self.reclaimed}
 
     # -- memory_op ----------------------------------------------------------------------------------------
-    def memory_op(self, va: VirtualAccess, cmd: int, arg: int) -> int:
+    def memory_op(self, va: VirtualAccess, cmd: int, arg: int, compat: bool = False) -> int:
         """XENMEM_increase_reservation, decrease_reservation, populate_physmap (`cmd` with its restart
-        extent in the bits above MEMOP_CMD_MASK): the number of extents done."""
+        extent in the bits above MEMOP_CMD_MASK): the number of extents done. `compat`: a 32-bit vCPU's
+        call, with the compat layouts (xen/common/compat/memory.c)."""
         op, start = cmd & abi.MEMOP_CMD_MASK, (cmd & 0xFFFFFFFFFFFFFFFF) >> abi.MEMOP_EXTENT_SHIFT
+        layout = COMPAT_MEMORY_RESERVATION if compat else abi.MEMORY_RESERVATION
+        pfn = _PFN32 if compat else _PFN
         try:
-            extent_list, nr_extents, order, mem_flags, domid = va.unpack(abi.MEMORY_RESERVATION, arg)
+            extent_list, nr_extents, order, mem_flags, domid = va.unpack(layout, arg)
         except GuestFault:
             return start
         if nr_extents > MAX_EXTENT_CONTINUATION or start >= nr_extents:
@@ -122,28 +129,29 @@ class Reservation:
             if op == abi.XENMEM_increase_reservation:
                 return self._increase(start, nr_extents, order)
             if op == abi.XENMEM_decrease_reservation:
-                return self._decrease(va, extent_list, start, nr_extents, order)
+                return self._decrease(va, pfn, extent_list, start, nr_extents, order)
             if mem_flags & abi.XENMEMF_populate_on_demand:
                 return start  # populate_physmap: "Disallow populating PoD pages on oneself"
-            return self._populate(va, extent_list, start, nr_extents, order)
+            return self._populate(va, pfn, extent_list, start, nr_extents, order)
 
-    def _frames(self, va: VirtualAccess, extent_list: int, start: int, nr: int) -> list[int]:
+    def _frames(self, va: VirtualAccess, pfn: struct.Struct, extent_list: int, start: int,
+                nr: int) -> list[int]:
         """Extent-list entries start..nr-1, read a chunk at a time; stops at the first unreadable one."""
         out: list[int] = []
         i = start
         while i < nr:
             n = min(LIST_CHUNK - (i % LIST_CHUNK), nr - i)
             try:
-                data = va.read(extent_list + i * _PFN.size, n * _PFN.size)
+                data = va.read(extent_list + i * pfn.size, n * pfn.size)
             except GuestFault:
                 # fall back to one entry at a time: the readable ones before the fault still count
                 for j in range(i, i + n):
                     try:
-                        out.append(va.unpack(_PFN, extent_list + j * _PFN.size)[0])
+                        out.append(va.unpack(pfn, extent_list + j * pfn.size)[0])
                     except GuestFault:
                         return out
                 return out  # not reached: a chunk that faults has an entry that faults
-            out.extend(v for (v,) in _PFN.iter_unpack(data))
+            out.extend(v for (v,) in pfn.iter_unpack(data))
             i += n
             if len(out) >= self.ram_pages + 1:  # a call can do at most this many: the rest is never read
                 break
@@ -156,9 +164,10 @@ class Reservation:
             done += 1
         return done
 
-    def _decrease(self, va: VirtualAccess, extent_list: int, start: int, nr: int, order: int) -> int:
+    def _decrease(self, va: VirtualAccess, pfn: struct.Struct, extent_list: int, start: int, nr: int,
+                  order: int) -> int:
         done = start
-        for gfn in self._frames(va, extent_list, start, nr):
+        for gfn in self._frames(va, pfn, extent_list, start, nr):
             for j in range(1 << order):
                 if not self._remove(gfn + j):
                     return done
@@ -180,10 +189,11 @@ class Reservation:
         self.released += 1
         return True
 
-    def _populate(self, va: VirtualAccess, extent_list: int, start: int, nr: int, order: int) -> int:
+    def _populate(self, va: VirtualAccess, pfn: struct.Struct, extent_list: int, start: int, nr: int,
+                  order: int) -> int:
         done = start
         mem = self.dom.memory
-        for gfn in self._frames(va, extent_list, start, nr):
+        for gfn in self._frames(va, pfn, extent_list, start, nr):
             count = 1 << order
             if gfn % count or self.tot_pages + count > self.max_pages:
                 return done

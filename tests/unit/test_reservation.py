@@ -272,3 +272,22 @@ def test_guest_stores_to_given_back_pages_are_reclaimed(dh: DomainHarness) -> No
     assert resident(dh, BALLOON, 8) == 0 and resident(dh, BALLOON + 20) == 1
     assert op(dh, POP, reservation(dh, frames)) == 8
     assert mem.read((BALLOON + 2) * PAGE, 5) == bytes(5)
+
+
+def test_32bit_vcpu_uses_the_compat_layouts(dh: DomainHarness) -> None:
+    """A vCPU outside a 64-bit code segment passes the compat xen_memory_reservation (20 bytes: 32-bit
+    handle and nr_extents) and a list of 32-bit compat_pfn_t (xen/common/compat/memory.c)."""
+    from hyperdisco.core.reservation import COMPAT_MEMORY_RESERVATION
+
+    assert COMPAT_MEMORY_RESERVATION.size == 20
+    mem = dh.dom.memory
+    for i in range(3):
+        mem.pack(struct.Struct("<I"), LIST_VA + 4 * i, BALLOON + i)
+    arg = dh.put(COMPAT_MEMORY_RESERVATION, LIST_VA, 3, 0, 0, abi.DOMID_SELF)
+    assert dh.call("memory_op", DEC, arg, compat=True) == 3
+    assert {BALLOON, BALLOON + 1, BALLOON + 2} <= mem.unbacked and len(mem.unbacked) == 3
+    assert dh.call("memory_op", POP, arg, compat=True) == 3
+    assert not mem.unbacked
+    bad = dh.put(COMPAT_MEMORY_RESERVATION, LIST_VA, 3, 0, 0, 7)  # another domain
+    assert dh.call("memory_op", DEC, bad, compat=True) == 0
+    assert dh.call("memory_op", DEC, 0xFFFFF000, compat=True) == 0  # unreadable reservation
