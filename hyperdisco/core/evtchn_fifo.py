@@ -102,10 +102,12 @@ class Fifo:
         linked = True
         cb = self.control.get(vcpu)
         with self.lock:
-            atomic.fetch_or_u32(word, PENDING)
+            # MASKED as it was when PENDING was set: a guest that clears MASKED after that sees PENDING
+            # (its cmpxchg fails and retries) and asks for EVTCHNOP_unmask, which links the event then
+            seen = atomic.fetch_or_u32(word, PENDING)
             if cb is None:  # the guest must not unmask before it set up this vCPU's block: drop the link
                 return
-            if not atomic.load_u32(word) & MASKED and not atomic.fetch_or_u32(word, LINKED) & LINKED:
+            if not seen & MASKED and not atomic.fetch_or_u32(word, LINKED) & LINKED:
                 old_q = self.lastq.get(port, (0, 0))
                 if self.tails.get(old_q) == port:  # it was that queue's tail: that queue is empty now
                     self.tails[old_q] = 0
