@@ -83,12 +83,31 @@ def cmd_images_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cpu_list(text: str) -> list[int]:
+    """"0", "0,2", "0-3": distinct CPU numbers this process may use."""
+    cpus: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _sep, hi = part.partition("-")
+            first, last = int(lo), int(hi or lo)
+            if last - first > 1024:
+                raise ValueError(part)
+            cpus.extend(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a CPU list like 0 or 0-1") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or len(cpus) > 1024 or len(set(cpus)) != len(cpus) or not set(cpus) <= allowed:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: CPUs must be distinct and among "
+                                         f"{','.join(map(str, sorted(allowed)))}")
+    return cpus
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from ..toolstack.daemon import Daemon
 
     Daemon(args.socket, args.engine, verbose=args.verbose, share_pages=args.share_pages,
            overcommit=args.overcommit, xenstored_socket=args.xenstored_socket,
-           group=args.group).serve_forever()
+           group=args.group, sched=args.sched, sched_cpus=args.sched_cpus).serve_forever()
     return 0
 
 
@@ -156,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve xenstored's wire protocol here for xenstore-utils and other libxenstore "
                         "clients (default $XENSTORED_PATH or /run/xenstored/socket; 'none': do not)")
     d.add_argument("--engine", default="tcg")
+    d.add_argument("--sched", choices=("bvt", "host"), default="bvt",
+                   help="who shares the CPUs between domains: domain 0's Borrowed Virtual Time arbiter "
+                        "(default; sched-bvt) or the host kernel")
+    d.add_argument("--sched-cpus", type=_cpu_list, default=None, metavar="LIST",
+                   help="the host CPUs the arbiter hands out, e.g. 0 or 0-1 (vCPU threads are pinned to "
+                        "them; default: as many as there are, unpinned)")
     d.add_argument("--overcommit", type=float, default=None, metavar="R",
                    help="admit domains up to R x host memory (default $HYPERDISCO_OVERCOMMIT or 1.0)")
     d.add_argument("-v", "--verbose", action="store_true", help="print the log (dmesg) to stdout too")

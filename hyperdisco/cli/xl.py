@@ -225,10 +225,14 @@ def cmd_top(args: argparse.Namespace) -> int:
         cur = c.call("top")
         dt = max(1e-6, cur["time"] - prev["time"])
         before = {d["domid"]: d for d in prev["domains"]}
-        lines = [f"{'NAME':<16}{'STATE':>7}{'CPU(sec)':>10}{'CPU(%)':>8}{'MEM(k)':>10}{'VCPUS':>6}"
+        granted = [d["granted_s"] - before.get(d["domid"], d)["granted_s"] for d in cur["domains"]
+                   if d.get("granted_s") is not None]
+        total = sum(granted) or 1e-9  # the shares of the cores BVT granted over this interval
+        lines = [f"{'NAME':<16}{'STATE':>7}{'CPU(sec)':>10}{'CPU(%)':>8}{'SHARE(%)':>9}{'MEM(k)':>10}"
+                 f"{'VCPUS':>6}"
                  f"{'TRAPS/s':>10}{'EVENTS/s':>10}{'NETS':>5}{'NETTX(k)':>10}{'NETRX(k)':>10}{'DROPS':>7}"]
         host = 100.0 * (cur["host_cpu_s"] - prev["host_cpu_s"]) / dt
-        lines.append(f"{'Domain-0':<16}{'r-----':>7}{cur['host_cpu_s']:>10.0f}{host:>8.1f}"
+        lines.append(f"{'Domain-0':<16}{'r-----':>7}{cur['host_cpu_s']:>10.0f}{host:>8.1f}{'-':>9}"
                      f"{cur.get('dom0_mem_kib', 0):>10}"
                      f"{os.cpu_count() or 1:>6}{0:>10}{0:>10}{0:>5}{0:>10}{0:>10}{0:>7}")
         for d in cur["domains"]:
@@ -237,7 +241,11 @@ def cmd_top(args: argparse.Namespace) -> int:
             vifs = d.get("vifs", [])
             tx_k = sum(v["tx_bytes"] for v in vifs) >> 10
             rx_k = sum(v["rx_bytes"] for v in vifs) >> 10
-            lines.append(f"{d['name'][:16]:<16}{d['state']:>7}{d['cpu_s']:>10.0f}{cpu:>8.1f}{d['mem_kib']:>10}"
+            g = d.get("granted_s")
+            was = b.get("granted_s")
+            share = "-" if g is None or was is None else f"{100.0 * (g - was) / total:.1f}"
+            lines.append(f"{d['name'][:16]:<16}{d['state']:>7}{d['cpu_s']:>10.0f}{cpu:>8.1f}{share:>9}"
+                         f"{d['mem_kib']:>10}"
                          f"{d['vcpus']:>6}{(d['traps'] - b['traps']) / dt:>10.0f}"
                          f"{(d['events'] - b['events']) / dt:>10.0f}{len(vifs):>5}{tx_k:>10}{rx_k:>10}"
                          f"{sum(_drops(v) for v in vifs):>7}")
@@ -255,6 +263,24 @@ def cmd_top(args: argparse.Namespace) -> int:
         print("\n".join(lines), flush=True)
         prev = cur
         n += 1
+    return 0
+
+
+def cmd_sched_bvt(args: argparse.Namespace) -> int:
+    """xl's Xen 2 verb: without settings a table; with them, set a domain's BVT parameters (or C)."""
+    def us(ms: float | None) -> int | None:
+        return None if ms is None else round(ms * 1000)
+    if args.dom is None and any(v is not None for v in (args.weight, args.warp, args.warpl, args.warpu)):
+        raise HyperdiscoError("hyperdisco: sched-bvt: -w/--warp/--warpl/--warpu need a domain")
+    r = _client(args).call("sched_bvt", dom=args.dom, weight=args.weight, warp_us=us(args.warp),
+                           warpl_us=us(args.warpl), warpu_us=us(args.warpu), ctx_allow_us=us(args.ctx_allow))
+    cores = ",".join(map(str, r["cores"]))
+    print(f"context switch allowance {r['ctx_allow_us'] / 1000:g} ms, cores {cores}"
+          f"{' (pinned)' if r['pinned'] else ''}")
+    print(f"{'Name':<32}{'ID':>5}{'Weight':>8}{'Warp(ms)':>10}{'WarpL(ms)':>11}{'WarpU(ms)':>11}{'CPU(s)':>10}")
+    for d in r["domains"]:
+        print(f"{d['name'][:32]:<32}{d['domid']:>5}{d['weight']:>8}{d['warp_us'] / 1000:>10g}"
+              f"{d['warpl_us'] / 1000:>11g}{d['warpu_us'] / 1000:>11g}{d['granted_s']:>10.1f}")
     return 0
 
 
@@ -511,6 +537,16 @@ def add_verbs(sub: Any) -> None:
     p = verb("events", cmd_events, "print domain state changes as they happen (created, paused, unpaused, "
                                    "shutdown, crashed, destroyed, restarted)")
     p.add_argument("-n", dest="count", type=int, default=None, metavar="N", help="stop after N events")
+    p = verb("sched-bvt", cmd_sched_bvt, "Borrowed Virtual Time: show (a table) or set a domain's weight "
+                                         "and warp, or the context-switch allowance")
+    p.add_argument("dom", nargs="?")
+    p.add_argument("-w", "--weight", type=int, help="CPU shares in proportion to it (1-65535, default 256)")
+    p.add_argument("--warp", type=float, metavar="MS", help="warp value: how far ahead it runs when it wakes")
+    p.add_argument("--warpl", type=float, metavar="MS", help="warp limit: how long it may stay warped")
+    p.add_argument("--warpu", type=float, metavar="MS", help="unwarp requirement: how long before it may "
+                                                             "warp again once its warp ran out")
+    p.add_argument("-c", "--ctx-allow", type=float, metavar="MS",
+                   help="context-switch allowance C, for all domains")
     p = verb("top", cmd_top, "per-domain CPU, memory, traps and events, refreshed")
     p.add_argument("-d", "--delay", type=float, default=1.0)
     p.add_argument("-i", "--iterations", type=int, default=None)

@@ -24,6 +24,7 @@ from ..loader.pvh import load_pvh
 from ..platform import layout
 from ..platform.cpuid import CpuidPolicy
 from ..xen import abi
+from .bvt import BvtParams
 from .clock import Clock
 from .evtchn import EventChannels, Port
 from .grant import GrantTable
@@ -56,6 +57,7 @@ class DomainConfig:
     extra: dict[str, str] = field(default_factory=dict)
     disks: list[Any] = field(default_factory=list)  # disk specs (toolstack.xlcfg.DiskSpec) for blkback
     record: Any = None  # the toolstack's own description, kept by the domain process for a new domain 0
+    bvt: BvtParams | None = None  # its BVT weight and warp (dom0/arbiter.py); None: the defaults
 
 
 class DomainDirectory(Protocol):

@@ -17,13 +17,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from .gate import Gate
+
 if TYPE_CHECKING:
     from .domain import Domain
     from .vcpu import VcpuContext
 
 
 class Scheduler:
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, gate: Gate | None = None) -> None:
+        self.gate = gate if gate is not None else Gate()  # asked before each slice (vmm/sched_gate.py)
         self._cond = threading.Condition()
         self._runq: deque[VcpuContext] = deque()
         self._parked: dict[VcpuContext, float] = {}
@@ -147,11 +150,12 @@ class Scheduler:
                         self._cond.wait(None if nxt == float("inf") else max(0.0, nxt - time.monotonic()))
                 self._running.add(ctx)
             try:
-                wake_at = ctx.step()
+                wake_at = ctx.step() if self.gate.acquire(ctx, self) else None
             except Exception as exc:  # one domain's failure must not take the others down
                 tb = traceback.extract_tb(exc.__traceback__)[-1]
                 ctx.dom.crash(f"internal error: {type(exc).__name__}: {exc} at {tb.filename}:{tb.lineno}")
                 wake_at = None
+            self.gate.release(ctx, wake_at)
             with self._cond:
                 self._running.discard(ctx)
                 woken = ctx in self._woken

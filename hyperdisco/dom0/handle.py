@@ -96,7 +96,8 @@ class DomainHandle:
     # -- start ------------------------------------------------------------------------------------------
     def start(self, engine: str, clock_params: dict[str, float], jail_root: str | None,
               cgroup: Callable[[int, DomainConfig], None] | None = None,
-              adopt_path: Path | None = None, record: Any = None, spawner: Spawner | None = None) -> None:
+              adopt_path: Path | None = None, record: Any = None, spawner: Spawner | None = None,
+              sched: bool = False) -> None:
         """Start the domain process and build the domain in it; a one-line HyperdiscoError if it could not
         be built (the process is gone again then). With `adopt_path`, the process listens there for a
         new domain 0 should this one die, and `record` (this domain's configuration, for that successor)
@@ -140,7 +141,7 @@ class DomainHandle:
                 "kernel": {"pvh_entry": cfg.kernel.pvh_entry, "gpa": img.gpa, "size": img.size,
                            "segments": [[s.paddr, s.memsz] for s in cfg.kernel.segments]},
                 "initrd_size": len(cfg.initrd) if cfg.initrd is not None else None,
-                "jail_root": jail_root, "adopt_fd": adopt_index}, fds)
+                "jail_root": jail_root, "adopt_fd": adopt_index, "sched": sched}, fds)
             try:
                 reply = self._await_built()
             except ChannelClosed:
@@ -463,6 +464,8 @@ class DomainHandle:
             self.host.broker.send(self, msg)
         elif t == "evtchn-close":
             self.host.broker.close(self, msg)
+        elif t == "sched" and self.host.arbiter is not None:  # its gate asks for cores (dom0/arbiter.py)
+            self.host.arbiter.message(self, msg)
         elif t == "gnt-map":
             self.host.grants.map(self, msg)
         elif t == "gnt-unmap":

@@ -32,6 +32,7 @@ from ..platform import layout
 from ..vmm.jail import jail_root
 from . import cgroups, memctl
 from .admission import Admission
+from .arbiter import Arbiter
 from .broker import EventChannelBroker
 from .grants import GrantBroker
 from .handle import DomainHandle
@@ -48,12 +49,16 @@ class Host:
                  run_dir: str = DEFAULT_RUN_DIR, overcommit: float | None = None,
                  state_dir: str | None = None,
                  config_of: Callable[[Any], DomainConfig] | None = None, template: bool = False,
-                 reconfigure: Callable[[Any], DomainConfig] | None = None) -> None:
+                 reconfigure: Callable[[Any], DomainConfig] | None = None,
+                 sched: str = "host", sched_cpus: list[int] | None = None) -> None:
         """With `state_dir`, domains outlive this process: each domain process listens in
         state_dir/domains for a new domain 0, xenstored's state is kept in state_dir/xenstore.json, and
         the domains found there are adopted now (`config_of` turns a domain's record back into its
-        configuration). With `template`, domain processes are forked from a template process that has
-        everything imported (vmm/zygote.py) instead of starting a fresh interpreter each."""
+        configuration). `sched` "bvt": domain 0's BVT arbiter decides which vCPUs hold the cores
+        (`sched_cpus`: those host CPUs, pinned; None: as many as there are, unpinned); "host": the host
+        kernel shares them between the domain processes. With `template`, domain processes are forked
+        from a template process that has everything imported (vmm/zygote.py) instead of starting a
+        fresh interpreter each."""
         self.engine_name = engine
         eng = get_engine(engine)  # builds/loads the engine once here, so domain processes only load it
         self.clock = Clock(eng.guest_tsc)
@@ -85,6 +90,7 @@ class Host:
         self.broker = EventChannelBroker(self)  # inter-domain event channels between domain processes
         self.grants = GrantBroker(self)  # grant mappings between domain processes
         self.net = NetworkDevices(self)  # its switches (one per named network) start with the first vif
+        self.arbiter = Arbiter(self.log, sched_cpus) if sched == "bvt" else None
         self.spawner: Spawner | None = None
         if template:
             try:
@@ -139,6 +145,9 @@ class Host:
                 self.consoles[dom.domid] = dom.console_buffer
                 self._next_domid = max(self._next_domid, dom.domid + 1)
             dom.on_shutdown = self._domain_stopped
+            if self.arbiter is not None:  # its gate opened when the old domain 0 died: close it again
+                self.arbiter.add(dom, dom.config.bvt)
+                dom.send({"t": "sched-gate", "on": True})
             assert dom.pages is not None and dom.console is not None
             if restored:
                 ring = layout.special_gpa(layout.STORE_PAGE)
@@ -260,8 +269,10 @@ class Host:
             dom.on_shutdown = self._domain_stopped
             cg = self.cgroups.place if self.cgroups is not None else None
             adopt = self.state_dir / "domains" / f"{domid}.sock" if self.state_dir is not None else None
+            if self.arbiter is not None:
+                self.arbiter.add(dom, config.bvt)
             dom.start(self.engine_name, self.clock.params(), self.jail_root, cg, adopt, config.record,
-                      self.spawner)
+                      self.spawner, sched=self.arbiter is not None)
             self._introduce(dom)
             for spec, image in disks:
                 self.blk.attach(dom, spec, image)
@@ -372,6 +383,8 @@ class Host:
         self.net.close_domain(dom.domid)  # its ports off the switches, its vif nodes
         self.broker.domain_gone(dom.domid)
         self.grants.domain_gone(dom.domid)
+        if self.arbiter is not None:
+            self.arbiter.remove(dom.domid)
         with self._lock:
             gone = self.domains.get(dom.domid) is dom
             if gone:

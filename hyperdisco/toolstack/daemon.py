@@ -34,6 +34,7 @@ from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from ..platform import layout
+from . import sched_ops
 from .build import domain_config
 from .protocol import encode, socket_path
 from .requests import MAX_REQUEST_BYTES, RequestError, XsRequestError, check_name, field, parse_request
@@ -44,7 +45,7 @@ from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec, vif_from_params
 MAX_VCPUS = 1
 RECORD_KEYS = ("name", "memory", "maxmem", "vcpus", "kernel", "ramdisk", "cmdline", "on_poweroff",
                "on_reboot", "on_crash", "disks", "net",  # net: the vifs as attached (dom0/host.py writes it)
-               "bootloader", "bootloader_args")
+               "bootloader", "bootloader_args", *sched_ops.CONFIG_KEYS)
 CLIENT_QUEUE_BYTES = 1 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
 LISTEN_BACKLOG = 128
 
@@ -247,7 +248,8 @@ class ConsoleFollower:
 class Daemon:
     def __init__(self, sock: str | None = None, engine: str = "tcg", verbose: bool = False,
                  share_pages: bool = False, overcommit: float | None = None,
-                 xenstored_socket: str | None = None, group: str | None = None) -> None:
+                 xenstored_socket: str | None = None, group: str | None = None, sched: str = "bvt",
+                 sched_cpus: list[int] | None = None) -> None:
         self.path = socket_path(sock)
         self.xenstored_socket = xenstored_socket  # None: $XENSTORED_PATH or the default; "none": no socket
         # `--group NAME`: the control and xenstored sockets are 0660 and this group's (as libvirt's
@@ -259,7 +261,8 @@ class Daemon:
         self.host = Host(engine, log_sink=(lambda m: print(m, flush=True)) if verbose else None,
                          run_dir=str(self.path.parent), overcommit=overcommit,
                          state_dir=str(self.path.with_name(self.path.name + ".state")),
-                         config_of=self._adopted_config, template=True, reconfigure=self._config)
+                         config_of=self._adopted_config, template=True, reconfigure=self._config,
+                         sched=sched, sched_cpus=sched_cpus)
         self.exec_locks: dict[int, threading.Lock] = {}
         self.xenstore = XenstoreOps(self.host.xenstored.local_connection)
 
@@ -304,6 +307,7 @@ class Daemon:
                                        f"{', '.join(SUPPORTED_ACTIONS)}")
                 setattr(cfg, key, action)
         cfg.disks = disk_specs
+        cfg.bvt = sched_ops.params_of_config(config)
         cfg.record = {k: config[k] for k in RECORD_KEYS if k in config}
         return cfg
 
@@ -372,9 +376,17 @@ class Daemon:
             events = t.get("evtchn.raised", 0)
             doms.append({**self._row(d), "cpu_s": d.cpu_seconds(), "traps": sum(t.values()) - events,
                          "events": events, "mem_kib": memctl.current_mib(d) * 1024,
-                         "vifs": self.host.net.stats(d.domid)})
+                         "vifs": self.host.net.stats(d.domid), "granted_s": self._granted_s(d)})
         return {"time": time.monotonic(), "host_cpu_s": time.process_time(), "dom0_mem_kib": _rss_mib() << 10,
                 "domains": doms}
+
+    def _granted_s(self, d: DomainHandle) -> float | None:
+        """Core time the BVT arbiter granted the domain so far (its share, over an interval)."""
+        ns = self.host.arbiter.granted_ns(d.domid) if self.host.arbiter is not None else None
+        return None if ns is None else ns / 1e9
+
+    def op_sched_bvt(self, **args: Any) -> dict[str, Any]:
+        return sched_ops.sched_bvt(self.host, **args)
 
     def op_info(self) -> dict[str, Any]:
         with open("/proc/meminfo") as f:

@@ -52,7 +52,7 @@ MAX_ECHO = 80               # characters of user text quoted in one error messag
 KNOWN_KEYS = frozenset({
     "name", "type", "kernel", "ramdisk", "extra", "cmdline", "root", "memory", "maxmem", "vcpus",
     "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "disk", "vif", "uuid", "cpus", "bootloader",
-    "bootloader_args",
+    "bootloader_args", "weight", "warp", "warpl", "warpu",
 })
 BOOTLOADERS = ("pygrub",)   # by name; a path to it (/usr/lib/xen-4.17/bin/pygrub) means the same
 
@@ -144,6 +144,10 @@ class DomainSpec:
     vifs: list[VifSpec] = field(default_factory=list)
     uuid: str | None = None
     cpus: str | None = None         # stored as written (e.g. "0-3,^1")
+    weight: int | None = None       # BVT weight (1-65535; None: 256, equal shares)
+    warp: int | None = None         # BVT warp value, ms (None/0: no warp)
+    warpl: int | None = None        # BVT warp limit, ms
+    warpu: int | None = None        # BVT unwarp requirement, ms
     source: str = "<config>"        # the config file, for messages
 
 
@@ -862,6 +866,10 @@ def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
                 raise _fail(s.where, key, "per-vCPU affinity lists are not supported "
                                           "(use a string like '0-3')")
             spec.cpus = _as_str(s)
+        elif key == "weight":
+            spec.weight = _as_int(s, 1, 65535)
+        elif key in ("warp", "warpl", "warpu"):
+            setattr(spec, key, _as_int(s, 0, 10_000, " ms"))
         elif key in ("cmdline", "root", "extra"):
             _as_str(s)      # checked here, composed below
 

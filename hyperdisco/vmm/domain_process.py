@@ -40,6 +40,7 @@ from .grants import BrokeredGrants
 from .interdomain import BrokeredChannels
 from .jail import Jail
 from .remote_xenstore import RemoteXenstore
+from .sched_gate import ArbiterGate
 
 OUT_CHUNK = 16 * 1024
 # how long a domain whose domain 0 died keeps running, waiting for a new one to adopt it
@@ -57,6 +58,7 @@ class DomainProcess:
         self.grants: BrokeredGrants | None = None
         self._pending = PendingReplies()  # our own requests to domain 0
         self.scheduler: Scheduler | None = None
+        self.gate: ArbiterGate | None = None  # domain 0's BVT arbiter grants the cores
         self.gone = threading.Event()  # domain 0 went away for good
         self.orphaned = threading.Event()  # domain 0 went away; a new one may adopt us
         self.listener: socket.socket | None = None  # where a new domain 0 connects to adopt us
@@ -123,7 +125,9 @@ class DomainProcess:
                    "console_port": dom.console_port})
         reader = threading.Thread(target=self._read, name="hd-channel", daemon=True)
         reader.start()
-        self.scheduler = Scheduler(workers=max(1, min(len(dom.vcpus), os.cpu_count() or 1)))
+        if msg.get("sched") is True:
+            self.gate = ArbiterGate(self.send, len(dom.vcpus))
+        self.scheduler = Scheduler(workers=max(1, min(len(dom.vcpus), os.cpu_count() or 1)), gate=self.gate)
         self.scheduler.add(dom)
         while not dom.done.wait(0.5):
             if self.gone.is_set():
@@ -149,16 +153,22 @@ class DomainProcess:
     def _stats(self, dom: Domain) -> dict[str, Any]:
         stats = domain_stats(dom, self.scheduler)
         stats["vifs"] = self.vifs.stats() if self.vifs is not None else {}
+        if self.gate is not None:
+            stats["sched"] = self.gate.stats()
         return stats
 
     def _lost(self) -> None:
         """The channel broke: domain 0 died. Keep running, to be adopted, if we can be reached."""
+        if self.gate is not None:
+            self.gate.open()
         if self.listener is None:
             self.gone.set()
             if self.dom is not None:
                 self.dom.shutdown("destroyed", "domain 0 went away")
             return
         self.orphaned.set()
+        if self.gate is not None:
+            self.gate.open()  # nobody grants cores now: the host kernel decides
         self.xs.fail_pending()
         self._pending.fail_all(None)
 
@@ -230,6 +240,12 @@ class DomainProcess:
                 dom.console_notify()
             elif msg.get("what") == "store":
                 dom.store_notify()
+        elif t == "sched-grant" and self.gate is not None:
+            self.gate.grant(msg)
+        elif t == "sched-revoke" and self.gate is not None:
+            self.gate.revoke(msg)
+        elif t == "sched-gate" and self.gate is not None:
+            self.gate.turn_on()
         elif t == "xs-reply":
             self.xs.reply(msg)
         elif t == "xs-watch":

@@ -1,0 +1,153 @@
+"""The domain process's end of domain 0's BVT arbiter (dom0/arbiter.py): a vCPU runs guest code only
+while it holds a core domain 0 granted it.
+
+Over the domain's channel (JSON datagrams, as everything else):
+  to domain 0     sched want  vcpu            the vCPU is runnable and asks for a core
+                  sched done  vcpu seq        it gives grant `seq` back (slice over, revoked, halted, paused)
+                  sched cancel vcpu           it no longer waits (paused, finished)
+  from domain 0   sched-grant vcpu seq core slice_us pin   run, for up to slice_us (on host CPU `core` if pin)
+                  sched-revoke vcpu seq       give it back now (the vCPU is kicked out of its slice)
+                  sched-gate on               (after an adoption) a new domain 0 arbitrates again
+
+A worker keeps its vCPU's grant across slices until the grant's slice has passed, it is revoked, or the
+vCPU parks; then it says done and, if still runnable, asks again. If domain 0 goes away the gate opens
+(every vCPU runs, the host kernel decides) until a new domain 0 turns it on again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..core.gate import Gate
+
+if TYPE_CHECKING:
+    from ..core.scheduler import Scheduler
+    from ..core.vcpu import VcpuContext
+
+POLL_S = 0.05  # a waiting vCPU looks at its domain's pause/finish this often
+
+
+@dataclass
+class _Vcpu:
+    ctx: VcpuContext | None = None
+    waiting: bool = False
+    seq: int | None = None
+    core: int = -1
+    pin: bool = False
+    lease_end: float = 0.0
+    revoked: bool = False
+
+
+class ArbiterGate(Gate):
+    def __init__(self, send: Callable[[dict[str, Any]], None], nvcpus: int) -> None:
+        self._send = send
+        self._cond = threading.Condition()
+        self._v = [_Vcpu() for _ in range(nvcpus)]
+        self.enabled = True
+        self._pinned = threading.local()
+        self.grants = 0
+        self.wait_ns = 0  # time vCPUs waited for a core
+
+    # -- the scheduler's side --------------------------------------------------------------------------
+    def acquire(self, ctx: VcpuContext, sched: Scheduler) -> bool:
+        if not self.enabled or not 0 <= ctx.index < len(self._v):
+            return True
+        v = self._v[ctx.index]
+        with self._cond:
+            v.ctx = ctx
+            if v.seq is not None:
+                if not v.revoked and time.monotonic() < v.lease_end:
+                    return True
+                self._give_back(v, ctx.index)
+            if not v.waiting:
+                v.waiting = True
+                self._send({"t": "sched", "op": "want", "vcpu": ctx.index})
+        t0 = time.monotonic_ns()
+        with sched.outside_guest(ctx):
+            with self._cond:
+                while v.seq is None and self.enabled:
+                    if ctx.dom.finished or ctx.dom.paused:
+                        if v.waiting:
+                            v.waiting = False
+                            self._send({"t": "sched", "op": "cancel", "vcpu": ctx.index})
+                        return False
+                    self._cond.wait(POLL_S)
+                core, pin = v.core, v.pin
+        self.wait_ns += time.monotonic_ns() - t0
+        if pin and getattr(self._pinned, "core", None) != core:
+            try:
+                os.sched_setaffinity(0, {core})  # this worker thread only
+                self._pinned.core = core
+            except OSError:
+                pass
+        return True
+
+    def release(self, ctx: VcpuContext, wake_at: float | None) -> None:
+        if not self.enabled or not 0 <= ctx.index < len(self._v):
+            return
+        v = self._v[ctx.index]
+        with self._cond:
+            if v.seq is None:
+                return
+            if (wake_at is not None or v.revoked or time.monotonic() >= v.lease_end or ctx.dom.finished
+                    or ctx.dom.paused):
+                self._give_back(v, ctx.index)
+
+    def _give_back(self, v: _Vcpu, index: int) -> None:
+        self._send({"t": "sched", "op": "done", "vcpu": index, "seq": v.seq})
+        v.seq = None
+        v.revoked = False
+
+    # -- domain 0's side (the channel's reader thread) ------------------------------------------------
+    def grant(self, msg: dict[str, Any]) -> None:
+        vcpu, seq = msg.get("vcpu"), msg.get("seq")
+        if not isinstance(vcpu, int) or not 0 <= vcpu < len(self._v) or not isinstance(seq, int):
+            return
+        v = self._v[vcpu]
+        with self._cond:
+            if not v.waiting or v.seq is not None:  # cancelled meanwhile: straight back
+                self._send({"t": "sched", "op": "done", "vcpu": vcpu, "seq": seq})
+                return
+            v.waiting = False
+            v.seq = seq
+            v.core = int(msg.get("core", -1))
+            v.pin = bool(msg.get("pin")) and v.core >= 0
+            v.lease_end = time.monotonic() + max(0, int(msg.get("slice_us", 0))) / 1e6
+            v.revoked = False
+            self.grants += 1
+            self._cond.notify_all()
+
+    def revoke(self, msg: dict[str, Any]) -> None:
+        vcpu = msg.get("vcpu")
+        if not isinstance(vcpu, int) or not 0 <= vcpu < len(self._v):
+            return
+        v = self._v[vcpu]
+        with self._cond:
+            if v.seq is None or v.seq != msg.get("seq"):
+                return
+            v.revoked = True
+            ctx = v.ctx
+        if ctx is not None:
+            ctx.ev.kick()  # ends its slice; release() gives the core back
+
+    def open(self) -> None:
+        """Domain 0 went away: every vCPU runs (the host kernel decides) until turn_on()."""
+        with self._cond:
+            self.enabled = False
+            for v in self._v:
+                v.waiting, v.seq, v.revoked = False, None, False
+            self._cond.notify_all()
+
+    def turn_on(self) -> None:
+        with self._cond:
+            for v in self._v:
+                v.waiting, v.seq, v.revoked = False, None, False
+            self.enabled = True
+
+    def stats(self) -> dict[str, Any]:
+        return {"grants": self.grants, "wait_s": round(self.wait_ns / 1e9, 3), "gated": self.enabled}
