@@ -174,8 +174,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def xl(images: GuestImages, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Xl]:
     sock = tmp_path / "hd.sock"
     log = open(tmp_path / "daemon.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "hyperdisco", "daemon", "--socket", str(sock), "-v"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    marker = request.node.get_closest_marker("daemon_args")  # @pytest.mark.daemon_args("--sched-cpus", "0")
+    extra = [str(a) for a in marker.args] if marker is not None else []
+    proc = subprocess.Popen([sys.executable, "-m", "hyperdisco", "daemon", "--socket", str(sock), "-v",
+                             *extra], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while not sock.exists():
         assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
