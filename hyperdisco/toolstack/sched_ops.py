@@ -64,9 +64,12 @@ def sched_bvt(host: Host, dom: str | int | None = None, weight: int | None = Non
         except BvtError:
             continue  # finished, not yet (or no longer) scheduled
         granted = arb.granted_ns(d.domid)
+        gate = d.query().get("sched")  # its process's side: grants taken, time its vCPUs waited for one
+        gate = gate if isinstance(gate, dict) else {}
         rows.append({"name": d.name, "domid": d.domid, "weight": p.weight, "warp_us": p.warp_ns // US,
                      "warpl_us": p.warp_limit_ns // US, "warpu_us": p.unwarp_ns // US,
-                     "granted_s": round((granted or 0) / 1e9, 3)})
+                     "granted_s": round((granted or 0) / 1e9, 3), "grants": gate.get("grants"),
+                     "wait_s": gate.get("wait_s")})
     st = arb.status()
     return {"ctx_allow_us": st["ctx_allow_ns"] // US, "cores": st["cores"], "pinned": st["pinned"],
             "decisions": st["decisions"], "decide_us_mean": st["decide_us_mean"], "forfeits": st["forfeits"],

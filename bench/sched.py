@@ -1,0 +1,217 @@
+"""Scheduling benchmarks, the measurements of Xen'03 §4.4 for domain 0's BVT arbiter (docs/scheduler.md).
+
+    .venv/bin/python bench/sched.py [--only share,wakeup,overhead] [--seconds 60] [--rounds 4]
+                                    [--out bench/results/sched-<timestamp>.json]
+
+share     two CPU-bound domains with weights 1:2 on one core (`daemon --sched-cpus 0`, their vCPU threads
+          pinned to CPU 0) for --seconds: the core time BVT granted each and the CPU time each process
+          used; target within 4% of 1:2.
+wakeup    an idle domain's `exec` round trip (console in, shell, console out) while two CPU-bound domains
+          run on the same core, with and without warp (warp 200 ms, limit 100 ms, unwarp 50 ms),
+          alternating in rounds, at C = 5 ms (the default) and C = 30 ms.
+overhead  the arbiter's cost: its decision time per call, the grant round trip a vCPU waits when a core is
+          free (want -> grant, through both processes' channel threads), and a CPU-bound loop in one guest
+          under `--sched bvt` against `--sched host` (the gate's round trips every 10 C and at each wake).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+
+SPIN = "setsid sh -c \"while :; do :; done\" >/dev/null 2>&1 </dev/null &"
+LOOP = ("a=$(date +%s%N); i=0; while [ $i -lt {n} ]; do i=$((i+1)); done; b=$(date +%s%N); "
+        "echo loop_ns=$((b-a))")
+
+
+def say(msg: str) -> None:
+    harness.say(msg, "sched")
+
+
+class Daemon:
+    """A daemon of its own on a socket in a temporary directory, driven through the control API."""
+
+    def __init__(self, workdir: Path, *daemon_args: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.sock = workdir / "hd.sock"
+        self.log = open(workdir / "daemon.log", "w")
+        argv = [sys.executable, "-m", "hyperdisco", "daemon", "--socket", str(self.sock), "-v", *daemon_args]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=harness.REPO)
+        deadline = time.monotonic() + 60
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon did not start: {(workdir / 'daemon.log').read_text()[-500:]}")
+            time.sleep(0.1)
+
+    def call(self, op: str, **args: Any) -> Any:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.sock))
+            s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+            reply = json.loads(s.makefile("rb").readline())
+        if not reply.get("ok"):
+            raise RuntimeError(f"{op}: {reply.get('error')}")
+        return reply.get("result")
+
+    def create(self, name: str, memory: int = 96, **extra: Any) -> None:
+        self.call("create", config={"name": name, "memory": memory, **extra})
+        self.exec(name, "true", 300)
+
+    def exec(self, name: str, command: str, timeout: float = 120) -> tuple[str, float]:
+        t0 = time.monotonic()
+        r = self.call("exec", dom=name, command=command, timeout=timeout)
+        return base64.b64decode(r.get("output", "")).decode(errors="replace"), time.monotonic() - t0
+
+    def usage(self) -> dict[str, tuple[float, float]]:
+        """Per domain: (core time granted by BVT, CPU time its process used)."""
+        bvt = {r["name"]: r["granted_s"] for r in self.call("sched_bvt")["domains"]}
+        cpu = {r["name"]: r["time"] for r in self.call("list")}
+        return {n: (bvt[n], cpu[n]) for n in bvt}
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def proportional_share(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    d = Daemon(work / "share", "--sched-cpus", "0")
+    try:
+        d.create("light", weight=100)
+        d.create("heavy", weight=200)
+        for n in ("light", "heavy"):
+            d.exec(n, SPIN)
+        time.sleep(3)
+        a = d.usage()
+        samples = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.seconds:
+            time.sleep(min(10.0, args.seconds - (time.monotonic() - t0)))
+            b = d.usage()
+            samples.append({n: [round(b[n][0] - a[n][0], 3), round(b[n][1] - a[n][1], 2)] for n in b})
+        (gl, ul), (gh, uh) = samples[-1]["light"], samples[-1]["heavy"]
+        out = {"seconds": args.seconds, "granted_s": {"light": gl, "heavy": gh},
+               "cpu_s": {"light": ul, "heavy": uh}, "granted_ratio": gh / gl, "cpu_ratio": uh / ul,
+               "granted_error_pct": 100 * abs(gh / gl / 2 - 1), "cpu_error_pct": 100 * abs(uh / ul / 2 - 1),
+               "samples_every_10s": samples, "arbiter": {k: v for k, v in d.call("sched_bvt").items()
+                                                         if k != "domains"}}
+        say(f"share: weights 1:2 on one core over {args.seconds:.0f} s: granted {gl:.2f} s : {gh:.2f} s = "
+            f"1:{gh / gl:.3f} ({out['granted_error_pct']:.1f}% off 1:2); CPU {ul:.1f} s : {uh:.1f} s = "
+            f"1:{uh / ul:.3f} ({out['cpu_error_pct']:.1f}% off)")
+        return out
+    finally:
+        d.close()
+
+
+def wakeup_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    d = Daemon(work / "wakeup", "--sched-cpus", "0")
+    out: dict[str, Any] = {}
+    try:
+        for n in ("hog1", "hog2", "io"):
+            d.create(n)
+        for n in ("hog1", "hog2"):
+            d.exec(n, SPIN)
+        time.sleep(2)
+        for c_ms in (5, 30):
+            d.call("sched_bvt", ctx_allow_us=c_ms * 1000)
+            plain: list[float] = []
+            warped: list[float] = []
+            for _ in range(args.rounds):
+                for warp, into in ((0, plain), (200_000, warped)):
+                    d.call("sched_bvt", dom="io", warp_us=warp, warpl_us=100_000, warpu_us=50_000)
+                    for _i in range(5):
+                        into.append(d.exec("io", "echo x")[1])
+                        time.sleep(0.1)
+            res = {}
+            for label, xs in (("unwarped", plain), ("warped", warped)):
+                xs.sort()
+                res[label] = {"median_ms": round(1e3 * statistics.median(xs), 1),
+                              "p90_ms": round(1e3 * xs[int(0.9 * (len(xs) - 1))], 1), "n": len(xs)}
+            out[f"C_{c_ms}ms"] = res
+            say(f"wakeup: exec round trip beside two CPU-bound domains, C = {c_ms} ms: median "
+                f"{res['unwarped']['median_ms']} ms unwarped, {res['warped']['median_ms']} ms warped "
+                f"(p90 {res['unwarped']['p90_ms']} / {res['warped']['p90_ms']})")
+        return out
+    finally:
+        d.close()
+
+
+def arbiter_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    loops: dict[str, list[float]] = {"bvt": [], "host": []}
+    for sched in ("bvt", "host"):
+        d = Daemon(work / f"overhead-{sched}", "--sched", sched)
+        try:
+            d.create("solo")
+            d.exec("solo", LOOP.format(n=20_000))  # translation warm-up
+            for _ in range(args.rounds):
+                text, _t = d.exec("solo", LOOP.format(n=args.loop), timeout=600)
+                ns = [int(x.split("=")[1]) for x in text.split() if x.startswith("loop_ns=")]
+                if ns:
+                    loops[sched].append(ns[0] / 1e9)
+            if sched == "bvt":
+                for _ in range(40):  # wakes with a free core: each pays one want -> grant round trip
+                    d.exec("solo", "echo x")
+                r = d.call("sched_bvt")
+                row = {x["name"]: x for x in r["domains"]}["solo"]
+                out["decide_us_mean"] = r["decide_us_mean"]
+                out["decisions"] = r["decisions"]
+                out["grants"] = row["grants"]
+                out["wait_us_per_grant"] = round(1e6 * (row["wait_s"] or 0) / max(1, row["grants"] or 1), 1)
+        finally:
+            d.close()
+    out["loop_s"] = {k: [round(x, 3) for x in v] for k, v in loops.items()}
+    if loops["bvt"] and loops["host"]:
+        out["loop_ratio_bvt_over_host"] = statistics.median(loops["bvt"]) / statistics.median(loops["host"])
+    say(f"overhead: decide {out.get('decide_us_mean')} µs per decision; a grant with a core free waits "
+        f"{out.get('wait_us_per_grant')} µs (want -> grant, mean over {out.get('grants')} grants); "
+        f"a CPU loop takes {out.get('loop_ratio_bvt_over_host', float('nan')):.3f}x its time under "
+        "--sched host")
+    return out
+
+
+SECTIONS = {"share": proportional_share, "wakeup": wakeup_latency, "overhead": arbiter_overhead}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated")
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of the share measurement")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="alternating rounds (wakeup), loop runs (overhead)")
+    ap.add_argument("--loop", type=int, default=300_000, help="iterations of the overhead's shell loop")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    wanted = [s for s in args.only.split(",") if s]
+    bad = [s for s in wanted if s not in SECTIONS]
+    if bad:
+        ap.error(f"unknown section(s): {', '.join(bad)} (known: {', '.join(SECTIONS)})")
+    harness.default_images(say)
+    stamp = harness.timestamp()
+    doc: dict[str, Any] = {"benchmark": "sched", "time": stamp, "commit": harness.hyperdisco_commit(),
+                           "cpu": harness.cpu_model(), "nproc": os.cpu_count(),
+                           "loadavg_before": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="hd-sched-") as tmp:
+        for s in wanted:
+            doc[s] = SECTIONS[s](args, Path(tmp))
+    doc["loadavg_after"] = os.getloadavg()
+    harness.write_json(harness.results_path(args.out, "sched", stamp), doc, say)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
