@@ -85,8 +85,10 @@ def _run(argv: list[str]) -> None:
         raise RuntimeError(f"building the PVH test kernel: {' '.join(argv)}\n{p.stdout}{p.stderr}")
 
 
-_CHECK = re.compile(r"^(PASS|FAIL) (\S+?)(?:: (.*))?$")
-_SUMMARY = re.compile(r"^SUMMARY passed=(\d+) failed=(\d+)")
+# searched, not anchored: a guest may have the hypervisor write garbage into its console ring (the fuzzer
+# does), which then shares a line with the kernel's own console_io output
+_CHECK = re.compile(r"(?:^|\s)(PASS|FAIL) ([\w.]+)(?:: (.*))?$")
+_SUMMARY = re.compile(r"SUMMARY passed=(\d+) failed=(\d+)")
 
 
 @dataclass
@@ -103,13 +105,14 @@ class KernelRun:
     def parse(cls, text: str) -> KernelRun:
         run = cls([ln.rstrip("\r") for ln in text.splitlines()])
         for ln in run.lines:
-            m = _CHECK.match(ln)
+            m = _CHECK.search(ln)
             if m and m.group(1) == "PASS":
                 run.passed.append(m.group(2))
             elif m:
                 run.failed[m.group(2)] = m.group(3) or ""
-            if _SUMMARY.match(ln):
-                run.summary = ln
+            m2 = _SUMMARY.search(ln)
+            if m2:
+                run.summary = ln[m2.start():]
         return run
 
     def value(self, key: str) -> str | None:
