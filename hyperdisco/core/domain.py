@@ -26,7 +26,7 @@ from ..platform.cpuid import CpuidPolicy
 from ..xen import abi
 from .bvt import BvtParams
 from .clock import Clock
-from .evtchn import EventChannels, Port
+from .evtchn import DEFAULT_MAX_PORT, EventChannels, Port
 from .grant import GrantTable
 from .hypercalls import XEN_VERSION, Hypercalls
 from .memory import PAGE, GuestMemory
@@ -51,6 +51,7 @@ class DomainConfig:
     # xl.cfg maxmem above memory: the guest's RAM (its e820) is maxmem and it boots ballooned down to
     # memory, as Xen boots an HVM guest with populate-on-demand (core/reservation.py, dom0/memctl.py)
     maxmem_mib: int | None = None
+    max_event_channels: int | None = None  # xl.cfg: the highest event-channel port (None: xl's 1023)
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
@@ -141,7 +142,8 @@ class Domain:
         self.callback_vector: int | None = None
         self.grant_frames: dict[int, int] = {}  # frame index -> gpa
         self.grants = GrantTable(self)
-        self.evtchn = EventChannels(self.memory, domid, self.wake)
+        self.evtchn = EventChannels(self.memory, domid, self.wake,
+                                    max_port=config.max_event_channels or DEFAULT_MAX_PORT)
         self.hypercalls = Hypercalls(self)
         self.unbacked = UnbackedMemory(self.log, self.stats)
         self.reservation = Reservation(self)  # XENMEM_*_reservation, populate_physmap (ballooning)

@@ -43,9 +43,10 @@ from .xenstore_ops import XenstoreOps
 from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec, vif_from_params
 
 MAX_VCPUS = 1
+MAX_EVENT_CHANNELS = (1 << 17) - 1  # xl.cfg(5) max_event_channels: what the FIFO ABI names
 RECORD_KEYS = ("name", "memory", "maxmem", "vcpus", "kernel", "ramdisk", "cmdline", "on_poweroff",
                "on_reboot", "on_crash", "disks", "net",  # net: the vifs as attached (dom0/host.py writes it)
-               "bootloader", "bootloader_args", *sched_ops.CONFIG_KEYS)
+               "bootloader", "bootloader_args", "max_event_channels", *sched_ops.CONFIG_KEYS)
 CLIENT_QUEUE_BYTES = 1 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
 LISTEN_BACKLOG = 128
 
@@ -283,6 +284,7 @@ class Daemon:
         if maxmem is not None and maxmem < memory:
             raise RequestError(f"hyperdisco: create: maxmem {maxmem} MiB is less than memory ({memory} MiB)")
         vcpus = field(config, "vcpus", int, 1, 1, MAX_VCPUS)
+        max_evtchn = field(config, "max_event_channels", int, None, 1, MAX_EVENT_CHANNELS)
         kernel = field(config, "kernel", str, None)
         ramdisk = field(config, "ramdisk", str, None)
         cmdline = field(config, "cmdline", str, None)
@@ -299,6 +301,7 @@ class Daemon:
         cfg = domain_config(name, kernel, ramdisk, cmdline, memory, vcpus, bootloader=bootloader,
                             bootloader_args=boot_args, disks=disk_specs)
         cfg.maxmem_mib = maxmem if maxmem is not None and maxmem > memory else None
+        cfg.max_event_channels = max_evtchn
         for key in ("on_poweroff", "on_reboot", "on_crash"):
             if key in config:
                 action = field(config, key, str, "destroy")

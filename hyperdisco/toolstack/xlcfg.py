@@ -44,6 +44,7 @@ from ..errors import ConfigError, ImageError
 MIN_MEMORY_MIB = 32
 MAX_MEMORY_MIB = 3072
 MAX_VCPUS = 64
+MAX_EVENT_CHANNELS = (1 << 17) - 1  # event_channel.h: EVTCHN_FIFO_NR_CHANNELS - 1
 MAX_FILE_BYTES = 1 << 20
 MAX_LIST_DEPTH = 8
 MAX_NUMBER_DIGITS = 32      # of an integer setting (after any 0x): 2**64 has 20 decimal digits
@@ -51,8 +52,8 @@ MAX_ECHO = 80               # characters of user text quoted in one error messag
 
 KNOWN_KEYS = frozenset({
     "name", "type", "kernel", "ramdisk", "extra", "cmdline", "root", "memory", "maxmem", "vcpus",
-    "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "disk", "vif", "uuid", "cpus", "bootloader",
-    "bootloader_args", "weight", "warp", "warpl", "warpu",
+    "maxvcpus", "max_event_channels", "on_poweroff", "on_reboot", "on_crash", "disk", "vif", "uuid",
+    "cpus", "bootloader", "bootloader_args", "weight", "warp", "warpl", "warpu",
 })
 BOOTLOADERS = ("pygrub",)   # by name; a path to it (/usr/lib/xen-4.17/bin/pygrub) means the same
 
@@ -137,6 +138,7 @@ class DomainSpec:
     maxmem: int | None = None       # MiB, >= memory
     vcpus: int = 1                  # online at boot
     maxvcpus: int | None = None     # >= vcpus
+    max_event_channels: int | None = None  # the highest event-channel port (xl's default: 1023)
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
@@ -840,6 +842,8 @@ def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
             spec.vcpus = _as_int(s, 1, MAX_VCPUS)
         elif key == "maxvcpus":
             spec.maxvcpus = _as_int(s, 1, MAX_VCPUS)
+        elif key == "max_event_channels":  # xl.cfg(5): up to 131071 with the FIFO ABI, 4095 with 2-level
+            spec.max_event_channels = _as_int(s, 1, MAX_EVENT_CHANNELS)
         elif key in ("on_poweroff", "on_reboot", "on_crash"):
             setattr(spec, key, _action(s))
         elif key == "disk":

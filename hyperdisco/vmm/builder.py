@@ -48,7 +48,8 @@ def build_domain(msg: dict[str, Any], fds: list[int], output: Callable[[bytes], 
     clock = Clock(engine.guest_tsc, params=msg["clock"])
     config = DomainConfig(name=str(msg["name"]), kernel=kernel, initrd=initrd, cmdline=str(msg["cmdline"]),
                           memory_mib=int(msg["memory_mib"]), vcpus=int(msg["vcpus"]),
-                          maxmem_mib=int(msg["maxmem_mib"]) if msg.get("maxmem_mib") is not None else None)
+                          maxmem_mib=int(msg["maxmem_mib"]) if msg.get("maxmem_mib") is not None else None,
+                          max_event_channels=_optional_int(msg.get("max_event_channels")))
     # special_fd stays open: a new domain 0 that adopts this domain gets it again (domain_process.py)
     return Domain(int(msg["domid"]), config, engine, clock, output, log, special_fd=special_fd)
 
@@ -67,3 +68,7 @@ def domain_stats(dom: Domain, scheduler: Scheduler | None) -> dict[str, Any]:
         "user_space_mono": dom.clock.mono_at(first_tsc) if first_tsc else None,
         "first_output": dom.first_output,
     }
+
+
+def _optional_int(v: Any) -> int | None:
+    return None if v is None else int(v)

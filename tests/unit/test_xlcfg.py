@@ -19,6 +19,7 @@ ramdisk = 'initrd.img'
 memory = 0x200; maxmem = 1024
 vcpus = 2
 maxvcpus = "4"
+max_event_channels = 8191
 on_poweroff = "destroy"
 on_reboot = 'restart'
 on_crash = "preserve"
@@ -55,6 +56,7 @@ def test_full_file(tmp_path: Path) -> None:
     assert spec.kernel == "/boot/vmlinuz"
     assert spec.ramdisk == str(tmp_path / "initrd.img")          # relative to the config file
     assert (spec.memory, spec.maxmem, spec.vcpus, spec.maxvcpus) == (512, 1024, 2, 4)
+    assert spec.max_event_channels == 8191
     assert (spec.on_poweroff, spec.on_reboot, spec.on_crash) == ("destroy", "restart", "preserve")
     assert spec.uuid == "6f9a2f5e-1b2c-4d3e-8f90-a1b2c3d4e5f6"
     assert spec.cpus == "0-3,^1"
@@ -220,6 +222,10 @@ def test_vif_specs() -> None:
     ("name = 'x'\nvcpus = 0", "hyperdisco: dom1.cfg:2: vcpus: 0 is out of range (1..64)"),
     ("name = 'x'\nvcpus = 65", "hyperdisco: dom1.cfg:2: vcpus: 65 is out of range (1..64)"),
     ("name = 'x'\nvcpus = 4\nmaxvcpus = 2", "hyperdisco: dom1.cfg:3: maxvcpus: 2 is less than vcpus (4)"),
+    ("name = 'x'\nmax_event_channels = 0",
+     "hyperdisco: dom1.cfg:2: max_event_channels: 0 is out of range (1..131071)"),
+    ("name = 'x'\nmax_event_channels = 131072",
+     "hyperdisco: dom1.cfg:2: max_event_channels: 131072 is out of range (1..131071)"),
     ("name = 'x'\nmemory += 5", "hyperdisco: dom1.cfg:2: memory: can't use += with numbers"),
     ("name = 'x'\nextra = 'a'\nextra += ['b']",
      "hyperdisco: dom1.cfg:3: extra: can't add a list to a string or a string to a list"),
