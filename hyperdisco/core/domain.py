@@ -149,13 +149,15 @@ class Domain:
         self.reservation = Reservation(self)  # XENMEM_*_reservation, populate_physmap (ballooning)
         self.cpuid = CpuidPolicy(engine.native_cpuid(), domid, XEN_VERSION, clock.tsc_khz())
         for i in range(config.vcpus):
-            ev = engine.create_vcpu(i, TrapDispatch(self))
+            ev = engine.create_vcpu(i, TrapDispatch(self), self.vcpus[0].ev if self.vcpus else None)
             ev.map_ram(0, self.memory.ram_bytes, self.memory.regions[0].host_address)
             ev.map_ram(self.special.gpa, self.special.size, self.special.host_address)
             ev.map_mmio(layout.LAPIC_BASE, PAGE)
             ev.load_cpuid(self.cpuid.engine_table(i))
             self.vcpus.append(VcpuContext(self, i, ev))
         self._ctx_by_ev = {id(v.ev): v for v in self.vcpus}
+        if self.vcpus:  # what the host writes into guest memory is never run as stale translated code
+            self.memory.on_write = self.vcpus[0].ev.host_wrote
         # the PV console and the xenstore ring: pages in the special region and event channels whose far
         # end is domain 0 (xenconsoled and xenstored, in the daemon)
         self.console_port = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0,

@@ -46,13 +46,15 @@ class Region:
 
 class PhysicalPages:
     """Guest-physical memory as a list of mapped regions, with bounds-checked accessors: an access that
-    does not lie wholly inside one region raises GuestFault."""
+    does not lie wholly inside one region raises GuestFault. `on_write(gpa, n)` is told of every write made
+    through them (the domain points it at the engine's Vcpu.host_wrote: translated code stays coherent)."""
 
     def __init__(self) -> None:
         self.regions: list[Region] = []
         # RAM page numbers the guest gave back (XENMEM_decrease_reservation, core/reservation.py): no
         # host memory behind them and no hypervisor access to them until they are populated again
         self.unbacked: set[int] = set()
+        self.on_write: Callable[[int, int], None] | None = None
 
     def _locate(self, gpa: int, n: int, write: bool = False) -> tuple[mmap.mmap, int]:
         if n < 0:
@@ -74,6 +76,8 @@ class PhysicalPages:
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         mem, off = self._locate(gpa, len(data), write=True)
         mem[off:off + len(data)] = data
+        if self.on_write is not None:
+            self.on_write(gpa, len(data))
 
     def fill(self, gpa: int, n: int, byte: int = 0) -> None:
         if n < 0:
@@ -94,6 +98,8 @@ class PhysicalPages:
     def pack(self, fmt: struct.Struct, gpa: int, *values: int) -> None:
         mem, off = self._locate(gpa, fmt.size, write=True)
         fmt.pack_into(mem, off, *values)
+        if self.on_write is not None:
+            self.on_write(gpa, fmt.size)
 
     def u8(self, gpa: int) -> int:
         mem, off = self._locate(gpa, 1)
@@ -102,6 +108,8 @@ class PhysicalPages:
     def set_u8(self, gpa: int, v: int) -> None:
         mem, off = self._locate(gpa, 1, write=True)
         mem[off] = v & 0xFF
+        if self.on_write is not None:
+            self.on_write(gpa, 1)
 
     def u32(self, gpa: int) -> int:
         """An aligned 32-bit read in one access: shared-ring indices that another CPU (the guest's vCPU,
@@ -119,6 +127,8 @@ class PhysicalPages:
             _U32.pack_into(mem, off, v & 0xFFFFFFFF)
         else:
             ctypes.c_uint32.from_buffer(mem, off).value = v & 0xFFFFFFFF
+        if self.on_write is not None:
+            self.on_write(gpa, 4)
 
     def u64(self, gpa: int) -> int:
         return self.unpack(_U64, gpa)[0]

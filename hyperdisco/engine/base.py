@@ -145,6 +145,12 @@ class Vcpu(ABC):
         the guest's own state made delivery impossible (a triple fault...), None when delivered."""
 
     @abstractmethod
+    def host_wrote(self, gpa: int, size: int) -> None:
+        """The host (a backend, a grant copy, a hypercall handler) wrote guest-physical [gpa, gpa+size) of
+        this vCPU's domain: every vCPU of the domain drops code it translated from those pages before it
+        next runs or takes an interrupt. Any thread; cheap when the pages hold no translated code."""
+
+    @abstractmethod
     def counts(self) -> TrapCounts: ...
 
     @abstractmethod

@@ -162,6 +162,9 @@ class ScriptedVcpu(Vcpu):
         self._counts.injected += 1
         return None
 
+    def host_wrote(self, gpa: int, size: int) -> None:
+        pass  # no translated code
+
     def counts(self) -> TrapCounts:
         return self._counts
 

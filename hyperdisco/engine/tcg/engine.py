@@ -40,6 +40,10 @@ class _HdVcpu(ctypes.Structure):
         ("syscalls", ctypes.c_uint64), ("hypercalls", ctypes.c_uint64), ("bad_intno", ctypes.c_uint64),
         ("first_syscall_tsc", ctypes.c_uint64), ("hooks", ctypes.c_size_t * 4),
         ("cpuid", ctypes.c_void_p), ("ncpuid", ctypes.c_uint64), ("cpuid_count", ctypes.c_uint64),
+        ("dom", ctypes.c_void_p), ("protect_pending", ctypes.c_uint32), ("inval_overflow", ctypes.c_uint32),
+        ("ninval", ctypes.c_uint64), ("inval", ctypes.c_uint64 * 64),
+        ("code_invalidations", ctypes.c_uint64), ("code_flushes", ctypes.c_uint64),
+        ("code_protects", ctypes.c_uint64),
     ]
 
 
@@ -69,6 +73,20 @@ def fastpath() -> ctypes.CDLL:
             raise EngineError("hyperdisco: this C library's sigjmp_buf differs from unicorn's")
         lib.hd_rdtsc.argtypes = []
         lib.hd_rdtsc.restype = ctypes.c_uint64
+        lib.hd_dom_new.argtypes = [ctypes.c_uint64]
+        lib.hd_dom_new.restype = ctypes.c_void_p
+        lib.hd_dom_free.argtypes = [ctypes.c_void_p]
+        lib.hd_dom_free.restype = None
+        lib.hd_dom_map.argtypes = [ctypes.c_void_p]
+        lib.hd_dom_map.restype = ctypes.c_void_p
+        lib.hd_dom_join.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.hd_dom_join.restype = ctypes.c_int
+        lib.hd_dom_leave.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.hd_dom_leave.restype = None
+        lib.hd_dom_host_written.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]
+        lib.hd_dom_host_written.restype = None
+        lib.hd_drain.argtypes = [ctypes.c_void_p]
+        lib.hd_drain.restype = ctypes.c_int
         lib.hd_sizeof_vcpu.restype = ctypes.c_size_t
         lib.hd_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
         lib.hd_translate.restype = ctypes.c_int64
@@ -145,9 +163,10 @@ class TcgVcpu(Vcpu):
         self._error: str | None = None
         self._atomic_steps = 0
         self._cflags = 0  # what this instance translates with (uc_hd_set_cflags)
+        self._kicked = False
         self.group = group if group is not None else VcpuGroup()
         self._kick_fn = self.kick  # one bound method: the group tells its members apart by identity
-        self.group.join(self._kick_fn)
+        self.group.join(self._kick_fn, lib, self._hvp)
 
     # -- traps that reach Python ------------------------------------------------------------------------
     def _guard(self, what: str, exc: BaseException) -> None:
@@ -319,11 +338,14 @@ class TcgVcpu(Vcpu):
         parallel = group.parallel
         if self._cflags != (CF_PARALLEL if parallel else 0):
             self._set_translation(parallel)
+        self._kicked = False
+        hv, hvp, drain = self._hv, self._hvp, self._lib.hd_drain
         tk = ticker()
         deadline = time.monotonic() + slice_ns / 1e9
         tk.arm(id(self), deadline, self.uc.emu_stop)
         try:
             while True:
+                drain(hvp)  # code that others wrote is dropped before this vCPU runs on (fastpath.c)
                 if parallel:
                     group.enter()
                     try:
@@ -332,15 +354,18 @@ class TcgVcpu(Vcpu):
                         group.exit()
                 else:
                     self.uc.emu_start(self._eip.value, 0)
-                if not hd.uc_hd_take_atomic(self._uch):
+                if hd.uc_hd_take_atomic(self._uch):
+                    # a misaligned or MMIO locked access (EXCP_ATOMIC): run it with the domain's other
+                    # vCPUs out of unicorn (smp.py)
+                    tk.disarm(id(self))
+                    group.exclusive(self._kick_fn, self._step_one)
+                    tk.arm(id(self), deadline, self.uc.emu_stop)
+                elif not (hv.protect_pending or hv.ninval or hv.inval_overflow):
+                    break  # stopped for a reason of its own: the slice ended, a trap, a halt, a kick
+                # stopped only to run an instruction alone or to drop code others wrote: carry on
+                if (self._kicked or self._stop_requested or self._error is not None or self.q.halted()
+                        or hv.bad_intno or self._old_exception.value == 8 or time.monotonic() >= deadline):
                     break
-                # a misaligned or MMIO locked access (EXCP_ATOMIC): run it with the domain's other vCPUs
-                # out of unicorn (smp.py), then carry on with the slice
-                tk.disarm(id(self))
-                group.exclusive(self._kick_fn, self._step_one)
-                if self._stop_requested or self._error is not None or time.monotonic() >= deadline:
-                    break
-                tk.arm(id(self), deadline, self.uc.emu_stop)
         except unicorn.UcError as exc:
             return RunResult(StopReason.FATAL, f"engine error at rip {self._eip.value:#x}: {exc}")
         finally:
@@ -377,6 +402,7 @@ class TcgVcpu(Vcpu):
             hd.uc_hd_set_step(self._uch, 0)
 
     def kick(self) -> None:
+        self._kicked = True
         if not self._closed:  # a late wake-up of a destroyed domain must not reach a freed instance
             self.uc.emu_stop()
 
@@ -384,6 +410,9 @@ class TcgVcpu(Vcpu):
         self._stop_requested = True
         self._stop_reason = StopReason.STOP
         self.uc.emu_stop()
+
+    def host_wrote(self, gpa: int, size: int) -> None:
+        self.group.host_wrote(gpa, size)
 
     # -- state ------------------------------------------------------------------------------------------
     def gpr(self, index: int) -> int:
@@ -411,6 +440,7 @@ class TcgVcpu(Vcpu):
 
     def inject_interrupt(self, vector: int) -> str | None:
         self._injected += 1
+        self._lib.hd_drain(self._hvp)  # the handler must not run code another thread already rewrote
         rc = self._lib.hd_inject(self._hvp, vector)
         if rc < 0:
             raise EngineError("hyperdisco: interrupt injection attempted while the vCPU runs")
@@ -431,7 +461,7 @@ class TcgVcpu(Vcpu):
         """Free the unicorn instance now (its translated code is tens of MiB), not whenever the garbage
         collector gets to it. The vCPU must not run again."""
         self._closed = True
-        self.group.leave_group(self._kick_fn)
+        self.group.leave_group(self._kick_fn, self._lib, self._hvp)
         ticker().disarm(id(self))
         finalizer = getattr(self.uc, "_Uc__finalizer", None)  # the binding's own uc_close, run once
         if finalizer is not None:

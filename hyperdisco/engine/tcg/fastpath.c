@@ -9,10 +9,13 @@
  *
  * Structure offsets inside unicorn 2.1.4's QEMU are passed in by qemu_state.py, which verifies them.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unicorn/unicorn.h>
 
 extern void x86_cpu_do_interrupt_x86_64(void *cpu);
@@ -56,6 +59,9 @@ typedef struct hd_cpuid_entry {
     uint32_t leaf, subleaf, any_sub, eax, ebx, ecx, edx;
 } hd_cpuid_entry;
 
+struct hd_domain;
+#define HD_INVAL_MAX 64 /* pages queued per vCPU before it drops all its translated code instead */
+
 typedef struct hd_vcpu {
     uc_engine *uc;
     uint8_t *cpu;
@@ -71,6 +77,11 @@ typedef struct hd_vcpu {
     uc_hook hooks[4];
     hd_cpuid_entry *cpuid; /* NULL: CPUID is answered by the Python hook */
     uint64_t ncpuid, cpuid_count;
+    /* code coherence (below): written by any thread under dom->lock, drained by the vCPU's own */
+    struct hd_domain *dom;
+    uint32_t protect_pending, inval_overflow;
+    uint64_t ninval, inval[HD_INVAL_MAX];
+    uint64_t code_invalidations, code_flushes, code_protects; /* counters, read by Python */
 } hd_vcpu;
 
 static inline uint64_t rdtsc_(void) {
@@ -250,3 +261,174 @@ int64_t hd_translate(hd_vcpu *v, uint64_t va) {
     if (page == (uint64_t)-1) return -1;
     return (int64_t)(page + (va & 0xfff));
 }
+
+/*
+ * Coherent translated code across the vCPUs (unicorn instances) of a domain and writes by the host
+ * (docs/smp-atomicity.md). QEMU invalidates translated code only in the instance whose store hits it. The
+ * patched unicorn (unicorn_patches.py "code-*") shares one byte per guest-physical page between the
+ * domain's instances, set when an instance translates its first block from the page (code_added), and
+ * makes every instance's stores to a marked page take its notdirty path, which reports them
+ * (code_written). Either side queues work for the other vCPUs and kicks them; a vCPU drains its queue on
+ * its own thread, between uc_emu_start calls (hd_drain: before every run and every interrupt injection):
+ *   - protect: a page got marked; its TLB entries for marked pages that still allow fast stores are made
+ *     notdirty, and since it may have stored to such a page after the other instance read it, the page is
+ *     treated as written (the translator drops and retranslates it once);
+ *   - invalidate: drop its translated code from the queued pages (all of it if the queue overflowed).
+ * A page's mark is cleared when it is written (its code is then being dropped everywhere).
+ */
+extern int hd_tlb_protect_marked(void *cpu, void (*found)(void *opaque, uint64_t gpa), void *opaque);
+extern void hd_invalidate_gpa_page(uc_engine *uc, uint64_t gpa);
+extern void uc_hd_set_code_map(uc_engine *uc, uint8_t *map, uint64_t pages,
+                               void (*added)(void *, uint64_t), void (*written)(void *, uint64_t),
+                               void *opaque);
+
+#define HD_MAX_VCPUS 128
+
+typedef struct hd_domain {
+    pthread_mutex_t lock;
+    uint8_t *map; /* one byte per guest-physical page, mmap'd: untouched parts cost nothing */
+    uint64_t pages;
+    hd_vcpu *vcpus[HD_MAX_VCPUS];
+    int nvcpus;
+    uint64_t host_writes_hit, cross_writes_hit, pages_marked; /* counters */
+} hd_domain;
+
+hd_domain *hd_dom_new(uint64_t pages) {
+    hd_domain *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    d->map = mmap(NULL, pages, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (d->map == MAP_FAILED) { free(d); return NULL; }
+    d->pages = pages;
+    pthread_mutex_init(&d->lock, NULL);
+    return d;
+}
+
+void hd_dom_free(hd_domain *d) {
+    munmap(d->map, d->pages);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}
+
+/* under d->lock */
+static void queue_inval(hd_vcpu *o, uint64_t gpa) {
+    for (uint64_t i = 0; i < o->ninval; i++)
+        if (o->inval[i] == gpa) return;
+    if (o->ninval < HD_INVAL_MAX) o->inval[o->ninval++] = gpa;
+    else o->inval_overflow = 1;
+}
+
+/* under d->lock: every vCPU but `self` drops its code from the page, before it runs on */
+static void broadcast_inval(hd_domain *d, hd_vcpu *self, uint64_t gpa) {
+    for (int i = 0; i < d->nvcpus; i++) {
+        hd_vcpu *o = d->vcpus[i];
+        if (o == self) continue;
+        queue_inval(o, gpa);
+        uc_emu_stop(o->uc);
+    }
+}
+
+static void code_added(void *opaque, uint64_t gpa) {
+    hd_vcpu *v = opaque;
+    hd_domain *d = v->dom;
+    uint64_t p = gpa >> 12;
+    if (p >= d->pages || __atomic_load_n(&d->map[p], __ATOMIC_ACQUIRE)) return; /* at every translation */
+    pthread_mutex_lock(&d->lock);
+    if (!d->map[p]) {
+        __atomic_store_n(&d->map[p], 1, __ATOMIC_SEQ_CST);
+        d->pages_marked++;
+        for (int i = 0; i < d->nvcpus; i++) {
+            hd_vcpu *o = d->vcpus[i];
+            if (o == v) continue;
+            o->protect_pending = 1;
+            uc_emu_stop(o->uc);
+        }
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+static void written(hd_domain *d, hd_vcpu *self, uint64_t gpa) {
+    uint64_t p = gpa >> 12;
+    if (p >= d->pages || !__atomic_load_n(&d->map[p], __ATOMIC_ACQUIRE)) return;
+    pthread_mutex_lock(&d->lock);
+    if (d->map[p]) {
+        __atomic_store_n(&d->map[p], 0, __ATOMIC_SEQ_CST);
+        broadcast_inval(d, self, gpa & ~0xfffull);
+        if (self) d->cross_writes_hit++; else d->host_writes_hit++;
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+static void code_written(void *opaque, uint64_t gpa) {
+    hd_vcpu *v = opaque;
+    written(v->dom, v, gpa);
+}
+
+/* found by hd_tlb_protect_marked: this vCPU could have stored to the page unseen */
+static void protect_found(void *opaque, uint64_t gpa) {
+    hd_vcpu *v = opaque;
+    v->code_protects++;
+    written(v->dom, v, gpa);
+}
+
+int hd_dom_join(hd_domain *d, hd_vcpu *v) {
+    pthread_mutex_lock(&d->lock);
+    if (d->nvcpus == HD_MAX_VCPUS) { pthread_mutex_unlock(&d->lock); return -1; }
+    d->vcpus[d->nvcpus++] = v;
+    v->dom = d;
+    v->protect_pending = 1; /* pages marked before it joined */
+    pthread_mutex_unlock(&d->lock);
+    uc_hd_set_code_map(v->uc, d->map, d->pages, code_added, code_written, v);
+    return 0;
+}
+
+void hd_dom_leave(hd_domain *d, hd_vcpu *v) {
+    pthread_mutex_lock(&d->lock);
+    for (int i = 0; i < d->nvcpus; i++) {
+        if (d->vcpus[i] == v) {
+            d->vcpus[i] = d->vcpus[--d->nvcpus];
+            break;
+        }
+    }
+    v->dom = NULL;
+    pthread_mutex_unlock(&d->lock);
+    uc_hd_set_code_map(v->uc, NULL, 0, NULL, NULL, NULL);
+}
+
+/* The host (a backend, the loader, a grant copy) wrote guest-physical [gpa, gpa+len). Any thread. */
+void hd_dom_host_written(hd_domain *d, uint64_t gpa, uint64_t len) {
+    if (len == 0) return;
+    for (uint64_t p = gpa >> 12, last = (gpa + len - 1) >> 12; p <= last && p < d->pages; p++)
+        written(d, NULL, p << 12);
+}
+
+/* On the vCPU's own thread, outside uc_emu_start: apply what other threads queued. Returns 1 if there was
+   anything to do. */
+int hd_drain(hd_vcpu *v) {
+    hd_domain *d = v->dom;
+    uint64_t pages[HD_INVAL_MAX];
+    uint64_t n;
+    uint32_t protect, overflow;
+    if (!d) return 0;
+    if (!__atomic_load_n(&v->protect_pending, __ATOMIC_ACQUIRE) && !__atomic_load_n(&v->ninval, __ATOMIC_ACQUIRE) &&
+        !__atomic_load_n(&v->inval_overflow, __ATOMIC_ACQUIRE))
+        return 0;
+    pthread_mutex_lock(&d->lock);
+    protect = v->protect_pending;
+    overflow = v->inval_overflow;
+    n = v->ninval;
+    memcpy(pages, v->inval, n * sizeof pages[0]);
+    v->protect_pending = v->inval_overflow = 0;
+    v->ninval = 0;
+    pthread_mutex_unlock(&d->lock);
+    if (protect) hd_tlb_protect_marked(v->cpu, protect_found, v);
+    if (overflow) {
+        uc_ctl(v->uc, UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0));
+        v->code_flushes++;
+    } else {
+        for (uint64_t i = 0; i < n; i++) hd_invalidate_gpa_page(v->uc, pages[i]);
+        v->code_invalidations += n;
+    }
+    return 1;
+}
+
+uint8_t *hd_dom_map(hd_domain *d) { return d->map; }

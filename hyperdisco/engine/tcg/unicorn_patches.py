@@ -17,7 +17,7 @@ functions go at the end of `uc.c`, which includes every header they need).
 Nothing else changes: the patch set's digest (the library's cache key, and the string the built library
 returns from its exported `uc_hd_patch_set()`, which the engine checks at start-up) covers every patch, so
 the next start-up (or `scripts/setup.sh`) builds the new library and fastpath.c is recompiled against it.
-New fields of `struct uc_struct` go at its end (after `hd_step`), never before: qemu_state.py reaches
+New fields of `struct uc_struct` go at its end (after `hd_code_opaque`), never before: qemu_state.py reaches
 fields at fixed offsets. Exported functions are named `uc_hd_*`.
 
 Rules of the patched library the engine relies on (docs/smp-atomicity.md has the reasoning):
@@ -65,9 +65,161 @@ PATCHES: tuple[Patch, ...] = (
             "    uint32_t hd_cflags;       /* curr_cflags() of this instance: 0 or CF_PARALLEL */\n"
             "    int hd_atomic_pending;    /* cpu_exec ended with EXCP_ATOMIC */\n"
             "    int hd_step;              /* 1: run one instruction without CF_PARALLEL; 2: it ran */\n"
-            "};"
+            "    /* code coherence across the instances of a domain and host writes (fastpath.c) */\n"
+            "    uint8_t *hd_code_map;     /* per guest-physical page, shared: 1 = someone translated it */\n"
+            "    uint64_t hd_code_pages;\n"
+            "    void (*hd_code_added)(void *opaque, uint64_t gpa);   /* first block on a page */\n"
+            "    void (*hd_code_written)(void *opaque, uint64_t gpa); /* a store to a marked page */\n"
+            "    void *hd_code_opaque;\n"
+            "};\n"
+            "\n"
+            "/* hyperdisco: does some instance of this domain hold translated code from gpa's page? */\n"
+            "static inline bool hd_code_marked(struct uc_struct *uc, uint64_t gpa)\n"
+            "{\n"
+            "    uint64_t p = gpa >> 12;\n"
+            "    return uc->hd_code_map && p < uc->hd_code_pages &&\n"
+            "           __atomic_load_n(&uc->hd_code_map[p], __ATOMIC_ACQUIRE);\n"
+            "}\n"
+            "/* hyperdisco: after a store through a notdirty entry (a fence, then the check: a translation\n"
+            "   that marked the page before reading it either sees the store or is reported) */\n"
+            "static inline void hd_code_stored(struct uc_struct *uc, uint64_t gpa)\n"
+            "{\n"
+            "    if (uc->hd_code_written) {\n"
+            "        __atomic_thread_fence(__ATOMIC_SEQ_CST);\n"
+            "        if (hd_code_marked(uc, gpa)) {\n"
+            "            uc->hd_code_written(uc->hd_code_opaque, gpa);\n"
+            "        }\n"
+            "    }\n"
+            "}\n"
+            "uint64_t hd_ram_addr_to_gpa(struct uc_struct *uc, uint64_t ram_addr);"
         ),
         why="state of the hyperdisco patches, at the end of uc_struct so qemu_state.py's offsets hold",
+    ),
+    # -- coherent translated code (docs/smp-atomicity.md "Coherent translated code") -----------------------
+    Patch(
+        "code-added", "qemu/accel/tcg/translate-all.c",
+        old="    if (!page_already_protected) {\n        tlb_protect_code(uc, page_addr);\n    }\n",
+        new=(
+            "    if (!page_already_protected) {\n"
+            "        tlb_protect_code(uc, page_addr);\n"
+            "        if (uc->hd_code_added) { /* hyperdisco: the other instances protect it too */\n"
+            "            uc->hd_code_added(uc->hd_code_opaque, hd_ram_addr_to_gpa(uc, page_addr));\n"
+            "        }\n"
+            "    }\n"
+        ),
+        why="QEMU protects a page with translated code only in the translating instance's TLB",
+    ),
+    Patch(
+        "code-mark-first", "qemu/accel/tcg/translate-all.c",
+        old="    if (phys_pc == -1) {\n        /* Generate a temporary TB; do not cache */\n",
+        new=(
+            "    if (phys_pc != -1 && cpu->uc->hd_code_added) { /* hyperdisco: mark, then read the code */\n"
+            "        cpu->uc->hd_code_added(cpu->uc->hd_code_opaque, hd_ram_addr_to_gpa(cpu->uc, phys_pc));\n"
+            "    }\n"
+            "    if (phys_pc == -1) {\n        /* Generate a temporary TB; do not cache */\n"
+        ),
+        why=(
+            "marking the page only after translating it (tb_page_add) misses a store another vCPU makes "
+            "while the bytes are read; marked first, the store's check after it (code-stored) sees the mark"
+        ),
+    ),
+    Patch(
+        "code-stored", "qemu/accel/tcg/cputlb.c",
+        old="            store_memop(haddr, val, op);\n        }\n        return;\n    }\n",
+        new=(
+            "            store_memop(haddr, val, op);\n        }\n"
+            "        if (unlikely(tlb_addr & TLB_NOTDIRTY)) {\n"
+            "            hd_code_stored(env_cpu(env)->uc, entry->paddr); /* hyperdisco */\n"
+            "        }\n"
+            "        return;\n    }\n"
+        ),
+        why="the check after the store that pairs with code-mark-first (stores through helpers keep only "
+            "the check before it, in code-written)",
+    ),
+    Patch(
+        "code-notdirty", "qemu/accel/tcg/cputlb.c",
+        old="            } else if (cpu_physical_memory_is_clean(iotlb)) {\n",
+        new=(
+            "            } else if (cpu_physical_memory_is_clean(iotlb) ||\n"
+            "                       hd_code_marked(cpu->uc, paddr_page)) { /* hyperdisco */\n"
+        ),
+        why="stores to a page another instance of the domain translated code from take the notdirty path",
+    ),
+    Patch(
+        "code-written", "qemu/accel/tcg/cputlb.c",
+        old=(
+            "    ram_addr_t ram_addr = mem_vaddr + iotlbentry->addr;\n"
+            "    MemoryRegion *mr = cpu->uc->memory_mapping(cpu->uc, tlbe->paddr | "
+            "(mem_vaddr & ~TARGET_PAGE_MASK));\n"
+        ),
+        new=(
+            "    ram_addr_t ram_addr = mem_vaddr + iotlbentry->addr;\n"
+            "    MemoryRegion *mr = cpu->uc->memory_mapping(cpu->uc, tlbe->paddr | "
+            "(mem_vaddr & ~TARGET_PAGE_MASK));\n"
+            "    if (cpu->uc->hd_code_written && hd_code_marked(cpu->uc, tlbe->paddr)) { /* hyperdisco */\n"
+            "        cpu->uc->hd_code_written(cpu->uc->hd_code_opaque, tlbe->paddr);\n"
+            "    }\n"
+        ),
+        why="a store by one instance to code another instance translated invalidates it there (fastpath.c)",
+    ),
+    append(
+        "qemu/accel/tcg/cputlb.c",
+        "\n/* hyperdisco: make this instance's fast-writable TLB entries of marked pages (hd_code_marked)\n"
+        "   take the notdirty path; found() gets each such page (this instance may have written it since\n"
+        "   another translated it). On the instance's own thread, outside cpu_exec. Returns how many. */\n"
+        "int hd_tlb_protect_marked(CPUState *cpu, void (*found)(void *opaque, uint64_t gpa), void *opaque)\n"
+        "{\n"
+        "    struct uc_struct *uc = cpu->uc;\n"
+        "    CPUArchState *env = cpu->env_ptr;\n"
+        "    int mmu_idx, changed = 0;\n"
+        "    for (mmu_idx = 0; mmu_idx < NB_MMU_MODES; mmu_idx++) {\n"
+        "        CPUTLBDescFast *f = &env_tlb(env)->f[mmu_idx];\n"
+        "        size_t n = tlb_n_entries(f), i;\n"
+        "        for (i = 0; i < n + CPU_VTLB_SIZE; i++) {\n"
+        "            CPUTLBEntry *e = i < n ? &f->table[i] : &env_tlb(env)->d[mmu_idx].vtable[i - n];\n"
+        "            target_ulong a = e->addr_write;\n"
+        "            if (a & (TLB_INVALID_MASK | TLB_MMIO | TLB_DISCARD_WRITE | TLB_NOTDIRTY)) {\n"
+        "                continue;\n"
+        "            }\n"
+        "            if (!hd_code_marked(uc, e->paddr)) {\n"
+        "                continue;\n"
+        "            }\n"
+        "            e->addr_write = a | TLB_NOTDIRTY;\n"
+        "            changed++;\n"
+        "            if (found) {\n"
+        "                found(opaque, e->paddr & TARGET_PAGE_MASK);\n"
+        "            }\n"
+        "        }\n"
+        "    }\n"
+        "    return changed;\n"
+        "}\n",
+        "the other half of code-notdirty: TLB entries filled before the page got code",
+        name="code-protect",
+    ),
+    append(
+        "qemu/exec.c",
+        "\n/* hyperdisco: unicorn maps each RAM region at its MemoryRegion's addr */\n"
+        "uint64_t hd_ram_addr_to_gpa(struct uc_struct *uc, uint64_t ram_addr)\n"
+        "{\n"
+        "    RAMBlock *block = qemu_get_ram_block(uc, ram_addr);\n"
+        "    return block->mr->addr + (ram_addr - block->offset);\n"
+        "}\n"
+        "\n"
+        "/* hyperdisco: drop this instance's translated code from guest-physical page gpa (own thread) */\n"
+        "void hd_invalidate_gpa_page(struct uc_struct *uc, uint64_t gpa)\n"
+        "{\n"
+        "    hwaddr xlat, l = TARGET_PAGE_SIZE;\n"
+        "    MemoryRegion *mr = address_space_translate(uc->cpu->as, gpa & TARGET_PAGE_MASK, &xlat, &l,\n"
+        "                                               false, MEMTXATTRS_UNSPECIFIED);\n"
+        "    ram_addr_t ram;\n"
+        "    if (!memory_region_is_ram(mr)) {\n"
+        "        return;\n"
+        "    }\n"
+        "    ram = memory_region_get_ram_addr(mr) + xlat;\n"
+        "    tb_invalidate_phys_range(uc, ram, ram + TARGET_PAGE_SIZE);\n"
+        "}\n",
+        "guest-physical to RAM address conversions for the coherence hooks",
+        name="code-gpa",
     ),
     Patch(
         "parallel-cflags", "qemu/include/exec/exec-all.h",
@@ -158,7 +310,17 @@ PATCHES: tuple[Patch, ...] = (
         "UNICORN_EXPORT int uc_hd_take_atomic(uc_engine *uc)\n"
         "{\n    int p = uc->hd_atomic_pending;\n    uc->hd_atomic_pending = 0;\n    return p;\n}\n"
         "UNICORN_EXPORT void uc_hd_set_step(uc_engine *uc, int step) { uc->hd_step = step; }\n"
-        "UNICORN_EXPORT int uc_hd_get_step(uc_engine *uc) { return uc->hd_step; }\n",
+        "UNICORN_EXPORT int uc_hd_get_step(uc_engine *uc) { return uc->hd_step; }\n"
+        "UNICORN_EXPORT void uc_hd_set_code_map(uc_engine *uc, uint8_t *map, uint64_t pages,\n"
+        "                                       void (*added)(void *, uint64_t),\n"
+        "                                       void (*written)(void *, uint64_t), void *opaque)\n"
+        "{\n"
+        "    uc->hd_code_map = map;\n"
+        "    uc->hd_code_pages = pages;\n"
+        "    uc->hd_code_added = added;\n"
+        "    uc->hd_code_written = written;\n"
+        "    uc->hd_code_opaque = opaque;\n"
+        "}\n",
         "the engine's handles on the fields above",
         name="uc-exports",
     ),
