@@ -69,6 +69,10 @@ class PhysicalPages:
                 return r.mem, gpa - r.gpa
         raise GuestFault(f"guest-physical range {gpa:#x}+{n:#x} is not guest memory")
 
+    def _changed(self, gpa: int, n: int) -> None:
+        if self.on_write is not None:
+            self.on_write(gpa, n)
+
     def read(self, gpa: int, n: int) -> bytes:
         mem, off = self._locate(gpa, n)
         return mem[off:off + n]
@@ -76,8 +80,7 @@ class PhysicalPages:
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         mem, off = self._locate(gpa, len(data), write=True)
         mem[off:off + len(data)] = data
-        if self.on_write is not None:
-            self.on_write(gpa, len(data))
+        self._changed(gpa, len(data))
 
     def fill(self, gpa: int, n: int, byte: int = 0) -> None:
         if n < 0:
@@ -98,8 +101,7 @@ class PhysicalPages:
     def pack(self, fmt: struct.Struct, gpa: int, *values: int) -> None:
         mem, off = self._locate(gpa, fmt.size, write=True)
         fmt.pack_into(mem, off, *values)
-        if self.on_write is not None:
-            self.on_write(gpa, fmt.size)
+        self._changed(gpa, fmt.size)
 
     def u8(self, gpa: int) -> int:
         mem, off = self._locate(gpa, 1)
@@ -108,8 +110,7 @@ class PhysicalPages:
     def set_u8(self, gpa: int, v: int) -> None:
         mem, off = self._locate(gpa, 1, write=True)
         mem[off] = v & 0xFF
-        if self.on_write is not None:
-            self.on_write(gpa, 1)
+        self._changed(gpa, 1)
 
     def u32(self, gpa: int) -> int:
         """An aligned 32-bit read in one access: shared-ring indices that another CPU (the guest's vCPU,
@@ -127,8 +128,7 @@ class PhysicalPages:
             _U32.pack_into(mem, off, v & 0xFFFFFFFF)
         else:
             ctypes.c_uint32.from_buffer(mem, off).value = v & 0xFFFFFFFF
-        if self.on_write is not None:
-            self.on_write(gpa, 4)
+        self._changed(gpa, 4)
 
     def u64(self, gpa: int) -> int:
         return self.unpack(_U64, gpa)[0]
@@ -211,6 +211,7 @@ class GuestMemory(PhysicalPages):
             _madvise(ram.host_address + gpa, PAGE, mmap.MADV_MERGEABLE)
         else:
             _madvise(ram.host_address + gpa, PAGE, mmap.MADV_DONTNEED)
+        self._changed(gpa, PAGE)  # its contents are now zeros
 
     def resident_unbacked(self) -> list[int]:
         """Pages given back that have host memory again: the guest's own stores (or loads) reached them,
@@ -228,6 +229,7 @@ class GuestMemory(PhysicalPages):
         store to memory Xen has no page behind)."""
         if pfn in self.unbacked:
             _madvise(self.regions[0].host_address + pfn * PAGE, PAGE, mmap.MADV_DONTNEED)
+            self._changed(pfn * PAGE, PAGE)
 
     def populate_ram_page(self, pfn: int) -> None:
         """Back an unbacked RAM page again with a zero page (whatever the guest stored there meanwhile is
@@ -237,6 +239,7 @@ class GuestMemory(PhysicalPages):
             raise ValueError(f"page {pfn:#x} is populated")
         _madvise(ram.host_address + pfn * PAGE, PAGE, mmap.MADV_DONTNEED)
         self.unbacked.discard(pfn)
+        self._changed(pfn * PAGE, PAGE)
 
     def region_at(self, gpa: int) -> Region | None:
         for r in self.regions:
@@ -290,6 +293,7 @@ class GuestMemory(PhysicalPages):
             if not writable:
                 raise ValueError("a read-only foreign page cannot replace a RAM page")
             _map_fixed(ram.host_address + gpa, PAGE, mmap.MAP_SHARED, fd)
+            self._changed(gpa, PAGE)  # other contents at the same address: no stale translated code
             return None
         for r in self.regions:
             if gpa < r.end and r.gpa < gpa + PAGE:
@@ -315,6 +319,7 @@ class GuestMemory(PhysicalPages):
             ram = self.regions[0]
             _map_fixed(ram.host_address + gpa, PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1)
             _madvise(ram.host_address + gpa, PAGE, mmap.MADV_MERGEABLE)
+            self._changed(gpa, PAGE)
         else:
             self.remove_region(region)
 
