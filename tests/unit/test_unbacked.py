@@ -113,6 +113,12 @@ def test_tcg_fetch_from_unbacked_memory_stays_fatal() -> None:
     res = v.run(200_000_000)
     assert res.reason is StopReason.FATAL
     v.close()
+    # also inside a window an earlier read made: MMIO is never executable
+    v, h, _ram = boot(b"\xa1\x00\x00\xd0\xfe" b"\xb8\x10\x00\xd0\xfe\xff\xe0")  # read; jmp 0xfed00010
+    res = v.run(200_000_000)
+    assert res.reason is StopReason.FATAL and "FETCH" in res.detail, res.detail
+    assert h.unbacked == [("read", 0xFED00000, 4, 0)]
+    v.close()
 
 
 @pytest.mark.parametrize("mapped,addr,window", [

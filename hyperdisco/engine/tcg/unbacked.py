@@ -14,7 +14,8 @@ The hook covers the addresses above the RAM mapped at 0 (a memory hook over RAM 
 to a page code was translated from); a hole made later inside that RAM is not covered.
 
 Instruction fetches are not redirected: a fetch from unmapped memory still stops the vCPU as fatal, as
-Xen crashes an HVM domain that executes from a gfn with no memory.
+Xen crashes an HVM domain that executes from a gfn with no memory; so does one from inside a window
+(unicorn maps MMIO read/write only: UC_ERR_FETCH_PROT).
 """
 
 from __future__ import annotations
