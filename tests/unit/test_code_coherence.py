@@ -187,6 +187,11 @@ def test_cross_modified_code_is_seen_in_order(ram: mmap.mmap) -> None:
     ram[READER:READER + len(READ_LOOP)] = READ_LOOP
     ram[WRITER2:WRITER2 + len(WRITE_LOOP)] = WRITE_LOOP
     reader, writer = vcpus(ram, 2)
+    # the reader translates VICTIM2 (imm 1) before the writer starts: to end, it must drop that code
+    ram[0x8000] = 0xF4  # hlt, where VICTIM2 returns to
+    struct.pack_into("<Q", ram, 0x8FF8, 0x8000)
+    reader.set_gpr(RSP, 0x8FF8)
+    assert call(reader, VICTIM2) == 1
     for v, start in ((reader, READER), (writer, WRITER2)):
         v.uc.reg_write(X.UC_X86_REG_RIP, start)
         v.set_gpr(RSI, FLAG)
