@@ -13,6 +13,7 @@ database here (``database=None``), so runs leave nothing in the work tree.
 
 from __future__ import annotations
 
+import os
 import random
 import string
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ MAX_MESSAGE = 1000   # characters of one error line, whatever the input's size
 
 
 def fuzz(examples: int) -> Callable[[Any], Any]:
+    # HYPERDISCO_FUZZ_EXAMPLES=N: N examples per target instead (longer campaigns; test_backend_fuzz.py too)
+    examples = int(os.environ.get("HYPERDISCO_FUZZ_EXAMPLES", "0")) or examples
     return settings(max_examples=examples, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
