@@ -143,7 +143,7 @@ class GrantTable:
             gpa = frame * PAGE
             if not self.dom.is_ram(gpa):
                 raise GrantError(f"grant {ref} names frame {frame:#x}, not the granter's RAM")
-            if frame in mem.unbacked:  # given back (core/reservation.py): Xen finds no page there
+            if frame in mem.given_back:  # given back (core/reservation.py): Xen finds no page there
                 raise GrantError(f"grant {ref} names frame {frame:#x}, which is not populated")
             why = check(gpa) if check is not None else None
             if why is not None:

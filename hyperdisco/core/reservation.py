@@ -76,7 +76,7 @@ class Reservation:
     @property
     def tot_pages(self) -> int:
         """Xen's d->tot_pages: the RAM pages populated now, plus frames handed out without a name."""
-        return self.ram_pages - len(self.dom.memory.unbacked) + self.unnamed
+        return self.ram_pages - len(self.dom.memory.given_back) + self.unnamed
 
     def set_max_pages(self, pages: int) -> None:
         """The toolstack's mem-max (xc_domain_setmaxmem). Lowering it below tot_pages takes nothing
@@ -101,7 +101,7 @@ class Reservation:
         """For list/top (on every query): also reclaims what the guest touched of its given-back pages."""
         self.reclaim()
         return {"tot_pages": self.tot_pages, "max_pages": self.max_pages,
-                "unbacked_pages": len(self.dom.memory.unbacked), "released_pages": self.released,
+                "unbacked_pages": len(self.dom.memory.given_back), "released_pages": self.released,
                 "populated_pages": self.populated, "reclaimed_pages": self.reclaimed}
 
     # -- memory_op ----------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ class Reservation:
     def _remove(self, pfn: int) -> bool:
         """Xen's guest_remove_page for one frame: False if it cannot be removed."""
         dom, mem = self.dom, self.dom.memory
-        if not self._is_ram_frame(pfn) or pfn in mem.unbacked:
+        if not self._is_ram_frame(pfn) or pfn in mem.given_back:
             return False
         gpa = pfn * PAGE
         if dom.hypervisor_page(gpa) is not None or any(f(gpa) is not None for f in self.refuse):
@@ -198,7 +198,7 @@ class Reservation:
             if gfn % count or self.tot_pages + count > self.max_pages:
                 return done
             pfns = range(gfn, gfn + count)
-            if not all(self._is_ram_frame(p) and p in mem.unbacked for p in pfns):
+            if not all(self._is_ram_frame(p) and p in mem.given_back for p in pfns):
                 return done
             for p in pfns:
                 mem.populate_ram_page(p)

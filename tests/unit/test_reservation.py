@@ -74,7 +74,7 @@ def test_double_give_back_stops(dh: DomainHarness) -> None:
     # the same page again, and a list whose second entry was given back already: the count so far
     assert op(dh, DEC, reservation(dh, [BALLOON])) == 0
     assert op(dh, DEC, reservation(dh, [BALLOON + 1, BALLOON, BALLOON + 2])) == 1
-    assert BALLOON + 2 not in dh.dom.memory.unbacked
+    assert BALLOON + 2 not in dh.dom.memory.given_back
     assert op(dh, POP, reservation(dh, [BALLOON])) == 1
     assert op(dh, POP, reservation(dh, [BALLOON])) == 0  # populated already
 
@@ -89,7 +89,7 @@ def test_frames_outside_ram(dh: DomainHarness, frame: int) -> None:
     assert op(dh, DEC, reservation(dh, [frame])) == 0
     assert op(dh, DEC, reservation(dh, [BALLOON, frame, BALLOON + 1])) == 1
     assert op(dh, POP, reservation(dh, [BALLOON, frame])) == 1
-    assert tot(dh) == (32 << 20) // PAGE and not dh.dom.memory.unbacked
+    assert tot(dh) == (32 << 20) // PAGE and not dh.dom.memory.given_back
 
 
 def test_other_domain_does_nothing(dh: DomainHarness) -> None:
@@ -105,7 +105,7 @@ def test_bad_pointers_answer_the_start_extent(dh: DomainHarness) -> None:
         assert op(dh, DEC, bad) == 0  # the reservation itself unreadable: not -EFAULT, as Xen
         assert op(dh, DEC | 3 << abi.MEMOP_EXTENT_SHIFT, bad) == 3
         assert op(dh, DEC, reservation(dh, [], nr=4, extent_list=bad)) == 0  # the list unreadable
-    assert not dh.dom.finished and not dh.dom.memory.unbacked
+    assert not dh.dom.finished and not dh.dom.memory.given_back
 
 
 def test_list_running_off_memory_counts_what_was_read(dh: DomainHarness) -> None:
@@ -121,7 +121,7 @@ def test_huge_counts_and_restart_extents(dh: DomainHarness) -> None:
     limit = 0xFFFFFFFF >> abi.MEMOP_EXTENT_SHIFT
     assert op(dh, DEC, reservation(dh, [BALLOON], nr=limit + 1)) == 0  # cannot encode a continuation
     assert op(dh, DEC, reservation(dh, [BALLOON], nr=1 << 63)) == 0
-    assert not dh.dom.memory.unbacked
+    assert not dh.dom.memory.given_back
     # a huge count within the limit: stops at the first bad entry (zeros past the list: frame 0, RAM;
     # then frame 0 again, already given back)
     dh.dom.memory.fill(LIST_VA, 64 * 8)
@@ -129,7 +129,7 @@ def test_huge_counts_and_restart_extents(dh: DomainHarness) -> None:
     # a restart extent (a continuation's) skips the entries before it; at or past nr: nothing done
     arg = reservation(dh, [BALLOON + 10, BALLOON + 11, BALLOON + 12])
     assert op(dh, DEC | 1 << abi.MEMOP_EXTENT_SHIFT, arg) == 3
-    assert BALLOON + 10 not in dh.dom.memory.unbacked and BALLOON + 12 in dh.dom.memory.unbacked
+    assert BALLOON + 10 not in dh.dom.memory.given_back and BALLOON + 12 in dh.dom.memory.given_back
     assert op(dh, DEC | 3 << abi.MEMOP_EXTENT_SHIFT, arg) == 3
     assert op(dh, DEC | 9 << abi.MEMOP_EXTENT_SHIFT, arg) == 9
 
@@ -138,21 +138,21 @@ def test_orders(dh: DomainHarness) -> None:
     mem = dh.dom.memory
     assert op(dh, DEC, reservation(dh, [BALLOON], order=abi.DOMU_MAX_ORDER + 1)) == 0
     assert op(dh, DEC, reservation(dh, [BALLOON], order=0xFFFFFFFF)) == 0
-    assert not mem.unbacked
+    assert not mem.given_back
     assert op(dh, DEC, reservation(dh, [BALLOON], order=9)) == 1  # 2 MiB at once
-    assert len(mem.unbacked) == 512
+    assert len(mem.given_back) == 512
     assert op(dh, POP, reservation(dh, [BALLOON + 1], order=1)) == 0  # unaligned extent
     assert op(dh, POP, reservation(dh, [BALLOON + 2], order=1)) == 1
     assert op(dh, POP, reservation(dh, [BALLOON], order=9)) == 0  # partly populated now
     assert op(dh, POP, reservation(dh, [BALLOON, BALLOON + 1, BALLOON + 4], order=0)) == 3
-    assert len(mem.unbacked) == 512 - 5
+    assert len(mem.given_back) == 512 - 5
 
 
 def test_extent_failing_midway_keeps_its_earlier_pages(dh: DomainHarness) -> None:
     mem = dh.dom.memory
     assert op(dh, DEC, reservation(dh, [BALLOON + 3])) == 1
     assert op(dh, DEC, reservation(dh, [BALLOON], order=2)) == 0  # its 4th page was given back already
-    assert {BALLOON, BALLOON + 1, BALLOON + 2, BALLOON + 3} <= mem.unbacked  # as guest_remove_page
+    assert set(mem.given_back) == {BALLOON, BALLOON + 1, BALLOON + 2, BALLOON + 3}  # as guest_remove_page
 
 
 def test_populate_bounded_by_max_pages(dh: DomainHarness) -> None:
@@ -165,7 +165,7 @@ def test_populate_bounded_by_max_pages(dh: DomainHarness) -> None:
     assert op(dh, INC, reservation(dh, [0])) == 0
     r.set_max_pages(r.ram_pages)
     assert op(dh, POP, reservation(dh, frames[3:])) == 5
-    assert not dh.dom.memory.unbacked
+    assert not dh.dom.memory.given_back
 
 
 def test_increase_reservation_gives_unnamed_frames(dh: DomainHarness) -> None:
@@ -285,9 +285,30 @@ def test_32bit_vcpu_uses_the_compat_layouts(dh: DomainHarness) -> None:
         mem.pack(struct.Struct("<I"), LIST_VA + 4 * i, BALLOON + i)
     arg = dh.put(COMPAT_MEMORY_RESERVATION, LIST_VA, 3, 0, 0, abi.DOMID_SELF)
     assert dh.call("memory_op", DEC, arg, compat=True) == 3
-    assert {BALLOON, BALLOON + 1, BALLOON + 2} <= mem.unbacked and len(mem.unbacked) == 3
+    assert set(mem.given_back) == {BALLOON, BALLOON + 1, BALLOON + 2} and len(mem.given_back) == 3
     assert dh.call("memory_op", POP, arg, compat=True) == 3
-    assert not mem.unbacked
+    assert not mem.given_back
     bad = dh.put(COMPAT_MEMORY_RESERVATION, LIST_VA, 3, 0, 0, 7)  # another domain
     assert dh.call("memory_op", DEC, bad, compat=True) == 0
     assert dh.call("memory_op", DEC, 0xFFFFF000, compat=True) == 0  # unreadable reservation
+
+
+def test_page_set() -> None:
+    from hyperdisco.core.memory import PageSet
+
+    s = PageSet(100)
+    assert not s and len(s) == 0 and list(s) == [] and not s.any_in(0, 99)
+    for p in (0, 5, 5, 99):
+        s.add(p)
+    assert len(s) == 3 and list(s) == [0, 5, 99] and 5 in s and 6 not in s
+    assert -1 not in s and 100 not in s and 10**30 not in s and "5" not in s
+    assert s.any_in(1, 5) and not s.any_in(1, 4) and s.any_in(99, 200) and not s.any_in(100, 300)
+    assert s.any_in(-5, 0)
+    vec = bytearray(100)
+    vec[5] = vec[6] = 1
+    vec[99] = 3  # mincore: bit 0 is what counts
+    assert s.also_in(vec) == [5, 99]
+    s.discard(5)
+    s.discard(5)
+    s.discard(7)
+    assert len(s) == 2 and list(s) == [0, 99]
