@@ -54,6 +54,7 @@ class EventChannels:
         self.ports: dict[int, Port] = {}
         self.virqs: dict[tuple[int, int], int] = {}  # (virq, vcpu) -> port
         self.shared_info: int | None = None  # guest-physical address, once mapped
+        self.compat_shinfo = False  # shared_info and vcpu_info in the 32-bit layout (compat32.latch)
         self.vcpu_info: dict[int, int] = {}  # vcpu -> guest-physical address of its vcpu_info
         self._queue: deque[int] = deque()
         self.lock = threading.Lock()  # the port table (vCPU threads, backends, the broker)

@@ -17,7 +17,10 @@ class EvtchnError(Exception):
 
 class EventAbi(Protocol):
     name: str  # "2-level" or "FIFO"
-    max_ports: int  # ports this ABI can name (Xen's max_evtchns)
+    @property
+    def max_ports(self) -> int:
+        """Ports this ABI can name (Xen's max_evtchns)."""
+        ...
 
     def set_pending(self, port: int, vcpu: int) -> None:
         """Mark `port` pending and, if it is not masked, make `vcpu` see an upcall."""

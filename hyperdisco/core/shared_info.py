@@ -21,10 +21,22 @@ def map_shared_info(dom: Domain, gpa: int) -> None:
     for ctx in dom.vcpus:
         if ctx.index < abi.XEN_LEGACY_MAX_VCPUS and ctx.index not in dom.evtchn.vcpu_info:
             dom.evtchn.vcpu_info[ctx.index] = gpa + ctx.index * abi.VCPU_INFO_SIZE
-    sec, nsec = dom.clock.wallclock_at_zero()
-    dom.memory.pack(abi.WALLCLOCK, gpa + abi.SI_WC_VERSION, 2, sec & 0xFFFFFFFF, nsec, sec >> 32)
+    write_wallclock(dom)
     for ctx in dom.vcpus:
         update_time(dom, ctx)
+
+
+def write_wallclock(dom: Domain) -> None:
+    """The wallclock at boot in shared_info, in the layout the domain latched (64- or 32-bit)."""
+    gpa = dom.evtchn.shared_info
+    if gpa is None:
+        return
+    sec, nsec = dom.clock.wallclock_at_zero()
+    if dom.evtchn.compat_shinfo:
+        dom.memory.pack(abi.COMPAT_WALLCLOCK, gpa + abi.COMPAT_SI_WC_VERSION, 2, sec & 0xFFFFFFFF, nsec)
+        dom.memory.set_u32(gpa + abi.COMPAT_SI_WC_SEC_HI, sec >> 32)
+    else:
+        dom.memory.pack(abi.WALLCLOCK, gpa + abi.SI_WC_VERSION, 2, sec & 0xFFFFFFFF, nsec, sec >> 32)
 
 
 def move_vcpu_info(dom: Domain, vcpu: int, gpa: int) -> None:

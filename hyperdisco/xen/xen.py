@@ -10,6 +10,8 @@ __all__ = [
     "NR_VIRQS", "DOMID_FIRST_RESERVED", "DOMID_SELF", "XEN_LEGACY_MAX_VCPUS", "VCPU_INFO_SIZE",
     "VI_UPCALL_PENDING", "VI_UPCALL_MASK", "VI_PENDING_SEL", "VI_TIME", "VCPU_TIME_INFO",
     "XEN_PVCLOCK_TSC_STABLE_BIT", "SI_EVTCHN_PENDING", "SI_EVTCHN_MASK", "SI_WC_VERSION", "WALLCLOCK",
+    "COMPAT_VI_PENDING_SEL", "COMPAT_SI_EVTCHN_MASK", "COMPAT_SI_WC_VERSION", "COMPAT_SI_WC_SEC_HI",
+    "COMPAT_WALLCLOCK", "EVTCHN_2L_COMPAT_NR_CHANNELS",
     "CONSOLEIO_write", "CONSOLEIO_read",
 ]
 
@@ -54,6 +56,18 @@ SI_EVTCHN_PENDING = XEN_LEGACY_MAX_VCPUS * VCPU_INFO_SIZE  # 2048: xen_ulong_t e
 SI_EVTCHN_MASK = SI_EVTCHN_PENDING + 64 * 8  # 2560: xen_ulong_t evtchn_mask[64]
 SI_WC_VERSION = SI_EVTCHN_MASK + 64 * 8  # 3072: wc_version, wc_sec, wc_nsec, wc_sec_hi
 WALLCLOCK = struct.Struct("<IIII")
+# The same structures as a 32-bit guest compiles them (xen_ulong_t and unsigned long are 4 bytes): Xen
+# gives a PVH/HVM domain this layout when it latched 32-bit mode (hvm.c hvm_latch_shinfo_size).
+# vcpu_info: evtchn_pending_sel at 4; arch_vcpu_info {cr2, pad[5]} is 24 bytes, so time stays at 32.
+COMPAT_VI_PENDING_SEL = 4
+# shared_info: vcpu_info[32], then evtchn_pending[32] and evtchn_mask[32] of 32-bit words, the wallclock
+# (version, sec, nsec), then arch_shared_info {max_pfn, pfn_to_mfn_frame_list_list, nmi_reason, p2m_cr3,
+# p2m_vaddr, p2m_generation, wc_sec_hi} (arch-x86/xen.h: wc_sec_hi lives there on i386)
+COMPAT_SI_EVTCHN_MASK = SI_EVTCHN_PENDING + 32 * 4  # 2176
+COMPAT_SI_WC_VERSION = COMPAT_SI_EVTCHN_MASK + 32 * 4  # 2304
+COMPAT_SI_WC_SEC_HI = COMPAT_SI_WC_VERSION + 12 + 6 * 4  # 2340
+COMPAT_WALLCLOCK = struct.Struct("<III")
+EVTCHN_2L_COMPAT_NR_CHANNELS = 32 * 32  # sizeof(xen_ulong_t) * sizeof(xen_ulong_t) * 64 / 8 on i386
 
 # --- console_io (xen.h) -------------------------------------------------------------------------------
 CONSOLEIO_write, CONSOLEIO_read = 0, 1

@@ -124,3 +124,46 @@ def test_32bit_guest_console_and_shutdown(engine: TcgEngine, clock: Clock) -> No
     assert dom.stats["hypercall.console_io"] == 1 and dom.stats["hypercall.memory_op"] == 1
     assert dom.outcome == "poweroff" and dom.outcome_detail == "SCHEDOP_shutdown"
     dom.close()
+
+
+# -- the 32-bit shared_info layout (hvm_latch_shinfo_size) --------------------------------------------------
+def _latched_with_shared_info(dh: DomainHarness) -> int:
+    arg = dh.put(COMPAT_ADD_TO_PHYSMAP, abi.DOMID_SELF, 0, abi.XENMAPSPACE_shared_info, 0, SHINFO_GPFN)
+    assert dh.call("memory_op", abi.XENMEM_add_to_physmap, arg, compat=True) == 0
+    si = SHINFO_GPFN << 12
+    assert dh.dom.memory.u32(si + abi.SI_WC_VERSION) == 2  # the native layout until the latch
+    callback = dh.put(abi.HVM_PARAM, abi.DOMID_SELF, abi.HVM_PARAM_CALLBACK_IRQ,
+                      abi.HVM_PARAM_CALLBACK_TYPE_VECTOR << 56 | 0xF3, at=SCRATCH_VA + 0x300)
+    assert dh.call("hvm_op", abi.HVMOP_set_param, callback, compat=True) == 0
+    assert dh.dom.evtchn.compat_shinfo
+    return si
+
+
+def test_callback_from_32bit_code_latches_the_32bit_layout(dh: DomainHarness) -> None:
+    si = _latched_with_shared_info(dh)
+    version, sec, nsec = abi.COMPAT_WALLCLOCK.unpack(dh.dom.memory.read(si + abi.COMPAT_SI_WC_VERSION, 12))
+    assert version == 2 and sec > 1_700_000_000 and nsec < 10**9
+    assert dh.dom.evtchn.abi.max_ports == 1024
+    # an IPI port of vCPU 0, and a send to it
+    ipi = dh.put(abi.EVTCHN_BIND_IPI, 0, 0)
+    assert dh.call("event_channel_op", abi.EVTCHNOP_bind_ipi, ipi, compat=True) == 0
+    a = dh.dom.memory.u32(ipi + 4)
+    send = dh.put(struct.Struct("<I"), a, at=SCRATCH_VA + 0x80)
+    assert dh.call("event_channel_op", abi.EVTCHNOP_send, send, compat=True) == 0
+    word, bit = divmod(a, 32)
+    assert dh.dom.memory.u32(si + abi.SI_EVTCHN_PENDING + 4 * word) == 1 << bit  # 32-bit words
+    assert dh.dom.memory.u32(si + abi.COMPAT_VI_PENDING_SEL) == 1 << word  # the selector at offset 4
+    assert dh.dom.memory.u8(si + abi.VI_UPCALL_PENDING) == 1
+    assert dh.dom.memory.read(si + abi.VI_PENDING_SEL, 8) == bytes(8)  # nothing where a 64-bit one is
+    # masking and unmasking through the 32-bit mask words
+    dh.dom.memory.set_u32(si + abi.COMPAT_SI_EVTCHN_MASK + 4 * word, 1 << bit)
+    assert dh.dom.evtchn.abi.is_masked(a) and dh.dom.evtchn.abi.is_pending(a)
+
+
+def test_a_64bit_domain_keeps_the_native_layout(dh: DomainHarness) -> None:
+    arg = dh.put(abi.ADD_TO_PHYSMAP, abi.DOMID_SELF, 0, abi.XENMAPSPACE_shared_info, 0, SHINFO_GPFN)
+    assert dh.call("memory_op", abi.XENMEM_add_to_physmap, arg) == 0
+    callback = dh.put(abi.HVM_PARAM, abi.DOMID_SELF, abi.HVM_PARAM_CALLBACK_IRQ,
+                      abi.HVM_PARAM_CALLBACK_TYPE_VECTOR << 56 | 0xF3, at=SCRATCH_VA + 0x300)
+    assert dh.call("hvm_op", abi.HVMOP_set_param, callback) == 0
+    assert not dh.dom.evtchn.compat_shinfo and dh.dom.evtchn.abi.max_ports == abi.EVTCHN_2L_NR_CHANNELS

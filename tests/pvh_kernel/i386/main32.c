@@ -21,6 +21,10 @@
 #define XENMAPSPACE_shared_info 0
 #define EVTCHNOP_send 4
 #define EVTCHNOP_alloc_unbound 6
+#define EVTCHNOP_bind_ipi 7
+#define __HYPERVISOR_hvm_op 34
+#define HVMOP_set_param 0
+#define HVM_PARAM_CALLBACK_IRQ 0
 #define SCHEDOP_shutdown 2
 #define SHUTDOWN_poweroff 0
 #define DOMID_SELF 0x7ff0
@@ -32,6 +36,15 @@ struct xen_add_to_physmap { uint16_t domid, size; uint32_t space; unsigned long 
 struct xen_memory_map { uint32_t nr_entries; void *buffer; };
 struct e820entry { uint64_t addr, size; uint32_t type; } __attribute__((packed));
 struct evtchn_alloc_unbound { uint16_t dom, remote_dom; uint32_t port; };
+struct xen_hvm_param { uint16_t domid; uint16_t pad; uint32_t index; uint64_t value; };
+struct evtchn_bind_ipi { uint32_t vcpu; uint32_t port; };
+/* shared_info and vcpu_info as a 32-bit guest compiles xen.h: xen_ulong_t is 4 bytes */
+struct vcpu_info32 { uint8_t upcall_pending, upcall_mask; uint16_t pad; uint32_t pending_sel; uint32_t arch[6];
+                     uint32_t time[8]; };
+struct shared_info32 { struct vcpu_info32 vcpu_info[32]; uint32_t evtchn_pending[32], evtchn_mask[32];
+                       uint32_t wc_version, wc_sec, wc_nsec; };
+_Static_assert(sizeof(struct vcpu_info32) == 64, "vcpu_info");
+_Static_assert(__builtin_offsetof(struct shared_info32, wc_version) == 2304, "compat shared_info");
 struct hvm_start_info { uint32_t magic, version, flags, nr_modules; uint64_t modlist_paddr, cmdline_paddr; };
 
 _Static_assert(sizeof(struct xen_add_to_physmap) == 16, "compat xen_add_to_physmap");
@@ -179,6 +192,27 @@ void main32(const struct hvm_start_info *si)
     port = 5000;
     r = hypercall3(__HYPERVISOR_event_channel_op, EVTCHNOP_send, (uint32_t)&port, 0);
     check("evtchn32.send_bad_port", r == -XEN_EINVAL, r);
+
+    /* Setting the callback from 32-bit code latches the 32-bit shared_info layout (Xen's
+     * hvm_latch_shinfo_size): event words of 32 bits, the selector at offset 4, the wallclock at 2304. */
+    case_("shinfo32");
+    volatile struct shared_info32 *sh = (volatile struct shared_info32 *)shinfo_page;
+    struct xen_hvm_param cb = {DOMID_SELF, 0, HVM_PARAM_CALLBACK_IRQ, (2ULL << 56) | 0xf3};
+    r = hypercall3(__HYPERVISOR_hvm_op, HVMOP_set_param, (uint32_t)&cb, 0);
+    check("shinfo32.set_callback", r == 0, r);
+    check("shinfo32.wallclock", sh->wc_version % 2 == 0 && sh->wc_version && sh->wc_sec > 1600000000u,
+          (long)sh->wc_sec);
+    struct evtchn_bind_ipi ipi = {0, 0};
+    r = hypercall3(__HYPERVISOR_event_channel_op, EVTCHNOP_bind_ipi, (uint32_t)&ipi, 0);
+    check("shinfo32.bind_ipi", r == 0 && ipi.port > 0 && ipi.port < 1024, r);
+    port = ipi.port;
+    r = hypercall3(__HYPERVISOR_event_channel_op, EVTCHNOP_send, (uint32_t)&port, 0);
+    check("shinfo32.send", r == 0, r);
+    check("shinfo32.pending_bit", (sh->evtchn_pending[ipi.port / 32] >> (ipi.port % 32)) & 1,
+          (long)sh->evtchn_pending[ipi.port / 32]);
+    check("shinfo32.selector", (sh->vcpu_info[0].pending_sel >> (ipi.port / 32)) & 1,
+          (long)sh->vcpu_info[0].pending_sel);
+    check("shinfo32.upcall_pending", sh->vcpu_info[0].upcall_pending == 1, sh->vcpu_info[0].upcall_pending);
 
     put_s("SUMMARY passed="); put_u(passed, 10); put_s(" failed="); put_u(failed, 10);
     put_s(" cases="); put_u(cases, 10); flush();
