@@ -23,8 +23,8 @@ guest can name), and any output copied back in compat layout:
 - XENMEM_increase/decrease_reservation, populate_physmap: core/reservation.py reads the compat
   reservation and its 32-bit extent list itself.
 
-A 32-bit caller setting HVM_PARAM_CALLBACK_IRQ latches the domain's shared_info and vcpu_info into their
-32-bit layout, as Xen's hvm_latch_shinfo_size (`latch`; core/evtchn_2l.py and shared_info.py follow it).
+Setting HVM_PARAM_CALLBACK_IRQ latches the domain's shared_info and vcpu_info into the layout of the
+caller's mode, as Xen's hvm_latch_shinfo_size (`latch`; core/evtchn_2l.py and shared_info.py follow it).
 
 Not translated (docs/loader.md): the runstate area, GNTTABOP_setup_table's frame list, multicalls.
 """
@@ -52,7 +52,7 @@ COMPAT_MEMORY_MAP = struct.Struct("<II")
 COMPAT_SCHED_POLL = struct.Struct("<IIQ")
 _U32 = struct.Struct("<I")
 
-HC_SET_TIMER_OP, HC_MEMORY_OP, HC_XEN_VERSION, HC_SCHED_OP, HC_HVM_OP = 15, 12, 17, 29, 34
+HC_SET_TIMER_OP, HC_MEMORY_OP, HC_XEN_VERSION, HC_SCHED_OP = 15, 12, 17, 29
 
 
 def registers(ev: Vcpu) -> tuple[int, tuple[int, int, int, int, int], bool]:
@@ -116,11 +116,6 @@ def call(ctx: VcpuContext, nr: int, args: tuple[int, int, int, int, int], native
     if nr == HC_MEMORY_OP and cmd & 0x3F in (abi.XENMEM_increase_reservation, abi.XENMEM_decrease_reservation,
                                              abi.XENMEM_populate_physmap):
         return ctx.dom.reservation.memory_op(va, cmd, arg, compat=True)  # its own compat layouts
-    if nr == HC_HVM_OP and cmd == abi.HVMOP_set_param:
-        ret = native(ctx, *args)
-        if ret == 0 and va.unpack(abi.HVM_PARAM, arg)[1] == abi.HVM_PARAM_CALLBACK_IRQ:
-            latch(ctx)
-        return ret
     if nr == HC_SCHED_OP and cmd == abi.SCHEDOP_poll:
         ports, nr_ports, timeout = va.unpack(COMPAT_SCHED_POLL, arg)
         return _via_xlat(ctx, native, args, abi.SCHED_POLL.pack(ports, nr_ports, timeout))
@@ -128,14 +123,14 @@ def call(ctx: VcpuContext, nr: int, args: tuple[int, int, int, int, int], native
 
 
 def latch(ctx: VcpuContext) -> None:
-    """hvm.c's hvm_latch_shinfo_size, as a 32-bit caller sets HVM_PARAM_CALLBACK_IRQ: the domain's
-    shared_info and vcpu_info take the 32-bit layout (2-level event words of 32 bits, 1024 ports, the
-    selector at offset 4, the wallclock at 2304), and the wallclock is rewritten in it. (Xen latches from a
-    64-bit caller too, back to the native layout; here a domain starts native and only a 32-bit caller
-    changes it.)"""
+    """hvm.c's hvm_latch_shinfo_size, called as the guest sets HVM_PARAM_CALLBACK_IRQ: the domain's
+    shared_info and vcpu_info take the layout of the caller's mode (32-bit: 2-level event words of 32
+    bits, 1024 ports, the selector at offset 4, the wallclock at 2304), and the wallclock is rewritten in
+    it when that changes."""
     ec = ctx.dom.evtchn
-    if not ec.compat_shinfo:
-        ec.compat_shinfo = True
+    compat = not ctx.ev.in_64bit_mode()
+    if ec.compat_shinfo != compat:
+        ec.compat_shinfo = compat
         shared_info.write_wallclock(ctx.dom)
 
 

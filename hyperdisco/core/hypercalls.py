@@ -99,7 +99,7 @@ class Hypercalls:
         elif cmd == abi.XENVER_pagesize:
             return -abi.EINVAL if arg else PAGE  # kernel.c: a non-null handle is -EINVAL
         elif cmd == abi.XENVER_platform_parameters:
-            va.write(arg, (0xFFFF800000000000).to_bytes(8, "little"))
+            va.write(arg, bytes(8))  # xen/common/kernel.c: virt_start is 0 for an HVM/PVH vCPU
         elif cmd == abi.XENVER_guest_handle:
             va.write(arg, self.dom.uuid)
         elif cmd == abi.XENVER_commandline:
@@ -175,6 +175,7 @@ class Hypercalls:
                     return -abi.EINVAL
                 dom.callback_vector = vector if value else None
                 dom.params[index] = value
+                compat32.latch(ctx)  # hvm.c: the shared_info layout follows the caller's mode
                 return 0
             if index in DM_ONLY_PARAMS:
                 return -abi.EPERM

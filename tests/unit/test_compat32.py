@@ -167,3 +167,15 @@ def test_a_64bit_domain_keeps_the_native_layout(dh: DomainHarness) -> None:
                       abi.HVM_PARAM_CALLBACK_TYPE_VECTOR << 56 | 0xF3, at=SCRATCH_VA + 0x300)
     assert dh.call("hvm_op", abi.HVMOP_set_param, callback) == 0
     assert not dh.dom.evtchn.compat_shinfo and dh.dom.evtchn.abi.max_ports == abi.EVTCHN_2L_NR_CHANNELS
+
+
+def test_a_64bit_caller_latches_back_and_platform_parameters(dh: DomainHarness) -> None:
+    si = _latched_with_shared_info(dh)
+    callback = dh.put(abi.HVM_PARAM, abi.DOMID_SELF, abi.HVM_PARAM_CALLBACK_IRQ,
+                      abi.HVM_PARAM_CALLBACK_TYPE_VECTOR << 56 | 0xF3, at=SCRATCH_VA + 0x300)
+    assert dh.call("hvm_op", abi.HVMOP_set_param, callback) == 0  # from 64-bit code now
+    assert not dh.dom.evtchn.compat_shinfo
+    assert dh.dom.memory.u32(si + abi.SI_WC_VERSION) == 2  # the wallclock rewritten natively
+    at = dh.put(struct.Struct("<Q"), 0x1111111122222222, at=SCRATCH_VA + 0x400)
+    assert dh.call("xen_version", abi.XENVER_platform_parameters, at) == 0
+    assert dh.dom.memory.read(at, 8) == bytes(8)  # kernel.c: 0 for an HVM vCPU
