@@ -42,7 +42,7 @@ class Arbiter:
         self.bvt = Bvt(cores)
         self._cond = threading.Condition()
         self._doms: dict[int, DomainHandle] = {}
-        self._dirty = False
+        self._next_ns: int | None = None  # when BVT wants to decide again (a revoke may fall due)
         self.decisions = 0
         self.decide_ns = 0
         self.forfeits = 0
@@ -59,8 +59,7 @@ class Arbiter:
     def remove(self, domid: int) -> None:
         with self._cond:
             self._forget(domid)
-            self._dirty = True
-            self._cond.notify()
+            self._decide()
 
     def _forget(self, domid: int) -> None:
         self.bvt.remove(domid)
@@ -69,8 +68,7 @@ class Arbiter:
     def set_params(self, domid: int, params: BvtParams) -> None:
         with self._cond:
             self.bvt.set_params(domid, params)
-            self._dirty = True
-            self._cond.notify()
+            self._decide()
 
     def params(self, domid: int) -> BvtParams:
         with self._cond:
@@ -79,8 +77,7 @@ class Arbiter:
     def set_ctx_allow(self, ns: int) -> None:
         with self._cond:
             self.bvt.set_ctx_allow(ns)
-            self._dirty = True
-            self._cond.notify()
+            self._decide()
 
     @property
     def ctx_allow_ns(self) -> int:
@@ -122,39 +119,45 @@ class Arbiter:
                     return
             except BvtError:
                 return
-            self._dirty = True
-            self._cond.notify()
+            self._decide()
 
     # -- the decisions ----------------------------------------------------------------------------------
     def _loop(self) -> None:
-        next_ns: int | None = None
+        """Decisions that fall due with time (a holder's lead runs out, a warp ends, an overstay); the
+        others are made at once on the thread that reports the change (a domain's channel reader)."""
         while True:
             with self._cond:
-                while not self._dirty:
-                    timeout = None if next_ns is None else (next_ns - time.monotonic_ns()) / 1e9
-                    if timeout is not None and timeout <= 0:
-                        break
-                    self._cond.wait(timeout)
-                self._dirty = False
-                t0 = time.monotonic_ns()
-                try:
-                    d = self.bvt.decide(t0)
-                except Exception as exc:  # must not end domain 0's scheduling silently
-                    self.log(f"arbiter: {type(exc).__name__}: {exc}")
-                    next_ns = t0 + 10_000_000
-                    continue
-                for g in d.grants:
-                    self._send(g, {"t": "sched-grant", "vcpu": g.vcpu, "seq": g.seq, "core": g.core,
-                                   "slice_us": g.slice_ns // 1000, "pin": self.pin})
-                for g in d.revokes:
-                    self._send(g, {"t": "sched-revoke", "vcpu": g.vcpu, "seq": g.seq})
-                for g in d.forfeited:
-                    self.forfeits += 1
-                    if self.forfeits <= 10:
-                        self.log(f"arbiter: domain {g.dom} vCPU {g.vcpu} kept a revoked core; taken back")
-                next_ns = d.next_ns
-                self.decisions += 1
-                self.decide_ns += time.monotonic_ns() - t0
+                nxt = self._next_ns
+                wait = None if nxt is None else (nxt - time.monotonic_ns()) / 1e9
+                if wait is None or wait > 0:
+                    self._cond.wait(wait)
+                elif self._next_ns is not None:
+                    self._decide()
+
+    def _decide(self) -> None:
+        """BVT's decision now; grants and revokes sent (queued: never blocks). Called with the lock."""
+        t0 = time.monotonic_ns()
+        try:
+            d = self.bvt.decide(t0)
+        except Exception as exc:  # must not end domain 0's scheduling silently
+            self.log(f"arbiter: {type(exc).__name__}: {exc}")
+            self._next_ns = t0 + 10_000_000
+            self._cond.notify()
+            return
+        for g in d.grants:
+            self._send(g, {"t": "sched-grant", "vcpu": g.vcpu, "seq": g.seq, "core": g.core,
+                           "slice_us": g.slice_ns // 1000, "pin": self.pin})
+        for g in d.revokes:
+            self._send(g, {"t": "sched-revoke", "vcpu": g.vcpu, "seq": g.seq})
+        for g in d.forfeited:
+            self.forfeits += 1
+            if self.forfeits <= 10:
+                self.log(f"arbiter: domain {g.dom} vCPU {g.vcpu} kept a revoked core; taken back")
+        if d.next_ns != self._next_ns:
+            self._next_ns = d.next_ns
+            self._cond.notify()  # the timer thread re-arms
+        self.decisions += 1
+        self.decide_ns += time.monotonic_ns() - t0
 
     def _send(self, g: Grant, msg: dict[str, Any]) -> None:
         dom = self._doms.get(g.dom)  # type: ignore[call-overload]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from unit_support import make_elf, until
 
+from hyperdisco.cli.main import main as cli_main
 from hyperdisco.client import Connection, Error
 from hyperdisco.toolstack.daemon import Daemon
 
@@ -115,3 +116,34 @@ def test_sched_bvt_table_and_refusals(one_core: tuple[Daemon, str, Path]) -> Non
                              "weight": 0})
         finally:
             a.destroy()
+
+
+def test_sched_bvt_verb_and_top_share(one_core: tuple[Daemon, str, Path],
+                                      capfd: pytest.CaptureFixture[str]) -> None:
+    _d, path, kernel = one_core
+    with Connection(path) as conn:
+        a = conn.create({"name": "v1", "memory": 32, "kernel": str(kernel), "cmdline": "scripted=spin:0",
+                         "weight": 100})
+        b = conn.create({"name": "v2", "memory": 32, "kernel": str(kernel), "cmdline": "scripted=spin:0",
+                         "weight": 300})
+        try:
+            assert cli_main(["sched-bvt", "--socket", path, "v1", "--warp", "10", "--warpl", "20"]) == 0
+            assert cli_main(["sched-bvt", "--socket", path]) == 0
+            out = capfd.readouterr().out.splitlines()
+            assert out[0].startswith("context switch allowance 5 ms, cores 0 (pinned)")
+            assert out[1].split() == ["Name", "ID", "Weight", "Warp(ms)", "WarpL(ms)", "WarpU(ms)", "CPU(s)"]
+            rows = {ln.split()[0]: ln.split() for ln in out[2:]}
+            assert rows["v1"][2:6] == ["100", "10", "20", "0"] and rows["v2"][2:6] == ["300", "0", "0", "0"]
+            time.sleep(0.5)
+            assert cli_main(["top", "--socket", path, "-b", "-i", "1", "-d", "2"]) == 0
+            top = capfd.readouterr().out.splitlines()
+            head = top[0].split()
+            share = head.index("SHARE(%)")
+            got = {ln.split()[0]: ln.split()[share] for ln in top[1:]}
+            assert got["Domain-0"] == "-"
+            assert 12 < float(got["v1"]) < 38 and 62 < float(got["v2"]) < 88, got  # 25% and 75%
+            assert cli_main(["sched-bvt", "--socket", path, "-w", "5"]) != 0  # a weight needs a domain
+            assert "need a domain" in capfd.readouterr().err
+        finally:
+            a.destroy()
+            b.destroy()
