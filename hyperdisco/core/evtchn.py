@@ -61,6 +61,7 @@ class EventChannels:
         self.raised = 0
         self.on_upcall: Callable[[int], None] | None = None  # a vCPU's upcall became pending
         self.valid_ports = BUCKET  # Xen's valid_evtchns: ports below it exist (free or not)
+        self._hint = 1  # alloc: no free port below this one
         self.abi: EventAbi = TwoLevel(self)
         self.abi_switches = 0  # init_control that switched to FIFO (the first one, or after a reset)
 
@@ -71,14 +72,25 @@ class EventChannels:
 
     # -- allocation -------------------------------------------------------------------------------------
     def alloc(self, port: Port) -> int:
-        """Xen's get_free_port: the lowest port that is free and not still queued (FIFO: LINKED)."""
+        """Xen's get_free_port: the lowest port that is free and not still queued (FIFO: LINKED). The
+        scan starts at the lowest port that may be free (every port below `_hint` is bound or was busy
+        when last looked at and is looked at again): a guest binding thousands of ports does not make
+        each bind scan all the others."""
         with self.lock:
-            for p in range(1, self.limit):
-                if p not in self.ports and not self.abi.is_busy(p):
-                    self.ports[p] = port
-                    if p >= self.valid_ports:
-                        self.valid_ports = (p // BUCKET + 1) * BUCKET
-                    return p
+            busy = None
+            for p in range(max(1, self._hint), self.limit):
+                if p in self.ports:
+                    continue
+                if self.abi.is_busy(p):
+                    busy = p if busy is None else busy
+                    continue
+                self.ports[p] = port
+                self._hint = p + 1 if busy is None else busy
+                if p >= self.valid_ports:
+                    self.valid_ports = (p // BUCKET + 1) * BUCKET
+                return p
+            if busy is not None:
+                self._hint = busy
         raise EvtchnError(abi.ENOSPC, "no free event channel")
 
     def valid(self, port: int) -> bool:
@@ -121,6 +133,7 @@ class EventChannels:
                 del self.virqs[key]
         with self.lock:
             del self.ports[port]
+            self._hint = min(self._hint, port)
         self.abi.clear_pending(port)
         self.abi.port_freed(port)
 
@@ -230,9 +243,6 @@ class EventChannels:
 
     def hypervisor_pages(self) -> set[int]:
         return self.abi.hypervisor_pages()
-
-    def describe(self) -> str:
-        return f"{self.abi.name} ABI, {len(self.ports)} ports bound"
 
 
 def virq_is_global(virq: int) -> bool:
