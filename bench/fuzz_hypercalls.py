@@ -14,6 +14,7 @@ the command line to see each call from the Nth on).
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -33,6 +34,15 @@ def seeds(spec: str) -> list[int]:
     return out
 
 
+def _last(notes: list[str], key: str) -> str:
+    found = "0"
+    for note in notes:
+        m = re.search(rf"(?:^|\s){key}=(\d+)", note)
+        if m:
+            found = m.group(1)
+    return found
+
+
 def fuzz_one(kernel: Path, seed: int, seconds: int, memory: int) -> dict[str, object]:
     cmdline = f"cases=fuzz seed={seed} calls=1000000000 fuzz_s={seconds}"
     argv = [sys.executable, "-m", "hyperdisco", "run", "--kernel", str(kernel), "--memory", str(memory),
@@ -41,8 +51,10 @@ def fuzz_one(kernel: Path, seed: int, seconds: int, memory: int) -> dict[str, ob
     p = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=seconds + 300)
     wall = time.monotonic() - t0
     run = KernelRun.parse(p.stdout)
-    counts = {("returned_ok" if k == "ok" else k): int(run.value(k) or 0)
-              for k in ("calls", "ok", "enosys", "efault", "einval", "other")}
+    # the fuzzer's own lines ("# fuzz: calls=N" as it goes, the histogram at the end), not the command line
+    notes = [m.group(1) for m in re.finditer(r"# fuzz: ([^\n]*)", p.stdout)]
+    counts = {("returned_ok" if k == "ok" else k): int(_last(notes, k)) for k in
+              ("calls", "ok", "enosys", "efault", "einval", "other")}
     internal = [ln for ln in p.stderr.splitlines() if "Traceback" in ln or "internal error" in ln]
     ok = p.returncode == 0 and run.summary is not None and not run.failed and not internal
     return {"seed": seed, "ok": ok, "exit": p.returncode, "wall_s": round(wall, 2), **counts,

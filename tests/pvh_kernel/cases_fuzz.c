@@ -14,6 +14,12 @@
 #define ARENA ((uint8_t *)0x1000000ul)
 #define ARENA_PAGES 64
 #define ARENA_SIZE (ARENA_PAGES * 4096ul)
+/* Structures are read at 8-aligned places of the arena's values (Xen's structures keep their 64-bit
+ * fields 8-aligned, so each such field is one value the fuzzer made); unaligned pointers go into the
+ * poison part, whose bytes are all >= 0x80, so that a field straddling two of them is never a small
+ * address or frame number (the first campaign found an unaligned read composing 0x1000 << 8: the kernel). */
+#define POISON (ARENA + ARENA_SIZE)
+#define POISON_SIZE (16 * 4096ul)
 
 static const unsigned long not_memory[] = {
     0x00007f0000000000ul, 0x8000000000000000ul, 0xc0000000ul, 0xfffffffffffff000ul, 0xfed00000ul /* HPET */,
@@ -49,7 +55,7 @@ static uint64_t raw_value(void)
     case 0: return 0;
     case 1: case 2: return (r >> 8) & 0xff;                                   /* small numbers, low pfns */
     case 3: return (r >> 8) & 7;                                              /* domids, vCPUs, commands */
-    case 4: case 5: return (uint64_t)ARENA + ((r >> 8) % ARENA_SIZE);         /* pointers into the arena */
+    case 4: case 5: return (uint64_t)ARENA + (((r >> 8) % ARENA_SIZE) & ~7ul); /* pointers into the arena */
     case 6: return ((uint64_t)ARENA >> 12) + ((r >> 8) % ARENA_PAGES);        /* arena frame numbers */
     case 7: case 8: return edges[(r >> 8) % N(edges)];
     case 9: return not_memory[(r >> 8) % N(not_memory)] + ((r >> 40) & 0xfff);
@@ -61,8 +67,10 @@ static uint64_t raw_value(void)
 static uint64_t pointer(void)
 {
     uint64_t r = rand64();
-    if ((r & 7) < 5)
-        return (uint64_t)ARENA + ((r >> 8) % ARENA_SIZE);
+    if ((r & 7) < 4)
+        return (uint64_t)ARENA + (((r >> 8) % ARENA_SIZE) & ~7ul);
+    if ((r & 7) == 4)
+        return (uint64_t)POISON + ((r >> 8) % POISON_SIZE);
     if ((r & 7) == 5)
         return not_memory[(r >> 8) % N(not_memory)];
     return value();
@@ -99,12 +107,14 @@ EXPLICIT_CASE(fuzz)
     uint64_t seconds = cmdline_ulong("fuzz_s", 0), khz = tsc_khz();
     unsigned long trace_from = cmdline_ulong("trace_from", ~0ul);
     uint64_t deadline = seconds && khz ? rdtsc() + seconds * khz * 1000 : ~0ull;
-    check("arena_is_ram", ram_end >= (unsigned long)ARENA + ARENA_SIZE, "the fuzzer needs 32 MiB (RAM ends at 0x%lx)",
-          ram_end);
-    if (ram_end < (unsigned long)ARENA + ARENA_SIZE)
+    check("arena_is_ram", ram_end >= (unsigned long)POISON + POISON_SIZE,
+          "the fuzzer needs 32 MiB (RAM ends at 0x%lx)", ram_end);
+    if (ram_end < (unsigned long)POISON + POISON_SIZE)
         return;
     rand_seed(seed);
     scramble(ARENA_SIZE);
+    for (unsigned long i = 0; i < POISON_SIZE / 8; i++)
+        ((uint64_t *)POISON)[i] = rand64() | 0x8080808080808080ull;
     unsigned long made = 0, ok = 0, enosys = 0, efault = 0, einval = 0, other = 0;
     while (made < calls) {
         if ((made & 1023) == 0 && rdtsc() > deadline)
@@ -142,7 +152,23 @@ EXPLICIT_CASE(fuzz)
         if (made >= trace_from)  /* trace_from=N: each call from the Nth on, to find the one that hurt */
             kprintf("# call %lu: %lx(%lx, %lx, %lx, %lx, %lx)\n", made, (unsigned long)nr, (unsigned long)a1,
                     (unsigned long)a2, (unsigned long)a3, (unsigned long)a4, (unsigned long)a5);
+        /* XENMEM_memory_map writes the e820 map, whose first RAM range starts at the kernel (1 MiB), into
+         * the buffer: scramble it again afterwards, or a later structure would name the kernel */
+        uint64_t map_buf = 0, map_nr = 0;
+        if (nr == __HYPERVISOR_memory_op && (a1 & 0x3f) == XENMEM_memory_map && a2 >= (uint64_t)ARENA
+            && a2 <= (uint64_t)ARENA + ARENA_SIZE - 16) {
+            map_nr = *(uint32_t *)a2;
+            map_buf = *(uint64_t *)(a2 + 8);
+        }
         long rc = hypercall_raw(nr, a1, a2, a3, a4, a5);
+        if (map_buf >= (uint64_t)ARENA && map_buf < (uint64_t)ARENA + ARENA_SIZE + POISON_SIZE) {
+            uint64_t *w = (uint64_t *)(map_buf & ~7ul);
+            for (uint64_t i = 0; i < (map_nr < 64 ? map_nr : 64) * 3 + 1; i++)
+                if ((uint8_t *)(w + i) < ARENA + ARENA_SIZE)
+                    w[i] = value();
+                else if ((uint8_t *)(w + i) < POISON + POISON_SIZE)
+                    w[i] = rand64() | 0x8080808080808080ull;
+        }
         made++;
         if (rc >= 0)
             ok++;

@@ -352,3 +352,32 @@ CASE(probe_hypercall_numbers)
     for (unsigned int i = 0; i < sizeof(nrs) / sizeof(nrs[0]); i++)
         EXPECT_EQ(label("nr", (int)i), hypercall_raw(nrs[i], XENVER_version, 0, 0, 0, 0), E(XEN_ENOSYS));
 }
+
+/* A page the guest gave back (XENMEM_decrease_reservation) is no memory until populated again: as any
+ * other address that is not RAM, it reads as all ones and ignores writes - no #PF (the guest's page
+ * tables did not change) and no end of the domain. */
+struct xen_memory_reservation { uint64_t extent_start, nr_extents; uint32_t extent_order, mem_flags;
+                                uint16_t domid; };
+
+static void touch(void *p)
+{
+    volatile uint32_t *q = p;
+    *(uint32_t *)scratch = *q;
+    *q = 0x12345678;
+    *((uint32_t *)scratch + 1) = *q;
+}
+
+EXPLICIT_CASE(given_back_page)
+{
+    uint8_t *page = scratch + 32 * 4096;
+    uint64_t gpfn = (uint64_t)page >> 12;
+    memset(page, 0x5a, 4096);
+    struct xen_memory_reservation r = {(uint64_t)&gpfn, 1, 0, 0, DOMID_SELF};
+    EXPECT_EQ("decrease_reservation", memop(XENMEM_decrease_reservation, &r), 1);
+    EXPECT_EQ("no_exception", with_trap(touch, page), -1);
+    EXPECT_EQ("reads_all_ones", *(uint32_t *)scratch, 0xffffffffu);
+    EXPECT_EQ("writes_dropped", *((uint32_t *)scratch + 1), 0xffffffffu);
+    r = (struct xen_memory_reservation){(uint64_t)&gpfn, 1, 0, 0, DOMID_SELF};
+    EXPECT_EQ("populate_again", memop(XENMEM_populate_physmap, &r), 1);
+    EXPECT_EQ("zeros_again", *(volatile uint32_t *)page, 0);
+}
