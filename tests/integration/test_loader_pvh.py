@@ -24,6 +24,11 @@ def test_elf_containers_boot_and_unbacked_memory(xl: Xl, tmp_path: Path, variant
     run.assert_all_passed(at_least=12)
     assert {"unbacked.hpet_id", "unbacked.hole_quad", "unbacked.still_running"} <= set(run.passed)
     assert "powered off" in run.end, run.end
+    # the domain's log (the daemon's dmesg): one line for the first access to each page, naming the HPET
+    log = [ln for ln in xl("dmesg").stdout.splitlines() if "unbacked memory" in ln]
+    assert any("0xfed00000" in ln and "HPET" in ln for ln in log), log
+    assert any("IO-APIC" in ln for ln in log), log
+    assert sum("0xfed00010" in ln for ln in log) == 0  # same page as 0xfed00000: not logged again
 
 
 @pytest.mark.parametrize("paging", ["off", "2level", "pae"])

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from unit_support import KERNEL_PADDR, elf_note, make_elf
@@ -270,3 +273,22 @@ def test_mutated_images_give_one_line_errors(seeds: random.Random) -> None:
             assert "\n" not in str(exc)
             refused += 1
     assert accepted and refused
+
+
+# -- through the command line: one line, status 2 -----------------------------------------------------
+@pytest.mark.parametrize("image,needle", [
+    (make_elf(cls=32, memsz=0x2000, extra_loads=((KERNEL_PADDR + 0x1000, b"x", 0x10),)), "overlap"),
+    (make_elf(notes=ENTRY_NOTE + elf_note(b"Xen", 10, b"!dom0\0")), "XENFEAT_dom0"),
+    (make_elf(memsz=1 << 60), "beyond any guest RAM"),
+    (make_elf(cls=32, entry=KERNEL_PADDR - 0x1000), "outside the kernel image"),
+    (make_elf(notes=ENTRY_NOTE[:-2]), "malformed ELF note"),
+    (make_elf(cls=32, paddr=64 << 20), "does not fit in 32 MiB"),
+])
+def test_hostile_kernels_through_the_cli(tmp_path: Path, image: bytes, needle: str) -> None:
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(image)
+    p = subprocess.run([sys.executable, "-m", "hyperdisco", "run", "--kernel", str(kernel), "--memory", "32"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hyperdisco: ") and needle in lines[0], p.stderr
