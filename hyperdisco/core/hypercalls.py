@@ -274,7 +274,10 @@ class Hypercalls:
         if cmd == abi.GNTTABOP_query_size:
             d, _nr, _max, _st = va.unpack(abi.GNTTAB_QUERY_SIZE, arg)
             if not self._own_domid(d):
-                va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, 0, 0, abi.GNTST_bad_domain)
+                # grant_table.c gnttab_query_size: another domain that exists (domain 0 always does) is
+                # refused by xsm_grant_query_size(XSM_TARGET); one that does not is bad_domain
+                status = abi.GNTST_permission_denied if d == 0 else abi.GNTST_bad_domain
+                va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, 0, 0, status)
                 return 0
             nr_frames = len(self.dom.grant_frames)
             va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, nr_frames, GRANT_FRAMES_MAX, abi.GNTST_okay)

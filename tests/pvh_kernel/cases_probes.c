@@ -168,6 +168,12 @@ CASE(probe_grant)
     EXPECT_EQ("setup_table_count_2", gnttab(GNTTABOP_setup_table, scratch, 2), E(XEN_EINVAL));
     EXPECT_EQ("query_size", gnttab(GNTTABOP_query_size, &q, 1), 0);
     EXPECT_EQ("query_size_status", q.status, GNTST_okay);
+    q = (struct gnttab_query_size){0, 0, 0, 0};
+    EXPECT_EQ("query_size_dom0", gnttab(GNTTABOP_query_size, &q, 1), 0);
+    EXPECT_EQ("query_size_dom0_status", q.status, -8 /* GNTST_permission_denied */);
+    q = (struct gnttab_query_size){0x7ff5, 0, 0, 0};
+    EXPECT_EQ("query_size_reserved_domid", gnttab(GNTTABOP_query_size, &q, 1), 0);
+    EXPECT_EQ("query_size_reserved_domid_status", q.status, GNTST_bad_domain);
 
     long rc;
     EXPECT_EQ("map_no_flags", map_status(0, 1, 0, &rc), GNTST_bad_gntref);
