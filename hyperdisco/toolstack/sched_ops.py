@@ -58,12 +58,13 @@ def sched_bvt(host: Host, dom: str | int | None = None, weight: int | None = Non
         raise RequestError(f"hyperdisco: sched-bvt: {exc}") from None
     doms = [host.find(dom)] if dom is not None else sorted(host.domains.values(), key=lambda d: d.domid)
     rows = []
+    granted_at = arb.granted_all()  # one instant for all: their shares compare
     for d in doms:
         try:
             p = arb.params(d.domid)
         except BvtError:
             continue  # finished, not yet (or no longer) scheduled
-        granted = arb.granted_ns(d.domid)
+        granted = granted_at.get(d.domid)
         gate = d.query().get("sched")  # its process's side: grants taken, time its vCPUs waited for one
         gate = gate if isinstance(gate, dict) else {}
         rows.append({"name": d.name, "domid": d.domid, "weight": p.weight, "warp_us": p.warp_ns // US,
