@@ -189,9 +189,11 @@ class Bvt:
         if d.waiting.pop(vcpu, None) is not None and not d.runnable():
             self._block(d, now)
 
-    def done(self, dom: Hashable, vcpu: int, seq: int, now: int) -> bool:
+    def done(self, dom: Hashable, vcpu: int, seq: int, now: int, again: bool = False) -> bool:
         """The vCPU gives its core back (its slice ended, it was revoked, it halted): charge the time it
-        held it. False for a grant that is not current (an old one, a forfeited one)."""
+        held it. `again`: it is still runnable and waits for a core at once (a slice that ended is not a
+        block and a wake: no system-virtual-time catch-up, no new warp). False for a grant that is not
+        current (an old one, a forfeited one)."""
         d = self._doms.get(dom)
         if d is None:
             return False
@@ -199,7 +201,9 @@ class Bvt:
         if g is None or g.seq != seq:
             return False
         self._end(d, g, now)
-        if not d.runnable():
+        if again:
+            d.waiting[vcpu] = now
+        elif not d.runnable():
             self._block(d, now)
         return True
 

@@ -123,7 +123,7 @@ class Arbiter:
                 elif op == "cancel":
                     self.bvt.cancel(dom.domid, vcpu, now)
                 elif op == "done" and isinstance(seq, int):
-                    self.bvt.done(dom.domid, vcpu, seq, now)
+                    self.bvt.done(dom.domid, vcpu, seq, now, again=msg.get("again") is True)
                 else:
                     return
             except BvtError:

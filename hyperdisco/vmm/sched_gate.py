@@ -3,7 +3,8 @@ while it holds a core domain 0 granted it.
 
 Over the domain's channel (JSON datagrams, as everything else):
   to domain 0     sched want  vcpu            the vCPU is runnable and asks for a core
-                  sched done  vcpu seq        it gives grant `seq` back (slice over, revoked, halted, paused)
+                  sched done  vcpu seq again  it gives grant `seq` back (slice over, revoked, halted, paused);
+                                              again: it stays runnable and waits for the next grant
                   sched cancel vcpu           it no longer waits (paused, finished)
   from domain 0   sched-grant vcpu seq core slice_us pin   run, for up to slice_us (on host CPU `core` if pin)
                   sched-revoke vcpu seq       give it back now (the vCPU is kicked out of its slice)
@@ -63,7 +64,7 @@ class ArbiterGate(Gate):
             if v.seq is not None:
                 if not v.revoked and time.monotonic() < v.lease_end:
                     return True
-                self._give_back(v, ctx.index)
+                self._give_back(v, ctx.index, again=True)
             if not v.waiting:
                 v.waiting = True
                 self._send({"t": "sched", "op": "want", "vcpu": ctx.index})
@@ -94,14 +95,18 @@ class ArbiterGate(Gate):
         with self._cond:
             if v.seq is None:
                 return
-            if (wake_at is not None or v.revoked or time.monotonic() >= v.lease_end or ctx.dom.finished
-                    or ctx.dom.paused):
+            if wake_at is not None or ctx.dom.finished or ctx.dom.paused:
                 self._give_back(v, ctx.index)
+            elif v.revoked or time.monotonic() >= v.lease_end:
+                self._give_back(v, ctx.index, again=True)
 
-    def _give_back(self, v: _Vcpu, index: int) -> None:
-        self._send({"t": "sched", "op": "done", "vcpu": index, "seq": v.seq})
+    def _give_back(self, v: _Vcpu, index: int, again: bool = False) -> None:
+        """Return the grant; `again`: the vCPU is still runnable and waits for the next (one message, so
+        that domain 0 does not see it block and wake)."""
+        self._send({"t": "sched", "op": "done", "vcpu": index, "seq": v.seq, "again": again})
         v.seq = None
         v.revoked = False
+        v.waiting = again
 
     # -- domain 0's side (the channel's reader thread) ------------------------------------------------
     def grant(self, msg: dict[str, Any]) -> None:

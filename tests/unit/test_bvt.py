@@ -73,9 +73,7 @@ class Sim:
                     del self.held[k]
                     self.revoked_at.pop(k, None)
                     self.work[k] -= self.now - g.start
-                    assert self.b.done(g.dom, g.vcpu, g.seq, self.now)
-                    if self.work[k] > 0:
-                        self.b.want(g.dom, g.vcpu, self.now)
+                    assert self.b.done(g.dom, g.vcpu, g.seq, self.now, again=self.work[k] > 0)
             while self.wakes and self.wakes[0][0] <= self.now:
                 _t, dom, vcpu, work = self.wakes.pop(0)
                 self.busy(dom, vcpu, work)
@@ -314,3 +312,42 @@ def test_bad_context_switch_allowance_is_refused(ns: object) -> None:
 def test_bad_cores_are_refused(cores: list[int]) -> None:
     with pytest.raises(BvtError):
         Bvt(cores)
+
+
+def test_a_slice_that_ends_is_not_a_wake() -> None:
+    """A CPU-bound domain that gives its core back at each slice's end and waits again at once neither
+    warps anew nor catches up to svt: with warp and no unwarp requirement it still gets its weight's share."""
+    b = Bvt([0])
+    sim = Sim(b, kick_ns=MS)
+    b.add("w", BvtParams(weight=100, warp_ns=10 * MS, warp_limit_ns=20 * MS))
+    b.add("x", BvtParams(weight=300))
+    sim.busy("w")
+    sim.busy("x")
+    sim.run(20_000 * MS)
+    w, x = shares(b, sim.now, "w", "x")
+    assert abs(w - 0.25) < 0.01
+    assert not b.warped("w", sim.now)  # its one warp ran out after 20 ms and never came back
+
+
+def test_done_again_keeps_the_credit_a_wake_would_lose() -> None:
+    """Domain 0 decides between a vCPU's done and its next want: had the slice's end counted as a block,
+    the next want would be a wake and lift its avt to svt, the other domain's, losing its lead."""
+    def after(again: bool) -> tuple[int, int]:
+        b = Bvt([0])
+        b.add("ahead")
+        b.add("behind")
+        b.want("ahead", 0, 0)
+        g = b.decide(0).grants[0]
+        b.done("ahead", 0, g.seq, 100 * MS)     # ahead ran 100 ms, then sleeps
+        b.want("behind", 0, 100 * MS)
+        g = b.decide(100 * MS).grants[0]
+        b.want("ahead", 0, 101 * MS)
+        b.done("behind", 0, g.seq, 110 * MS, again=again)  # behind ran 10 ms: still 90 ms behind
+        b.decide(110 * MS)
+        if not again:
+            b.want("behind", 0, 110 * MS)
+        return b.avt("behind", 110 * MS), b.avt("ahead", 110 * MS)
+    behind, ahead = after(again=True)
+    assert behind < ahead                        # kept its lead
+    behind, ahead = after(again=False)
+    assert behind == ahead                       # a wake would have lifted it to svt
