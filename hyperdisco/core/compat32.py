@@ -26,7 +26,8 @@ guest can name), and any output copied back in compat layout:
 Setting HVM_PARAM_CALLBACK_IRQ latches the domain's shared_info and vcpu_info into the layout of the
 caller's mode, as Xen's hvm_latch_shinfo_size (`latch`; core/evtchn_2l.py and shared_info.py follow it).
 
-Not translated (docs/loader.md): the runstate area, GNTTABOP_setup_table's frame list, multicalls.
+Nothing to translate yet for the runstate area (registered, never written, in either mode),
+GNTTABOP_setup_table and multicalls (not implemented in either mode).
 """
 
 from __future__ import annotations
