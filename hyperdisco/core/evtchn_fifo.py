@@ -71,9 +71,10 @@ class Fifo:
             raise EvtchnError(abi.ENOSPC, "the FIFO event array is full")
         with self.lock:
             self.array.append((gpa, self.ec.mem.host_address(gpa, PAGE)))
-        limit = len(self.array) * WORDS_PER_PAGE
-        for port in sorted(p for p in self.early if p < limit):
-            self.early.discard(port)
+            limit = len(self.array) * WORDS_PER_PAGE
+            again = sorted(p for p in self.early if p < limit)
+            self.early.difference_update(again)
+        for port in again:
             p = self.ec.ports.get(port)
             if p is not None:
                 self.set_pending(port, p.vcpu)
@@ -95,7 +96,8 @@ class Fifo:
         word = self._word(port)
         if word is None:
             if 0 < port < self.max_ports:
-                self.early.add(port)
+                with self.lock:  # against add_array_page taking the set (another vCPU's thread)
+                    self.early.add(port)
             return
         prio = self.priority.get(port, abi.EVTCHN_FIFO_PRIORITY_DEFAULT)
         q = (vcpu, prio)
@@ -156,7 +158,8 @@ class Fifo:
         word = self._word(port)
         if word is not None:
             atomic.fetch_and_u32(word, ~PENDING & _ALL)  # the guest unlinks and skips it if it is queued
-        self.early.discard(port)
+        with self.lock:
+            self.early.discard(port)
 
     def unmask(self, port: int, vcpu: int) -> None:
         word = self._word(port)
@@ -186,7 +189,8 @@ class Fifo:
 
     def port_freed(self, port: int) -> None:
         self.priority.pop(port, None)  # a new channel on this port starts at the default priority
-        self.early.discard(port)
+        with self.lock:
+            self.early.discard(port)
 
     def hypervisor_pages(self) -> set[int]:
         pages = {gpa & ~(PAGE - 1) for gpa, _ in self.control.values()}
