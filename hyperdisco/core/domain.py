@@ -23,6 +23,7 @@ from ..loader.elf import KernelImage
 from ..loader.pvh import load_pvh
 from ..platform import layout
 from ..platform.cpuid import CpuidPolicy
+from ..platform.msr import control_policy
 from ..xen import abi
 from .bvt import BvtParams
 from .clock import Clock
@@ -30,6 +31,7 @@ from .evtchn import DEFAULT_MAX_PORT, EventChannels, Port
 from .grant import GrantTable
 from .hypercalls import XEN_VERSION, Hypercalls
 from .memory import PAGE, GuestMemory
+from .msr import CoreMsrs
 from .reservation import Reservation
 from .trap_dispatch import TrapDispatch
 from .unbacked import UnbackedMemory
@@ -148,12 +150,15 @@ class Domain:
         self.unbacked = UnbackedMemory(self.log, self.stats)
         self.reservation = Reservation(self)  # XENMEM_*_reservation, populate_physmap (ballooning)
         self.cpuid = CpuidPolicy(engine.native_cpuid(), domid, XEN_VERSION, clock.tsc_khz())
+        self.msrs = CoreMsrs(self, self.cpuid)
+        control = control_policy(self.cpuid.table)
         for i in range(config.vcpus):
             ev = engine.create_vcpu(i, TrapDispatch(self), self.vcpus[0].ev if self.vcpus else None)
             ev.map_ram(0, self.memory.ram_bytes, self.memory.regions[0].host_address)
             ev.map_ram(self.special.gpa, self.special.size, self.special.host_address)
             ev.map_mmio(layout.LAPIC_BASE, PAGE)
             ev.load_cpuid(self.cpuid.engine_table(i))
+            ev.load_control_policy(control)
             self.vcpus.append(VcpuContext(self, i, ev))
         self._ctx_by_ev = {id(v.ev): v for v in self.vcpus}
         if self.vcpus:  # what the host writes into guest memory is never run as stale translated code
@@ -283,6 +288,9 @@ class Domain:
             out["halt"] += c.halts
             out["slice"] += c.slices
             out["interrupt.injected"] += c.injected
+            out["msr"] += c.msr
+            out["msr.gp"] += c.msr_gp
+            out["cr.gp"] += c.cr_gp
         core_kinds = ("hypercall.", "inject.", "timer.", "unbacked.", "evtchn.")
         out.update({k: v for k, v in self.stats.items() if k.startswith(core_kinds)})
         out["evtchn.raised"] = self.evtchn.raised

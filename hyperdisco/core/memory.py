@@ -200,6 +200,7 @@ class GuestMemory(PhysicalPages):
                         mmap.PROT_READ | mmap.PROT_WRITE)
         ram.madvise(mmap.MADV_MERGEABLE)
         self.ram_bytes = ram_bytes
+        self.foreign_ram: set[int] = set()  # RAM pages replaced in place by another domain's (grants)
         self.shared_bytes = 0  # RAM backed by shared copy-on-write images (loader/shared_image.py)
         self._cow_ranges: list[tuple[int, int]] = []  # those ranges: (gpa, size)
         super().__init__()
@@ -290,6 +291,13 @@ class GuestMemory(PhysicalPages):
         self.given_back.discard(pfn)
         self._changed(pfn * PAGE, PAGE)
 
+    def owns_ram_page(self, gpa: int) -> bool:
+        """True when page `gpa` is RAM of this domain's own (not outside RAM, not given back, not another
+        domain's page mapped over it): what Xen's get_page_from_gfn(..., P2M_ALLOC) and
+        get_page_type(PGT_writable_page) accept for a page the hypervisor writes on the guest's behalf."""
+        return (gpa % PAGE == 0 and 0 <= gpa < self.ram_bytes and gpa not in self.foreign_ram
+                and gpa // PAGE not in self.unbacked)
+
     def region_at(self, gpa: int) -> Region | None:
         for r in self.regions:
             if r.gpa <= gpa < r.end:
@@ -343,6 +351,7 @@ class GuestMemory(PhysicalPages):
                 raise ValueError("a read-only foreign page cannot replace a RAM page")
             _map_fixed(ram.host_address + gpa, PAGE, mmap.MAP_SHARED, fd)
             self._changed(gpa, PAGE)  # other contents at the same address: no stale translated code
+            self.foreign_ram.add(gpa)
             return None
         for r in self.regions:
             if gpa < r.end and r.gpa < gpa + PAGE:
@@ -366,6 +375,7 @@ class GuestMemory(PhysicalPages):
         a region of its own is removed (the caller has unmapped it from the engine first)."""
         if region is None:
             ram = self.regions[0]
+            self.foreign_ram.discard(gpa)
             _map_fixed(ram.host_address + gpa, PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1)
             _madvise(ram.host_address + gpa, PAGE, mmap.MADV_MERGEABLE)
             self._changed(gpa, PAGE)

@@ -63,6 +63,15 @@ class TrapDispatch:
     def cpuid(self, vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         return self.dom.cpuid.lookup(leaf, subleaf, vcpu.index)
 
+    def rdmsr(self, vcpu: Vcpu, msr: int) -> int | None:
+        return self.dom.msrs.rdmsr(vcpu.index, msr)
+
+    def wrmsr(self, vcpu: Vcpu, msr: int, value: int) -> bool:
+        return self.dom.msrs.wrmsr(vcpu.index, msr, value)
+
+    def msr_denied(self, vcpu: Vcpu, msr: int, write: bool, value: int) -> None:
+        self.dom.msrs.denied_access(vcpu.index, msr, write, value)
+
     def mmio_read(self, vcpu: Vcpu, addr: int, size: int) -> int:
         if layout.LAPIC_BASE <= addr < layout.LAPIC_BASE + PAGE:
             return self._ctx(vcpu).lapic.read(addr - layout.LAPIC_BASE)

@@ -48,6 +48,37 @@ class TrapCounts:
     slices: int = 0
     injected: int = 0
     first_syscall_tsc: int = 0  # guest TSC at the first system call: when user space began
+    msr: int = 0  # RDMSR/WRMSR executed
+    msr_gp: int = 0  # ... of which raised #GP (policy)
+    cr_gp: int = 0  # MOV to a control register that raised #GP (policy)
+
+
+# How the engine treats one MSR (ControlPolicy.msrs). An MSR that is not in the policy raises #GP(0) on
+# RDMSR and WRMSR, as does an access no flag allows.
+MSR_RD_ENGINE = 0x01  # the engine holds the MSR (EFER, STAR, FS_BASE...): reads come from it
+MSR_WR_ENGINE = 0x02  # ... and writes go to it, after the checks below
+MSR_RD_CORE = 0x04  # reads are answered by TrapHandler.rdmsr
+MSR_WR_CORE = 0x08  # writes are performed by TrapHandler.wrmsr
+MSR_CANONICAL = 0x10  # a write must be a canonical address (#GP otherwise)
+MSR_PAT = 0x20  # a write must hold eight valid memory types (IA32_PAT)
+MSR_RD_TSC = 0x40  # reads return the guest TSC (IA32_TIME_STAMP_COUNTER)
+MSR_EFER = 0x80  # EFER: bits outside ControlPolicy.efer_valid, or LME changed while paging is on: #GP
+
+
+@dataclass(frozen=True)
+class MsrRule:
+    flags: int
+    reserved: int = 0  # bits a write may not set (#GP)
+
+
+@dataclass(frozen=True)
+class ControlPolicy:
+    """What a vCPU may do to its MSRs and control registers (platform/msr.py builds it from CPUID)."""
+
+    msrs: dict[int, MsrRule]
+    cr4_valid: int  # CR4 bits a MOV to CR4 may set; any other: #GP
+    efer_valid: int  # EFER bits a WRMSR may set
+    cr3_reserved: int  # CR3 bits a MOV to CR3 may not set in long mode (above MAXPHYADDR)
 
 
 class TrapHandler(Protocol):
@@ -72,6 +103,18 @@ class TrapHandler(Protocol):
     def unbacked_read(self, vcpu: Vcpu, addr: int, size: int) -> int: ...
 
     def unbacked_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None: ...
+
+    def rdmsr(self, vcpu: Vcpu, msr: int) -> int | None:
+        """An MSR the policy gives the core (MSR_RD_CORE): its value, or None to raise #GP(0)."""
+        ...
+
+    def wrmsr(self, vcpu: Vcpu, msr: int, value: int) -> bool:
+        """A write the policy gives the core (MSR_WR_CORE): True when done, False to raise #GP(0)."""
+        ...
+
+    def msr_denied(self, vcpu: Vcpu, msr: int, write: bool, value: int) -> None:
+        """The policy refused an access to an MSR it does not know (#GP raised): for the domain's log."""
+        ...
 
 
 class Vcpu(ABC):
@@ -112,6 +155,12 @@ class Vcpu(ABC):
     def load_cpuid(self, table: dict[tuple[int, int | None], tuple[int, int, int, int]]) -> None:
         """Answer CPUID from this fixed table ((leaf, None): any subleaf; absent: zeros) from now on. An
         engine may answer inside itself; one that cannot keeps calling TrapHandler.cpuid."""
+
+    @abstractmethod
+    def load_control_policy(self, policy: ControlPolicy) -> None:
+        """From now on RDMSR/WRMSR follow `policy.msrs` (anything else: #GP(0) at the instruction, the
+        core is told through TrapHandler.msr_denied) and MOV to CR0/CR3/CR4/CR8 raise #GP(0) for bits
+        the policy or the architecture does not allow. Raises EngineError if this engine cannot."""
 
     @abstractmethod
     def gpr(self, index: int) -> int: ...

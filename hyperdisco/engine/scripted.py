@@ -23,7 +23,7 @@ import os
 import time
 
 from ..xen import abi
-from .base import Engine, RunResult, StopReason, TrapCounts, TrapHandler, Vcpu
+from .base import ControlPolicy, Engine, RunResult, StopReason, TrapCounts, TrapHandler, Vcpu
 
 DEBUG_PORT = 0xE9  # the Bochs/QEMU debug console port
 
@@ -135,6 +135,9 @@ class ScriptedVcpu(Vcpu):
 
     def request_stop(self) -> None:
         pass
+
+    def load_control_policy(self, policy: ControlPolicy) -> None:
+        self.control_policy = policy  # no guest code runs: nothing to enforce
 
     def load_cpuid(self, table: dict[tuple[int, int | None], tuple[int, int, int, int]]) -> None:
         pass

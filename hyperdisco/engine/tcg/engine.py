@@ -8,7 +8,7 @@ import struct
 import time
 
 from ...errors import EngineError
-from ..base import Engine, RunResult, StopReason, TrapCounts, TrapHandler, Vcpu
+from ..base import ControlPolicy, Engine, RunResult, StopReason, TrapCounts, TrapHandler, Vcpu
 from . import qemu_state as qs
 from .build import fastpath_library
 from .smp import VcpuGroup
@@ -21,6 +21,10 @@ HYPERCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 HF_CS64_MASK = 1 << 15  # QEMU target/i386/cpu.h: CS is a 64-bit code segment (long mode, CS.L)
 HF_SS32_MASK = 1 << 5  # SS is a 32-bit stack segment (B)
 HF_ADDSEG_MASK = 1 << 6  # a DS/ES/SS base is not 0
+# int (*)(void *opaque, uint32_t msr, uint32_t op, uint64_t *value): op bit 0 write, bit 1 denied
+MSR_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32,
+                          ctypes.POINTER(ctypes.c_uint64))
+MSR_OP_WRITE, MSR_OP_DENIED = 1, 2
 
 
 class _Layout(ctypes.Structure):
@@ -44,7 +48,17 @@ class _HdVcpu(ctypes.Structure):
         ("ninval", ctypes.c_uint64), ("inval", ctypes.c_uint64 * 64),
         ("code_invalidations", ctypes.c_uint64), ("code_flushes", ctypes.c_uint64),
         ("code_protects", ctypes.c_uint64),
+        ("msrs", ctypes.c_void_p), ("nmsrs", ctypes.c_uint64), ("msr_cb", MSR_CB),
+        ("cr4_valid", ctypes.c_uint64), ("efer_valid", ctypes.c_uint64), ("cr3_reserved", ctypes.c_uint64),
+        ("msr_count", ctypes.c_uint64), ("msr_gp", ctypes.c_uint64), ("cr_gp", ctypes.c_uint64),
+        ("policy_hooks", ctypes.c_size_t * 3),
     ]
+
+
+class _MsrRule(ctypes.Structure):
+    """Mirror of struct hd_msr_rule in fastpath.c."""
+
+    _fields_ = [("msr", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("reserved", ctypes.c_uint64)]
 
 
 class _CpuidEntry(ctypes.Structure):
@@ -64,6 +78,8 @@ def fastpath() -> ctypes.CDLL:
         lib.hd_install.restype = ctypes.c_int
         lib.hd_install_cpuid.argtypes = [ctypes.c_void_p]
         lib.hd_install_cpuid.restype = ctypes.c_int
+        lib.hd_install_policy.argtypes = [ctypes.c_void_p]
+        lib.hd_install_policy.restype = ctypes.c_int
         lib.hd_can_inject.argtypes = [ctypes.c_void_p]
         lib.hd_can_inject.restype = ctypes.c_int
         lib.hd_inject.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -137,6 +153,9 @@ class TcgVcpu(Vcpu):
         lay.uc_nested_level, lay.uc_jmp_bufs = qs.UC_NESTED_LEVEL, qs.UC_JMP_BUFS
         self._hypercall_cb = HYPERCALL_CB(self._on_hypercall)  # kept alive with the vCPU
         hv.hypercall = self._hypercall_cb
+        self._msr_cb = MSR_CB(self._on_msr)
+        hv.msr_cb = self._msr_cb
+        self._msr_table: ctypes.Array[_MsrRule] | None = None
         self._hv = hv
         self._hvp = ctypes.addressof(hv)
         rc = lib.hd_install(self._hvp)
@@ -180,6 +199,36 @@ class TcgVcpu(Vcpu):
             self.handler.hypercall(self)
         except BaseException as exc:  # noqa: BLE001 - isolated per domain, reported by the core
             self._guard("hypercall", exc)
+
+    def _on_msr(self, _opaque: int | None, msr: int, op: int, value: ctypes._Pointer[ctypes.c_uint64]) -> int:
+        try:
+            if op & MSR_OP_DENIED:
+                self.handler.msr_denied(self, msr, bool(op & MSR_OP_WRITE), int(value[0]))
+                return 1
+            if op & MSR_OP_WRITE:
+                return 0 if self.handler.wrmsr(self, msr, int(value[0])) else 1
+            got = self.handler.rdmsr(self, msr)
+            if got is None:
+                return 1
+            value[0] = got & 0xFFFFFFFFFFFFFFFF
+            return 0
+        except BaseException as exc:  # noqa: BLE001 - isolated per domain, reported by the core
+            self._guard("msr", exc)
+            return 1
+
+    def load_control_policy(self, policy: ControlPolicy) -> None:
+        table = (_MsrRule * len(policy.msrs))()
+        for e, (msr, rule) in zip(table, sorted(policy.msrs.items()), strict=True):
+            e.msr, e.flags, e.reserved = msr, rule.flags, rule.reserved & 0xFFFFFFFFFFFFFFFF
+        self._msr_table = table  # kept alive as long as C reads it
+        hv = self._hv
+        hv.msrs, hv.nmsrs = ctypes.addressof(table), len(table)
+        hv.cr4_valid, hv.efer_valid = policy.cr4_valid, policy.efer_valid
+        hv.cr3_reserved = policy.cr3_reserved & 0xFFFFFFFFFFFFFFFF
+        rc = self._lib.hd_install_policy(self._hvp)
+        if rc != 0:
+            raise EngineError("hyperdisco: this unicorn does not intercept RDMSR/WRMSR and control registers "
+                              f"(not the project's patched build: scripts/setup.sh builds it) ({rc})")
 
     def _on_cpuid(self, uc: unicorn.Uc, _ud: object) -> bool:
         self._cpuid += 1
@@ -455,6 +504,7 @@ class TcgVcpu(Vcpu):
             cpuid=self._cpuid + int(hv.cpuid_count),
             mmio=self._mmio, halts=self._halts, slices=self._slices, injected=self._injected,
             first_syscall_tsc=int(hv.first_syscall_tsc),
+            msr=int(hv.msr_count), msr_gp=int(hv.msr_gp), cr_gp=int(hv.cr_gp),
         )
 
     def close(self) -> None:

@@ -23,6 +23,9 @@ extern void do_interrupt_x86_hardirq_x86_64(void *env, int intno, int is_hw);
 extern int cpu_memory_rw_debug_x86_64(void *cpu, uint64_t addr, void *ptr, size_t len, bool is_write);
 
 typedef void (*hd_hypercall_cb)(void *opaque);
+/* An MSR access the core answers (or, with HD_MSR_DENIED in `op`, one the policy refused, for its log):
+ * op bit 0 = write; *value in/out. Returns 0 when done, 1 for #GP(0). */
+typedef int (*hd_msr_cb)(void *opaque, uint32_t msr, uint32_t op, uint64_t *value);
 
 /* QEMU target/i386/cpu.h: hflags bits and segment descriptor flags */
 #define HF_CPL_MASK 3u
@@ -82,6 +85,13 @@ typedef struct hd_vcpu {
     uint32_t protect_pending, inval_overflow;
     uint64_t ninval, inval[HD_INVAL_MAX];
     uint64_t code_invalidations, code_flushes, code_protects; /* counters, read by Python */
+    /* MSR and control-register policy (hook_rdmsr/hook_wrmsr/hook_crn below; Vcpu.load_control_policy) */
+    struct hd_msr_rule *msrs; /* sorted by msr */
+    uint64_t nmsrs;
+    hd_msr_cb msr_cb;
+    uint64_t cr4_valid, efer_valid, cr3_reserved;
+    uint64_t msr_count, msr_gp, cr_gp;
+    uc_hook policy_hooks[3];
 } hd_vcpu;
 
 static inline uint64_t rdtsc_(void) {
@@ -432,3 +442,170 @@ int hd_drain(hd_vcpu *v) {
 }
 
 uint8_t *hd_dom_map(hd_domain *d) { return d->map; }
+
+/*
+ * MSR and control-register policy (issue 13). With the project's patched unicorn (unicorn_patches.py:
+ * "msr-hooks", "cr-write-hook"), RDMSR/WRMSR and MOV to CR0/CR3/CR4/CR8 reach these hooks before QEMU
+ * performs them; a hook returns 0 to let QEMU do it, 1 when it did it itself, 2 for #GP(0) at the
+ * instruction. The rules come from platform/msr.py, which derives them from the domain's CPUID and
+ * follows Xen (xen/arch/x86/msr.c guest_rdmsr/guest_wrmsr, hvm/hvm.c hvm_msr_{read,write}_intercept,
+ * hvm_set_cr0/hvm_set_cr4/hvm_set_efer/hvm_efer_valid).
+ */
+#define HD_MSR_RD_ENGINE 0x01u /* QEMU holds the MSR: it reads it */
+#define HD_MSR_WR_ENGINE 0x02u /* ... and writes it, after the checks below */
+#define HD_MSR_RD_CORE 0x04u   /* the core answers reads (msr_cb) */
+#define HD_MSR_WR_CORE 0x08u   /* the core performs writes (msr_cb) */
+#define HD_MSR_CANONICAL 0x10u /* a write must be a canonical address */
+#define HD_MSR_PAT 0x20u       /* a write must hold 8 valid memory types */
+#define HD_MSR_RD_TSC 0x40u    /* reads return the TSC, as RDTSC does on this engine */
+#define HD_MSR_EFER 0x80u      /* EFER: valid bits, LME fixed while paging is on */
+#define HD_MSR_DENIED 2u
+
+#define CR0_PE (1ull << 0)
+#define CR0_NW (1ull << 29)
+#define CR0_CD (1ull << 30)
+#define CR0_PG (1ull << 31)
+#define CR4_PAE (1ull << 5)
+#define CR4_PCIDE (1ull << 17)
+#define EFER_LME (1ull << 8)
+#define EFER_LMA (1ull << 10)
+#define MSR_EFER_ 0xc0000080u
+
+typedef struct hd_msr_rule {
+    uint32_t msr, flags;
+    uint64_t reserved; /* bits a write may not set */
+} hd_msr_rule;
+
+static hd_msr_rule *find_msr(hd_vcpu *v, uint32_t msr) {
+    uint64_t lo = 0, hi = v->nmsrs;
+    while (lo < hi) {
+        uint64_t mid = (lo + hi) / 2;
+        if (v->msrs[mid].msr == msr) return &v->msrs[mid];
+        if (v->msrs[mid].msr < msr) lo = mid + 1; else hi = mid;
+    }
+    return NULL;
+}
+
+static int msr_denied(hd_vcpu *v, uint32_t msr, uint32_t write, uint64_t val) {
+    v->msr_gp++;
+    if (v->msr_cb) v->msr_cb(v->opaque, msr, write | HD_MSR_DENIED, &val);
+    return 2;
+}
+
+static inline bool canonical(uint64_t a) { return (uint64_t)(((int64_t)a << 16) >> 16) == a; }
+
+static bool pat_valid(uint64_t val) {
+    for (int i = 0; i < 8; i++) {
+        unsigned t = (val >> (8 * i)) & 0xff;
+        if (t == 2 || t == 3 || t > 7) return false; /* SDM vol. 3A 11.12.2: 2, 3, 8-255 reserved */
+    }
+    return true;
+}
+
+static uint64_t read_reg(uc_engine *uc, int reg) {
+    uint64_t x = 0;
+    uc_reg_read(uc, reg, &x);
+    return x;
+}
+
+static uint64_t read_efer(uc_engine *uc) {
+    uc_x86_msr m = {MSR_EFER_, 0};
+    uc_reg_read(uc, UC_X86_REG_MSR, &m); /* the patched library reads it without the hooks */
+    return m.value;
+}
+
+static int hook_rdmsr(uc_engine *uc, void *user) {
+    hd_vcpu *v = user;
+    uint32_t msr = (uint32_t)REG(v, 1);
+    hd_msr_rule *r = find_msr(v, msr);
+    uint64_t val = 0;
+    (void)uc;
+    v->msr_count++;
+    if (r == NULL) return msr_denied(v, msr, 0, 0);
+    if (r->flags & HD_MSR_RD_ENGINE) return 0;
+    if (r->flags & HD_MSR_RD_TSC) val = rdtsc_();
+    else if (!(r->flags & HD_MSR_RD_CORE) || v->msr_cb(v->opaque, msr, 0, &val) != 0) {
+        v->msr_gp++;
+        return 2;
+    }
+    REG(v, 0) = (uint32_t)val;
+    REG(v, 2) = (uint32_t)(val >> 32);
+    return 1;
+}
+
+static int hook_wrmsr(uc_engine *uc, void *user) {
+    hd_vcpu *v = user;
+    uint32_t msr = (uint32_t)REG(v, 1);
+    uint64_t val = (uint32_t)REG(v, 0) | ((uint64_t)(uint32_t)REG(v, 2) << 32);
+    hd_msr_rule *r = find_msr(v, msr);
+    v->msr_count++;
+    if (r == NULL) return msr_denied(v, msr, 1, val);
+    if (r->flags & HD_MSR_WR_ENGINE) {
+        if (r->flags & HD_MSR_EFER) {
+            /* Xen hvm_set_efer: LMA is not written; unknown or unoffered bits and changing LME while
+             * paging is on raise #GP */
+            uint64_t cur = read_efer(uc);
+            val &= ~EFER_LMA;
+            if ((val & ~v->efer_valid) ||
+                (((val ^ cur) & EFER_LME) && (read_reg(uc, UC_X86_REG_CR0) & CR0_PG)))
+                goto gp;
+        }
+        if ((val & r->reserved) || ((r->flags & HD_MSR_CANONICAL) && !canonical(val)) ||
+            ((r->flags & HD_MSR_PAT) && !pat_valid(val)))
+            goto gp;
+        return 0;
+    }
+    if ((r->flags & HD_MSR_WR_CORE) && !(val & r->reserved) && v->msr_cb(v->opaque, msr, 1, &val) == 0)
+        return 1;
+gp:
+    v->msr_gp++;
+    return 2;
+}
+
+/* MOV to CR0/CR3/CR4/CR8 (and LMSW): the checks of Xen's hvm_set_cr0/hvm_set_cr4 and of the Intel SDM
+ * vol. 2B MOV (control registers) that QEMU leaves out (it truncates or masks instead). */
+static int hook_crn(uc_engine *uc, uint32_t cr, uint64_t val, void *user) {
+    hd_vcpu *v = user;
+    uint64_t cr0 = read_reg(uc, UC_X86_REG_CR0), efer = read_efer(uc);
+    uint64_t cr4 = read_reg(uc, UC_X86_REG_CR4);
+    switch (cr) {
+    case 0:
+        if ((val >> 32) || ((val & CR0_PG) && !(val & CR0_PE)) || ((val & CR0_NW) && !(val & CR0_CD)))
+            goto gp;
+        if ((val & CR0_PG) && !(cr0 & CR0_PG) && (efer & EFER_LME) && !(cr4 & CR4_PAE)) goto gp;
+        if (!(val & CR0_PG) && (cr0 & CR0_PG) && (cr4 & CR4_PCIDE)) goto gp;
+        return 0;
+    case 3:
+        if ((efer & EFER_LMA) && (val & v->cr3_reserved)) goto gp;
+        return 0;
+    case 4:
+        if (val & ~v->cr4_valid) goto gp;
+        if (!(val & CR4_PAE) && (efer & EFER_LMA)) goto gp;
+        if ((val & CR4_PCIDE) && !(cr4 & CR4_PCIDE) &&
+            (!(efer & EFER_LMA) || (read_reg(uc, UC_X86_REG_CR3) & 0xfff)))
+            goto gp;
+        return 0;
+    case 8:
+        if (val & ~0xfull) goto gp;
+        return 0;
+    default:
+        return 0;
+    }
+gp:
+    v->cr_gp++;
+    return 2;
+}
+
+/* Returns 0, or -UC_ERR_HOOK when this unicorn does not pass RDMSR/WRMSR/MOV CR to hooks (not the
+ * project's patched build). */
+int hd_install_policy(hd_vcpu *v) {
+    uc_err e;
+    if (v->policy_hooks[0]) return 0;
+    e = uc_hook_add(v->uc, &v->policy_hooks[0], UC_HOOK_INSN, (void *)hook_rdmsr, v, 1, 0, UC_X86_INS_RDMSR);
+    if (e != UC_ERR_OK) return -(int)e;
+    e = uc_hook_add(v->uc, &v->policy_hooks[1], UC_HOOK_INSN, (void *)hook_wrmsr, v, 1, 0, UC_X86_INS_WRMSR);
+    if (e != UC_ERR_OK) return -(int)e;
+    e = uc_hook_add(v->uc, &v->policy_hooks[2], UC_HOOK_INSN, (void *)hook_crn, v, 1, 0, UC_X86_INS_MOV);
+    if (e != UC_ERR_OK) return -(int)e;
+    return 0;
+}
