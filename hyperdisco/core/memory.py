@@ -296,7 +296,7 @@ class GuestMemory(PhysicalPages):
         domain's page mapped over it): what Xen's get_page_from_gfn(..., P2M_ALLOC) and
         get_page_type(PGT_writable_page) accept for a page the hypervisor writes on the guest's behalf."""
         return (gpa % PAGE == 0 and 0 <= gpa < self.ram_bytes and gpa not in self.foreign_ram
-                and gpa // PAGE not in self.unbacked)
+                and gpa // PAGE not in self.given_back)
 
     def region_at(self, gpa: int) -> Region | None:
         for r in self.regions:

@@ -150,7 +150,7 @@ def test_hypercall_page_write_refuses_another_domains_page_mapped_in_ram() -> No
 
 def test_hypercall_page_write_refuses_a_page_given_back() -> None:
     m, d = core()
-    d.memory.unbacked.add(0x9)  # as release_ram_page does (XENMEM_decrease_reservation)
+    d.memory.given_back.add(0x9)  # as release_ram_page does (XENMEM_decrease_reservation)
     assert not m.wrmsr(0, pm.XEN_HYPERCALL_PAGE, 0x9000)
     assert m.wrmsr(0, pm.XEN_HYPERCALL_PAGE, 0xA000)
 
