@@ -291,6 +291,8 @@ class Domain:
             out["msr"] += c.msr
             out["msr.gp"] += c.msr_gp
             out["cr.gp"] += c.cr_gp
+            for name, n in c.engine.items():
+                out[f"engine.{name}"] += n
         core_kinds = ("hypercall.", "inject.", "timer.", "unbacked.", "evtchn.")
         out.update({k: v for k, v in self.stats.items() if k.startswith(core_kinds)})
         out["evtchn.raised"] = self.evtchn.raised

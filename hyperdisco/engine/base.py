@@ -51,6 +51,7 @@ class TrapCounts:
     msr: int = 0  # RDMSR/WRMSR executed
     msr_gp: int = 0  # ... of which raised #GP (policy)
     cr_gp: int = 0  # MOV to a control register that raised #GP (policy)
+    engine: dict[str, int] = field(default_factory=dict)  # an engine's own counts, shown as engine.<name>
 
 
 # How the engine treats one MSR (ControlPolicy.msrs). An MSR that is not in the policy raises #GP(0) on

@@ -96,6 +96,7 @@ def test_host_rewrite_of_translated_code_runs_new_code(ram: mmap.mmap) -> None:
     assert call(v, VICTIM) == 3
     v.host_wrote(0x80000, 0x2000)  # pages without code: nothing to drop
     assert call(v, VICTIM) == 3
+    assert v.counts().engine == {"code.pages_dropped": 2}  # engine.code.pages_dropped in stats
     v.close()
 
 

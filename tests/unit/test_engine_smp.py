@@ -173,6 +173,7 @@ def test_misaligned_lock_inc_completes_exactly(ram: mmap.mmap, offset: int) -> N
     assert run_all(vcpus) == ["halt", "halt"]
     assert struct.unpack_from("<Q", ram, COUNTER + offset)[0] == 2 * n
     assert vcpus[0].group.steps == 2 * n
+    assert sum(v.counts().engine["atomic_steps"] for v in vcpus) == 2 * n  # engine.atomic_steps in stats
 
 
 def test_locked_access_to_mmio_completes(ram: mmap.mmap) -> None:

@@ -505,6 +505,12 @@ class TcgVcpu(Vcpu):
             mmio=self._mmio, halts=self._halts, slices=self._slices, injected=self._injected,
             first_syscall_tsc=int(hv.first_syscall_tsc),
             msr=int(hv.msr_count), msr_gp=int(hv.msr_gp), cr_gp=int(hv.cr_gp),
+            engine={k: n for k, n in (
+                ("atomic_steps", self._atomic_steps),  # EXCP_ATOMIC: run alone (smp.py)
+                ("code.pages_dropped", int(hv.code_invalidations)),  # another's store or the host's write
+                ("code.caches_dropped", int(hv.code_flushes)),  # more than 64 pages at once
+                ("code.protects", int(hv.code_protects)),  # TLB entries older than another's code
+            ) if n},
         )
 
     def close(self) -> None:
