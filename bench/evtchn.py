@@ -11,7 +11,9 @@ Two measurements, each for three variants:
    on a port that is not pending yet, with shared_info/vcpu_info (and for FIFO a control block and one
    event-array page, every word unmasked) in plain guest memory; batches of 1000 distinct ports, the
    guest's state reset between batches outside the timing (2-level: bits cleared; FIFO: the queue
-   consumed as Linux's events_fifo.c does). Microseconds per event, median of the batches.
+   consumed as Linux's events_fifo.c does). Microseconds per event, median of the batches, in each of
+   --micro-rounds interleaved rounds: the best round (the cost with the least interference from other
+   load) and the median round.
 2. guest (boots the stock kernel): ``dd if=/dev/xvda bs=4k iflag=direct`` on a sparse raw disk, queue
    depth 1: each read is one notification to blkback and one event back, timed in the guest with
    /proc/uptime (10 ms steps); reads per second, median of the runs; plus the run's event count
@@ -137,6 +139,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="guest runs per variant (default 3; 0: micro only)")
     p.add_argument("--reads", type=int, default=3000, help="4 KiB direct reads per guest run (default 3000)")
     p.add_argument("--batches", type=int, default=200, help="micro batches of 1000 events (default 200)")
+    p.add_argument("--micro-rounds", type=int, default=5, help="micro rounds per variant (default 5)")
     p.add_argument("--before", default=DEFAULT_BEFORE,
                    help=f"the tree to compare with (default {DEFAULT_BEFORE})")
     p.add_argument("--out", type=Path, help="JSON results (default bench/results/evtchn-<timestamp>.json)")
@@ -147,9 +150,14 @@ def main() -> int:
         work = Path(tmp)
         paths = {"fifo": REPO, "2l": REPO, "before": tree_for(args.before, work)}
         doc: dict[str, Any] = {"before": args.before, "micro_us_per_event": {}, "guest": {}}
-        for v, path in paths.items():
-            doc["micro_us_per_event"][v] = micro(v, path, args.batches)
-            print(f"micro {v:7s} {doc['micro_us_per_event'][v]:6.2f} us per event raised", flush=True)
+        samples: dict[str, list[float]] = {v: [] for v in paths}
+        for _ in range(args.micro_rounds):  # interleaved rounds: host load drifts alike for all variants
+            for v, path in paths.items():
+                samples[v].append(micro(v, path, args.batches))
+        for v, xs in samples.items():
+            doc["micro_us_per_event"][v] = {"best": min(xs), "median": statistics.median(xs), "rounds": xs}
+            med = statistics.median(xs)
+            print(f"micro {v:7s} best {min(xs):6.2f}  median {med:6.2f} us per event raised", flush=True)
         disk = work / "disk.img"
         with disk.open("wb") as f:
             f.truncate(64 << 20)
