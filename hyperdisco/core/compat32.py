@@ -70,7 +70,7 @@ class XlatAccess(VirtualAccess):
     """The vCPU's guest-virtual access, plus the translation area at XLAT_VA."""
 
     def __init__(self, real: VirtualAccess, data: bytes) -> None:
-        super().__init__(real.mem, real.translate)
+        super().__init__(real.mem, real.translate, real.may_write)
         self.buf = bytearray(data.ljust(XLAT_SIZE, b"\0"))
 
     def _in_xlat(self, va: int, n: int) -> bool:

@@ -447,9 +447,11 @@ class VirtualAccess:
     """Reads and writes at guest-virtual addresses (hypercall buffers), translated page by page through
     the guest's own page tables; every page must lie in memory the guest owns."""
 
-    def __init__(self, mem: GuestMemory, translate: Callable[[int], int | None]) -> None:
+    def __init__(self, mem: GuestMemory, translate: Callable[[int], int | None],
+                 may_write: Callable[[int], bool] | None = None) -> None:
         self.mem = mem
         self.translate = translate
+        self.may_write = may_write  # the guest's page tables allow a write there (core/pagewalk.py)
 
     def _pieces(self, va: int, n: int) -> list[tuple[int, int]]:
         if n < 0 or n > 1 << 24:
@@ -469,8 +471,15 @@ class VirtualAccess:
         return b"".join(self.mem.read(pa, c) for pa, c in self._pieces(va, n))
 
     def write(self, va: int, data: bytes) -> None:
+        pieces = self._pieces(va, len(data))
+        if self.may_write is not None:  # as Xen's copy_to_guest: a read-only page is -EFAULT, nothing written
+            o = 0
+            for _pa, c in pieces:
+                if not self.may_write(va + o):
+                    raise GuestFault(f"guest-virtual address {va + o:#x} is read-only")
+                o += c
         o = 0
-        for pa, c in self._pieces(va, len(data)):
+        for pa, c in pieces:
             self.mem.write(pa, data[o:o + c])
             o += c
 

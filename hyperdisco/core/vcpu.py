@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..engine.base import StopReason, Vcpu
 from ..platform.lapic import Lapic
 from ..xen import abi
-from . import shared_info
+from . import pagewalk, shared_info
 from .memory import VirtualAccess
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class VcpuContext:
         self.dom = dom
         self.index = index
         self.ev = ev
-        self.va = VirtualAccess(dom.memory, ev.translate)
+        self.va = VirtualAccess(dom.memory, ev.translate, self._may_write)
         self.lapic = Lapic(index)
         self.up = index == 0
         self.timer_ns: int | None = None
@@ -58,6 +58,15 @@ class VcpuContext:
                 self.ev.kick()
 
     # -- called from trap handlers on this vCPU's thread -----------------------------------------------
+    def _may_write(self, va: int) -> bool:
+        """Hypercall results go only where the guest's page tables allow a supervisor write."""
+        state = self.ev.paging_state()
+        if state is None:
+            return True
+        cr0, cr3, cr4, long_mode = state
+        mem = self.dom.memory
+        return pagewalk.supervisor_may_write(mem.u64, mem.u32, cr0, cr3, cr4, long_mode, va)
+
     def block(self, poll: list[int] | None = None, timeout_ns: int | None = None) -> None:
         self.blocked = True
         self.poll_ports = poll

@@ -177,6 +177,11 @@ class Vcpu(ABC):
     def translate(self, va: int) -> int | None:
         """Guest-virtual to guest-physical through the guest's page tables; None when not mapped."""
 
+    def paging_state(self) -> tuple[int, int, int, bool] | None:
+        """(CR0, CR3, CR4, long mode active): what a walk that checks permissions needs; None when the
+        engine cannot say (then hypercall results are written without that check)."""
+        return None
+
     @abstractmethod
     def cpl(self) -> int: ...
 

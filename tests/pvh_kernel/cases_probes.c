@@ -387,3 +387,29 @@ EXPLICIT_CASE(given_back_page)
     EXPECT_EQ("populate_again", memop(XENMEM_populate_physmap, &r), 1);
     EXPECT_EQ("zeros_again", *(volatile uint32_t *)page, 0);
 }
+
+/* A hypercall's result into a page the guest mapped read-only, with CR0.WP set: Xen's copy_to_guest walks
+ * the guest's page tables for a write (hvm_copy_to_guest_linear, PFEC_write_access) and fails with
+ * -EFAULT, writing nothing. The 2 MiB page at 8 MiB (unused RAM) is made read-only for the test. */
+CASE(probe_readonly_buffer)
+{
+    volatile uint64_t *page = (volatile uint64_t *)0x800000ul;
+    page[0] = 0x1122334455667788ull;
+    page[1] = DOMID_SELF | (uint64_t)HVM_PARAM_STORE_PFN << 32;
+    unsigned long cr0;
+    __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
+    __asm__ volatile("mov %0, %%cr0" : : "r"(cr0 | (1ul << 16)) : "memory");  /* CR0.WP */
+    pd[4] &= ~2ull;
+    __asm__ volatile("invlpg (%0)" : : "r"(page) : "memory");
+    EXPECT_EQ("extraversion_into_readonly", HYPERCALL2(__HYPERVISOR_xen_version, XENVER_extraversion, page),
+              E(XEN_EFAULT));
+    EXPECT_EQ("readonly_untouched", page[0], 0x1122334455667788ull);
+    struct xen_hvm_param *hp = (struct xen_hvm_param *)(page + 1);
+    EXPECT_EQ("get_param_into_readonly", HYPERCALL2(__HYPERVISOR_hvm_op, HVMOP_get_param, hp), E(XEN_EFAULT));
+    /* reading from a read-only page is fine (port 0 is reserved: -EINVAL, not -EFAULT) */
+    EXPECT_EQ("send_from_readonly", evtchn(EVTCHNOP_send, (void *)(page + 2)), E(XEN_EINVAL));
+    pd[4] |= 2;
+    __asm__ volatile("invlpg (%0)" : : "r"(page) : "memory");
+    __asm__ volatile("mov %0, %%cr0" : : "r"(cr0) : "memory");
+    EXPECT_EQ("extraversion_into_writable", HYPERCALL2(__HYPERVISOR_xen_version, XENVER_extraversion, page), 0);
+}

@@ -210,7 +210,8 @@ last_trap: .fill 4, 8, 0             /* vector, error code, rip, cr2: struct tra
     .balign 4096
 pml4: .fill 512, 8, 0
 pdpt: .fill 512, 8, 0
-pd: .fill 4 * 512, 8, 0
+    .globl pd
+pd: .fill 4 * 512, 8, 0                 /* pd[n]: the 2 MiB page at n * 2 MiB (kernel.h) */
     .globl boot_stack_top
 boot_stack: .fill 8192, 8, 0
 boot_stack_top:

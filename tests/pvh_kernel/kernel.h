@@ -64,6 +64,8 @@ extern unsigned long ram_end;                      /* end of the highest RAM ran
 
 /* the kernel image: [image_start, image_end) must never be handed out as scratch memory */
 extern char __image_start[], __image_end[];
+/* the identity map's page directories: pd[n] maps the 2 MiB page at n * 2 MiB (0..4 GiB) */
+extern uint64_t pd[4 * 512];
 /* page-aligned scratch memory the cases may use and hand to the hypervisor (64 pages) */
 extern uint8_t scratch[64 * 4096];
 

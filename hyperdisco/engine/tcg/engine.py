@@ -19,6 +19,7 @@ from .unicorn_patches import CF_PARALLEL
 
 HYPERCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 HF_CS64_MASK = 1 << 15  # QEMU target/i386/cpu.h: CS is a 64-bit code segment (long mode, CS.L)
+HF_LMA_MASK = 1 << 14  # QEMU target/i386/cpu.h: long mode active (EFER.LMA)
 HF_SS32_MASK = 1 << 5  # SS is a 32-bit stack segment (B)
 HF_ADDSEG_MASK = 1 << 6  # a DS/ES/SS base is not 0
 # int (*)(void *opaque, uint32_t msr, uint32_t op, uint64_t *value): op bit 0 write, bit 1 denied
@@ -480,6 +481,11 @@ class TcgVcpu(Vcpu):
 
     def cpl(self) -> int:
         return self._hflags.value & 3
+
+    def paging_state(self) -> tuple[int, int, int, bool] | None:
+        uc = self.uc
+        return (uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR4),
+                bool(self._hflags.value & HF_LMA_MASK))
 
     def in_64bit_mode(self) -> bool:
         return bool(self._hflags.value & HF_CS64_MASK)
