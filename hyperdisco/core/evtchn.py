@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..xen import abi
 from .evtchn_2l import TwoLevel
 from .evtchn_abi import EventAbi, EvtchnError
-from .evtchn_fifo import Fifo
+from .evtchn_fifo import MAX_ARRAY_PAGES, Fifo
 from .memory import PAGE, GuestMemory
 
 __all__ = ["MAX_PORTS", "DEFAULT_MAX_PORT", "BUCKET", "EventChannels", "EvtchnError", "Port"]
@@ -203,8 +203,8 @@ class EventChannels:
         gpa = gfn << 12
         if isinstance(self.abi, Fifo) and vcpu in self.abi.control:
             raise EvtchnError(abi.EINVAL, f"vcpu {vcpu} already has a control block")
-        if not 0 <= gfn < 1 << 40 or not is_ram(gpa):
-            raise EvtchnError(abi.EINVAL, f"control gfn {gfn:#x} is not RAM")
+        if not self._guest_page(gfn, is_ram):
+            raise EvtchnError(abi.EINVAL, f"control gfn {gfn:#x} is not a RAM page of the guest")
         if isinstance(self.abi, Fifo):
             self.abi.map_control(vcpu, gpa + offset)
             return
@@ -219,11 +219,16 @@ class EventChannels:
         """EVTCHNOP_expand_array (event_fifo.c's evtchn_fifo_expand_array)."""
         if not isinstance(self.abi, Fifo):
             raise EvtchnError(abi.EOPNOTSUPP, "the FIFO ABI is not set up")
-        if len(self.abi.array) >= len(range(0, abi.EVTCHN_FIFO_NR_CHANNELS, PAGE // 4)):
+        if len(self.abi.array) >= MAX_ARRAY_PAGES:
             raise EvtchnError(abi.ENOSPC, "the FIFO event array is full")
-        if not 0 <= gfn < 1 << 40 or not is_ram(gfn << 12):
-            raise EvtchnError(abi.EINVAL, f"array gfn {gfn:#x} is not RAM")
+        if not self._guest_page(gfn, is_ram):
+            raise EvtchnError(abi.EINVAL, f"array gfn {gfn:#x} is not a RAM page of the guest")
         self.abi.add_array_page(gfn << 12)
+
+    def _guest_page(self, gfn: int, is_ram: Callable[[int], bool]) -> bool:
+        """Xen's get_page_from_gfn for map_guest_page: a RAM frame of the guest's, populated (not one it
+        gave back to the balloon)."""
+        return 0 <= gfn < 1 << 40 and is_ram(gfn << 12) and gfn not in self.mem.given_back
 
     def set_priority(self, port: int, priority: int) -> None:
         if not self.valid(port):

@@ -330,6 +330,11 @@ def test_init_control_errors(env: Env) -> None:
         with pytest.raises(EvtchnError) as e:
             ec.init_control(vcpu, gfn, offset, 2, is_ram)
         assert e.value.errno == errno, (vcpu, gfn, offset)
+    env.mem.given_back.add(CB0 >> 12)  # a page the guest gave back (balloon): Xen finds no page there
+    with pytest.raises(EvtchnError) as e:
+        ec.init_control(0, CB0 >> 12, 0, 2, is_ram)
+    assert e.value.errno == abi.EINVAL
+    env.mem.given_back.discard(CB0 >> 12)
     assert ec.abi.name == "2-level"
     ec.init_control(0, CB0 >> 12, PAGE - abi.EVTCHN_FIFO_CONTROL_BLOCK_SIZE, 2, is_ram)  # last that fits
     assert ec.abi.name == "FIFO"
@@ -344,7 +349,8 @@ def test_expand_array_limits(env: Env) -> None:
         env.ec.expand_array(ARRAY, is_ram)
     assert e.value.errno == abi.EOPNOTSUPP
     fifo = env.fifo(pages=0)
-    for gfn in (PAGES, 1 << 40, (1 << 64) - 1):
+    env.mem.given_back.add(ARRAY + 60)
+    for gfn in (PAGES, 1 << 40, (1 << 64) - 1, ARRAY + 60):
         with pytest.raises(EvtchnError) as e:
             env.ec.expand_array(gfn, is_ram)
         assert e.value.errno == abi.EINVAL
