@@ -57,12 +57,14 @@ class Fifo:
         self.early: set[int] = set()  # raised before its array page existed (Xen's evtchn->pending)
         self.link_retries = 0  # tails the guest changed under a set_link (BUSY protocol taken)
         self.link_giveups = 0  # set_link gave up after SET_LINK_TRIES (Xen warns "not linked")
+        self._pages: set[int] = set()  # the guest pages above (the balloon asks for each page it takes)
 
     # -- set-up (EVTCHNOP_init_control, EVTCHNOP_expand_array) -----------------------------------------
     def map_control(self, vcpu: int, gpa: int) -> None:
         if vcpu in self.control:
             raise EvtchnError(abi.EINVAL, f"vcpu {vcpu} already has a FIFO control block")
         self.control[vcpu] = (gpa, self.ec.mem.host_address(gpa, abi.EVTCHN_FIFO_CONTROL_BLOCK_SIZE))
+        self._pages.add(gpa & ~(PAGE - 1))
 
     def add_array_page(self, gpa: int) -> None:
         """event_fifo.c's add_page_to_event_array: the next 1024 ports get words; events raised for them
@@ -71,6 +73,7 @@ class Fifo:
             raise EvtchnError(abi.ENOSPC, "the FIFO event array is full")
         with self.lock:
             self.array.append((gpa, self.ec.mem.host_address(gpa, PAGE)))
+            self._pages.add(gpa)
             limit = len(self.array) * WORDS_PER_PAGE
             again = sorted(p for p in self.early if p < limit)
             self.early.difference_update(again)
@@ -193,6 +196,4 @@ class Fifo:
             self.early.discard(port)
 
     def hypervisor_pages(self) -> set[int]:
-        pages = {gpa & ~(PAGE - 1) for gpa, _ in self.control.values()}
-        pages.update(gpa for gpa, _ in self.array)
-        return pages
+        return self._pages
