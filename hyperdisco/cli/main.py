@@ -22,7 +22,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..toolstack.oneshot import DETACHED_STATUS, run_domain
 
     t0 = time.monotonic()
-    config = domain_config("guest", args.kernel, args.initrd, args.cmdline, args.memory, progress=_progress)
+    config = domain_config("guest", args.kernel, args.initrd, args.cmdline, args.memory, args.vcpus,
+                           progress=_progress)
     if args.disks:
         from pathlib import Path
 
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--initrd", help="initramfs (cpio, optionally compressed)")
     r.add_argument("--cmdline", help="kernel command line")
     r.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest memory (default 256)")
+    r.add_argument("--vcpus", type=int, default=1, metavar="N", help="virtual CPUs (default 1)")
     r.add_argument("--disk", dest="disks", action="append", default=[], metavar="DISKSPEC",
                    help="a disk, xl syntax (e.g. 'format=raw, vdev=xvda, access=rw, target=root.img'); "
                         "repeatable")

@@ -49,7 +49,8 @@ class DomainConfig:
     initrd: bytes | None
     cmdline: str
     memory_mib: int
-    vcpus: int = 1
+    vcpus: int = 1  # online at boot
+    maxvcpus: int = 0  # vCPUs the guest can have (ACPI MADT), when more than `vcpus`
     # xl.cfg maxmem above memory: the guest's RAM (its e820) is maxmem and it boots ballooned down to
     # memory, as Xen boots an HVM guest with populate-on-demand (core/reservation.py, dom0/memctl.py)
     maxmem_mib: int | None = None
@@ -152,7 +153,7 @@ class Domain:
         self.cpuid = CpuidPolicy(engine.native_cpuid(), domid, XEN_VERSION, clock.tsc_khz())
         self.msrs = CoreMsrs(self, self.cpuid)
         control = control_policy(self.cpuid.table)
-        for i in range(config.vcpus):
+        for i in range(max(config.vcpus, config.maxvcpus)):
             ev = engine.create_vcpu(i, TrapDispatch(self), self.vcpus[0].ev if self.vcpus else None)
             ev.map_ram(0, self.memory.ram_bytes, self.memory.regions[0].host_address)
             ev.map_ram(self.special.gpa, self.special.size, self.special.host_address)
@@ -163,6 +164,7 @@ class Domain:
         self._ctx_by_ev = {id(v.ev): v for v in self.vcpus}
         if self.vcpus:  # what the host writes into guest memory is never run as stale translated code
             self.memory.on_write = self.vcpus[0].ev.host_wrote
+        self.evtchn.on_upcall = self._upcall
         # the PV console and the xenstore ring: pages in the special region and event channels whose far
         # end is domain 0 (xenconsoled and xenstored, in the daemon)
         self.console_port = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0,
@@ -176,7 +178,7 @@ class Domain:
         self.params[abi.HVM_PARAM_CONSOLE_EVTCHN] = self.console_port
         self.params[abi.HVM_PARAM_STORE_PFN] = self.store_ring_gpa >> 12
         self.params[abi.HVM_PARAM_STORE_EVTCHN] = self.store_port
-        start_info = load_pvh(self.memory, config.kernel, config.initrd, config.cmdline, config.vcpus)
+        start_info = load_pvh(self.memory, config.kernel, config.initrd, config.cmdline, len(self.vcpus))
         self.vcpus[0].ev.set_pvh_entry(config.kernel.pvh_entry, start_info, layout.SCRATCH)
 
     def store_notify(self) -> None:
@@ -237,11 +239,26 @@ class Domain:
         finally:
             self._quiesce.release()
 
+    def _upcall(self, vcpu: int) -> None:
+        """An event became pending for `vcpu` (evtchn.on_upcall, from any thread): make it take it now.
+        From its own thread in a hypercall, its slice ends when the hypercall returns; from another, it is
+        woken (or kicked out of guest code)."""
+        if not 0 <= vcpu < len(self.vcpus):
+            return
+        ctx = self.vcpus[vcpu]
+        if ctx.host_tid == threading.get_native_id():
+            if ctx.in_guest:
+                ctx.ev.request_stop()
+        else:
+            ctx.wake()
+
     # -- lifecycle --------------------------------------------------------------------------------------
     def wake(self) -> None:
+        """Every vCPU that could take an event (one that is down or stopped waits for INIT/STARTUP)."""
         if self.scheduler is not None:
             for ctx in self.vcpus:
-                self.scheduler.wake(ctx)
+                if ctx.online or ctx.has_startup_request():
+                    self.scheduler.wake(ctx)
 
     def shutdown(self, outcome: str, detail: str = "") -> None:
         if self.finished:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..xen import abi
-from . import compat32, evtchn_ops, shared_info
+from . import compat32, evtchn_ops, shared_info, smp
 from .evtchn_abi import EvtchnError
 from .memory import PAGE, GuestFault
 from .ratelimit import RateLimiter
@@ -190,29 +190,36 @@ class Hypercalls:
         dom, va = self.dom, ctx.va
         vcpuid &= 0xFFFFFFFF
         if vcpuid >= len(dom.vcpus):
-            return -abi.ENOENT
+            return -abi.ENOENT  # xen/common/domain.c do_vcpu_op: no such vCPU (domain_vcpu() is NULL)
         target = dom.vcpus[vcpuid]
-        if cmd == abi.VCPUOP_is_up:
-            return 1 if target.up else 0
+        if cmd in smp.OPS:
+            return smp.vcpu_op(dom, ctx, target, cmd)
         if cmd == abi.VCPUOP_register_vcpu_info:
             mfn, offset, _rsvd = va.unpack(abi.REGISTER_VCPU_INFO, arg)
             gpa = (mfn << 12) + offset
-            if offset + abi.VCPU_INFO_SIZE > PAGE or not dom.is_ram(gpa):
+            # Xen's map_vcpu_info: inside the page, once per vCPU, on itself or on a vCPU that is down;
+            # 8-byte aligned (the event words in it are changed atomically: core/atomic.py)
+            if offset + abi.VCPU_INFO_SIZE > PAGE or offset % 8 or not dom.is_ram(gpa):
+                return -abi.EINVAL
+            if target.vcpu_info_registered or (target is not ctx and target.up):
                 return -abi.EINVAL
             shared_info.move_vcpu_info(dom, vcpuid, gpa)
+            target.vcpu_info_registered = True
             return 0
         if cmd == abi.VCPUOP_register_runstate_memory_area:
             (addr,) = va.unpack(_U64, arg)
             target.runstate_va = addr or None
             return 0
+        if cmd in (abi.VCPUOP_set_singleshot_timer, abi.VCPUOP_stop_singleshot_timer) and target is not ctx:
+            return -abi.EINVAL  # Xen: a vCPU's single-shot timer is its own to set
         if cmd == abi.VCPUOP_set_singleshot_timer:
             timeout, flags = va.unpack(abi.SINGLESHOT_TIMER, arg)
             if flags & abi.VCPU_SSHOTTMR_future and timeout < dom.clock.now_ns():
                 return -abi.ETIME
-            target.set_timer(timeout, own_thread=target is ctx)
+            ctx.set_timer(timeout)
             return 0
         if cmd == abi.VCPUOP_stop_singleshot_timer:
-            target.set_timer(None, own_thread=target is ctx)
+            ctx.set_timer(None)
             return 0
         if cmd == abi.VCPUOP_set_periodic_timer:
             (period,) = va.unpack(_U64, arg)

@@ -1,18 +1,20 @@
-"""The vCPU scheduler: worker threads (one per host core by default) share all vCPUs of all domains.
+"""The vCPU scheduler: one host thread per vCPU.
 
-A vCPU runs one slice at a time on whichever worker takes it from the run queue; a halted or blocked
-vCPU is parked (it costs no host CPU) until its timer is due or something wakes it. The run queue is
-round-robin here; the policy lives in `_pick` so that borrowed virtual time can replace it. A vCPU runs
-on one worker at a time, so a domain's guest memory is never raced by two of its own vCPUs on tcg.
+Each vCPU runs its slices on a thread of its own, so a domain with several vCPUs runs them in parallel on
+the host's cores (the host's scheduler shares the cores between threads and processes), and the engine's
+vCPU is only ever touched from that thread: other threads set requests on the vCPU (core/vcpu.py) and
+wake it. A halted or blocked vCPU is parked on its own condition variable (it costs no host CPU) until
+its timer is due or something wakes it; a woken vCPU that is running a slice is kicked out of guest code.
+The per-domain controls (hold/release for a domain whose memory is being remapped, pause, remove) act
+on all the domain's vCPU threads at once. Before each slice a vCPU's thread asks the gate (core/gate.py:
+open by default; under domain 0's BVT arbiter, vmm/sched_gate.py, it waits for a core to be granted).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -26,57 +28,58 @@ if TYPE_CHECKING:
 
 class Scheduler:
     def __init__(self, workers: int | None = None, gate: Gate | None = None) -> None:
+        """`workers` is accepted for compatibility and ignored: there is one thread per vCPU."""
         self.gate = gate if gate is not None else Gate()  # asked before each slice (vmm/sched_gate.py)
-        self._cond = threading.Condition()
-        self._runq: deque[VcpuContext] = deque()
-        self._parked: dict[VcpuContext, float] = {}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # hold(), remove(): a vCPU left guest code
+        self._wakeup: dict[VcpuContext, threading.Condition] = {}
+        self._parked: dict[VcpuContext, float] = {}  # not runnable until this monotonic time (inf: woken)
         self._running: set[VcpuContext] = set()
         self._woken: set[VcpuContext] = set()
         self._held: set[Domain] = set()  # domains whose vCPUs must stay out of guest code (hold)
-        self._held_parked: set[VcpuContext] = set()
         self._outside: set[VcpuContext] = set()  # vCPUs waiting inside a hypercall (outside_guest)
+        self._removed: set[Domain] = set()
+        self._threads: dict[VcpuContext, threading.Thread] = {}
         self._stopping = False
-        n = workers or os.cpu_count() or 1
-        self._threads = [threading.Thread(target=self._worker, name=f"hd-worker-{i}", daemon=True)
-                         for i in range(n)]
-        for t in self._threads:
-            t.start()
 
     def add(self, dom: Domain) -> None:
         dom.scheduler = self
-        with self._cond:
+        with self._lock:
             for ctx in dom.vcpus:
-                if ctx.up:
-                    self._runq.append(ctx)
-            self._cond.notify_all()
+                self._wakeup[ctx] = threading.Condition(self._lock)
+                if not ctx.up:
+                    self._parked[ctx] = float("inf")
+                t = threading.Thread(target=self._vcpu_thread, args=(ctx,),
+                                     name=f"hd-d{dom.domid}-vcpu{ctx.index}", daemon=True)
+                self._threads[ctx] = t
+        for t in [self._threads[c] for c in dom.vcpus]:
+            t.start()
 
     def remove(self, dom: Domain) -> None:
-        with self._cond:
+        with self._lock:
+            self._removed.add(dom)
             for ctx in dom.vcpus:
-                self._parked.pop(ctx, None)
-                if ctx in self._runq:
-                    self._runq.remove(ctx)
+                self._notify(ctx)
+                if ctx in self._running:
+                    ctx.ev.kick()
             while any(ctx in self._running for ctx in dom.vcpus):
                 self._cond.wait(0.05)
 
     def running(self) -> set[VcpuContext]:
-        with self._cond:
+        with self._lock:
             return set(self._running)
 
     def wake(self, ctx: VcpuContext) -> None:
-        with self._cond:
-            if ctx in self._parked:
-                del self._parked[ctx]
-                self._runq.append(ctx)
-                self._cond.notify()
-            elif ctx in self._running:
-                self._woken.add(ctx)
+        with self._lock:
+            self._woken.add(ctx)
+            self._notify(ctx)
+            if ctx in self._running:
                 ctx.ev.kick()  # end its slice now: the event is delivered as soon as it can be
 
     def hold(self, dom: Domain, me: VcpuContext | None = None) -> None:
         """Keep `dom`'s vCPUs out of guest code until release(dom). Returns once none runs a slice, but
         `me` (the caller's own vCPU, inside a hypercall) and vCPUs that wait inside one (outside_guest)."""
-        with self._cond:
+        with self._lock:
             self._held.add(dom)
             while True:
                 busy = [c for c in dom.vcpus if c in self._running and c is not me and c not in self._outside]
@@ -87,14 +90,11 @@ class Scheduler:
                 self._cond.wait(0.001)
 
     def release(self, dom: Domain) -> None:
-        with self._cond:
+        with self._lock:
             self._held.discard(dom)
-            for c in dom.vcpus:
-                if c in self._held_parked:
-                    self._held_parked.discard(c)
-                    if self._parked.pop(c, None) is not None:  # not woken into the run queue meanwhile
-                        self._runq.append(c)
             self._cond.notify_all()
+            for c in dom.vcpus:
+                self._notify(c)
 
     @contextmanager
     def outside_guest(self, ctx: VcpuContext | None) -> Iterator[None]:
@@ -103,66 +103,78 @@ class Scheduler:
         if ctx is None:
             yield
             return
-        with self._cond:
+        with self._lock:
             self._outside.add(ctx)
             self._cond.notify_all()
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._outside.discard(ctx)
                 while ctx.dom in self._held:
                     self._cond.wait(0.05)
 
     def shutdown(self) -> None:
-        with self._cond:
+        with self._lock:
             self._stopping = True
             self._cond.notify_all()
+            for c in self._wakeup:
+                self._notify(c)
 
-    def _pick(self) -> VcpuContext | None:
-        now = time.monotonic()
-        for ctx, t in list(self._parked.items()):
-            if t <= now:
-                del self._parked[ctx]
-                self._runq.append(ctx)
-        while self._runq:
-            ctx = self._runq.popleft()
-            if ctx.dom in self._held and not ctx.dom.finished:
-                self._parked[ctx] = float("inf")
-                self._held_parked.add(ctx)
-                continue
-            if not ctx.dom.finished and not ctx.dom.paused:
-                return ctx
-            if ctx.dom.paused and not ctx.dom.finished:
-                self._parked[ctx] = float("inf")
-        return None
+    def thread_ids(self, dom: Domain) -> list[int]:
+        """The host thread (native id) of each of `dom`'s vCPUs, 0 before it started."""
+        return [ctx.host_tid for ctx in dom.vcpus]
 
-    def _worker(self) -> None:
+    # -- the vCPU threads -------------------------------------------------------------------------------
+    def _notify(self, ctx: VcpuContext) -> None:
+        cv = self._wakeup.get(ctx)
+        if cv is not None:
+            cv.notify()
+
+    def _gone(self, ctx: VcpuContext) -> bool:
+        return self._stopping or ctx.dom in self._removed or ctx.dom.finished
+
+    def _wait_runnable(self, ctx: VcpuContext) -> bool:
+        """With the lock held: wait until `ctx` may run a slice; False once it never will again."""
+        cv = self._wakeup[ctx]
+        dom = ctx.dom
         while True:
-            with self._cond:
-                ctx = None
-                while ctx is None:
-                    if self._stopping:
-                        return
-                    ctx = self._pick()
-                    if ctx is None:
-                        nxt = min(self._parked.values(), default=float("inf"))
-                        self._cond.wait(None if nxt == float("inf") else max(0.0, nxt - time.monotonic()))
+            if self._gone(ctx):
+                return False
+            if dom in self._held or dom.paused:
+                cv.wait()
+                continue
+            if ctx in self._woken:
+                self._woken.discard(ctx)
+                self._parked.pop(ctx, None)
+                return True
+            until = self._parked.get(ctx)
+            now = time.monotonic()
+            if until is None or until <= now:
+                self._parked.pop(ctx, None)
+                return True
+            cv.wait(None if until == float("inf") else until - now)
+
+    def _vcpu_thread(self, ctx: VcpuContext) -> None:
+        ctx.host_tid = threading.get_native_id()
+        while True:
+            with self._lock:
+                if not self._wait_runnable(ctx):
+                    self._cond.notify_all()
+                    return
                 self._running.add(ctx)
+            # a vCPU that is down or stopped runs no guest code in this step: no core to ask for
+            gated = ctx.online or ctx.has_startup_request()
             try:
-                wake_at = ctx.step() if self.gate.acquire(ctx, self) else None
+                wake_at = ctx.step() if not gated or self.gate.acquire(ctx, self) else None
             except Exception as exc:  # one domain's failure must not take the others down
                 tb = traceback.extract_tb(exc.__traceback__)[-1]
                 ctx.dom.crash(f"internal error: {type(exc).__name__}: {exc} at {tb.filename}:{tb.lineno}")
                 wake_at = None
-            self.gate.release(ctx, wake_at)
-            with self._cond:
+            if gated:
+                self.gate.release(ctx, wake_at)
+            with self._lock:
                 self._running.discard(ctx)
-                woken = ctx in self._woken
-                self._woken.discard(ctx)
-                if not ctx.dom.finished:
-                    if wake_at is None or woken:
-                        self._runq.append(ctx)
-                    else:
-                        self._parked[ctx] = wake_at
+                if wake_at is not None and ctx not in self._woken:
+                    self._parked[ctx] = wake_at
                 self._cond.notify_all()

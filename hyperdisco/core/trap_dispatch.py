@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..engine.base import Vcpu
 from ..platform import acpi, layout
 from ..platform.rtc import DATA_PORT, INDEX_PORT, CmosRtc
+from . import ipi
 from .memory import PAGE
 
 if TYPE_CHECKING:
@@ -80,7 +81,9 @@ class TrapDispatch:
     def mmio_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None:
         if layout.LAPIC_BASE <= addr < layout.LAPIC_BASE + PAGE:
             ctx = self._ctx(vcpu)
-            ctx.lapic.write(addr - layout.LAPIC_BASE, value)
+            cmd = ctx.lapic.write(addr - layout.LAPIC_BASE, value)
+            if cmd is not None:
+                ipi.route(self.dom, ctx, cmd)
             if ctx.lapic.pending:
                 vcpu.kick()
 

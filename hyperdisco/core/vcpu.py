@@ -1,8 +1,11 @@
-"""One virtual CPU as the core runs it: its timers, its halted/blocked state, interrupt injection and one
-scheduling step (`VcpuContext.step`, always on the thread that runs the vCPU)."""
+"""One virtual CPU as the core runs it: its timers, its halted/blocked state, interrupt injection, its
+start-up (INIT and STARTUP from another vCPU's local APIC) and one scheduling step (`VcpuContext.step`,
+always on the vCPU's own thread: the engine's vCPU is only ever touched there; other threads set a
+request here and wake it)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -32,7 +35,16 @@ class VcpuContext:
         self.ev = ev
         self.va = VirtualAccess(dom.memory, ev.translate, self._may_write)
         self.lapic = Lapic(index)
-        self.up = index == 0
+        self.up = index == 0  # runs (Xen: _VPF_down clear); APs come up by INIT + STARTUP
+        self.initialised = index == 0  # has a context to run (Xen's is_initialised)
+        self.wait_for_sipi = False  # after INIT, until a STARTUP IPI
+        self.stopped = False  # halted with interrupts off: only INIT (or NMI) brings it back
+        self._startup_lock = threading.Lock()
+        self._init_pending = False
+        self._sipi_vector: int | None = None
+        self.host_tid = 0  # the host thread running this vCPU (its native id), once it runs
+        self.vcpu_info_registered = False  # VCPUOP_register_vcpu_info done (Xen allows it once)
+        self.in_guest = False  # inside ev.run (a trap handler runs on this thread meanwhile)
         self.timer_ns: int | None = None
         self.periodic_ns: int | None = None
         self.periodic_next = 0
@@ -57,6 +69,49 @@ class VcpuContext:
             else:
                 self.ev.kick()
 
+    # -- start-up (from any thread: the vCPU's own acts on it in step) ----------------------------------
+    def wake(self) -> None:
+        if self.dom.scheduler is not None:
+            self.dom.scheduler.wake(self)
+
+    def request_init(self) -> None:
+        """An INIT IPI: the vCPU stops and waits for a STARTUP IPI (SDM vol. 3, 8.4.3 / 10.6.1)."""
+        with self._startup_lock:
+            self._init_pending = True
+            self._sipi_vector = None
+        self.wake()
+
+    def request_sipi(self, vector: int) -> None:
+        """A STARTUP IPI: taken only by a vCPU waiting for one after INIT (a CPU that is running ignores
+        it, which is why Linux may send two)."""
+        with self._startup_lock:
+            if not (self._init_pending or self.wait_for_sipi):
+                return
+            self._sipi_vector = vector
+        self.wake()
+
+    def _startup(self) -> None:
+        """Own thread: act on INIT and STARTUP requests."""
+        with self._startup_lock:
+            init, vector = self._init_pending, self._sipi_vector
+            self._init_pending, self._sipi_vector = False, None
+        if init:
+            self.up = self.initialised = False
+            self.wait_for_sipi = True
+            self.halted = self.blocked = self.stopped = False
+            self.timer_ns = self.periodic_ns = self.poll_deadline = None
+            self.poll_ports = None
+            self.lapic.reset()
+            self.dom.stats["vcpu.init"] += 1
+        if vector is not None and self.wait_for_sipi:
+            self.ev.start_at_sipi(vector)
+            self.wait_for_sipi = False
+            self.up = self.initialised = True
+            self.dom.stats["vcpu.startup"] += 1
+
+    def has_startup_request(self) -> bool:
+        return self._init_pending or self._sipi_vector is not None
+
     # -- called from trap handlers on this vCPU's thread -----------------------------------------------
     def _may_write(self, va: int) -> bool:
         """Hypercall results go only where the guest's page tables allow a supervisor write."""
@@ -78,7 +133,8 @@ class VcpuContext:
         """One line on where this vCPU is, for a guest that stopped making progress (read racily: the
         vCPU may be running)."""
         dom = self.dom
-        state = "halted" if self.halted else "blocked" if self.blocked else "runnable"
+        state = ("down" if not self.up else "stopped" if self.stopped else "halted" if self.halted
+                 else "blocked" if self.blocked else "runnable")
         deadline = self.wake_deadline_ns()
         timer = "no timer" if deadline is None else f"timer in {(deadline - dom.clock.now_ns()) / 1e6:.1f} ms"
         upcall = self._upcall_pending()
@@ -134,9 +190,15 @@ class VcpuContext:
         """Run one slice, or decide to wait. Returns None to be run again at once, the monotonic time
         to wake at if the vCPU waits for a timer, or +inf to wait for an event only."""
         dom = self.dom
+        if self.has_startup_request():
+            self._startup()
         dom.evtchn.deliver_queued()
+        if not self.up:
+            return float("inf")  # down: an INIT/STARTUP or VCPUOP_up wakes it
         now = dom.clock.now_ns()
         self._fire_timers(now)
+        if self.stopped:  # HLT with interrupts off: no interrupt can end it
+            return float("inf")
         pending = self._inject()
         if self.blocked and self.poll_ports is not None and dom.evtchn.any_pending(self.poll_ports):
             self.blocked = False
@@ -153,13 +215,21 @@ class VcpuContext:
             slice_ns = min(slice_ns, DELIVERY_RETRY_NS)
         self.slice_end_ns = now + slice_ns
         t0 = time.thread_time_ns()  # CPU time of this worker thread: what running the vCPU cost the host
-        res = self.ev.run(slice_ns)
+        self.in_guest = True
+        try:
+            res = self.ev.run(slice_ns)
+        finally:
+            self.in_guest = False
         self.cpu_ns += time.thread_time_ns() - t0
         if res.reason is StopReason.FATAL:
             dom.crash(res.detail)
         elif res.reason is StopReason.HALT:
             if not self.ev.interrupts_enabled() and not dom.finished:
-                dom.crash(f"vCPU halted with interrupts disabled at rip {self.ev.rip:#x}")
+                # a CPU taken offline (play_dead) or stopped at shutdown (stop_this_cpu) halts like this
+                # for good; when no other vCPU runs, the guest is hung
+                self.stopped = True
+                if not any(c.up and not c.stopped for c in dom.vcpus):
+                    dom.crash(f"vCPU halted with interrupts disabled at rip {self.ev.rip:#x}")
             self.halted = True
             dom.stats["halt"] += 1
         return None

@@ -137,7 +137,7 @@ class DomainHandle:
             self._send_build(parent, {
                 "t": "build", "domid": self.domid, "name": cfg.name, "engine": engine, "clock": clock_params,
                 "memory_mib": cfg.memory_mib, "maxmem_mib": cfg.maxmem_mib, "vcpus": cfg.vcpus,
-                "max_event_channels": cfg.max_event_channels,
+                "max_event_channels": cfg.max_event_channels, "maxvcpus": cfg.maxvcpus,
                 "cmdline": cfg.cmdline,
                 "kernel": {"pvh_entry": cfg.kernel.pvh_entry, "gpa": img.gpa, "size": img.size,
                            "segments": [[s.paddr, s.memsz] for s in cfg.kernel.segments]},

@@ -140,6 +140,14 @@ class Vcpu(ABC):
         """Put the vCPU at a PVH entry point: 32-bit protected mode, paging off, EBX = start_info.
         `scratch` is a guest-physical page the engine may use for a GDT and trampoline."""
 
+    def start_at_sipi(self, vector: int) -> None:
+        """Put the vCPU where INIT then a STARTUP IPI with `vector` leave an x86 CPU (SDM vol. 3, 8.4.4 and
+        table 9-1): real mode, CS = vector << 8 (base vector << 12), IP = 0, paging and protection off,
+        general registers cleared. Only on the vCPU's own thread, while it is not running."""
+        from ..errors import EngineError
+
+        raise EngineError(f"hyperdisco: the {type(self).__name__} engine cannot start secondary vCPUs")
+
     @abstractmethod
     def run(self, slice_ns: int) -> RunResult:
         """Run guest code until the slice ends, the guest halts or a handler stops the vCPU."""

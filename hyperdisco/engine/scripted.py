@@ -130,6 +130,11 @@ class ScriptedVcpu(Vcpu):
         self._regs[3] = start_info
         self._start_info = start_info
 
+    def start_at_sipi(self, vector: int) -> None:
+        """A secondary vCPU: no script of its own (start info is the boot vCPU's), so it halts."""
+        self._script = []
+        self._regs = [0] * 16
+
     def kick(self) -> None:
         pass
 

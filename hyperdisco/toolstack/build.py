@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 DEFAULT_CMDLINE = "console=hvc0 earlyprintk=xen"
 DEFAULT_MEMORY_MIB = 256
 MAX_MEMORY_MIB = layout.MAX_RAM >> 20
+MAX_VCPUS = 16  # a domain's vCPUs (each one host thread and one engine instance)
 MIN_MEMORY_MIB = layout.MIN_RAM >> 20
 
 
@@ -55,21 +56,29 @@ def check_memory(mib: int) -> int:
     return mib
 
 
+def check_vcpus(vcpus: int, maxvcpus: int = 0) -> None:
+    """vcpus online at boot, maxvcpus the most the guest can have (0: as many as vcpus)."""
+    if not 1 <= vcpus <= MAX_VCPUS:
+        raise ConfigError(f"hyperdisco: vcpus must be between 1 and {MAX_VCPUS} (got {vcpus})")
+    if maxvcpus and not vcpus <= maxvcpus <= MAX_VCPUS:
+        raise ConfigError(f"hyperdisco: maxvcpus must be between vcpus ({vcpus}) and {MAX_VCPUS} "
+                          f"(got {maxvcpus})")
+
+
 def domain_config(name: str, kernel: str | None, initrd: str | None, cmdline: str | None, memory_mib: int,
                   vcpus: int = 1, progress: Callable[[str], None] | None = None, *,
                   bootloader: str | None = None, bootloader_args: Sequence[str] = (),
-                  disks: Sequence[DiskSpec] = ()) -> DomainConfig:
+                  disks: Sequence[DiskSpec] = (), maxvcpus: int = 0) -> DomainConfig:
     """The domain's config. With ``bootloader`` ("pygrub"), the kernel and initrd come from the guest's
     boot disk among ``disks`` (``kernel``/``initrd`` then name files inside it, as pygrub's --kernel and
     --ramdisk) and ``cmdline`` is added to the boot entry's arguments, as xl does."""
     check_memory(memory_mib)
-    if vcpus != 1:
-        raise ConfigError("hyperdisco: only 1 vCPU per domain is supported so far")
+    check_vcpus(vcpus, maxvcpus)
     if bootloader is not None:
         image, initrd_data, full_cmdline = _bootloader_boot(bootloader, bootloader_args, disks, kernel,
                                                             initrd, cmdline)
         return DomainConfig(name=name, kernel=image, initrd=initrd_data, cmdline=guest_cmdline(full_cmdline),
-                            memory_mib=memory_mib, vcpus=vcpus)
+                            memory_mib=memory_mib, vcpus=vcpus, maxvcpus=maxvcpus)
     if kernel is None:
         images = ensure_default_images(progress)
         kernel_path: Path = images.kernel
@@ -80,7 +89,7 @@ def domain_config(name: str, kernel: str | None, initrd: str | None, cmdline: st
     image = _kernel(*_file_key(kernel_path))
     initrd_data = _initrd(*_file_key(initrd_path)) if initrd_path is not None else None
     return DomainConfig(name=name, kernel=image, initrd=initrd_data, cmdline=guest_cmdline(cmdline),
-                        memory_mib=memory_mib, vcpus=vcpus)
+                        memory_mib=memory_mib, vcpus=vcpus, maxvcpus=maxvcpus)
 
 
 def guest_cmdline(cmdline: str | None) -> str:

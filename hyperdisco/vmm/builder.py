@@ -49,7 +49,8 @@ def build_domain(msg: dict[str, Any], fds: list[int], output: Callable[[bytes], 
     config = DomainConfig(name=str(msg["name"]), kernel=kernel, initrd=initrd, cmdline=str(msg["cmdline"]),
                           memory_mib=int(msg["memory_mib"]), vcpus=int(msg["vcpus"]),
                           maxmem_mib=int(msg["maxmem_mib"]) if msg.get("maxmem_mib") is not None else None,
-                          max_event_channels=_optional_int(msg.get("max_event_channels")))
+                          max_event_channels=_optional_int(msg.get("max_event_channels")),
+                          maxvcpus=int(msg.get("maxvcpus", 0)))
     # special_fd stays open: a new domain 0 that adopts this domain gets it again (domain_process.py)
     return Domain(int(msg["domid"]), config, engine, clock, output, log, special_fd=special_fd)
 

@@ -378,6 +378,34 @@ class TcgVcpu(Vcpu):
             ctypes.c_uint32.from_address(at + 20).value = 0x00CF9200
         self._hflags.value = (self._hflags.value | HF_SS32_MASK) & ~HF_ADDSEG_MASK
 
+    def start_at_sipi(self, vector: int) -> None:
+        """INIT then STARTUP (SDM vol. 3, table 9-1 and 8.4.4): real mode at vector << 12. Long mode is
+        left the way set_pvh_entry leaves it (EFER.LME off, then CR0.PG off clears EFER.LMA: QEMU's
+        cpu_x86_update_cr0), then protection; the segments are loaded as in real mode (base = selector
+        << 4: qemu_state.load_real_mode_segment, which unicorn's register API cannot do in 64-bit mode)."""
+        uc = self.uc
+        uc.msr_write(qs.MSR_EFER, 0)
+        uc.reg_write(X.UC_X86_REG_CR4, 0)
+        uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)
+        uc.reg_write(X.UC_X86_REG_CR0, 0x11)
+        uc.reg_write(X.UC_X86_REG_CR0, 0x10)  # ET only: real mode
+        uc.reg_write(X.UC_X86_REG_CR3, 0)
+        uc.reg_write(X.UC_X86_REG_CR2, 0)
+        for i in range(16):
+            self._regs[i] = 0
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+        uc.msr_write(0xC0000100, 0)  # FS.base
+        uc.msr_write(0xC0000101, 0)  # GS.base
+        uc.msr_write(0xC0000102, 0)  # KERNEL_GS_BASE
+        for seg in (qs.R_ES, qs.R_SS, qs.R_DS, qs.R_FS, qs.R_GS):
+            self.q.load_real_mode_segment(seg, 0)
+        self.q.load_real_mode_segment(qs.R_CS, (vector & 0xFF) << 8)
+        self.q.enter_real_mode_hflags()
+        self._old_exception.value = -1
+        self._eip.value = 0
+
     # -- running ----------------------------------------------------------------------------------------
     def run(self, slice_ns: int) -> RunResult:
         self._stop_requested = False

@@ -38,6 +38,11 @@ MSR_CSTAR, MSR_FMASK = 0xC0000083, 0xC0000084
 # writing a marker with uc_msr_write and reading it back here
 ENV_MSR = {MSR_STAR: 0x12D8, MSR_LSTAR: 0x12E8, MSR_CSTAR: 0x12F0, MSR_FMASK: 0x12F8}
 HF_INHIBIT_IRQ_MASK = 1 << 3
+# QEMU target/i386/cpu.h: hflags bits, segment indices and descriptor flags for real-mode segments
+HF_CPL_MASK, HF_CS32_MASK, HF_SS32_MASK, HF_ADDSEG_MASK = 3, 1 << 4, 1 << 5, 1 << 6
+HF_LMA_MASK, HF_CS64_MASK = 1 << 14, 1 << 15
+R_ES, R_CS, R_SS, R_DS, R_FS, R_GS = range(6)
+REAL_MODE_SEG_FLAGS = (1 << 15) | (1 << 12) | (1 << 9) | (1 << 8)  # DESC_P | DESC_S | DESC_W | DESC_A
 
 
 def _u64(addr: int) -> ctypes.c_uint64:
@@ -105,6 +110,22 @@ class QemuState:
 
     def clear_halted(self) -> None:
         ctypes.c_uint32.from_address(self.cpu + CPU_HALTED).value = 0
+
+    def load_real_mode_segment(self, seg: int, selector: int) -> None:
+        """A segment register as a real-mode load leaves it (QEMU's cpu_x86_load_seg without CR0.PE):
+        base = selector << 4, limit 0xFFFF. unicorn's register API in 64-bit mode sets only the
+        selector. struct SegmentCache: uint32 selector, target_ulong base, uint32 limit, uint32 flags."""
+        at = self.env + ENV_SEGS + seg * SEG_SIZE
+        ctypes.c_uint32.from_address(at).value = selector & 0xFFFF
+        ctypes.c_uint64.from_address(at + 8).value = (selector & 0xFFFF) << 4
+        ctypes.c_uint32.from_address(at + 16).value = 0xFFFF
+        ctypes.c_uint32.from_address(at + 20).value = REAL_MODE_SEG_FLAGS
+
+    def enter_real_mode_hflags(self) -> None:
+        """hflags as QEMU computes them for real mode: CPL 0, 16-bit code and stack, segment bases added."""
+        h = ctypes.c_uint32.from_address(self.env + ENV_HFLAGS)
+        h.value = (h.value & ~(HF_CPL_MASK | HF_CS32_MASK | HF_SS32_MASK | HF_LMA_MASK | HF_CS64_MASK)) \
+            | HF_ADDSEG_MASK
 
     def hflags(self) -> int:
         return ctypes.c_uint32.from_address(self.env + ENV_HFLAGS).value
