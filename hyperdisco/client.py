@@ -273,6 +273,17 @@ class Domain:
     def network_list(self) -> builtins.list[dict[str, Any]]:
         return list(self.conn.call("network_list", dom=self.domid))
 
+    def vcpu_set(self, vcpus: int) -> None:
+        """Online vCPUs from now on (xl vcpu-set): the guest takes CPUs down or makes them present."""
+        self.conn.call("vcpu_set", dom=self.domid, vcpus=vcpus)
+
+    def vcpu_list(self) -> builtins.list[dict[str, Any]]:
+        return list(self.conn.call("vcpu_list", dom=self.domid))
+
+    def vcpu_pin(self, vcpu: int | str, cpus: str) -> None:
+        """Hard affinity of vCPU `vcpu` ("all": every one) to host CPUs `cpus` ("0-1,3", "all")."""
+        self.conn.call("vcpu_pin", dom=self.domid, vcpu=vcpu, cpus=cpus)
+
 
 class Console:
     """A domain's console: read() what the guest writes, write() keystrokes; close() detaches."""

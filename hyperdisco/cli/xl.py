@@ -134,6 +134,35 @@ def cmd_network_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vcpu_set(args: argparse.Namespace) -> int:
+    _client(args).call("vcpu_set", dom=args.dom, vcpus=args.vcpus)
+    return 0
+
+
+def cmd_vcpu_list(args: argparse.Namespace) -> int:
+    """xl vcpu-list's table (tools/xl/xl_vcpu.c, print_vcpuinfo)."""
+    c = _client(args)
+    print(f"{'Name':<32} {'ID':>5} {'VCPU':>5} {'CPU':>5} {'State':>5} {'Time(s)':>9} Affinity (Hard / Soft)")
+    rows = [r for d in args.doms for r in c.call("vcpu_list", dom=d)] if args.doms else c.call("vcpu_list")
+    for r in rows:
+        if r["online"]:
+            cpu = "-" if r["cpu"] is None else str(r["cpu"])
+            state = f"{'r' if r['running'] else '-'}{'b' if r['blocked'] else '-'}-"
+        else:
+            cpu, state = "-", "--p"
+        print(f"{r['name']:<32} {r['domid']:>5} {r['vcpu']:>5}{cpu:>5} {state:>5} {r['time']:>9.1f}  "
+              f"{r['affinity_text']} / {r['soft']}")
+    return 0
+
+
+def cmd_vcpu_pin(args: argparse.Namespace) -> int:
+    vcpu: int | str = int(args.vcpu) if args.vcpu.isdigit() else args.vcpu
+    if vcpu != "all" and not isinstance(vcpu, int):
+        raise HyperdiscoError(f"hyperdisco: vcpu-pin: invalid argument {args.vcpu!r} as VCPU")
+    _client(args).call("vcpu_pin", dom=args.dom, vcpu=vcpu, cpus=args.cpus)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     rows = _client(args).call("list", long=args.long)
     print(f"{'Name':<40}{'ID':>5}{'Mem':>6}{'VCPUs':>6}\tState\tTime(s)")
@@ -534,6 +563,15 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="wait this long for the guest to release it")
     p = verb("network-list", cmd_network_list, "domains' virtual network interfaces")
     p.add_argument("doms", nargs="+", metavar="DOMAIN")
+    p = verb("vcpu-set", cmd_vcpu_set, "set the number of a domain's online vCPUs (up to maxvcpus)")
+    p.add_argument("dom")
+    p.add_argument("vcpus", type=int)
+    p = verb("vcpu-list", cmd_vcpu_list, "vCPUs: host CPU, state, time, affinity")
+    p.add_argument("doms", nargs="*", metavar="DOMAIN")
+    p = verb("vcpu-pin", cmd_vcpu_pin, "pin a domain's vCPU (or all) to host CPUs (e.g. 0-1,3 or all)")
+    p.add_argument("dom")
+    p.add_argument("vcpu", metavar="VCPU|all")
+    p.add_argument("cpus", metavar="CPUS")
     p = verb("events", cmd_events, "print domain state changes as they happen (created, paused, unpaused, "
                                    "shutdown, crashed, destroyed, restarted)")
     p.add_argument("-n", dest="count", type=int, default=None, metavar="N", help="stop after N events")

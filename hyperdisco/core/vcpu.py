@@ -109,6 +109,12 @@ class VcpuContext:
             self.up = self.initialised = True
             self.dom.stats["vcpu.startup"] += 1
 
+    @property
+    def online(self) -> bool:
+        """Up and able to run: a vCPU halted with interrupts off (a Linux guest's offline CPU, which never
+        calls VCPUOP_down) counts as offline until INIT/STARTUP bring it back."""
+        return self.up and not self.stopped
+
     def has_startup_request(self) -> bool:
         return self._init_pending or self._sipi_vector is not None
 

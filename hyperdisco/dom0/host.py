@@ -30,7 +30,7 @@ from ..engine.base import get_engine
 from ..errors import ConfigError, HyperdiscoError
 from ..platform import layout
 from ..vmm.jail import jail_root
-from . import cgroups, memctl
+from . import cgroups, memctl, vcpus
 from .admission import Admission
 from .arbiter import Arbiter
 from .broker import EventChannelBroker
@@ -317,6 +317,7 @@ class Host:
             conn.write(f"{base}/{sub}", "")
             conn.set_perms(f"{base}/{sub}", rw)
         conn.mkdir(f"{base}/device")
+        vcpus.write_availability(conn, n, dom.config.vcpus, vcpus.max_vcpus(dom))
         self.xenstored.introduce_domain(n, dom.pages, layout.special_gpa(layout.STORE_PAGE),
                                         lambda: dom.notify("store"))
 
@@ -441,6 +442,13 @@ class Host:
                 persist.save(dom.adopt_path.with_suffix(".json"), {"record": dom.config.record})
             except OSError as exc:
                 self.log(f"domain {dom.domid}: its record not saved: {exc}")
+
+    def set_vcpus(self, dom: DomainHandle, online: int) -> None:
+        """xl vcpu-set: `online` vCPUs from now on, through the guest's cpu/I/availability (dom0/vcpus.py)."""
+        n = vcpus.max_vcpus(dom)
+        if not 1 <= online <= n:
+            raise ConfigError(f"hyperdisco: vcpu-set: domain {dom.name} can have 1 to {n} vCPUs (maxvcpus)")
+        vcpus.write_availability(self.xs, dom.domid, online, n)
 
     def request_shutdown(self, dom: DomainHandle, reason: str) -> None:
         """Ask the guest to shut down (xl shutdown/reboot): control/shutdown in xenstore."""

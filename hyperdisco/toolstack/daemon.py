@@ -29,23 +29,23 @@ from ..backends.xenstore.wire import XsError
 from ..core import page_sharing
 from ..core.domain import DomainConfig
 from ..dom0 import memctl
+from ..dom0 import vcpus as dom0_vcpus
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from ..platform import layout
 from . import sched_ops
-from .build import domain_config
+from .build import MAX_VCPUS, domain_config
 from .protocol import encode, socket_path
 from .requests import MAX_REQUEST_BYTES, RequestError, XsRequestError, check_name, field, parse_request
 from .sessions import ExecSession
 from .xenstore_ops import XenstoreOps
 from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec, vif_from_params
 
-MAX_VCPUS = 1
 MAX_EVENT_CHANNELS = (1 << 17) - 1  # xl.cfg(5) max_event_channels: what the FIFO ABI names
-RECORD_KEYS = ("name", "memory", "maxmem", "vcpus", "kernel", "ramdisk", "cmdline", "on_poweroff",
-               "on_reboot", "on_crash", "disks", "net",  # net: the vifs as attached (dom0/host.py writes it)
+RECORD_KEYS = ("name", "memory", "maxmem", "vcpus", "maxvcpus", "kernel", "ramdisk", "cmdline",
+               "on_poweroff", "on_reboot", "on_crash", "disks", "net",  # net: the vifs as attached (host.py)
                "bootloader", "bootloader_args", "max_event_channels", *sched_ops.CONFIG_KEYS)
 CLIENT_QUEUE_BYTES = 1 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
 LISTEN_BACKLOG = 128
@@ -285,6 +285,7 @@ class Daemon:
             raise RequestError(f"hyperdisco: create: maxmem {maxmem} MiB is less than memory ({memory} MiB)")
         vcpus = field(config, "vcpus", int, 1, 1, MAX_VCPUS)
         max_evtchn = field(config, "max_event_channels", int, None, 1, MAX_EVENT_CHANNELS)
+        maxvcpus = field(config, "maxvcpus", int, 0, 0, MAX_VCPUS)
         kernel = field(config, "kernel", str, None)
         ramdisk = field(config, "ramdisk", str, None)
         cmdline = field(config, "cmdline", str, None)
@@ -299,7 +300,7 @@ class Daemon:
             raise RequestError("hyperdisco: create: bootloader_args must be a list of at most 64 strings")
         # with a bootloader (pygrub) the kernel comes from the boot disk; kernel/ramdisk name files in it
         cfg = domain_config(name, kernel, ramdisk, cmdline, memory, vcpus, bootloader=bootloader,
-                            bootloader_args=boot_args, disks=disk_specs)
+                            bootloader_args=boot_args, disks=disk_specs, maxvcpus=maxvcpus)
         cfg.maxmem_mib = maxmem if maxmem is not None and maxmem > memory else None
         cfg.max_event_channels = max_evtchn
         for key in ("on_poweroff", "on_reboot", "on_crash"):
@@ -351,7 +352,9 @@ class Daemon:
         return self.host.net.rows(self._dom(dom))
 
     def _row(self, d: DomainHandle) -> dict[str, Any]:
-        return {"name": d.name, "domid": d.domid, "mem": memctl.current_mib(d), "vcpus": d.config.vcpus,
+        online = [v.get("up") for v in d.vcpu_rows() if isinstance(v, dict) and "up" in v]
+        return {"name": d.name, "domid": d.domid, "mem": memctl.current_mib(d),
+                "vcpus": sum(map(bool, online)) if online else d.config.vcpus,
                 "state": domain_state(d), "time": round(d.cpu_seconds(), 1),
                 "outcome": d.outcome, "restarts": d.restarts}
 
@@ -428,6 +431,21 @@ class Daemon:
 
     def op_destroy(self, dom: str | int) -> None:
         self.host.destroy(self._dom(dom))
+
+    # -- vCPUs (xl vcpu-set, vcpu-list, vcpu-pin) --------------------------------------------------------
+    def op_vcpu_set(self, dom: str | int, vcpus: int) -> None:
+        self.host.set_vcpus(self._dom(dom), vcpus)
+
+    def op_vcpu_list(self, dom: str | int | None = None) -> list[dict[str, Any]]:
+        doms = [self._dom(dom)] if dom is not None else self._domains()
+        if dom is not None:
+            doms[0].query()
+        return [row for d in doms for row in dom0_vcpus.rows(d)]
+
+    def op_vcpu_pin(self, dom: str | int, vcpu: int | str, cpus: str) -> None:
+        d = self._dom(dom)
+        d.query()
+        dom0_vcpus.pin(d, vcpu, cpus)
 
     def op_shutdown(self, dom: str | int, reason: str = "poweroff") -> None:
         if reason not in ("poweroff", "reboot", "halt", "suspend"):

@@ -62,7 +62,9 @@ def domain_stats(dom: Domain, scheduler: Scheduler | None) -> dict[str, Any]:
         "cpu_s": dom.cpu_seconds(),
         "traps": dom.traps(),
         "vcpus": [{"running": ctx in running, "blocked": ctx.halted or ctx.blocked,
-                   "describe": ctx.describe()} for ctx in dom.vcpus],
+                   "describe": ctx.describe(), "up": ctx.online, "tid": ctx.host_tid,
+                   "cpu_s": ctx.cpu_ns / 1e9}
+                  for ctx in dom.vcpus],
         "paused": dom.paused,
         "shared_bytes": dom.memory.shared_bytes,
         "memory": dom.reservation.stats(),  # tot_pages, max_pages, pages given back (core/reservation.py)
