@@ -128,7 +128,7 @@ EXPLICIT_CASE(fuzz)
             nr = (r >> 8) & 63;
         else
             nr = value();
-        uint64_t a1 = (r >> 32) & 1 ? (r >> 40) & 15 : value();   /* a command: mostly a small one */
+        uint64_t a1 = (r >> 32) & 7 ? (r >> 40) & 15 : value();   /* a command: mostly a small one */
         if (self_stopping(nr, a1))
             continue;
         uint64_t a2 = pointer(), a3 = value(), a4 = value(), a5 = value();
