@@ -367,3 +367,14 @@ def test_base_format_and_vdev_bounds() -> None:
         parse_disk("format=cow, vdev=xvdb, base=b.img, base_format=vmdk, target=o.cow")
     with pytest.raises(ConfigError):
         parse_disk("format=raw, vdev=xvd" + "a" * 5000 + ", target=x.img")
+
+
+def test_bvt_weight_and_warp() -> None:
+    spec = parse_text('name = "a"\nweight = 512\nwarp = 50\nwarpl = 20\nwarpu = 0x10\n')
+    assert (spec.weight, spec.warp, spec.warpl, spec.warpu) == (512, 50, 20, 16)
+    plain = parse_text('name = "a"\n')
+    assert (plain.weight, plain.warp, plain.warpl, plain.warpu) == (None, None, None, None)  # equal shares
+    assert error_of('name = "a"\nweight = 0\n').endswith("weight: 0 is out of range (1..65535)")
+    assert "warp: syntax error" in error_of('name = "a"\nwarp = -1\n')
+    assert "out of range" in error_of('name = "a"\nwarpu = 10001\n')
+    assert "integer" in error_of('name = "a"\nweight = "heavy"\n')
