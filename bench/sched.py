@@ -20,6 +20,7 @@ import argparse
 import base64
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -200,6 +201,7 @@ def main() -> int:
     bad = [s for s in wanted if s not in SECTIONS]
     if bad:
         ap.error(f"unknown section(s): {', '.join(bad)} (known: {', '.join(SECTIONS)})")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the daemons (finally)
     harness.default_images(say)
     stamp = harness.timestamp()
     doc: dict[str, Any] = {"benchmark": "sched", "time": stamp, "commit": harness.hyperdisco_commit(),

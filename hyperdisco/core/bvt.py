@@ -95,6 +95,11 @@ class Grant:
     start: int
     slice_ns: int
     revoked_at: int | None = None
+    busy_ns: int = 0                 # time it ran before its last idle()
+    busy_since: int | None = None    # None while idle: the vCPU halted and keeps the core (idle())
+
+    def ran(self, now: int) -> int:
+        return self.busy_ns + (max(0, now - self.busy_since) if self.busy_since is not None else 0)
 
 
 @dataclass
@@ -117,7 +122,8 @@ class _Dom:
     granted_ns: int = 0     # core time charged so far (for shares)
 
     def runnable(self) -> bool:
-        return bool(self.waiting or self.running)
+        """Waiting for a core or running on one (a vCPU idle on its core does not count)."""
+        return bool(self.waiting) or any(g.busy_since is not None for g in self.running.values())
 
 
 class Bvt:
@@ -200,17 +206,45 @@ class Bvt:
         g = d.running.get(vcpu)
         if g is None or g.seq != seq:
             return False
+        was_runnable = d.runnable()
         self._end(d, g, now)
         if again:
+            if not was_runnable:  # it was idle on its core: this is a wake
+                self._wake(d, now)
             d.waiting[vcpu] = now
-        elif not d.runnable():
+        elif not d.runnable() and was_runnable:
             self._block(d, now)
+        return True
+
+    def idle(self, dom: Hashable, vcpu: int, seq: int, now: int) -> bool:
+        """The vCPU halted but keeps its core, to run again at once when it wakes: time from now on is not
+        charged, the domain counts as blocked, and any waiting domain takes the core (decide revokes an
+        idle grant first, whatever the virtual times)."""
+        d = self._doms.get(dom)
+        g = d.running.get(vcpu) if d is not None else None
+        if d is None or g is None or g.seq != seq or g.busy_since is None:
+            return False
+        g.busy_ns += max(0, now - g.busy_since)
+        g.busy_since = None
+        if not d.runnable():
+            self._block(d, now)
+        return True
+
+    def busy(self, dom: Hashable, vcpu: int, seq: int, now: int) -> bool:
+        """The vCPU idle on its core runs again (a wake, if the domain had nothing else runnable)."""
+        d = self._doms.get(dom)
+        g = d.running.get(vcpu) if d is not None else None
+        if d is None or g is None or g.seq != seq or g.busy_since is not None:
+            return False
+        if not d.runnable():
+            self._wake(d, now)
+        g.busy_since = now
         return True
 
     def _end(self, d: _Dom, g: Grant, now: int) -> None:
         del d.running[g.vcpu]
         self._held.pop(g.core, None)
-        ran = max(0, now - g.start)
+        ran = g.ran(now)
         d.avt += ran * VT_SCALE // d.params.weight
         d.granted_ns += ran
 
@@ -237,7 +271,7 @@ class Bvt:
         return self._avt_now(d, now)
 
     def _avt_now(self, d: _Dom, now: int) -> int:
-        held = sum(max(0, now - g.start) for g in d.running.values())
+        held = sum(g.ran(now) for g in d.running.values())
         return d.avt + held * VT_SCALE // d.params.weight
 
     def evt(self, dom: Hashable, now: int) -> int:
@@ -257,7 +291,7 @@ class Bvt:
     def granted_ns(self, dom: Hashable, now: int) -> int:
         """Core time `dom` has held so far (its share, over an interval, is the difference)."""
         d = self._dom(dom)
-        return d.granted_ns + sum(max(0, now - g.start) for g in d.running.values())
+        return d.granted_ns + sum(g.ran(now) for g in d.running.values())
 
     def holders(self) -> list[Grant]:
         return list(self._held.values())
@@ -267,7 +301,7 @@ class Bvt:
 
     def _real_ns(self, d: _Dom, units: int) -> int:
         """How long `d` must hold cores for its virtual time to advance by `units`."""
-        n = max(1, len(d.running))
+        n = max(1, sum(1 for g in d.running.values() if g.busy_since is not None))
         return max(0, -(-units * d.params.weight // (VT_SCALE * n)))
 
     # -- the decision -------------------------------------------------------------------------------------
@@ -300,7 +334,7 @@ class Bvt:
             d, v = queue.pop(0)
             del d.waiting[v]
             self._seq += 1
-            g = Grant(keys[id(d)], v, free.pop(0), self._seq, now, 0)
+            g = Grant(keys[id(d)], v, free.pop(0), self._seq, now, 0, busy_since=now)
             d.running[v] = g
             self._held[g.core] = g
             out.grants.append(g)
@@ -308,6 +342,14 @@ class Bvt:
         # is lower by at least C (in the holder's virtual time)
         holders = [g for g in self._held.values() if g.revoked_at is None]
         for d, _v in queue:
+            idle = [g for g in holders if g.busy_since is None]
+            if idle:  # a core held by a halted vCPU: taken back at once
+                g = idle[0]
+                g.revoked_at = now
+                holders.remove(g)
+                out.revokes.append(g)
+                soon.append(now + self.overstay_ns)
+                continue
             cands = [g for g in holders if keys[id(d)] != g.dom]
             if not cands:
                 continue

@@ -124,6 +124,10 @@ class Arbiter:
                     self.bvt.cancel(dom.domid, vcpu, now)
                 elif op == "done" and isinstance(seq, int):
                     self.bvt.done(dom.domid, vcpu, seq, now, again=msg.get("again") is True)
+                elif op == "idle" and isinstance(seq, int):
+                    self.bvt.idle(dom.domid, vcpu, seq, now)
+                elif op == "busy" and isinstance(seq, int):
+                    self.bvt.busy(dom.domid, vcpu, seq, now)
                 else:
                     return
             except BvtError:

@@ -6,12 +6,15 @@ Over the domain's channel (JSON datagrams, as everything else):
                   sched done  vcpu seq again  it gives grant `seq` back (slice over, revoked, halted, paused);
                                               again: it stays runnable and waits for the next grant
                   sched cancel vcpu           it no longer waits (paused, finished)
+                  sched idle|busy vcpu seq    it halted on its core / runs on it again
   from domain 0   sched-grant vcpu seq core slice_us pin   run, for up to slice_us (on host CPU `core` if pin)
                   sched-revoke vcpu seq       give it back now (the vCPU is kicked out of its slice)
                   sched-gate on               (after an adoption) a new domain 0 arbitrates again
 
-A worker keeps its vCPU's grant across slices until the grant's slice has passed, it is revoked, or the
-vCPU parks; then it says done and, if still runnable, asks again. If domain 0 goes away the gate opens
+A worker keeps its vCPU's grant across slices until the grant's slice has passed or it is revoked; then
+it says done (with `again` if still runnable). A vCPU that halts keeps its core, idle (`sched idle`: not
+charged, taken back at once when anyone else waits), and when it wakes runs at once (`sched busy`, one
+way): a wake costs no round trip while cores are free. If domain 0 goes away the gate opens
 (every vCPU runs, the host kernel decides) until a new domain 0 turns it on again.
 """
 
@@ -41,7 +44,9 @@ class _Vcpu:
     core: int = -1
     pin: bool = False
     lease_end: float = 0.0
+    slice_s: float = 0.0
     revoked: bool = False
+    idle: bool = False  # halted, keeping its core (domain 0 takes it back as soon as anyone waits)
 
 
 class ArbiterGate(Gate):
@@ -61,6 +66,11 @@ class ArbiterGate(Gate):
         v = self._v[ctx.index]
         with self._cond:
             v.ctx = ctx
+            if v.seq is not None and v.idle and not v.revoked:  # woken on the core it kept: no round trip
+                v.idle = False
+                v.lease_end = time.monotonic() + v.slice_s
+                self._send({"t": "sched", "op": "busy", "vcpu": ctx.index, "seq": v.seq})
+                return True
             if v.seq is not None:
                 if not v.revoked and time.monotonic() < v.lease_end:
                     return True
@@ -95,8 +105,11 @@ class ArbiterGate(Gate):
         with self._cond:
             if v.seq is None:
                 return
-            if wake_at is not None or ctx.dom.finished or ctx.dom.paused:
+            if ctx.dom.finished or ctx.dom.paused or (wake_at is not None and v.revoked):
                 self._give_back(v, ctx.index)
+            elif wake_at is not None:  # it halts: keep the core, idle, until it wakes or someone waits
+                v.idle = True
+                self._send({"t": "sched", "op": "idle", "vcpu": ctx.index, "seq": v.seq})
             elif v.revoked or time.monotonic() >= v.lease_end:
                 self._give_back(v, ctx.index, again=True)
 
@@ -106,6 +119,7 @@ class ArbiterGate(Gate):
         self._send({"t": "sched", "op": "done", "vcpu": index, "seq": v.seq, "again": again})
         v.seq = None
         v.revoked = False
+        v.idle = False
         v.waiting = again
 
     # -- domain 0's side (the channel's reader thread) ------------------------------------------------
@@ -122,8 +136,10 @@ class ArbiterGate(Gate):
             v.seq = seq
             v.core = int(msg.get("core", -1))
             v.pin = bool(msg.get("pin")) and v.core >= 0
-            v.lease_end = time.monotonic() + max(0, int(msg.get("slice_us", 0))) / 1e6
+            v.slice_s = max(0, int(msg.get("slice_us", 0))) / 1e6
+            v.lease_end = time.monotonic() + v.slice_s
             v.revoked = False
+            v.idle = False
             self.grants += 1
             self._cond.notify_all()
 
@@ -135,6 +151,9 @@ class ArbiterGate(Gate):
         with self._cond:
             if v.seq is None or v.seq != msg.get("seq"):
                 return
+            if v.idle:  # halted on it: give it back now
+                self._give_back(v, vcpu)
+                return
             v.revoked = True
             ctx = v.ctx
         if ctx is not None:
@@ -145,13 +164,13 @@ class ArbiterGate(Gate):
         with self._cond:
             self.enabled = False
             for v in self._v:
-                v.waiting, v.seq, v.revoked = False, None, False
+                v.waiting, v.seq, v.revoked, v.idle = False, None, False, False
             self._cond.notify_all()
 
     def turn_on(self) -> None:
         with self._cond:
             for v in self._v:
-                v.waiting, v.seq, v.revoked = False, None, False
+                v.waiting, v.seq, v.revoked, v.idle = False, None, False, False
             self.enabled = True
 
     def stats(self) -> dict[str, Any]:

@@ -351,3 +351,40 @@ def test_done_again_keeps_the_credit_a_wake_would_lose() -> None:
     assert behind < ahead                        # kept its lead
     behind, ahead = after(again=False)
     assert behind == ahead                       # a wake would have lifted it to svt
+
+
+def test_a_halted_vcpu_keeps_its_core_idle_until_someone_waits() -> None:
+    b = Bvt([0])
+    b.add("io", BvtParams(warp_ns=50 * MS, warp_limit_ns=10 * MS))
+    b.add("hog")
+    b.want("io", 0, 0)
+    g = b.decide(0).grants[0]
+    assert b.idle("io", 0, g.seq, 2 * MS)          # halts after 2 ms, keeps the core
+    assert not b.warped("io", 2 * MS)              # an idle domain is blocked: no warp
+    assert b.decide(50 * MS).next_ns is None       # nobody waits: nothing to do
+    assert b.granted_ns("io", 50 * MS) == 2 * MS   # idle time is not charged
+    assert b.busy("io", 0, g.seq, 60 * MS)         # wakes on its core: a wake (it warps again)
+    assert b.warped("io", 60 * MS)
+    assert b.idle("io", 0, g.seq, 61 * MS)
+    assert not b.busy("io", 0, g.seq + 1, 62 * MS) and not b.idle("io", 0, g.seq, 62 * MS)  # stale, twice
+    b.want("hog", 0, 70 * MS)
+    d = b.decide(70 * MS)
+    assert d.revokes == [g] and not d.grants       # the idle core is taken back at once
+    assert b.done("io", 0, g.seq, 70 * MS)
+    d = b.decide(70 * MS)
+    assert [x.dom for x in d.grants] == ["hog"]
+    assert b.granted_ns("io", 70 * MS) == 3 * MS
+
+
+def test_idle_holders_do_not_hold_down_the_system_virtual_time() -> None:
+    b = Bvt([0, 1])
+    b.add("idler")
+    b.add("hog")
+    b.want("idler", 0, 0)
+    b.want("hog", 0, 0)
+    gs = {g.dom: g for g in b.decide(0).grants}
+    b.idle("idler", 0, gs["idler"].seq, 0)
+    b.decide(1_000 * MS)
+    assert b.svt == b.avt("hog", 1_000 * MS) > 0   # svt follows the runnable domains only
+    b.busy("idler", 0, gs["idler"].seq, 1_000 * MS)
+    assert b.avt("idler", 1_000 * MS) == b.svt     # its wake: no credit banked while it idled

@@ -80,7 +80,12 @@ def test_paused_domain_leaves_the_core(one_core: tuple[Daemon, str, Path]) -> No
         try:
             time.sleep(0.5)
             a.pause()
-            time.sleep(0.3)
+
+            def still() -> bool:  # the pause has reached its process (a loaded host may take a while)
+                before = granted(conn)["p1"]
+                time.sleep(0.2)
+                return granted(conn)["p1"] - before < 0.005
+            until(still)
             g0 = granted(conn)
             time.sleep(2.0)
             g1 = granted(conn)
