@@ -284,7 +284,8 @@ int64_t hd_translate(hd_vcpu *v, uint64_t va) {
  *     notdirty, and since it may have stored to such a page after the other instance read it, the page is
  *     treated as written (the translator drops and retranslates it once);
  *   - invalidate: drop its translated code from the queued pages (all of it if the queue overflowed).
- * A page's mark is cleared when it is written (its code is then being dropped everywhere).
+ * A page's mark is cleared when it is written: its code is then being dropped by every vCPU, the writer
+ * included, so that a clear mark means no vCPU holds code from the page once its queue is drained.
  */
 extern int hd_tlb_protect_marked(void *cpu, void (*found)(void *opaque, uint64_t gpa), void *opaque);
 extern void hd_invalidate_gpa_page(uc_engine *uc, uint64_t gpa);
@@ -327,11 +328,11 @@ static void queue_inval(hd_vcpu *o, uint64_t gpa) {
     else o->inval_overflow = 1;
 }
 
-/* under d->lock: every vCPU but `self` drops its code from the page, before it runs on */
-static void broadcast_inval(hd_domain *d, hd_vcpu *self, uint64_t gpa) {
+/* under d->lock: every vCPU drops its code from the page before it runs on. The writer too: QEMU drops
+   only its blocks that overlap the bytes stored, and a page whose mark is cleared must hold none. */
+static void broadcast_inval(hd_domain *d, uint64_t gpa) {
     for (int i = 0; i < d->nvcpus; i++) {
         hd_vcpu *o = d->vcpus[i];
-        if (o == self) continue;
         queue_inval(o, gpa);
         uc_emu_stop(o->uc);
     }
@@ -362,7 +363,7 @@ static void written(hd_domain *d, hd_vcpu *self, uint64_t gpa) {
     pthread_mutex_lock(&d->lock);
     if (d->map[p]) {
         __atomic_store_n(&d->map[p], 0, __ATOMIC_SEQ_CST);
-        broadcast_inval(d, self, gpa & ~0xfffull);
+        broadcast_inval(d, gpa & ~0xfffull);
         if (self) d->cross_writes_hit++; else d->host_writes_hit++;
     }
     pthread_mutex_unlock(&d->lock);

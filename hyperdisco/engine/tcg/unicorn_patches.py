@@ -419,6 +419,29 @@ PATCHES: tuple[Patch, ...] = (
     ),
     # -- coherent translated code (docs/smp-atomicity.md "Coherent translated code") -----------------------
     Patch(
+        "protect-code-tlb", "qemu/accel/tcg/cputlb.c",
+        old=(
+            "    cpu_physical_memory_test_and_clear_dirty(ram_addr, TARGET_PAGE_SIZE,\n"
+            "                                             DIRTY_MEMORY_CODE);\n"
+            "}\n"
+        ),
+        new=(
+            "    cpu_physical_memory_test_and_clear_dirty(ram_addr, TARGET_PAGE_SIZE,\n"
+            "                                             DIRTY_MEMORY_CODE);\n"
+            "    /* hyperdisco: what QEMU's dirty bitmap does and unicorn's stub does not: entries that\n"
+            "       already allow fast stores to the page (another virtual alias) take notdirty again */\n"
+            "    tlb_reset_dirty(uc->cpu, (ram_addr_t)(uintptr_t)qemu_map_ram_ptr(uc, NULL, ram_addr),\n"
+            "                    TARGET_PAGE_SIZE);\n"
+            "}\n"
+        ),
+        why=(
+            "unicorn stubs the dirty bitmap, so making a page's first block does not reset TLB entries "
+            "that already allow fast stores to it through another alias (the kernel's direct map): the "
+            "guest's own copy into a page that holds code (blkfront's copy out of a persistent grant, "
+            "then exec) left the old code running even with one vCPU"
+        ),
+    ),
+    Patch(
         "code-added", "qemu/accel/tcg/translate-all.c",
         old="    if (!page_already_protected) {\n        tlb_protect_code(uc, page_addr);\n    }\n",
         new=(
