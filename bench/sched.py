@@ -1,6 +1,6 @@
 """Scheduling benchmarks, the measurements of Xen'03 §4.4 for domain 0's BVT arbiter (docs/scheduler.md).
 
-    .venv/bin/python bench/sched.py [--only share,wakeup,overhead] [--seconds 60] [--rounds 4]
+    .venv/bin/python bench/sched.py [--only share,wakeup,speedup,overhead] [--seconds 60] [--rounds 4]
                                     [--out bench/results/sched-<timestamp>.json]
 
 share     two CPU-bound domains with weights 1:2 on one core (`daemon --sched-cpus 0`, their vCPU threads
@@ -9,6 +9,11 @@ share     two CPU-bound domains with weights 1:2 on one core (`daemon --sched-cp
 wakeup    an idle domain's `exec` round trip (console in, shell, console out) while two CPU-bound domains
           run on the same core, with and without warp (warp 200 ms, limit 100 ms, unwarp 50 ms),
           alternating in rounds, at C = 5 ms (the default) and C = 30 ms.
+speedup   SMP (issue 9): the same parallel CPU-bound job (two shell loops of --par-loop iterations each,
+          run side by side in the guest) in a domain with vcpus=1 and one with vcpus=2, alternating in
+          --rounds; the exec wall time of each, the speed-up (target >= 1.7x on a 2-core host), the vcpus=2
+          domain process's CPU time per wall second, and how busy the rest of the host was meanwhile
+          (/proc/stat: busy CPU time not ours), since on a shared host that decides the result.
 overhead  the arbiter's cost: its decision time per call, the grant round trip a vCPU waits when a core is
           free (want -> grant, through both processes' channel threads), and a CPU-bound loop in one guest
           under `--sched bvt` against `--sched host` (the gate's round trips every 10 C and at each wake).
@@ -34,6 +39,7 @@ import harness
 
 SPIN = "setsid sh -c \"while :; do :; done\" >/dev/null 2>&1 </dev/null &"
 LOOP = "i=0; while [ $i -lt {n} ]; do i=$((i+1)); done; echo done"
+PAR = "for w in 1 2; do (i=0; while [ $i -lt {n} ]; do i=$((i+1)); done) & done; wait; echo done"
 
 
 def say(msg: str) -> None:
@@ -150,6 +156,56 @@ def wakeup_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         d.close()
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (proc(5): /proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _host_busy_s() -> float:
+    """Busy CPU time of the whole host (proc(5): /proc/stat's cpu line, all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def smp_speedup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    d = Daemon(work / "speedup")
+    runs: dict[str, list[dict[str, float]]] = {"vcpus1": [], "vcpus2": []}
+    try:
+        d.create("one", memory=128, vcpus=1)
+        d.create("two", memory=128, vcpus=2)
+        nproc = {n: d.exec(n, "nproc")[0].split()[-1] for n in ("one", "two")}
+        pids = {r["name"]: r["pid"] for r in d.call("list", long=True) if r["name"] in ("one", "two")}
+        for n in ("one", "two"):
+            d.exec(n, PAR.format(n=20_000), 300)  # translation warm-up
+        for _ in range(args.rounds):  # alternating: the host's other load falls on both alike
+            for name, key in (("one", "vcpus1"), ("two", "vcpus2")):
+                c0, h0 = _proc_cpu_s(pids[name]), _host_busy_s()
+                text, took = d.exec(name, PAR.format(n=args.par_loop), timeout=900)
+                c1, h1 = _proc_cpu_s(pids[name]), _host_busy_s()
+                if "done" in text:
+                    runs[key].append({"wall_s": round(took, 3), "cpu_per_wall": round((c1 - c0) / took, 3),
+                                      "others_cores": round(((h1 - h0) - (c1 - c0)) / took, 3)})
+    finally:
+        d.close()
+    out: dict[str, Any] = {"nproc_in_guest": nproc, "par_loop": args.par_loop, "runs": runs}
+    if runs["vcpus1"] and runs["vcpus2"]:
+        t1 = statistics.median(r["wall_s"] for r in runs["vcpus1"])
+        t2 = statistics.median(r["wall_s"] for r in runs["vcpus2"])
+        others = statistics.median(r["others_cores"] for r in runs["vcpus1"] + runs["vcpus2"])
+        out.update(median_s={"vcpus1": t1, "vcpus2": t2}, speedup=round(t1 / t2, 3),
+                   cpu_per_wall_vcpus2=statistics.median(r["cpu_per_wall"] for r in runs["vcpus2"]),
+                   others_cores_median=others, quiet=others < 0.25)
+        say(f"speedup: two parallel loops of {args.par_loop} iterations, median of {args.rounds}: "
+            f"{t1:.2f} s with vcpus=1, {t2:.2f} s with vcpus=2 = {t1 / t2:.2f}x (target >= 1.7x); the "
+            f"vcpus=2 process used {out['cpu_per_wall_vcpus2']:.2f} cores; the rest of the host used "
+            f"{others:.2f} cores meanwhile ({'quiet' if others < 0.25 else 'NOT quiet'})")
+    return out
+
+
 def arbiter_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     loops: dict[str, list[float]] = {"bvt": [], "host": []}
@@ -185,7 +241,8 @@ def arbiter_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-SECTIONS = {"share": proportional_share, "wakeup": wakeup_latency, "overhead": arbiter_overhead}
+SECTIONS = {"share": proportional_share, "wakeup": wakeup_latency, "speedup": smp_speedup,
+            "overhead": arbiter_overhead}
 
 
 def main() -> int:
@@ -195,6 +252,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4,
                     help="alternating rounds (wakeup), loop runs (overhead)")
     ap.add_argument("--loop", type=int, default=300_000, help="iterations of the overhead's shell loop")
+    ap.add_argument("--par-loop", type=int, default=300_000,
+                    help="iterations of each of the speed-up's two parallel shell loops")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     wanted = [s for s in args.only.split(",") if s]
