@@ -59,7 +59,8 @@ def one_boot(tree: Path) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     env.pop("LIBUNICORN_PATH", None)
     t0 = time.monotonic()
-    proc = subprocess.Popen([PY, "-m", "hyperdisco", "run", "--stats", "--exec", "true"], env=env,
+    # cwd: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    proc = subprocess.Popen([PY, "-m", "hyperdisco", "run", "--stats", "--exec", "true"], env=env, cwd=tree,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cpu: dict[int, float] = {}
     done = threading.Event()
@@ -75,6 +76,8 @@ def one_boot(tree: Path) -> dict[str, float]:
     sampler = threading.Thread(target=sample)
     sampler.start()
     out, _ = proc.communicate(timeout=900)
+    m = re.search(r"engine\.code\.pages_dropped\s+(\d+)", out)
+    dropped = float(m.group(1)) if m else 0.0
     wall = time.monotonic() - t0
     done.set()
     sampler.join()
@@ -85,6 +88,7 @@ def one_boot(tree: Path) -> dict[str, float]:
         "wall_s": wall,
         "user_space_s": float(m.group(1)) if m else float("nan"),
         "cpu_s": sum(cpu.values()),
+        "pages_dropped": dropped,
     }
 
 
