@@ -27,6 +27,7 @@ from hyperdisco.xen.arch_x86 import VMCALL, VMMCALL, hypercall_page
 RAM = 4 << 20
 GDT, PML4, PDPT, PD, IDT, COMMON, STUBS = 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000, 0x8000
 RESULT, STACK, ENTRY32, CODE = 0x9000, 0x80000, 0x100000, 0x100010
+TSS, IST_STACK = 0xA000, 0x70000  # a 64-bit TSS whose IST1 the `ist` vectors' gates use
 NO_VECTOR = 0xDEAD
 ERROR_CODE_VECTORS = (8, 10, 11, 12, 13, 14, 17, 21, 29, 30)
 
@@ -87,7 +88,7 @@ class Handler:
 
 
 class Guest:
-    def __init__(self, code: bytes, absent: tuple[int, ...] = ()) -> None:
+    def __init__(self, code: bytes, absent: tuple[int, ...] = (), ist: tuple[int, ...] = ()) -> None:
         self.dom = Dom()
         cpuid = CpuidPolicy(native_cpuid_table(), 1, XEN_VERSION, 1_000_000)
         self.msrs = CoreMsrs(cast(Any, self.dom), cpuid)
@@ -97,8 +98,11 @@ class Guest:
         self.v = v
         v.map_ram(0, RAM, mem.regions[0].host_address)
         v.load_control_policy(control_policy(cpuid.table))
-        # GDT: null, 32-bit code, data, 64-bit code
-        mem.write(GDT, struct.pack("<QQQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF, 0x00AF9A000000FFFF))
+        # GDT: null, 32-bit code, data, 64-bit code, 64-bit TSS (available, limit 0x67)
+        tss_lo = 0x67 | (TSS & 0xFFFFFF) << 16 | 0x89 << 40 | (TSS >> 24 & 0xFF) << 56
+        mem.write(GDT, struct.pack("<QQQQQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF, 0x00AF9A000000FFFF,
+                                   tss_lo, TSS >> 32))
+        mem.write(TSS + 0x24, struct.pack("<Q", IST_STACK))  # IST1
         # identity map of 4 MiB with two 2 MiB pages
         mem.write(PML4, struct.pack("<Q", PDPT | 3))
         mem.write(PDPT, struct.pack("<Q", PD | 3))
@@ -110,14 +114,15 @@ class Guest:
             body += b"\xe9" + u32(COMMON - (stub + len(body) + 5))
             mem.write(stub, body)
             gate = (stub & 0xFFFF) | 0x18 << 16 | (0x8E if vec not in absent else 0x0E) << 40
-            gate |= ((stub >> 16) & 0xFFFF) << 48
+            gate |= ((stub >> 16) & 0xFFFF) << 48 | (1 << 32 if vec in ist else 0)
             mem.write(IDT + 16 * vec, struct.pack("<QQ", gate, stub >> 32))
         mem.write(RESULT, struct.pack("<QQQ", NO_VECTOR, 0, 0))
         mem.write(ENTRY32, b"\xea" + u32(CODE) + b"\x18\x00")  # ljmp 0x18:CODE (compatibility -> 64-bit)
         mem.write(CODE, code)
         v.set_pvh_entry(ENTRY32, 0, 0x1000)
         uc = v.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, 4 * 8 - 1, 0))
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, 6 * 8 - 1, 0))
+        uc.reg_write(X.UC_X86_REG_TR, (0x20, TSS, 0x67, 0x8900))  # present (QEMU's DESC_P), type 9
         uc.reg_write(X.UC_X86_REG_IDTR, (0, IDT, 256 * 16 - 1, 0))
         uc.reg_write(X.UC_X86_REG_CR3, PML4)
         uc.reg_write(X.UC_X86_REG_CR4, 0x20)  # PAE
@@ -145,8 +150,8 @@ def guests() -> Iterator[list[Guest]]:
         g.dom.memory.close()
 
 
-def run(guests: list[Guest], code: bytes, absent: tuple[int, ...] = ()) -> Guest:
-    g = Guest(code, absent)
+def run(guests: list[Guest], code: bytes, absent: tuple[int, ...] = (), ist: tuple[int, ...] = ()) -> Guest:
+    g = Guest(code, absent, ist)
     guests.append(g)
     assert g.run() is StopReason.HALT
     return g
@@ -310,3 +315,38 @@ def test_the_policy_runs_without_python_for_native_msrs(guests: list[Guest]) -> 
     g = run(guests, loop)
     assert g.result()[0] == NO_VECTOR
     assert g.v.counts().msr == 2000 and g.h.denied == []
+
+
+NONCANONICAL = 0x0000_8000_0000_0010
+STACK_FAULTS = (8, 12, 13)  # delivered on IST1: the faulting stack cannot take the exception frame
+
+
+def mov_imm64(reg: int, x: int) -> bytes:
+    return bytes([0x48, 0xB8 + reg]) + struct.pack("<Q", x)
+
+
+def test_non_canonical_stack_accesses_raise_ss_not_gp(guests: list[Guest]) -> None:
+    # mov rsp, NONCANONICAL; push rax: #SS(0) (SDM vol. 3A 6.15, interrupt 12), RIP at the push
+    g = run(guests, mov_imm64(4, NONCANONICAL) + b"\x50" + HLT, ist=STACK_FAULTS)
+    assert g.result() == (12, 0, CODE + 10)
+    # an RBP-based operand is an SS access too: mov rbp, NONCANONICAL; mov rax, [rbp]
+    g = run(guests, mov_imm64(5, NONCANONICAL) + b"\x48\x8b\x45\x00" + HLT, ist=STACK_FAULTS)
+    assert g.result() == (12, 0, CODE + 10)
+    # call with a non-canonical RSP: its push is the stack access
+    g = run(guests, mov_imm64(4, NONCANONICAL) + b"\xe8\x00\x00\x00\x00" + HLT, ist=STACK_FAULTS)
+    assert g.result() == (12, 0, CODE + 10)
+
+
+def test_non_canonical_data_accesses_stay_gp(guests: list[Guest]) -> None:
+    # mov rax, NONCANONICAL; mov rax, [rax]: a DS access, #GP(0)
+    g = run(guests, mov_imm64(0, NONCANONICAL) + b"\x48\x8b\x00" + HLT, ist=STACK_FAULTS)
+    assert g.result() == (13, 0, CODE + 10)
+    # push qword [rax] with RAX non-canonical and a good stack: the DS read faults, #GP
+    g = run(guests, mov_imm64(0, NONCANONICAL) + b"\xff\x30" + HLT, ist=STACK_FAULTS)
+    assert g.result() == (13, 0, CODE + 10)
+    # ... and with a good RAX and a non-canonical RSP it is the push: #SS
+    g = run(guests, mov_imm64(0, 0x9000) + mov_imm64(4, NONCANONICAL) + b"\xff\x30" + HLT, ist=STACK_FAULTS)
+    assert g.result() == (12, 0, CODE + 20)
+    # an FS-relative access stays #GP: mov rax, fs:[rax]
+    g = run(guests, mov_imm64(0, NONCANONICAL) + b"\x64\x48\x8b\x00" + HLT, ist=STACK_FAULTS)
+    assert g.result() == (13, 0, CODE + 10)

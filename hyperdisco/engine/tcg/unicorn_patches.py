@@ -373,6 +373,211 @@ X86_CONFORMANCE_PATCHES: tuple[Patch, ...] = (
         why=("MMX and SSE instructions raise #UD when CR0.EM = 1 whatever CR0.TS is, #NM only with EM = 0 "
              "and TS = 1 (Intel SDM vol. 3A 2.5 table 2-2; vol. 1 12.x); QEMU tested TS first"),
     ),
+    Patch(
+        "noncanonical-ss", "qemu/target/i386/cpu.h",
+        old=(
+            "extern __thread int hd_delivery_ext;"
+        ),
+        new=(
+            "extern __thread int hd_delivery_ext;\n"
+            "/* hyperdisco: a non-canonical address faulted in the page walk (excp_helper.c, translate.c) *"
+            "/\n"
+            "extern __thread int hd_noncanonical;\n"
+            "extern __thread uint64_t hd_noncanonical_addr;"
+        ),
+        why="declarations of the non-canonical fault state (excp_helper.c)",
+    ),
+    Patch(
+        "noncanonical-ss", "qemu/target/i386/excp_helper.c",
+        old=(
+            "            sext = la57 ? (int64_t)addr >> 56 : (int64_t)addr >> 47;\n"
+            "            if (sext != 0 && sext != -1) {\n"
+            "                env->error_code = 0;\n"
+            "                cs->exception_index = EXCP0D_GPF;\n"
+            "                return 1;\n"
+            "            }"
+        ),
+        new=(
+            "            sext = la57 ? (int64_t)addr >> 56 : (int64_t)addr >> 47;\n"
+            "            if (sext != 0 && sext != -1) {\n"
+            "                env->error_code = 0;\n"
+            "                cs->exception_index = EXCP0D_GPF;\n"
+            "                hd_noncanonical = 1; /* hyperdisco: #SS if a stack access (restore_state_to_op"
+            "c) */\n"
+            "                hd_noncanonical_addr = addr;\n"
+            "                return 1;\n"
+            "            }"
+        ),
+        why=("the page walk raises #GP(0) for any non-canonical address (it cannot know the segment): "
+             "it records that it did, and where, for restore_state_to_opc"),
+    ),
+    Patch(
+        "noncanonical-ss", "qemu/target/i386/excp_helper.c",
+        old=(
+            "__thread int hd_delivery_ext;\n"
+        ),
+        new=(
+            "__thread int hd_delivery_ext;\n"
+            "\n"
+            "/* hyperdisco: the last page-walk fault was a non-canonical address, at this address */\n"
+            "__thread int hd_noncanonical;\n"
+            "__thread uint64_t hd_noncanonical_addr;\n"
+        ),
+        why="the per-thread state of the last non-canonical fault (one vCPU per thread)",
+    ),
+    Patch(
+        "noncanonical-ss", "qemu/target/i386/excp_helper.c",
+        old=(
+            "    cs->exception_index = intno;\n"
+            "    env->error_code = error_code;\n"
+            "    env->exception_is_int = is_int;\n"
+            "    env->exception_next_eip = env->eip + next_eip_addend;\n"
+            "    cpu_loop_exit_restore(cs, retaddr);"
+        ),
+        new=(
+            "    cs->exception_index = intno;\n"
+            "    env->error_code = error_code;\n"
+            "    env->exception_is_int = is_int;\n"
+            "    env->exception_next_eip = env->eip + next_eip_addend;\n"
+            "    if (!retaddr) {\n"
+            "        hd_noncanonical = 0; /* hyperdisco: no instruction to restore, so no segment to ask */"
+            "\n"
+            "    }\n"
+            "    cpu_loop_exit_restore(cs, retaddr);"
+        ),
+        why="an exception raised with no instruction to restore cannot be a stack access",
+    ),
+    Patch(
+        "noncanonical-ss", "qemu/target/i386/translate.c",
+        old=(
+            "    struct uc_struct *uc;\n"
+            "    target_ulong prev_pc; /* save address of the previous instruction */\n"
+            "} DisasContext;"
+        ),
+        new=(
+            "    struct uc_struct *uc;\n"
+            "    target_ulong prev_pc; /* save address of the previous instruction */\n"
+            "    /* hyperdisco: this instruction's insn_start op, its cc_op there, and the kinds of segment"
+            " its memory\n"
+            "       accesses use (1: SS, 2: another), recorded in the op's second word (restore_state_to_op"
+            "c) */\n"
+            "    TCGOp *hd_insn_start;\n"
+            "    int hd_start_cc_op, hd_seg_kind;\n"
+            "} DisasContext;"
+        ),
+        why="each instruction remembers its insn_start op and the segments of its memory accesses",
+    ),
+    Patch(
+        "noncanonical-ss", "qemu/target/i386/translate.c",
+        old=(
+            "static void gen_lea_v_seg(DisasContext *s, MemOp aflag, TCGv a0,\n"
+            "                          int def_seg, int ovr_seg)\n"
+            "{\n"
+            "    TCGContext *tcg_ctx = s->uc->tcg_ctx;\n"
+        ),
+        new=(
+            "/* hyperdisco: note that the current instruction accesses memory through segment `seg` (< 0: n"
+            "one) */\n"
+            "static void hd_mark_seg(DisasContext *s, int seg)\n"
+            "{\n"
+            "    int kind = seg == R_SS ? 1 : 2;\n"
+            "\n"
+            "    if (seg < 0 || s->hd_insn_start == NULL || (s->hd_seg_kind & kind)) {\n"
+            "        return;\n"
+            "    }\n"
+            "    s->hd_seg_kind |= kind;\n"
+            "    tcg_set_insn_start_param(s->hd_insn_start, 1,\n"
+            "                             (target_ulong)(uint32_t)s->hd_start_cc_op | (target_ulong)s->hd_s"
+            "eg_kind << 16);\n"
+            "}\n"
+            "\n"
+            "static void gen_lea_v_seg(DisasContext *s, MemOp aflag, TCGv a0,\n"
+            "                          int def_seg, int ovr_seg)\n"
+            "{\n"
+            "    TCGContext *tcg_ctx = s->uc->tcg_ctx;\n"
+            "\n"
+            "    hd_mark_seg(s, ovr_seg >= 0 ? ovr_seg : def_seg);\n"
+        ),
+        why=("every memory access computed through gen_lea_v_seg records its segment in the "
+             "instruction's insn_start data (translation time only: no run-time cost)"),
+    ),
+    Patch(
+        "noncanonical-ss", "qemu/target/i386/translate.c",
+        old=(
+            "    int size = 1 << d_ot;\n"
+            "    TCGv new_esp = s->A0;\n"
+            "\n"
+            "    tcg_gen_subi_tl(tcg_ctx, s->A0, tcg_ctx->cpu_regs[R_ESP], size);\n"
+        ),
+        new=(
+            "    int size = 1 << d_ot;\n"
+            "    TCGv new_esp = s->A0;\n"
+            "\n"
+            "    hd_mark_seg(s, R_SS); /* hyperdisco: in 64-bit mode the push below skips gen_lea_v_seg */"
+            "\n"
+            "    tcg_gen_subi_tl(tcg_ctx, s->A0, tcg_ctx->cpu_regs[R_ESP], size);\n"
+        ),
+        why="64-bit pushes (push, call) skip gen_lea_v_seg: they record SS themselves",
+    ),
+    Patch(
+        "noncanonical-ss", "qemu/target/i386/translate.c",
+        old=(
+            "    dc->prev_pc = dc->base.pc_next - dc->cs_base;\n"
+            "    tcg_gen_insn_start(tcg_ctx, dc->base.pc_next, dc->cc_op);\n"
+            "}"
+        ),
+        new=(
+            "    dc->prev_pc = dc->base.pc_next - dc->cs_base;\n"
+            "    tcg_gen_insn_start(tcg_ctx, dc->base.pc_next, dc->cc_op);\n"
+            "    dc->hd_insn_start = tcg_last_op(tcg_ctx);\n"
+            "    dc->hd_start_cc_op = dc->cc_op;\n"
+            "    dc->hd_seg_kind = 0;\n"
+            "}"
+        ),
+        why="the insn_start op of the instruction being translated",
+    ),
+    Patch(
+        "noncanonical-ss", "qemu/target/i386/translate.c",
+        old=(
+            "void restore_state_to_opc(CPUX86State *env, TranslationBlock *tb,\n"
+            "                          target_ulong *data)\n"
+            "{\n"
+            "    int cc_op = data[1];\n"
+            "    env->eip = data[0] - tb->cs_base;"
+        ),
+        new=(
+            "void restore_state_to_opc(CPUX86State *env, TranslationBlock *tb,\n"
+            "                          target_ulong *data)\n"
+            "{\n"
+            "    int cc_op = data[1] & 0xffff;\n"
+            "    int seg_kind = (data[1] >> 16) & 3;\n"
+            "    env->eip = data[0] - tb->cs_base;\n"
+            "    /* hyperdisco: a non-canonical address raised #GP(0) in the page walk, which does not know"
+            " the\n"
+            "       segment; it is #SS(0) when the access was a stack one (Intel SDM vol. 3A 6.15, interrup"
+            "t 12: \"a\n"
+            "       memory operand effective address ... using the SS segment ... is in a non-canonical for"
+            "m\") */\n"
+            "    if (hd_noncanonical) {\n"
+            "        CPUState *cs = env_cpu(env);\n"
+            "        uint64_t off = (uint64_t)hd_noncanonical_addr - (uint64_t)env->regs[R_ESP] + 16;\n"
+            "\n"
+            "        hd_noncanonical = 0;\n"
+            "        if (cs->exception_index == EXCP0D_GPF &&\n"
+            "            (seg_kind == 1 || (seg_kind == 3 && off < 32))) {\n"
+            "            cs->exception_index = EXCP0C_STACK;\n"
+            "            if (env->old_exception == EXCP0D_GPF) {\n"
+            "                env->old_exception = EXCP0C_STACK;\n"
+            "            }\n"
+            "        }\n"
+            "    }"
+        ),
+        why=("a non-canonical stack access is #SS(0), not #GP(0) (Intel SDM vol. 3A 6.15, interrupt 12 "
+             "and interrupt 13; vol. 2 PUSH/POP/MOV 64-bit mode exceptions): decided when the faulting "
+             "instruction's state is restored, from its segment record; an instruction with both kinds "
+             "of access (push/pop/call with a memory operand) counts the fault as a stack one when its "
+             "address is within 16 bytes of RSP"),
+    ),
 )
 
 
