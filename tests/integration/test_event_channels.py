@@ -67,3 +67,20 @@ def test_thousands_of_ports(xl: Xl, tmp_path: Path, images: GuestImages, extra: 
     # every port up to the limit (the domain's, or the 2-level ABI's 4095) but those the kernel holds
     assert top == highest and err == "ENOSPC" and highest - 40 < bound < highest, r.stdout
     assert f"DELIVERED {highest}" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize(("extra", "fifo"), [("", True), (" xen.fifo_events=0", False)])
+def test_two_vcpus(images: GuestImages, extra: str, fifo: bool) -> None:
+    """Each vCPU its own FIFO control block (Linux calls EVTCHNOP_init_control as it brings a CPU up) and
+    its own queues: per-vCPU timer VIRQs and the IPIs between the CPUs arrive on both."""
+    r = hyperdisco("run", "--vcpus", "2", "--stats", "--cmdline", f"console=hvc0{extra}", "--exec",
+                   "grep -E 'timer|callfuncsingle|resched' /proc/interrupts; nproc")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert stat(r.stderr, "evtchn.fifo_init_control") == (2 if fifo else 0), r.stderr
+    rows = {m.group(3): (int(m.group(1)), int(m.group(2)))
+            for m in re.finditer(r"^\s*\d+:\s+(\d+)\s+(\d+)\s.*\b(\w+)$", r.stdout, re.M)}
+    assert rows["timer0"][0] > 0 and rows["timer1"][1] > 0, r.stdout
+    # bringing CPU1 up and running on two CPUs takes function-call IPIs both ways
+    assert rows["callfuncsingle0"][0] + rows["resched0"][0] > 0, r.stdout
+    assert rows["callfuncsingle1"][1] + rows["resched1"][1] > 0, r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "2"
