@@ -199,12 +199,15 @@ class Bvt:
         """The vCPU gives its core back (its slice ended, it was revoked, it halted): charge the time it
         held it. `again`: it is still runnable and waits for a core at once (a slice that ended is not a
         block and a wake: no system-virtual-time catch-up, no new warp). False for a grant that is not
-        current (an old one, a forfeited one)."""
+        current (an old one, a forfeited one): nothing is charged, but with `again` the vCPU waits for a
+        core all the same (it must not wait for ever for a grant it lost)."""
         d = self._doms.get(dom)
         if d is None:
             return False
         g = d.running.get(vcpu)
         if g is None or g.seq != seq:
+            if again:
+                self.want(dom, vcpu, now)
             return False
         was_runnable = d.runnable()
         self._end(d, g, now)

@@ -273,6 +273,10 @@ def test_forfeit_a_revoked_grant_never_returned() -> None:
     assert d.forfeited == [g] and [x.dom for x in d.grants] == ["b"]
     assert not b.done("rogue", 0, g.seq, 60 * MS)   # too late: already charged
     assert b.granted_ns("rogue", 51 * MS) == 51 * MS
+    # the rogue (or a starved process) gives it back late, still runnable: it waits for a core again
+    assert not b.done("rogue", 0, g.seq, 60 * MS, again=True)
+    b.done("b", 0, d.grants[0].seq, 70 * MS)
+    assert [x.dom for x in b.decide(70 * MS).grants] == ["rogue"]
 
 
 def test_stale_and_unknown_are_refused() -> None:
