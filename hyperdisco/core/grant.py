@@ -41,7 +41,12 @@ class GrantError(Exception):
 
 
 class GrantReadOnly(GrantError):
-    """A write asked of a read-only grant (GNTST_permission_denied)."""
+    """A write asked of a read-only grant."""
+
+
+class GrantOutOfRange(GrantError):
+    """A reference past the granter's table (GNTST_bad_gntref; every other GrantError of a map is
+    GNTST_general_error, as Xen's _set_status_v1 answers)."""
 
 
 class GrantedPage:
@@ -120,7 +125,7 @@ class GrantTable:
 
     def _entry_gpa(self, ref: int) -> int:
         if not 0 <= ref < self.nr_entries():
-            raise GrantError(f"grant reference {ref} out of range")
+            raise GrantOutOfRange(f"grant reference {ref} out of range")
         frame, idx = divmod(ref, ENTRIES_PER_FRAME)
         return self.dom.grant_frames[frame] + idx * GRANT_ENTRY_V1.size
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core.domain import Domain
-from ..core.grant import GrantError, GrantReadOnly
+from ..core.grant import GrantError, GrantOutOfRange
 from ..core.memory import PAGE, Region
 from ..platform import layout
 from ..xen import abi
@@ -273,10 +273,10 @@ class BrokeredGrants:
                 return abi.GNTST_general_error, []
         try:
             gpa = self.dom.grants.pin(ref, grantee, write, check=self._frame_refused)
-        except GrantReadOnly:
-            return abi.GNTST_permission_denied, []
-        except GrantError:
+        except GrantOutOfRange:  # grant_table.c map_grant_ref: ref >= nr_grant_entries
             return abi.GNTST_bad_gntref, []
+        except GrantError:  # _set_status_v1: not granted to the mapper ("Bad flags or dom"), or a
+            return abi.GNTST_general_error, []  # writable mapping of a read-only grant
         try:
             with self._lock:
                 share = self._shared.get(gpa)

@@ -413,3 +413,60 @@ CASE(probe_readonly_buffer)
     __asm__ volatile("mov %0, %%cr0" : : "r"(cr0) : "memory");
     EXPECT_EQ("extraversion_into_writable", HYPERCALL2(__HYPERVISOR_xen_version, XENVER_extraversion, page), 0);
 }
+
+/* Another domain's memory (peer=D ref=N, next to a heartbeat domain started with grant_ref=N grantee=us):
+ * a domain reaches another's pages only through grants, and only those granted to it, as granted
+ * (grant_table.c map_grant_ref / _set_status_v1). */
+static int16_t map_peer(uint16_t peer, uint32_t ref, uint32_t flags, uint64_t at, uint32_t *handle)
+{
+    struct gnttab_map_grant_ref m = {at, flags, ref, peer, 0x7777, 0, 0};
+    long rc = gnttab(GNTTABOP_map_grant_ref, &m, 1);
+    *handle = m.handle;
+    return rc ? (int16_t)-100 : m.status;
+}
+
+static int16_t unmap_peer(uint64_t at, uint32_t handle)
+{
+    struct gnttab_unmap_grant_ref u = {at, 0, handle, 0x7777};
+    long rc = gnttab(GNTTABOP_unmap_grant_ref, &u, 1);
+    return rc ? (int16_t)-100 : u.status;
+}
+
+CASE(probe_cross_domain)
+{
+    uint16_t peer = (uint16_t)cmdline_ulong("peer", 0);
+    uint32_t ref = (uint32_t)cmdline_ulong("ref", 0), handle;
+    if (!peer || !ref) {
+        note("no peer= and ref=: nothing to probe");
+        return;
+    }
+    uint8_t *at = scratch + 50 * 4096;
+    int16_t st = -1;
+    for (int i = 0; i < 200000 && st != GNTST_okay; i++) {  /* the neighbour may still be granting */
+        st = map_peer(peer, ref + 1, GNTMAP_host_map, (uint64_t)at, &handle);
+        if (st != GNTST_okay)
+            HYPERCALL2(__HYPERVISOR_sched_op, SCHEDOP_yield, 0);
+    }
+    EXPECT_EQ("map_granted_to_us", st, GNTST_okay);
+    if (st == GNTST_okay) {
+        check("sees_the_peers_page", !memcmp(at, "neighbour-page", 15), "the mapped page is not the peer's");
+        EXPECT_EQ("unmap", unmap_peer((uint64_t)at, handle), GNTST_okay);
+        EXPECT_EQ("unmap_twice", unmap_peer((uint64_t)at, handle), GNTST_bad_handle);
+    }
+    EXPECT_EQ("map_granted_to_dom0", map_peer(peer, ref, GNTMAP_host_map, (uint64_t)at, &handle),
+              GNTST_general_error);
+    EXPECT_EQ("map_readonly_grant_writable", map_peer(peer, ref + 2, GNTMAP_host_map, (uint64_t)at, &handle),
+              GNTST_general_error);
+    EXPECT_EQ("map_ungranted_ref", map_peer(peer, ref + 3, GNTMAP_host_map, (uint64_t)at, &handle),
+              GNTST_general_error);
+    EXPECT_EQ("map_ref_past_table", map_peer(peer, 100000, GNTMAP_host_map, (uint64_t)at, &handle),
+              GNTST_bad_gntref);
+    /* the peer's page mapped where no RAM of ours is (4 GiB up), read-only, then unmapped */
+    st = map_peer(peer, ref + 2, GNTMAP_host_map | (1 << 2), 0x100000000ul, &handle);
+    EXPECT_EQ("map_readonly_grant_readonly", st, GNTST_okay);
+    if (st == GNTST_okay)
+        EXPECT_EQ("unmap_readonly", unmap_peer(0x100000000ul, handle), GNTST_okay);
+    /* the peer's event channels: ports not offered to us cannot be bound */
+    struct evtchn_bind_interdomain bi = {peer, 1, 0};
+    EXPECT_EQ("bind_peers_port", evtchn(EVTCHNOP_bind_interdomain, &bi), E(XEN_EINVAL));
+}
