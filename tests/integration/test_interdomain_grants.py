@@ -111,7 +111,7 @@ def test_interdomain_grants(xl: Xl, tmp_path: Path, images: GuestImages) -> None
     c = boot(xl, tmp_path, images, initrd, "gc")
     assert len({0, a, b, c}) == 4, (a, b, c)
 
-    # A grants B a writable page; C may not map it (Xen: GNTST_bad_gntref; gntdev's mmap fails EINVAL)
+    # A grants B a writable page; C may not map it (Xen: GNTST_general_error; gntdev's mmap fails EINVAL)
     gref = share(xl, "ga", "share1", b)
     rc, out_c = map_grant(xl, "gc", a, gref)
     assert rc == 1 and line(out_c, "ERR") == "mmap gntdev EINVAL", \
@@ -125,7 +125,7 @@ def test_interdomain_grants(xl: Xl, tmp_path: Path, images: GuestImages) -> None
     assert line(out_a, "ANSWER") == ANSWER and "FREED" in out_a, out_a
     assert re.fullmatch(r"hello-from-A-\d+-rw", line(out_a, "PAGE") or ""), out_a
 
-    # a read-only grant: B's writable map is refused (GNTST_permission_denied), a read-only one works; C's
+    # a read-only grant: B's writable map is refused (GNTST_general_error), a read-only one works; C's
     # read-only map of it is refused too (not granted to C)
     ro = share(xl, "ga", "share2", b, "ro")
     rc, out_b = map_grant(xl, "gb", a, ro, "rw")
