@@ -3,19 +3,21 @@ while it holds a core domain 0 granted it.
 
 Over the domain's channel (JSON datagrams, as everything else):
   to domain 0     sched want  vcpu            the vCPU is runnable and asks for a core
-                  sched done  vcpu seq again  it gives grant `seq` back (slice over, revoked, halted, paused);
+                  sched done  vcpu seq again  it gives grant `seq` back (revoked, paused, finished);
                                               again: it stays runnable and waits for the next grant
                   sched cancel vcpu           it no longer waits (paused, finished)
                   sched idle|busy vcpu seq    it halted on its core / runs on it again
-  from domain 0   sched-grant vcpu seq core slice_us pin   run, for up to slice_us (on host CPU `core` if pin)
+  from domain 0   sched-grant vcpu seq core slice_us pin   run (on host CPU `core` if pin); slice_us:
+                                                         how long domain 0 expects to let it
                   sched-revoke vcpu seq       give it back now (the vCPU is kicked out of its slice)
                   sched-gate on               (after an adoption) a new domain 0 arbitrates again
 
-A worker keeps its vCPU's grant across slices until the grant's slice has passed or it is revoked; then
-it says done (with `again` if still runnable). A vCPU that halts keeps its core, idle (`sched idle`: not
-charged, taken back at once when anyone else waits), and when it wakes runs at once (`sched busy`, one
-way): a wake costs no round trip while cores are free. If domain 0 goes away the gate opens
-(every vCPU runs, the host kernel decides) until a new domain 0 turns it on again.
+A worker keeps its vCPU's grant across slices until it is revoked (the grant's slice is domain 0's forecast
+of when that will be; domain 0's timer revokes it then, if BVT still wants to); then it says done (with
+`again` if still runnable): a vCPU alone on a core costs no messages at all. A vCPU that halts keeps
+its core, idle (`sched idle`: not charged, taken back at once when anyone else waits), and when it wakes
+runs at once (`sched busy`, one way): a wake costs no round trip while cores are free. If domain 0 goes
+away the gate opens (every vCPU runs, the host kernel decides) until a new domain 0 turns it on again.
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ class _Vcpu:
     seq: int | None = None
     core: int = -1
     pin: bool = False
-    lease_end: float = 0.0
-    slice_s: float = 0.0
     revoked: bool = False
     idle: bool = False  # halted, keeping its core (domain 0 takes it back as soon as anyone waits)
 
@@ -68,11 +68,10 @@ class ArbiterGate(Gate):
             v.ctx = ctx
             if v.seq is not None and v.idle and not v.revoked:  # woken on the core it kept: no round trip
                 v.idle = False
-                v.lease_end = time.monotonic() + v.slice_s
                 self._send({"t": "sched", "op": "busy", "vcpu": ctx.index, "seq": v.seq})
                 return True
             if v.seq is not None:
-                if not v.revoked and time.monotonic() < v.lease_end:
+                if not v.revoked:
                     return True
                 self._give_back(v, ctx.index, again=True)
             if not v.waiting:
@@ -110,7 +109,7 @@ class ArbiterGate(Gate):
             elif wake_at is not None:  # it halts: keep the core, idle, until it wakes or someone waits
                 v.idle = True
                 self._send({"t": "sched", "op": "idle", "vcpu": ctx.index, "seq": v.seq})
-            elif v.revoked or time.monotonic() >= v.lease_end:
+            elif v.revoked:
                 self._give_back(v, ctx.index, again=True)
 
     def _give_back(self, v: _Vcpu, index: int, again: bool = False) -> None:
@@ -136,8 +135,6 @@ class ArbiterGate(Gate):
             v.seq = seq
             v.core = int(msg.get("core", -1))
             v.pin = bool(msg.get("pin")) and v.core >= 0
-            v.slice_s = max(0, int(msg.get("slice_us", 0))) / 1e6
-            v.lease_end = time.monotonic() + v.slice_s
             v.revoked = False
             v.idle = False
             self.grants += 1

@@ -25,8 +25,9 @@ class Sim:
     """vCPUs that hold a core until their slice ends, BVT revokes it, or their work is done; a revoked
     vCPU gives the core back after `kick_ns` (the kick and the end of its engine slice)."""
 
-    def __init__(self, bvt: Bvt, kick_ns: int = 0) -> None:
+    def __init__(self, bvt: Bvt, kick_ns: int = 0, voluntary: bool = True) -> None:
         self.b = bvt
+        self.voluntary = voluntary  # a vCPU gives its core back when its slice ends (else only on revoke)
         self.now = 0
         self.kick_ns = kick_ns
         self.work: dict[tuple[Hashable, int], float] = {}   # work left (ns) of a runnable vCPU
@@ -44,7 +45,9 @@ class Sim:
         self.wakes.sort(key=lambda w: w[0])
 
     def _end_of(self, key: tuple[Hashable, int], g: Grant) -> float:
-        ends: list[float] = [g.start + g.slice_ns, g.start + self.work[key]]
+        ends: list[float] = [g.start + self.work[key]]
+        if self.voluntary:
+            ends.append(g.start + g.slice_ns)
         if key in self.revoked_at:
             ends.append(self.revoked_at[key] + self.kick_ns)
         return min(ends)
@@ -98,9 +101,10 @@ def test_equal_weights_share_equally() -> None:
     assert sum(b.granted_ns(d, sim.now) for d in ("a", "b")) == sim.now  # the core never idles
 
 
-def test_weights_one_to_two_give_one_to_two() -> None:
+@pytest.mark.parametrize("voluntary", [True, False])
+def test_weights_one_to_two_give_one_to_two(voluntary: bool) -> None:
     b = Bvt([0])
-    sim = Sim(b, kick_ns=2 * MS)  # a revoked vCPU finishes its engine slice first
+    sim = Sim(b, kick_ns=2 * MS, voluntary=voluntary)  # a revoked vCPU finishes its engine slice first
     b.add("light", BvtParams(weight=100))
     b.add("heavy", BvtParams(weight=200))
     sim.busy("light")
@@ -110,9 +114,10 @@ def test_weights_one_to_two_give_one_to_two() -> None:
     assert abs(heavy / light - 2.0) < 0.02
 
 
-def test_weights_hold_with_two_cores_and_three_domains() -> None:
+@pytest.mark.parametrize("voluntary", [True, False])
+def test_weights_hold_with_two_cores_and_three_domains(voluntary: bool) -> None:
     b = Bvt([0, 1])
-    sim = Sim(b)
+    sim = Sim(b, voluntary=voluntary)
     for name, w in (("a", 100), ("b", 100), ("c", 200)):
         b.add(name, BvtParams(weight=w))
         sim.busy(name)
