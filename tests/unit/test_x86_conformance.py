@@ -28,6 +28,8 @@ RAM = 4 << 20
 GDT, PML4, PDPT, PD, IDT, COMMON, STUBS = 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000, 0x8000
 RESULT, STACK, ENTRY32, CODE = 0x9000, 0x80000, 0x100000, 0x100010
 TSS, IST_STACK = 0xA000, 0x70000  # a 64-bit TSS whose IST1 the `ist` vectors' gates use
+RSP0, USER_STACK = 0x78000, 0x60000  # the TSS's ring-0 stack, and a stack for CPL 3 code
+USER_CS, USER_SS = 0x3B, 0x33  # GDT entries 7 and 6 with RPL 3
 NO_VECTOR = 0xDEAD
 ERROR_CODE_VECTORS = (8, 10, 11, 12, 13, 14, 17, 21, 29, 30)
 
@@ -98,15 +100,17 @@ class Guest:
         self.v = v
         v.map_ram(0, RAM, mem.regions[0].host_address)
         v.load_control_policy(control_policy(cpuid.table))
-        # GDT: null, 32-bit code, data, 64-bit code, 64-bit TSS (available, limit 0x67)
+        # GDT: null, 32-bit code, data, 64-bit code, 64-bit TSS (available, limit 0x67), user data, user
+        # 64-bit code
         tss_lo = 0x67 | (TSS & 0xFFFFFF) << 16 | 0x89 << 40 | (TSS >> 24 & 0xFF) << 56
-        mem.write(GDT, struct.pack("<QQQQQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF, 0x00AF9A000000FFFF,
-                                   tss_lo, TSS >> 32))
+        mem.write(GDT, struct.pack("<QQQQQQQQ", 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF, 0x00AF9A000000FFFF,
+                                   tss_lo, TSS >> 32, 0x00CFF2000000FFFF, 0x00AFFA000000FFFF))
+        mem.write(TSS + 4, struct.pack("<Q", RSP0))
         mem.write(TSS + 0x24, struct.pack("<Q", IST_STACK))  # IST1
-        # identity map of 4 MiB with two 2 MiB pages
-        mem.write(PML4, struct.pack("<Q", PDPT | 3))
-        mem.write(PDPT, struct.pack("<Q", PD | 3))
-        mem.write(PD, struct.pack("<QQ", 0x83, 0x200000 | 0x83))
+        # identity map of 4 MiB with two 2 MiB pages, user-accessible too
+        mem.write(PML4, struct.pack("<Q", PDPT | 7))
+        mem.write(PDPT, struct.pack("<Q", PD | 7))
+        mem.write(PD, struct.pack("<QQ", 0x87, 0x200000 | 0x87))
         mem.write(COMMON, COMMON_CODE)
         for vec in range(256):
             stub = STUBS + 16 * vec
@@ -121,7 +125,7 @@ class Guest:
         mem.write(CODE, code)
         v.set_pvh_entry(ENTRY32, 0, 0x1000)
         uc = v.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, 6 * 8 - 1, 0))
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, 8 * 8 - 1, 0))
         uc.reg_write(X.UC_X86_REG_TR, (0x20, TSS, 0x67, 0x8900))  # present (QEMU's DESC_P), type 9
         uc.reg_write(X.UC_X86_REG_IDTR, (0, IDT, 256 * 16 - 1, 0))
         uc.reg_write(X.UC_X86_REG_CR3, PML4)
@@ -350,3 +354,22 @@ def test_non_canonical_data_accesses_stay_gp(guests: list[Guest]) -> None:
     # an FS-relative access stays #GP: mov rax, fs:[rax]
     g = run(guests, mov_imm64(0, NONCANONICAL) + b"\x64\x48\x8b\x00" + HLT, ist=STACK_FAULTS)
     assert g.result() == (13, 0, CODE + 10)
+
+
+# iretq to CPL 3 at the next instruction: push ss, rsp, rflags, cs, rip
+TO_USER = (b"\x6a" + bytes([USER_SS]) + b"\x68" + u32(USER_STACK) + b"\x6a\x02" + b"\x6a" + bytes([USER_CS])
+           + b"\x68" + u32(CODE + 18) + b"\x48\xcf")
+assert len(TO_USER) == 18
+
+
+def test_int_n_from_user_mode_through_a_kernel_gate_is_gp_at_the_int(guests: list[Guest]) -> None:
+    # the usual case of the RIP fix: int 0x80 at CPL 3, gate DPL 0: #GP(0x80 << 3 | IDT) at the int
+    g = run(guests, TO_USER + b"\xcd\x80" + HLT)
+    assert g.result() == (13, 0x80 << 3 | 2, CODE + 18)
+    g = run(guests, TO_USER + b"\x90\xcc" + HLT)  # int3: the same DPL check
+    assert g.result() == (13, 3 << 3 | 2, CODE + 19)
+
+
+def test_icebp_from_user_mode_ignores_the_gate_dpl(guests: list[Guest]) -> None:
+    g = run(guests, TO_USER + b"\xf1" + HLT)  # INT1 has no gate DPL check: #DB, RIP after it
+    assert g.result() == (1, 0, CODE + 19)
