@@ -177,9 +177,12 @@ WRITE_LOOP = bytes.fromhex(
 )
 
 
-def test_cross_modified_code_is_seen_in_order(ram: mmap.mmap) -> None:
+@pytest.mark.parametrize("store", [0x89, 0x87], ids=["mov", "xchg"])
+def test_cross_modified_code_is_seen_in_order(ram: mmap.mmap, store: int) -> None:
     """One vCPU rewrites code that another runs in a loop, on two host threads: once the reader has seen
-    the flag written after a change, it never runs the code from before that change, and it ends."""
+    the flag written after a change, it never runs the code from before that change, and it ends. The
+    code is written by a plain store or by xchg (a host atomic under CF_PARALLEL: QEMU's atomic helpers,
+    not its store helper)."""
     from test_engine_smp import run_all
 
     from hyperdisco.engine.base import R11, R12, RDI, RSI, RSP
@@ -187,6 +190,7 @@ def test_cross_modified_code_is_seen_in_order(ram: mmap.mmap) -> None:
     ram[VICTIM2:VICTIM2 + 6] = b"\xb8" + struct.pack("<I", 1) + b"\xc3"
     ram[READER:READER + len(READ_LOOP)] = READ_LOOP
     ram[WRITER2:WRITER2 + len(WRITE_LOOP)] = WRITE_LOOP
+    ram[WRITER2 + 7] = store  # mov [rdi], eax  or  xchg [rdi], eax
     reader, writer = vcpus(ram, 2)
     # the reader translates VICTIM2 (imm 1) before the writer starts: to end, it must drop that code
     ram[0x8000] = 0xF4  # hlt, where VICTIM2 returns to

@@ -48,7 +48,7 @@ class _HdVcpu(ctypes.Structure):
         ("dom", ctypes.c_void_p), ("protect_pending", ctypes.c_uint32), ("inval_overflow", ctypes.c_uint32),
         ("ninval", ctypes.c_uint64), ("inval", ctypes.c_uint64 * 64),
         ("code_invalidations", ctypes.c_uint64), ("code_flushes", ctypes.c_uint64),
-        ("code_protects", ctypes.c_uint64),
+        ("code_protects", ctypes.c_uint64), ("pending", ctypes.c_int32),
         ("msrs", ctypes.c_void_p), ("nmsrs", ctypes.c_uint64), ("msr_cb", MSR_CB),
         ("cr4_valid", ctypes.c_uint64), ("efer_valid", ctypes.c_uint64), ("cr3_reserved", ctypes.c_uint64),
         ("msr_count", ctypes.c_uint64), ("msr_gp", ctypes.c_uint64), ("cr_gp", ctypes.c_uint64),
@@ -438,7 +438,7 @@ class TcgVcpu(Vcpu):
                     tk.disarm(id(self))
                     group.exclusive(self._kick_fn, self._step_one)
                     tk.arm(id(self), deadline, self.uc.emu_stop)
-                elif not (hv.protect_pending or hv.ninval or hv.inval_overflow):
+                elif not hv.pending:
                     break  # stopped for a reason of its own: the slice ended, a trap, a halt, a kick
                 # stopped only to run an instruction alone or to drop code others wrote: carry on
                 if (self._kicked or self._stop_requested or self._error is not None or self.q.halted()

@@ -85,6 +85,7 @@ typedef struct hd_vcpu {
     uint32_t protect_pending, inval_overflow;
     uint64_t ninval, inval[HD_INVAL_MAX];
     uint64_t code_invalidations, code_flushes, code_protects; /* counters, read by Python */
+    int32_t pending; /* work above is queued: the patched unicorn will not start running (uc_hd_set_pending) */
     /* MSR and control-register policy (hook_rdmsr/hook_wrmsr/hook_crn below; Vcpu.load_control_policy) */
     struct hd_msr_rule *msrs; /* sorted by msr */
     uint64_t nmsrs;
@@ -289,6 +290,7 @@ int64_t hd_translate(hd_vcpu *v, uint64_t va) {
  */
 extern int hd_tlb_protect_marked(void *cpu, void (*found)(void *opaque, uint64_t gpa), void *opaque);
 extern void hd_invalidate_gpa_page(uc_engine *uc, uint64_t gpa);
+extern void uc_hd_set_pending(uc_engine *uc, int *pending);
 extern void uc_hd_set_code_map(uc_engine *uc, uint8_t *map, uint64_t pages,
                                void (*added)(void *, uint64_t), void (*written)(void *, uint64_t),
                                void *opaque);
@@ -326,6 +328,7 @@ static void queue_inval(hd_vcpu *o, uint64_t gpa) {
         if (o->inval[i] == gpa) return;
     if (o->ninval < HD_INVAL_MAX) o->inval[o->ninval++] = gpa;
     else o->inval_overflow = 1;
+    __atomic_store_n(&o->pending, 1, __ATOMIC_SEQ_CST);
 }
 
 /* under d->lock: every vCPU drops its code from the page before it runs on. The writer too: QEMU drops
@@ -351,6 +354,7 @@ static void code_added(void *opaque, uint64_t gpa) {
             hd_vcpu *o = d->vcpus[i];
             if (o == v) continue;
             o->protect_pending = 1;
+            __atomic_store_n(&o->pending, 1, __ATOMIC_SEQ_CST);
             uc_emu_stop(o->uc);
         }
     }
@@ -387,8 +391,10 @@ int hd_dom_join(hd_domain *d, hd_vcpu *v) {
     d->vcpus[d->nvcpus++] = v;
     v->dom = d;
     v->protect_pending = 1; /* pages marked before it joined */
+    v->pending = 1;
     pthread_mutex_unlock(&d->lock);
     uc_hd_set_code_map(v->uc, d->map, d->pages, code_added, code_written, v);
+    uc_hd_set_pending(v->uc, &v->pending);
     return 0;
 }
 
@@ -401,8 +407,10 @@ void hd_dom_leave(hd_domain *d, hd_vcpu *v) {
         }
     }
     v->dom = NULL;
+    v->pending = 0;
     pthread_mutex_unlock(&d->lock);
     uc_hd_set_code_map(v->uc, NULL, 0, NULL, NULL, NULL);
+    uc_hd_set_pending(v->uc, NULL);
 }
 
 /* The host (a backend, the loader, a grant copy) wrote guest-physical [gpa, gpa+len). Any thread. */
@@ -420,9 +428,7 @@ int hd_drain(hd_vcpu *v) {
     uint64_t n;
     uint32_t protect, overflow;
     if (!d) return 0;
-    if (!__atomic_load_n(&v->protect_pending, __ATOMIC_ACQUIRE) && !__atomic_load_n(&v->ninval, __ATOMIC_ACQUIRE) &&
-        !__atomic_load_n(&v->inval_overflow, __ATOMIC_ACQUIRE))
-        return 0;
+    if (!__atomic_load_n(&v->pending, __ATOMIC_ACQUIRE)) return 0;
     pthread_mutex_lock(&d->lock);
     protect = v->protect_pending;
     overflow = v->inval_overflow;
@@ -430,6 +436,7 @@ int hd_drain(hd_vcpu *v) {
     memcpy(pages, v->inval, n * sizeof pages[0]);
     v->protect_pending = v->inval_overflow = 0;
     v->ninval = 0;
+    __atomic_store_n(&v->pending, 0, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&d->lock);
     if (protect) hd_tlb_protect_marked(v->cpu, protect_found, v);
     if (overflow) {

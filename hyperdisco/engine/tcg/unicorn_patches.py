@@ -17,7 +17,7 @@ functions go at the end of `uc.c`, which includes every header they need).
 Nothing else changes: the patch set's digest (the library's cache key, and the string the built library
 returns from its exported `uc_hd_patch_set()`, which the engine checks at start-up) covers every patch, so
 the next start-up (or `scripts/setup.sh`) builds the new library and fastpath.c is recompiled against it.
-New fields of `struct uc_struct` go at its end (after `hd_code_opaque`), never before: qemu_state.py reaches
+New fields of `struct uc_struct` go at its end (after `hd_pending`), never before: qemu_state.py reaches
 fields at fixed offsets. Exported functions are named `uc_hd_*`.
 
 Rules of the patched library the engine relies on (docs/smp-atomicity.md has the reasoning):
@@ -598,6 +598,7 @@ PATCHES: tuple[Patch, ...] = (
             "    void (*hd_code_added)(void *opaque, uint64_t gpa);   /* first block on a page */\n"
             "    void (*hd_code_written)(void *opaque, uint64_t gpa); /* a store to a marked page */\n"
             "    void *hd_code_opaque;\n"
+            "    int *hd_pending;          /* the engine queued work for this instance (fastpath.c) */\n"
             "};\n"
             "\n"
             "/* hyperdisco: does some instance of this domain hold translated code from gpa's page? */\n"
@@ -683,8 +684,45 @@ PATCHES: tuple[Patch, ...] = (
             "        }\n"
             "        return;\n    }\n"
         ),
-        why="the check after the store that pairs with code-mark-first (stores through helpers keep only "
-            "the check before it, in code-written)",
+        why="the check after the store that pairs with code-mark-first (stores through probe_access "
+            "helpers keep only the check before it, in code-written)",
+    ),
+    Patch(
+        "code-pending", "qemu/softmmu/cpus.c",
+        old="            uc->quit_request = false;\n            uc->size_recur_mem = 0;\n",
+        new=(
+            "            uc->quit_request = false;\n            uc->size_recur_mem = 0;\n"
+            "            if (uc->hd_pending) { /* hyperdisco: work queued before this uc_emu_start began */\n"
+            "                __atomic_thread_fence(__ATOMIC_SEQ_CST);\n"
+            "                if (__atomic_load_n(uc->hd_pending, __ATOMIC_SEQ_CST)) {\n"
+            "                    finish = true;\n"
+            "                    break;\n"
+            "                }\n"
+            "            }\n"
+        ),
+        why=(
+            "uc_emu_start clears a stop request as it begins, so a kick sent between the engine's drain "
+            "and uc_emu_start was lost and the vCPU ran stale code for the rest of its slice"
+        ),
+    ),
+    Patch(
+        "code-stored-atomic", "qemu/accel/tcg/cputlb.c",
+        old="#define ATOMIC_MMU_CLEANUP\n",
+        new=(
+            "/* hyperdisco: code-stored for the atomic helpers, after their operation */\n"
+            "static inline void hd_atomic_stored(CPUArchState *env, target_ulong addr, TCGMemOpIdx oi)\n"
+            "{\n"
+            "    struct uc_struct *uc = env_cpu(env)->uc;\n"
+            "    if (uc->hd_code_written) {\n"
+            "        CPUTLBEntry *e = tlb_entry(env, get_mmuidx(oi), addr);\n"
+            "        if ((e->addr_write & TARGET_PAGE_MASK) == (addr & TARGET_PAGE_MASK)) {\n"
+            "            hd_code_stored(uc, e->paddr);\n"
+            "        }\n"
+            "    }\n"
+            "}\n"
+            "#define ATOMIC_MMU_CLEANUP hd_atomic_stored(env, addr, oi)\n"
+        ),
+        why="locked read-modify-writes under CF_PARALLEL store through atomic_mmu_lookup, not store_helper",
     ),
     Patch(
         "code-notdirty", "qemu/accel/tcg/cputlb.c",
@@ -870,7 +908,8 @@ PATCHES: tuple[Patch, ...] = (
         "    uc->hd_code_added = added;\n"
         "    uc->hd_code_written = written;\n"
         "    uc->hd_code_opaque = opaque;\n"
-        "}\n",
+        "}\n"
+        "UNICORN_EXPORT void uc_hd_set_pending(uc_engine *uc, int *pending) { uc->hd_pending = pending; }\n",
         "the engine's handles on the fields above",
         name="uc-exports",
     ),
