@@ -228,7 +228,9 @@ class Engine(ABC):
         """A new vCPU; with `sibling`, of the same domain as that vCPU. A domain's vCPUs may run at the same
         time on several host threads: once a domain has more than one, the engine makes locked
         instructions atomic across them (each vCPU switches at the start of its next `run`) and stops them
-        all when one must run an instruction alone. `kick` and `close` of one vCPU never wait for another."""
+        all when one must run an instruction alone. `kick` and `close` of one vCPU never wait for another.
+        Create a domain's vCPUs before any of them runs (Domain does, up to maxvcpus): a vCPU already in
+        `run` when a sibling is added keeps its old translation until its slice ends."""
 
     @abstractmethod
     def guest_tsc(self) -> int:
