@@ -115,6 +115,10 @@ def proportional_share(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                "granted_error_pct": 100 * abs(gh / gl / 2 - 1), "cpu_error_pct": 100 * abs(uh / ul / 2 - 1),
                "samples_every_10s": samples, "arbiter": {k: v for k, v in d.call("sched_bvt").items()
                                                          if k != "domains"}}
+        arb = out["arbiter"]
+        say(f"share: {arb['revokes']} revokes, the core back {arb['revoke_us_mean']} µs after each on "
+            f"average (kick, end of the engine's slice, done through both processes); "
+            f"{arb['forfeits']} forfeited")
         say(f"share: weights 1:2 on one core over {args.seconds:.0f} s: granted {gl:.2f} s : {gh:.2f} s = "
             f"1:{gh / gl:.3f} ({out['granted_error_pct']:.1f}% off 1:2); CPU {ul:.1f} s : {uh:.1f} s = "
             f"1:{uh / ul:.3f} ({out['cpu_error_pct']:.1f}% off)")

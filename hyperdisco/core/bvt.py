@@ -141,6 +141,8 @@ class Bvt:
         self._doms: dict[Hashable, _Dom] = {}
         self._held: dict[int, Grant] = {}   # core -> grant
         self._seq = 0
+        self.revoked_returns = 0      # revoked grants given back, and the time that took in all
+        self.revoke_latency_ns = 0
 
     # -- domains ------------------------------------------------------------------------------------------
     def add(self, dom: Hashable, params: BvtParams | None = None) -> None:
@@ -210,6 +212,9 @@ class Bvt:
                 self.want(dom, vcpu, now)
             return False
         was_runnable = d.runnable()
+        if g.revoked_at is not None:
+            self.revoked_returns += 1
+            self.revoke_latency_ns += max(0, now - g.revoked_at)
         self._end(d, g, now)
         if again:
             if not was_runnable:  # it was idle on its core: this is a wake

@@ -102,9 +102,11 @@ class Arbiter:
     def status(self) -> dict[str, Any]:
         with self._cond:
             mean_us = self.decide_ns / 1e3 / max(1, self.decisions)
+            revoke_us = self.bvt.revoke_latency_ns / 1e3 / max(1, self.bvt.revoked_returns)
             return {"cores": list(self.bvt.cores), "pinned": self.pin, "ctx_allow_ns": self.bvt.ctx_allow_ns,
                     "decisions": self.decisions, "decide_us_mean": round(mean_us, 1),
-                    "forfeits": self.forfeits}
+                    "forfeits": self.forfeits, "revokes": self.bvt.revoked_returns,
+                    "revoke_us_mean": round(revoke_us, 1)}
 
     # -- from a domain process (its channel's reader thread) -------------------------------------------
     def message(self, dom: DomainHandle, msg: dict[str, Any]) -> None:

@@ -74,4 +74,5 @@ def sched_bvt(host: Host, dom: str | int | None = None, weight: int | None = Non
     st = arb.status()
     return {"ctx_allow_us": st["ctx_allow_ns"] // US, "cores": st["cores"], "pinned": st["pinned"],
             "decisions": st["decisions"], "decide_us_mean": st["decide_us_mean"], "forfeits": st["forfeits"],
+            "revokes": st["revokes"], "revoke_us_mean": st["revoke_us_mean"],
             "domains": rows}
