@@ -92,12 +92,13 @@ class VcpuContext:
 
     def _startup(self) -> None:
         """Own thread: act on INIT and STARTUP requests."""
-        with self._startup_lock:
+        with self._startup_lock:  # wait_for_sipi changes under the lock: a STARTUP is never lost between
             init, vector = self._init_pending, self._sipi_vector
             self._init_pending, self._sipi_vector = False, None
+            if init:
+                self.up = self.initialised = False
+                self.wait_for_sipi = True
         if init:
-            self.up = self.initialised = False
-            self.wait_for_sipi = True
             self.halted = self.blocked = self.stopped = False
             self.timer_ns = self.periodic_ns = self.poll_deadline = None
             self.poll_ports = None
@@ -105,7 +106,8 @@ class VcpuContext:
             self.dom.stats["vcpu.init"] += 1
         if vector is not None and self.wait_for_sipi:
             self.ev.start_at_sipi(vector)
-            self.wait_for_sipi = False
+            with self._startup_lock:
+                self.wait_for_sipi = False
             self.up = self.initialised = True
             self.dom.stats["vcpu.startup"] += 1
 
