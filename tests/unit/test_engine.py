@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from unit_support import QuietTraps
 
 from hyperdisco.engine.base import RAX, RBX, RDI, StopReason, Vcpu, get_engine
 from hyperdisco.engine.tcg.engine import TcgEngine, TcgVcpu, host_tsc, native_cpuid_table
@@ -16,7 +17,7 @@ RAM = 4 << 20
 ENTRY = 0x100000
 
 
-class FakeHandler:
+class FakeHandler(QuietTraps):
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
         self.outs: list[tuple[int, int, int]] = []
@@ -37,12 +38,6 @@ class FakeHandler:
     def cpuid(self, vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         self.calls.append(("cpuid", leaf))
         return (leaf, 2, 3, 4)
-
-    def mmio_read(self, vcpu: Vcpu, addr: int, size: int) -> int:
-        return 0
-
-    def mmio_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None:
-        pass
 
 
 @pytest.fixture

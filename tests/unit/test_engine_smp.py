@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from unit_support import QuietTraps
 
 from hyperdisco.engine.base import RCX, RDI, RSI, StopReason, Vcpu
 from hyperdisco.engine.tcg.engine import TcgEngine, TcgVcpu
@@ -60,7 +61,7 @@ CMPXCHG_SPINLOCK = bytes.fromhex(
 )
 
 
-class Handler:
+class Handler(QuietTraps):
     """The few traps these programs reach: MMIO to a page of device registers (plain bytes)."""
 
     def __init__(self) -> None:
@@ -69,15 +70,6 @@ class Handler:
 
     def hypercall(self, vcpu: Vcpu) -> None:
         raise AssertionError("no hypercalls here")
-
-    def io_in(self, vcpu: Vcpu, port: int, size: int) -> int:
-        return 0
-
-    def io_out(self, vcpu: Vcpu, port: int, size: int, value: int) -> None:
-        pass
-
-    def cpuid(self, vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        return (0, 0, 0, 0)
 
     def mmio_read(self, vcpu: Vcpu, addr: int, size: int) -> int:
         self.mmio.append(("r", addr, size))

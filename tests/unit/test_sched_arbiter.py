@@ -5,13 +5,12 @@ refused in one line."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from unit_support import make_elf, until
+from unit_support import scripted_daemon, until
 
 from hyperdisco.cli.main import main as cli_main
 from hyperdisco.client import Connection, Error
@@ -21,18 +20,8 @@ from hyperdisco.toolstack.daemon import Daemon
 @pytest.fixture(scope="module")
 def one_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str, Path]]:
     """A daemon whose arbiter hands out one core (CPU 0, pinned)."""
-    tmp = tmp_path_factory.mktemp("sched")
-    kernel = tmp / "vmlinux"
-    kernel.write_bytes(make_elf())
-    d = Daemon(str(tmp / "c.sock"), engine="scripted", xenstored_socket="none", sched="bvt", sched_cpus=[0])
-    server = d.listen()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield d, str(tmp / "c.sock"), kernel
-    finally:
-        server.shutdown()
-        server.server_close()
-        d.host.close()
+    with scripted_daemon(tmp_path_factory.mktemp("sched"), sched="bvt", sched_cpus=[0]) as served:
+        yield served
 
 
 def granted(conn: Connection) -> dict[str, float]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+from unit_support import QuietTraps
 
 from hyperdisco.core.hypercalls import XEN_VERSION
 from hyperdisco.core.memory import GuestMemory
@@ -54,7 +55,7 @@ class Dom:
         self.lines.append(msg)
 
 
-class Handler:
+class Handler(QuietTraps):
     def __init__(self, msrs: CoreMsrs) -> None:
         self.msrs = msrs
         self.hypercalls: list[int] = []
@@ -62,21 +63,6 @@ class Handler:
 
     def hypercall(self, vcpu: Vcpu) -> None:
         self.hypercalls.append(vcpu.gpr(RAX))
-
-    def io_in(self, vcpu: Vcpu, port: int, size: int) -> int:
-        return 0
-
-    def io_out(self, vcpu: Vcpu, port: int, size: int, value: int) -> None:
-        pass
-
-    def cpuid(self, vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        return (0, 0, 0, 0)
-
-    def mmio_read(self, vcpu: Vcpu, addr: int, size: int) -> int:
-        return 0
-
-    def mmio_write(self, vcpu: Vcpu, addr: int, size: int, value: int) -> None:
-        pass
 
     def rdmsr(self, vcpu: Vcpu, msr: int) -> int | None:
         return self.msrs.rdmsr(vcpu.index, msr)

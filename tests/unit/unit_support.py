@@ -104,15 +104,53 @@ class DomainHarness:
         return at
 
 
+class QuietTraps:
+    """A trap handler for engine tests (engine.base.TrapHandler): every trap does nothing and reads as 0
+    (unbacked memory as all ones, MSRs refused); a test overrides the traps it watches."""
+
+    def hypercall(self, vcpu: Any) -> None:
+        pass
+
+    def io_in(self, vcpu: Any, port: int, size: int) -> int:
+        return 0
+
+    def io_out(self, vcpu: Any, port: int, size: int, value: int) -> None:
+        pass
+
+    def cpuid(self, vcpu: Any, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        return (0, 0, 0, 0)
+
+    def mmio_read(self, vcpu: Any, addr: int, size: int) -> int:
+        return 0
+
+    def mmio_write(self, vcpu: Any, addr: int, size: int, value: int) -> None:
+        pass
+
+    def unbacked_read(self, vcpu: Any, addr: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def unbacked_write(self, vcpu: Any, addr: int, size: int, value: int) -> None:
+        pass
+
+    def rdmsr(self, vcpu: Any, msr: int) -> int | None:
+        return None
+
+    def wrmsr(self, vcpu: Any, msr: int, value: int) -> bool:
+        return False
+
+    def msr_denied(self, vcpu: Any, msr: int, write: bool, value: int) -> None:
+        pass
+
+
 @contextmanager
-def scripted_daemon(tmp: Path) -> Iterator[tuple[Any, str, Path]]:
-    """A real daemon (in this process, `scripted` engine, no xenstored socket) serving tmp/c.sock, and a
-    synthetic kernel for its domains: (daemon, socket path, kernel path)."""
+def scripted_daemon(tmp: Path, **options: Any) -> Iterator[tuple[Any, str, Path]]:
+    """A real daemon (in this process, `scripted` engine, no xenstored socket, Daemon `options` on top)
+    serving tmp/c.sock, and a synthetic kernel for its domains: (daemon, socket path, kernel path)."""
     from hyperdisco.toolstack.daemon import Daemon
 
     kernel = tmp / "vmlinux"
     kernel.write_bytes(make_elf())
-    d = Daemon(str(tmp / "c.sock"), engine="scripted", xenstored_socket="none")
+    d = Daemon(str(tmp / "c.sock"), engine="scripted", xenstored_socket="none", **options)
     server = d.listen()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
