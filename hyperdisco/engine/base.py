@@ -213,6 +213,18 @@ class Vcpu(ABC):
         this vCPU's domain: every vCPU of the domain drops code it translated from those pages before it
         next runs or takes an interrupt. Any thread; cheap when the pages hold no translated code."""
 
+    def export_state(self) -> bytes:
+        """The vCPU's complete CPU state, engine-specific bytes (docs/save-format.md); only between runs."""
+        from ..errors import EngineError
+
+        raise EngineError("hyperdisco: this engine cannot save a vCPU's state")
+
+    def import_state(self, state: bytes) -> None:
+        """Load what export_state returned (on a vCPU of the same engine that has not run)."""
+        from ..errors import EngineError
+
+        raise EngineError("hyperdisco: this engine cannot restore a vCPU's state")
+
     @abstractmethod
     def counts(self) -> TrapCounts: ...
 

@@ -9,6 +9,7 @@ import time
 
 from ...errors import EngineError
 from ..base import ControlPolicy, Engine, RunResult, StopReason, TrapCounts, TrapHandler, Vcpu
+from . import cpu_state
 from . import qemu_state as qs
 from .build import fastpath_library
 from .smp import VcpuGroup
@@ -528,6 +529,12 @@ class TcgVcpu(Vcpu):
         if rc < 0:
             raise EngineError("hyperdisco: interrupt injection attempted while the vCPU runs")
         return (None, "IDT or stack not in guest memory", "triple fault")[rc]
+
+    def export_state(self) -> bytes:
+        return cpu_state.export_state(self.uc, self.q)
+
+    def import_state(self, state: bytes) -> None:
+        cpu_state.import_state(self.uc, self.q, state)
 
     def counts(self) -> TrapCounts:
         hv = self._hv
