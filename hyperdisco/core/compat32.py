@@ -26,7 +26,7 @@ guest can name), and any output copied back in compat layout:
 Setting HVM_PARAM_CALLBACK_IRQ latches the domain's shared_info and vcpu_info into the layout of the
 caller's mode, as Xen's hvm_latch_shinfo_size (`latch`; core/evtchn_2l.py and shared_info.py follow it).
 
-Nothing to translate yet for the runstate area (registered, never written, in either mode),
+The runstate area follows the latched layout (core/runstate.py). Nothing to translate yet for
 GNTTABOP_setup_table and multicalls (not implemented in either mode).
 """
 

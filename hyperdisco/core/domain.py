@@ -125,6 +125,7 @@ class Domain:
         self.outcome_detail = ""
         self.finished = False
         self.paused = False
+        self.vm_assist = 0  # HYPERVISOR_vm_assist bits (core/runstate.py)
         self.done = threading.Event()
         self.scheduler: Scheduler | None = None
         self.memory = GuestMemory(max(config.memory_mib, config.maxmem_mib or 0) << 20, config.name)

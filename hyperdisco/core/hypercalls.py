@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..xen import abi
-from . import compat32, evtchn_ops, shared_info, smp
+from . import compat32, evtchn_ops, runstate, shared_info, smp
 from .evtchn_abi import EvtchnError
 from .memory import PAGE, GuestFault
 from .ratelimit import RateLimiter
@@ -42,7 +42,7 @@ class Hypercalls:
         self.table: dict[int, Handler] = {
             17: self.xen_version, 18: self.console_io, 12: self.memory_op, 34: self.hvm_op,
             24: self.vcpu_op, 32: self.event_channel_op, 29: self.sched_op, 20: self.grant_table_op,
-            15: self.set_timer_op,
+            15: self.set_timer_op, 21: self.vm_assist,
         }
         self.unknown_logged: set[tuple[int, int]] = set()
         self.limit = RateLimiter()  # this domain's log lines, by kind
@@ -185,6 +185,10 @@ class Hypercalls:
             return 0
         return self.unimplemented(34, cmd)
 
+    # -- vm_assist --------------------------------------------------------------------------------------
+    def vm_assist(self, ctx: VcpuContext, cmd: int, kind: int, *_: int) -> int:
+        return runstate.vm_assist(self.dom, cmd & 0xFFFFFFFF, kind & 0xFFFFFFFF)
+
     # -- vcpu_op ----------------------------------------------------------------------------------------
     def vcpu_op(self, ctx: VcpuContext, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
         dom, va = self.dom, ctx.va
@@ -207,8 +211,11 @@ class Hypercalls:
             target.vcpu_info_registered = True
             return 0
         if cmd == abi.VCPUOP_register_runstate_memory_area:
-            (addr,) = va.unpack(_U64, arg)
-            target.runstate_va = addr or None
+            (addr,) = va.unpack(abi.REGISTER_RUNSTATE_AREA, arg)
+            return runstate.register(ctx, target, addr & (0xFFFFFFFF if dom.evtchn.compat_shinfo else -1))
+        if cmd == abi.VCPUOP_get_runstate_info:
+            fmt = abi.RUNSTATE_INFO if ctx.ev.in_64bit_mode() else abi.COMPAT_RUNSTATE_INFO
+            va.pack(fmt, arg, *runstate.get_info(target))
             return 0
         if cmd in (abi.VCPUOP_set_singleshot_timer, abi.VCPUOP_stop_singleshot_timer) and target is not ctx:
             return -abi.EINVAL  # Xen: a vCPU's single-shot timer is its own to set

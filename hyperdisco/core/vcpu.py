@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..engine.base import StopReason, Vcpu
 from ..platform.lapic import Lapic
 from ..xen import abi
-from . import pagewalk, shared_info
+from . import pagewalk, runstate, shared_info
 from .memory import VirtualAccess
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ class VcpuContext:
         self.timer_ns: int | None = None
         self.periodic_ns: int | None = None
         self.periodic_next = 0
-        self.runstate_va: int | None = None
+        self.runstate = runstate.Runstate(
+            dom.clock.now_ns(), runstate.RUNNING if index == 0 else runstate.OFFLINE)
         self.halted = False
         self.blocked = False
         self.poll_ports: list[int] | None = None
@@ -202,10 +203,12 @@ class VcpuContext:
             self._startup()
         dom.evtchn.deliver_queued()
         if not self.up:
+            runstate.transition(self, runstate.OFFLINE)
             return float("inf")  # down: an INIT/STARTUP or VCPUOP_up wakes it
         now = dom.clock.now_ns()
         self._fire_timers(now)
         if self.stopped:  # HLT with interrupts off: no interrupt can end it
+            runstate.transition(self, runstate.OFFLINE)
             return float("inf")
         pending = self._inject()
         if self.blocked and self.poll_ports is not None and dom.evtchn.any_pending(self.poll_ports):
@@ -215,6 +218,7 @@ class VcpuContext:
         if self.halted and pending:
             self.halted = False
         if self.blocked or self.halted:
+            runstate.transition(self, runstate.BLOCKED)
             d = self.wake_deadline_ns()
             return float("inf") if d is None else time.monotonic() + max(0, d - now) / 1e9
         deadline = self.wake_deadline_ns()
@@ -222,6 +226,7 @@ class VcpuContext:
         if self.undelivered:
             slice_ns = min(slice_ns, DELIVERY_RETRY_NS)
         self.slice_end_ns = now + slice_ns
+        runstate.transition(self, runstate.RUNNING)  # what it waited for a core since is published now
         t0 = time.thread_time_ns()  # CPU time of this worker thread: what running the vCPU cost the host
         self.in_guest = True
         try:

@@ -12,7 +12,8 @@ __all__ = [
     "XEN_PVCLOCK_TSC_STABLE_BIT", "SI_EVTCHN_PENDING", "SI_EVTCHN_MASK", "SI_WC_VERSION", "WALLCLOCK",
     "COMPAT_VI_PENDING_SEL", "COMPAT_SI_EVTCHN_MASK", "COMPAT_SI_WC_VERSION", "COMPAT_SI_WC_SEC_HI",
     "COMPAT_WALLCLOCK", "EVTCHN_2L_COMPAT_NR_CHANNELS",
-    "CONSOLEIO_write", "CONSOLEIO_read",
+    "CONSOLEIO_write", "CONSOLEIO_read", "VMASST_CMD_enable", "VMASST_CMD_disable",
+    "VMASST_TYPE_runstate_update_flag",
 ]
 
 # --- xen.h / arch-x86/xen.h: the page (XEN_PAGE_SHIFT 12): the one definition every layer uses --------
@@ -71,3 +72,8 @@ EVTCHN_2L_COMPAT_NR_CHANNELS = 32 * 32  # sizeof(xen_ulong_t) * sizeof(xen_ulong
 
 # --- console_io (xen.h) -------------------------------------------------------------------------------
 CONSOLEIO_write, CONSOLEIO_read = 0, 1
+
+# --- xen.h: HYPERVISOR_vm_assist(cmd, type); an HVM domain may enable only runstate_update_flag
+# (xen/arch/x86/include/asm/domain.h HVM_VM_ASSIST_MASK)
+VMASST_CMD_enable, VMASST_CMD_disable = 0, 1
+VMASST_TYPE_runstate_update_flag = 5
