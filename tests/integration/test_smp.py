@@ -146,3 +146,26 @@ def test_vcpu_pin(xl: Xl, smp_guest: str) -> None:
     assert all(r[-3:] == ["all", "/", "all"] for r in rows), rows
     bad = xl("vcpu-pin", smp_guest, "5", "0", check=False)
     assert bad.returncode != 0 and "vCPUs 0-1" in bad.stderr
+
+
+def test_maxvcpus_above_vcpus(xl: Xl, tmp_path: Path, images: GuestImages) -> None:
+    """maxvcpus = 2, vcpus = 1: the guest knows two CPUs and runs one; vcpu-set 2 lets it online the
+    other."""
+    xl("create", domain_cfg(tmp_path, "grow", "vcpus = 1", "maxvcpus = 2"))
+    deadline = time.monotonic() + 120
+    while online(xl, "grow").split() != ["0", "1"]:  # the guest offlines cpu1 once it reads xenstore
+        assert time.monotonic() < deadline, online(xl, "grow")
+        time.sleep(1)
+    assert xl.rows()["grow"][3] == "1"
+    rows = [ln.split() for ln in xl("vcpu-list", "grow").stdout.splitlines()[1:]]
+    assert [r[2] for r in rows] == ["0", "1"] and rows[1][4] == "--p", rows
+    xl("vcpu-set", "grow", "2")
+    deadline = time.monotonic() + 120
+    while True:
+        r = xl("exec", "grow", "echo 1 > /sys/devices/system/cpu/cpu1/online 2>/dev/null; nproc",
+               "--timeout", "120")
+        if r.stdout.split()[-1:] == ["2"]:
+            break
+        assert time.monotonic() < deadline, r.stdout
+        time.sleep(1)
+    assert xl.rows()["grow"][3] == "2"
