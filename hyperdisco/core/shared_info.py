@@ -59,5 +59,15 @@ def update_time(dom: Domain, ctx: VcpuContext) -> None:
     mem.set_u32(at, ver)
     tsc = dom.engine.guest_tsc()
     mem.pack(abi.VCPU_TIME_INFO, at, ver, 0, tsc, dom.clock.ns_at(tsc), dom.clock.mul, dom.clock.shift,
-             abi.XEN_PVCLOCK_TSC_STABLE_BIT)
+             pvclock_flags(dom))
     mem.set_u32(at, ver + 1)
+
+
+def pvclock_flags(dom: Domain) -> int:
+    """XEN_PVCLOCK_TSC_STABLE_BIT tells the guest that pvclock readings on different vCPUs never go
+    backwards, so it may skip its own cross-CPU clamp (Linux's pvclock_clocksource_read keeps a shared
+    last_value otherwise). A one-vCPU domain trivially has that. With several, TCG's rdtsc is an unordered
+    host rdtsc (a guest lfence translates to nothing on an x86 host), and Linux's boot-time check measured
+    warps of ~700 cycles between two vCPUs on this host (check_tsc_sync_source: "TSC warped randomly
+    between CPUs"), so an SMP domain does not claim it, as Xen does not when it cannot guarantee it."""
+    return abi.XEN_PVCLOCK_TSC_STABLE_BIT if len(dom.vcpus) == 1 else 0

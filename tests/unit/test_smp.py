@@ -290,3 +290,17 @@ def test_each_vcpu_runs_on_its_own_thread(make_domain: Callable[..., DomainHarne
         dom.shutdown("destroyed")
         sched.remove(dom)
         sched.shutdown()
+
+
+def test_pvclock_claims_stable_tsc_only_with_one_vcpu(make_domain: Callable[..., DomainHarness]) -> None:
+    from hyperdisco.core import shared_info
+
+    for n, flags in ((1, abi.XEN_PVCLOCK_TSC_STABLE_BIT), (2, 0)):
+        dh = make_domain(vcpus=n)
+        gpfn = 0x300
+        arg = dh.put(abi.ADD_TO_PHYSMAP, abi.DOMID_SELF, 0, abi.XENMAPSPACE_shared_info, 0, gpfn)
+        assert dh.call("memory_op", abi.XENMEM_add_to_physmap, arg) == 0
+        for ctx in dh.dom.vcpus:
+            shared_info.update_time(dh.dom, ctx)
+            at = dh.dom.evtchn.vcpu_info[ctx.index] + abi.VI_TIME
+            assert dh.dom.memory.unpack(abi.VCPU_TIME_INFO, at)[-1] == flags
