@@ -244,9 +244,22 @@ class Domain:
         return bool(self.conn.call("wait", dom=self.domid, timeout=timeout))
 
     def exec(self, command: str, timeout: float = 120.0) -> ExecResult:
-        """Run a shell command through the domain's console: its exit status and output."""
+        """Run a shell command through the guest agent when it answers, else the domain's console: its
+        exit status and output."""
         res = self.conn.call("exec", dom=self.domid, command=command, timeout=timeout)
         return ExecResult(int(res["status"]), base64.b64decode(res["output"]))
+
+    def read_file(self, path: str, timeout: float = 300.0) -> bytes:
+        """A file of the guest, through its guest agent (docs/guest-agent.md)."""
+        res = self.conn.call("file_read", dom=self.domid, path=path, timeout=timeout)
+        return base64.b64decode(res["data"])
+
+    def write_file(self, path: str, data: bytes, timeout: float = 300.0) -> None:
+        """Create or replace a file of the guest through its guest agent, in requests of 512 KiB."""
+        chunk = 512 << 10
+        for off in range(0, max(len(data), 1), chunk):
+            self.conn.call("file_write", dom=self.domid, path=path, append=off > 0, timeout=timeout,
+                           data=base64.b64encode(data[off:off + chunk]).decode())
 
     def console(self) -> Console:
         """The console as a stream of bytes both ways, on a connection of its own."""

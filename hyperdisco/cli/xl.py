@@ -173,6 +173,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"    on_crash: {r['on_crash']}  restarts: {r['restarts']}")
             for v in r.get("vifs", []):
                 print(f"    vif{v['devid']}: {v['mac']} on {v['network']}  {_vif_counters(v)}")
+            if r.get("ips"):
+                print(f"    ip: {' '.join(r['ips'])}")
     return 0
 
 
@@ -243,6 +245,46 @@ def cmd_exec(args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(res.output)
     sys.stdout.flush()
     return res.status
+
+
+CP_MAX = 64 << 20  # the daemon's file_read bound (toolstack/agent_ops.py FILE_READ_MAX)
+
+
+def _cp_side(text: str) -> tuple[str | None, str]:
+    """DOM:PATH (a guest path, absolute) or a local path."""
+    dom, sep, path = text.partition(":")
+    if sep and dom and "/" not in dom and path.startswith("/"):
+        return dom, path
+    return None, text
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    (src_dom, src), (dst_dom, dst) = _cp_side(args.src), _cp_side(args.dst)
+    if (src_dom is None) == (dst_dom is None):
+        raise HyperdiscoError("hyperdisco: cp: exactly one of SRC and DST must be DOM:/PATH")
+    conn = _conn(args)
+    if src_dom is not None:
+        data = conn.lookup(src_dom).read_file(src, timeout=args.timeout)
+        if dst == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        else:
+            try:
+                with open(dst, "wb") as f:
+                    f.write(data)
+            except OSError as e:
+                raise HyperdiscoError(f"hyperdisco: cp: {dst}: {e.strerror}") from e
+        return 0
+    assert dst_dom is not None
+    try:
+        with open(src, "rb") as f:
+            data = f.read(CP_MAX + 1) if src != "-" else sys.stdin.buffer.read(CP_MAX + 1)
+    except OSError as e:
+        raise HyperdiscoError(f"hyperdisco: cp: {src}: {e.strerror}") from e
+    if len(data) > CP_MAX:
+        raise HyperdiscoError("hyperdisco: cp: files up to 64 MiB")
+    conn.lookup(dst_dom).write_file(dst, data, timeout=args.timeout)
+    return 0
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -545,6 +587,10 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("dom")
     p.add_argument("command")
     p.add_argument("--timeout", type=float, default=120.0)
+    p = verb("cp", cmd_cp, "copy a file into or out of a domain through its guest agent (DOM:/PATH)")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--timeout", type=float, default=300.0)
     p = verb("block-attach", cmd_block_attach, "give a running domain a disk (xl disk syntax)")
     p.add_argument("dom")
     p.add_argument("spec", metavar="DISKSPEC")

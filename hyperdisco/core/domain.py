@@ -61,6 +61,7 @@ class DomainConfig:
     extra: dict[str, str] = field(default_factory=dict)
     disks: list[Any] = field(default_factory=list)  # disk specs (toolstack.xlcfg.DiskSpec) for blkback
     record: Any = None  # the toolstack's own description, kept by the domain process for a new domain 0
+    channels: list[str] = field(default_factory=list)  # xl.cfg channel names: device/console/1, 2, ...
     bvt: BvtParams | None = None  # its BVT weight and warp (dom0/arbiter.py); None: the defaults
 
 

@@ -34,6 +34,7 @@ from . import cgroups, memctl, vcpus
 from .admission import Admission
 from .arbiter import Arbiter
 from .broker import EventChannelBroker
+from .channels import ChannelTable
 from .grants import GrantBroker
 from .handle import DomainHandle
 from .spawner import Spawner
@@ -90,6 +91,7 @@ class Host:
         self.broker = EventChannelBroker(self)  # inter-domain event channels between domain processes
         self.grants = GrantBroker(self)  # grant mappings between domain processes
         self.net = NetworkDevices(self)  # its switches (one per named network) start with the first vif
+        self.pv_channels = ChannelTable(self.xs)  # xl.cfg channels and the guest agent (dom0/channels.py)
         self.arbiter = Arbiter(self.log, sched_cpus) if sched == "bvt" else None
         self.spawner: Spawner | None = None
         if template:
@@ -279,6 +281,7 @@ class Host:
             disks = []
             for vif in vifs:
                 self.net.attach(dom, vif)
+            self.pv_channels.attach(dom, config.channels)
             with self._lock:
                 dom.creating = False
                 self._changed.notify_all()
@@ -382,6 +385,7 @@ class Host:
             dom.shutdown("destroyed")
         self.blk.close_domain(dom.domid)  # the toolstack's side of its disks
         self.net.close_domain(dom.domid)  # its ports off the switches, its vif nodes
+        self.pv_channels.remove(dom.domid)
         self.broker.domain_gone(dom.domid)
         self.grants.domain_gone(dom.domid)
         if self.arbiter is not None:

@@ -3,8 +3,8 @@
 The block backends inside domain N's process do their xenbus handshake through these. Each relayed
 connection is a privileged connection of domain 0's xenstored, but only for the requests a block
 backend of domain N needs: reads and watches under /local/domain/N (its frontends) and under domain 0's
-backend directories for N, writes only to the latter. Anything else is refused with EACCES, so a
-compromised domain process reaches no other domain's nodes.
+backend directories for N (vbd, vif, console: its channels), writes only to the latter. Anything else
+is refused with EACCES, so a compromised domain process reaches no other domain's nodes.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ MAX_CONNECTIONS = 64  # per domain: one per block device, and then some
 
 
 def backend_roots(domid: int) -> tuple[str, ...]:
-    return tuple(f"/local/domain/0/backend/{kind}/{domid}" for kind in ("vbd", "vif"))
+    return tuple(f"/local/domain/0/backend/{kind}/{domid}" for kind in ("vbd", "vif", "console"))
 
 
 def allowed(domid: int, msg_type: int, payload: bytes) -> bool:

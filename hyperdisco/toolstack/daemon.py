@@ -35,7 +35,7 @@ from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from ..platform import layout
-from . import sched_ops
+from . import agent_ops, sched_ops
 from .build import MAX_VCPUS, domain_config
 from .protocol import encode, socket_path
 from .requests import MAX_REQUEST_BYTES, RequestError, XsRequestError, check_name, field, parse_request
@@ -46,7 +46,7 @@ from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec, vif_from_params
 MAX_EVENT_CHANNELS = (1 << 17) - 1  # xl.cfg(5) max_event_channels: what the FIFO ABI names
 RECORD_KEYS = ("name", "memory", "maxmem", "vcpus", "maxvcpus", "kernel", "ramdisk", "cmdline",
                "on_poweroff", "on_reboot", "on_crash", "disks", "net",  # net: the vifs as attached (host.py)
-               "bootloader", "bootloader_args", "max_event_channels", *sched_ops.CONFIG_KEYS)
+               "bootloader", "bootloader_args", "max_event_channels", "channels", *sched_ops.CONFIG_KEYS)
 CLIENT_QUEUE_BYTES = 1 << 20  # console/watch output waiting for a slow client; beyond this it is dropped
 LISTEN_BACKLOG = 128
 
@@ -311,6 +311,7 @@ class Daemon:
                                        f"{', '.join(SUPPORTED_ACTIONS)}")
                 setattr(cfg, key, action)
         cfg.disks = disk_specs
+        cfg.channels = agent_ops.channel_names(config.get("channels"))
         cfg.bvt = sched_ops.params_of_config(config)
         cfg.record = {k: config[k] for k in RECORD_KEYS if k in config}
         return cfg
@@ -371,7 +372,8 @@ class Daemon:
             row = self._row(d)
             if long:
                 row.update(cmdline=d.config.cmdline, on_crash=d.config.on_crash, traps=d.traps(), pid=d.pid,
-                           jail=d.jail, vifs=self.host.net.stats(d.domid))
+                           jail=d.jail, vifs=self.host.net.stats(d.domid),
+                           ips=agent_ops.addresses(self.host.pv_channels.agent(d.domid)))
             rows.append(row)
         return rows
 
@@ -450,7 +452,9 @@ class Daemon:
     def op_shutdown(self, dom: str | int, reason: str = "poweroff") -> None:
         if reason not in ("poweroff", "reboot", "halt", "suspend"):
             raise RequestError("hyperdisco: shutdown: reason must be poweroff, reboot, halt or suspend")
-        self.host.request_shutdown(self._dom(dom), reason)
+        d = self._dom(dom)
+        if not agent_ops.shutdown(self.host.pv_channels.agent(d.domid), reason):
+            self.host.request_shutdown(d, reason)
 
     def op_wait(self, dom: str | int, timeout: float = 60.0) -> bool:
         return self.host.wait_gone(self._dom(dom), timeout)
@@ -478,6 +482,9 @@ class Daemon:
             if time.monotonic() > queued:
                 raise HyperdiscoError(f"hyperdisco: exec in {d.name}: another exec is still running")
         try:
+            agent = self.host.pv_channels.agent(d.domid)
+            if agent is not None and agent_ops.agent_for_exec(agent, d, timeout, conn, _client_gone):
+                return agent_ops.exec_via_agent(agent, d.name, command, timeout)
             console = self.host.consoles[d.domid]
             fresh = not d.guest_up
             session = ExecSession(command, d.input, poweroff=False, booting=fresh)
@@ -500,6 +507,15 @@ class Daemon:
         finally:
             lock.release()
         return {"status": session.exit_status, "output": base64.b64encode(session.output).decode()}
+
+    def op_file_read(self, dom: str | int, path: str, timeout: float = 300.0) -> dict[str, Any]:
+        d = self._dom(dom)
+        return agent_ops.file_read(self.host.pv_channels.agent(d.domid), d.name, path, timeout)
+
+    def op_file_write(self, dom: str | int, path: str, data: str, append: bool = False,
+                      timeout: float = 300.0) -> None:
+        d = self._dom(dom)
+        agent_ops.file_write(self.host.pv_channels.agent(d.domid), d.name, path, data, append, timeout)
 
     # -- serving ----------------------------------------------------------------------------------------
     def handle(self, conn: socket.socket) -> None:

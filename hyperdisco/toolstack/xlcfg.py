@@ -53,7 +53,7 @@ MAX_ECHO = 80               # characters of user text quoted in one error messag
 KNOWN_KEYS = frozenset({
     "name", "type", "kernel", "ramdisk", "extra", "cmdline", "root", "memory", "maxmem", "vcpus",
     "maxvcpus", "max_event_channels", "on_poweroff", "on_reboot", "on_crash", "disk", "vif", "uuid",
-    "cpus", "bootloader", "bootloader_args", "weight", "warp", "warpl", "warpu",
+    "cpus", "bootloader", "bootloader_args", "weight", "warp", "warpl", "warpu", "channel",
 })
 BOOTLOADERS = ("pygrub",)   # by name; a path to it (/usr/lib/xen-4.17/bin/pygrub) means the same
 
@@ -144,6 +144,7 @@ class DomainSpec:
     on_crash: str = "destroy"
     disks: list[DiskSpec] = field(default_factory=list)
     vifs: list[VifSpec] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)  # `channel = [...]` names, devid 1, 2, ... in order
     uuid: str | None = None
     cpus: str | None = None         # stored as written (e.g. "0-3,^1")
     weight: int | None = None       # BVT weight (1-65535; None: 256, equal shares)
@@ -681,6 +682,48 @@ MAX_RATE_INTERVAL_US = (1 << 32) - 1  # libxl keeps it in a uint32
 _HOSTFWD_RE = re.compile(r"(tcp|udp):([0-9]{1,5}):([0-9]{1,5})")
 
 
+# xl.cfg(5) "channel": name= (required), connection=socket|pty, path= (with socket). hyperdisco serves a
+# channel from domain 0 itself (the guest agent's, docs/guest-agent.md); connection= and path= are accepted
+# as xl writes them, but nothing listens on the path (see docs/guest-agent.md, "not done")
+KNOWN_CHANNEL_KEYS = ("name", "connection", "path", "backend")
+CHANNEL_CONNECTIONS = ("socket", "pty")
+MAX_CHANNELS = 8
+_CHANNEL_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
+
+
+def parse_channel(spec: str, where: str = "<channel>") -> str:
+    """One channel spec (comma-separated key=value pairs): its name."""
+    params: dict[str, str] = {}
+    if "\0" in spec:
+        raise _fail(where, "channel", f"NUL character in {_q(spec)}")
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key:
+            raise _fail(where, "channel", f"expected key=value, got {_q(item)} in {_q(spec)}")
+        if key not in KNOWN_CHANNEL_KEYS:
+            hint = difflib.get_close_matches(key, KNOWN_CHANNEL_KEYS, n=1)
+            raise _fail(where, "channel", f"unknown channel parameter {_q(key)}"
+                                          f"{f' (did you mean {hint[0]!r}?)' if hint else ''}")
+        if key in params:
+            raise _fail(where, "channel", f"{_q(key)} given twice in {_q(spec)}")
+        params[key] = value
+    name = params.get("name")
+    if name is None:
+        raise _fail(where, "channel", f"a channel needs name= in {_q(spec)}")
+    if not _CHANNEL_NAME_RE.fullmatch(name):
+        raise _fail(where, "channel", f"channel name {_q(name)} is not 1-128 letters, digits, '_.:-'")
+    conn = params.get("connection", "socket")
+    if conn not in CHANNEL_CONNECTIONS:
+        raise _fail(where, "channel", f"connection {_q(conn)} is not one of {', '.join(CHANNEL_CONNECTIONS)}")
+    if params.get("backend", "0") not in VIF_BACKENDS:
+        raise _fail(where, "channel", "channel backends run in domain 0 only")
+    return name
+
+
 def parse_vif(spec: str, where: str = "<vif>") -> VifSpec:
     """Parse one vif spec: comma-separated ``key=value`` pairs; empty items are ignored."""
     params: dict[str, str] = {}
@@ -859,6 +902,12 @@ def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
             macs = [v.mac for v in spec.vifs if v.mac is not None]
             if len(set(macs)) < len(macs):
                 raise _fail(s.where, key, "two vifs have the same mac")
+        elif key == "channel":
+            spec.channels = [parse_channel(item, s.where) for item in _as_str_list(s)]
+            if len(set(spec.channels)) < len(spec.channels):
+                raise _fail(s.where, key, "two channels have the same name")
+            if len(spec.channels) > MAX_CHANNELS:
+                raise _fail(s.where, key, f"at most {MAX_CHANNELS} channels")
         elif key == "uuid":
             uuid = _as_str(s)
             if not _UUID_RE.fullmatch(uuid):

@@ -11,6 +11,7 @@ kernel image, the initramfs). The process builds the domain (builder.py), enters
   query                    statistics and the vCPUs' whereabouts, for list/top/run --stats
   blk-attach, blk-detach   a virtual block device with its image descriptors (opened by domain 0)
   net-attach, net-detach   a vif with its end of the socket pair to domain 0's switch
+  chan-attach              a PV console channel (xl.cfg channel) with its end of domain 0's socket pair
   xs-reply, xs-watch       answers for the relayed xenstore connections of its block backends
 
 and sends its own: kick console|store (the guest signalled domain 0's end of a channel), out (bytes the
@@ -30,6 +31,7 @@ import traceback
 from typing import Any
 
 from ..backends.blkback.host import VbdHost
+from ..backends.console_channel import ChannelHost
 from ..backends.netback import VifHost
 from ..core.domain import Domain
 from ..core.scheduler import Scheduler
@@ -54,6 +56,7 @@ class DomainProcess:
         self.xs = RemoteXenstore(channel)
         self.vbds: VbdHost | None = None
         self.vifs: VifHost | None = None
+        self.pv_channels: ChannelHost | None = None
         self.channels: BrokeredChannels | None = None
         self.grants: BrokeredGrants | None = None
         self._pending = PendingReplies()  # our own requests to domain 0
@@ -110,6 +113,7 @@ class DomainProcess:
             self.dom = dom
             self.vbds = VbdHost(dom, self.xs, self.log)
             self.vifs = VifHost(dom, self.xs, self.log)
+            self.pv_channels = ChannelHost(dom, self.xs, self.log)
             self.channels = BrokeredChannels(dom, self.send, self.call)
             dom.remote_channels = self.channels
             self.grants = BrokeredGrants(dom, self.send)
@@ -140,6 +144,8 @@ class DomainProcess:
         self.scheduler.remove(dom)
         if self.vifs is not None:
             self.vifs.close()
+        if self.pv_channels is not None:
+            self.pv_channels.close()
         if self.vbds is not None:
             self.vbds.close()  # closes (flushes) the images
         # finished while domain 0 was away (the guest rebooted, powered off or crashed): wait for the
@@ -285,6 +291,8 @@ class DomainProcess:
             self.grants.peer_request("unmap", msg)
         elif t == "net-attach":
             self._net_attach(msg, fds)
+        elif t == "chan-attach":
+            self._chan_attach(msg, fds)
         elif t == "net-detach":
             assert self.vifs is not None
             ok = self.vifs.detach(int(msg["devid"]), float(msg.get("wait", 0.0)))
@@ -314,6 +322,20 @@ class DomainProcess:
             raise ValueError("a vif comes with exactly one descriptor")
         try:
             self.vifs.attach(int(msg["devid"]), dict(msg["args"]), fds[0])
+        except (ValueError, TypeError, KeyError) as exc:
+            self.send({"t": "reply", "id": msg.get("id"), "error": str(exc)[:400]})
+            return
+        self.send({"t": "reply", "id": msg.get("id"), "ok": True})
+
+    def _chan_attach(self, msg: dict[str, Any], fds: list[int]) -> None:
+        """A PV console channel (backends/console_channel.py) with its end of domain 0's socket pair."""
+        assert self.pv_channels is not None
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError("a channel comes with exactly one descriptor")
+        try:
+            self.pv_channels.attach(int(msg["devid"]), str(msg["name"]), fds[0])
         except (ValueError, TypeError, KeyError) as exc:
             self.send({"t": "reply", "id": msg.get("id"), "error": str(exc)[:400]})
             return

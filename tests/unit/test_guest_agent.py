@@ -1,4 +1,4 @@
-"""The guest agent protocol client (toolstack/guest_agent.py) against a fake qemu-ga on a socket pair:
+"""The guest agent protocol client (dom0/guest_agent.py) against a fake qemu-ga on a socket pair:
 framing, guest-sync-delimited, stale and garbage replies, oversized replies, floods and silence."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from hyperdisco.toolstack import guest_agent as ga
-from hyperdisco.toolstack.guest_agent import AgentClient, AgentError, AgentTimeout
+from hyperdisco.dom0 import guest_agent as ga
+from hyperdisco.dom0.guest_agent import AgentClient, AgentError, AgentTimeout
 
 Handler = Callable[[dict[str, Any]], bytes | None]
 

@@ -148,9 +148,13 @@ class AgentClient:
         if not self._call_lock.acquire(timeout=max(0.0, timeout)):
             raise AgentTimeout("the guest agent is busy with another command")
         try:
-            if not self._synced:
-                self._sync(deadline)
-            self._send(command, arguments)
+            try:
+                if not self._synced:
+                    self._sync(deadline)
+                self._send(command, arguments)
+            except OSError as e:
+                self._synced = False
+                raise AgentError(f"cannot write to the guest agent's channel: {e}") from e
             if no_reply:
                 return None
             while True:
@@ -234,9 +238,12 @@ class AgentClient:
         finally:
             self._close(h)
 
-    def write_file(self, path: str, data: bytes, timeout: float = 300.0) -> None:
+    def write_file(self, path: str, data: bytes, timeout: float = 300.0, mode: str = "w") -> None:
+        """Write (mode "w") or append to (mode "a") a guest file."""
+        if mode not in ("w", "a"):
+            raise ValueError(mode)
         deadline = time.monotonic() + timeout
-        h = self._open(path, "w")
+        h = self._open(path, mode)
         try:
             for off in range(0, max(len(data), 1), FILE_CHUNK):
                 chunk = data[off:off + FILE_CHUNK]
