@@ -1,6 +1,7 @@
 """Scheduling benchmarks, the measurements of Xen'03 §4.4 for domain 0's BVT arbiter (docs/scheduler.md).
 
-    .venv/bin/python bench/sched.py [--only share,wakeup,speedup,overhead] [--seconds 60] [--rounds 4]
+    .venv/bin/python bench/sched.py [--only share,wakeup,speedup,overhead,isolation] [--seconds 60]
+                                    [--rounds 4] [--iso-forks 500] [--iso-cpus 0] [--iso-each]
                                     [--out bench/results/sched-<timestamp>.json]
 
 share     two CPU-bound domains with weights 1:2 on one core (`daemon --sched-cpus 0`, their vCPU threads
@@ -15,6 +16,15 @@ speedup   SMP (issue 9): the same parallel CPU-bound job (two shell loops of --p
           domain process's CPU time per wall second, and how busy the rest of the host was meanwhile
           (/proc/stat: busy CPU time not ours), since on a shared host that decides the result; each run
           first waits (at most --max-wait s) for the host to be below a quarter of a core busy for 2 s.
+isolation Xen'03's isolation test: a victim domain's fork+exec workload (the boot bench's true200 phase:
+          --iso-forks x /bin/true, timed by the guest's own clock, /proc/uptime) alone, beside four CPU-bound
+          domains (the equal-share control) and beside four antisocial domains (a fork storm, a disk hog
+          writing its own raw image with fsync, a memory hog re-allocating and touching 48 MiB, a CPU
+          spinner), the groups taking turns (the others paused) in each of --rounds rounds; the victim's
+          median beside the antisocial ones over beside the control (Xen'03: within 4%) and over alone, its
+          steal in the guest's /proc/stat, and how busy the rest of the host was (`--iso-cpus`: the
+          arbiter's cores, default all); --iso-each adds each antisocial domain on its own against one
+          CPU-bound neighbour.
 overhead  the arbiter's cost: its decision time per call, the grant round trip a vCPU waits when a core is
           free (want -> grant, through both processes' channel threads), and a CPU-bound loop in one guest
           under `--sched bvt` against `--sched host` (the gate's round trips every 10 C and at each wake).
@@ -265,8 +275,114 @@ def arbiter_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+ANTISOCIAL = {  # name: (xl.cfg additions, the storm it starts in the background)
+    "forker": ({}, "setsid sh -c 'while :; do /bin/true & /bin/true & wait; done' "
+                   ">/dev/null 2>&1 </dev/null &"),
+    "disk": ({"disks": [{"format": "raw", "vdev": "xvdb", "access": "rw", "target": "{img}"}]},
+             "setsid sh -c 'while :; do dd if=/dev/zero of=/dev/xvdb bs=1M count=16 conv=fsync; done' "
+             ">/dev/null 2>&1 </dev/null &"),
+    "memhog": ({}, "setsid sh -c 'while :; do dd if=/dev/zero of=/dev/null bs=48M count=4; done' "
+                   ">/dev/null 2>&1 </dev/null &"),
+    "spinner": ({}, SPIN),
+}
+FORKS = ("a=$(cut -d' ' -f1 /proc/uptime); i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done; "
+         "b=$(cut -d' ' -f1 /proc/uptime); echo \"forks $a $b\"")
+
+
+def _victim_run(d: Daemon, n: int) -> float | None:
+    """One fork+exec run in the victim: its length by the guest's clock (s)."""
+    text, _ = d.exec("victim", FORKS.format(n=n), timeout=900)
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "forks":
+            return float(parts[2]) - float(parts[1])
+    return None
+
+
+def _guest_steal(d: Daemon, name: str) -> tuple[int, int]:
+    """(steal, all) ticks of the guest's /proc/stat cpu line."""
+    text, _ = d.exec(name, "head -1 /proc/stat")
+    line = next(ln for ln in text.splitlines() if ln.startswith("cpu "))
+    v = [int(x) for x in line.split()[1:]]
+    return v[7], sum(v)
+
+
+def isolation(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The victim alone, beside four well-behaved CPU-bound domains (the equal-share control: what Xen'03
+    compared against, four domains with equal allocations) and beside the four antisocial ones; the
+    groups take turns (the others paused) in each of --rounds rounds, so that the host's other load falls
+    on all three alike."""
+    extra = ("--sched-cpus", args.iso_cpus) if args.iso_cpus else ()
+    d = Daemon(work / "isolation", *extra)
+    groups = {"solo": [], "control": [f"calm{i}" for i in range(1, 5)], "antisocial": list(ANTISOCIAL)}
+    if args.iso_each:  # each antisocial domain on its own against one CPU-bound neighbour
+        groups.update({"one_calm": ["calm1"], **{f"only_{n}": [n] for n in ANTISOCIAL if n != "spinner"}})
+    runs: dict[str, list[float]] = {g: [] for g in groups}
+    steal = {g: [0, 0] for g in groups}  # the victim's steal and all ticks, summed over its runs
+    others = {g: [0.0, 0.0] for g in groups}  # host CPU not the victim's, wall time
+    try:
+        d.create("victim")
+        _victim_run(d, max(10, args.iso_forks // 10))  # translation warm-up
+        pid = next(r["pid"] for r in d.call("list", long=True) if r["name"] == "victim")
+        for name in groups["control"]:
+            d.create(name)
+            d.exec(name, SPIN)
+        for name, (cfg, storm) in ANTISOCIAL.items():
+            conf = dict(cfg)
+            if "disks" in conf:
+                img = work / "isolation" / "disk-hog.img"
+                with open(img, "wb") as f:
+                    f.truncate(64 << 20)
+                conf["disks"] = [{**x, "target": str(img)} for x in conf["disks"]]
+            d.create(name, **conf)
+            d.exec(name, storm)
+        for name in groups["control"] + groups["antisocial"]:
+            d.call("pause", dom=name)
+        for _ in range(args.rounds):
+            for g, members in groups.items():
+                for name in members:
+                    d.call("unpause", dom=name)
+                time.sleep(2 if members else 0)
+                steal0, ticks0 = _guest_steal(d, "victim")
+                host0, own0, w0 = _host_busy_s(), _proc_cpu_s(pid), time.monotonic()
+                t = _victim_run(d, args.iso_forks)
+                wall = time.monotonic() - w0
+                host1, own1 = _host_busy_s(), _proc_cpu_s(pid)
+                steal1, ticks1 = _guest_steal(d, "victim")
+                for name in members:
+                    d.call("pause", dom=name)
+                if t is not None:
+                    runs[g].append(round(t, 3))
+                steal[g][0] += steal1 - steal0
+                steal[g][1] += ticks1 - ticks0
+                others[g][0] += (host1 - host0) - (own1 - own0)
+                others[g][1] += wall
+                say(f"isolation: {g}: fork+exec x{args.iso_forks} {t if t is None else round(t, 2)} s "
+                    "(guest clock)")
+    finally:
+        d.close()
+    out: dict[str, Any] = {"forks": args.iso_forks, "cpus": args.iso_cpus or "all", "runs_s": runs,
+                           "victim_steal_share": {g: round(v[0] / max(1, v[1]), 4) for g, v in steal.items()},
+                           "others_cores": {g: round(v[0] / max(1e-9, v[1]), 3) for g, v in others.items()}}
+    med = {g: statistics.median(v) for g, v in runs.items() if v}
+    out["median_s"] = med
+    for g in groups:
+        say(f"isolation: {g}: median {med.get(g, float('nan')):.2f} s; the victim's steal "
+            f"{100 * out['victim_steal_share'][g]:.1f}% of its ticks; the rest of the host used "
+            f"{out['others_cores'][g]:.2f} cores")
+    if all(g in med for g in ("solo", "control", "antisocial")):
+        out["antisocial_over_control"] = round(med["antisocial"] / med["control"], 3)
+        out["antisocial_over_solo"] = round(med["antisocial"] / med["solo"], 3)
+        out["control_over_solo"] = round(med["control"] / med["solo"], 3)
+        say(f"isolation: the victim's fork+exec x{args.iso_forks} beside a fork storm, a disk hog, a memory "
+            f"hog and a CPU spinner takes {out['antisocial_over_control']:.3f}x its time beside four "
+            f"CPU-bound domains (Xen'03: within 4%), {out['antisocial_over_solo']:.3f}x its time alone")
+    return out
+
+
 SECTIONS = {"share": proportional_share, "wakeup": wakeup_latency, "speedup": smp_speedup,
-            "overhead": arbiter_overhead}
+            "overhead": arbiter_overhead,
+            "isolation": isolation}
 
 
 def main() -> int:
@@ -280,6 +396,10 @@ def main() -> int:
                     help="iterations of each of the speed-up's two parallel shell loops")
     ap.add_argument("--max-wait", type=float, default=120.0,
                     help="speedup: before each run, wait at most this long for a quiet host (0: never)")
+    ap.add_argument("--iso-forks", type=int, default=500, help="isolation: /bin/true runs per victim run")
+    ap.add_argument("--iso-each", action="store_true",
+                    help="isolation: also each antisocial domain alone against one CPU-bound neighbour")
+    ap.add_argument("--iso-cpus", default="", help="isolation: the arbiter's cores (default: all)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     wanted = [s for s in args.only.split(",") if s]
