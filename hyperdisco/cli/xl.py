@@ -224,6 +224,25 @@ def cmd_shutdown(args: argparse.Namespace, reason: str = "poweroff") -> int:
     return 0
 
 
+def cmd_save(args: argparse.Namespace) -> int:
+    """save DOM FILE: the guest suspends itself, its state goes to FILE, the domain ends."""
+    path = os.path.abspath(args.file)
+    print(f"Saving domain {args.dom} to {path} (the guest suspends itself)...", file=sys.stderr, flush=True)
+    r = _conn(args).call("save", dom=args.dom, file=path, timeout=args.timeout)
+    print(f"Saved: {r['detail']}, {r['bytes'] / 1048576:.1f} MiB, {r['seconds']:.2f} s in all",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """restore FILE: a new domain that carries on where the saved one was."""
+    path = os.path.abspath(args.file)
+    print(f"Loading new save file {path}...", file=sys.stderr, flush=True)
+    r = _conn(args).call("restore", file=path)
+    print(f"Restored domain {r['name']} (id {r['domid']}) in {r['seconds']:.2f} s", file=sys.stderr)
+    return 0
+
+
 def cmd_reboot(args: argparse.Namespace) -> int:
     return cmd_shutdown(args, "reboot")
 
@@ -579,6 +598,11 @@ def add_verbs(sub: Any) -> None:
         p.add_argument("dom")
         p.add_argument("-w", dest="wait", action="store_true", help="wait for it to go")
         p.add_argument("--timeout", type=float, default=120.0)
+    p = verb("save", cmd_save, "save a running domain to a file (it suspends itself and ends; one vCPU)")
+    p.add_argument("dom")
+    p.add_argument("file")
+    p.add_argument("--timeout", type=float, default=120.0, help="how long the guest may take to suspend")
+    verb("restore", cmd_restore, "create a domain from a save file").add_argument("file")
     verb("info", cmd_info, "host and hypervisor information")
     verb("dmesg", cmd_dmesg, "the hypervisor's log").add_argument("-c", dest="clear", action="store_true")
     p = verb("console", cmd_console, "attach to a domain's console (Ctrl-] detaches)")

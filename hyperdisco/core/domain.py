@@ -97,7 +97,8 @@ class RemoteGrants(Protocol):
 class Domain:
     def __init__(self, domid: int, config: DomainConfig, engine: Engine, clock: Clock,
                  console_sink: Callable[[bytes], None], log: Callable[[str], None],
-                 peers: DomainDirectory | None = None, special_fd: int | None = None) -> None:
+                 peers: DomainDirectory | None = None, special_fd: int | None = None,
+                 restore: Callable[[Domain], None] | None = None) -> None:
         self.domid = domid
         self.peers = peers
         self.remote_channels: RemoteChannels | None = None  # domains elsewhere, where there are any
@@ -132,13 +133,14 @@ class Domain:
         self.memory = GuestMemory(max(config.memory_mib, config.maxmem_mib or 0) << 20, config.name)
         self.vcpus: list[VcpuContext] = []
         try:
-            self._build(config, engine, clock, special_fd)
+            self._build(config, engine, clock, special_fd, restore)
         except BaseException:
             self.close()
             self.memory.close()
             raise
 
-    def _build(self, config: DomainConfig, engine: Engine, clock: Clock, special_fd: int | None) -> None:
+    def _build(self, config: DomainConfig, engine: Engine, clock: Clock, special_fd: int | None,
+               restore: Callable[[Domain], None] | None = None) -> None:
         domid = self.domid
         # the special pages (console and store rings): a memfd domain 0 also maps, when it gave one
         self.special = self.memory.add_region(layout.SPECIAL_BASE, layout.SPECIAL_PAGES * PAGE, "special",
@@ -180,6 +182,9 @@ class Domain:
         self.params[abi.HVM_PARAM_CONSOLE_EVTCHN] = self.console_port
         self.params[abi.HVM_PARAM_STORE_PFN] = self.store_ring_gpa >> 12
         self.params[abi.HVM_PARAM_STORE_EVTCHN] = self.store_port
+        if restore is not None:  # a saved domain: memory and vCPU state from its file (vmm/snapshot.py)
+            restore(self)
+            return
         start_info = load_pvh(self.memory, config.kernel, config.initrd, config.cmdline, len(self.vcpus))
         self.vcpus[0].ev.set_pvh_entry(config.kernel.pvh_entry, start_info, layout.SCRATCH)
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -111,9 +113,15 @@ class SaveFile:
     version: int
     header: dict[str, Any]
     sections: list[tuple[bytes, int, int]] = field(default_factory=list)  # tag, offset, length
+    file: BinaryIO | None = None  # kept open (read_save_fd), else the path is opened for each read
+
+    def _open(self) -> AbstractContextManager[BinaryIO]:
+        if self.file is not None:
+            return nullcontext(self.file)
+        return open(self.path, "rb")
 
     def payloads(self, tag: bytes) -> Iterator[bytes]:
-        with open(self.path, "rb") as f:
+        with self._open() as f:
             for t, offset, length in self.sections:
                 if t == tag:
                     f.seek(offset)
@@ -124,7 +132,7 @@ class SaveFile:
 
     def memory_runs(self) -> Iterator[tuple[int, bytes]]:
         """(guest-physical address, bytes) of every stored run of pages."""
-        with open(self.path, "rb") as f:
+        with self._open() as f:
             for t, offset, length in self.sections:
                 if t != MEMORY:
                     continue
@@ -146,6 +154,18 @@ def read_save(path: str) -> SaveFile:
         raise SaveFileError(f"{path}: cannot open: {e.strerror}") from None
     with f:
         return _read(path, f)
+
+
+def read_save_fd(fd: int, name: str) -> SaveFile:
+    """As read_save, on an open descriptor (taken over: the SaveFile keeps it open)."""
+    f = os.fdopen(fd, "rb")
+    try:
+        sf = _read(name, f)
+    except BaseException:
+        f.close()
+        raise
+    sf.file = f
+    return sf
 
 
 def _read(path: str, f: BinaryIO) -> SaveFile:

@@ -97,7 +97,7 @@ class DomainHandle:
     def start(self, engine: str, clock_params: dict[str, float], jail_root: str | None,
               cgroup: Callable[[int, DomainConfig], None] | None = None,
               adopt_path: Path | None = None, record: Any = None, spawner: Spawner | None = None,
-              sched: bool = False) -> None:
+              sched: bool = False, restore: str | None = None) -> None:
         """Start the domain process and build the domain in it; a one-line HyperdiscoError if it could not
         be built (the process is gone again then). With `adopt_path`, the process listens there for a
         new domain 0 should this one die, and `record` (this domain's configuration, for that successor)
@@ -105,7 +105,7 @@ class DomainHandle:
         cfg = self.config
         special = os.memfd_create(f"hyperdisco-d{self.domid}-special", os.MFD_CLOEXEC)
         parent, child = Channel.pair()
-        initrd_fd = None
+        initrd_fd = restore_fd = None
         listener: socket.socket | None = None
         try:
             os.ftruncate(special, layout.SPECIAL_PAGES * PAGE)
@@ -121,6 +121,11 @@ class DomainHandle:
                 self.adopt_path = adopt_path
                 adopt_index = len(fds)
                 fds.append(listener.fileno())
+            restore_index = None
+            if restore is not None:  # a saved domain (toolstack/snapshot_ops.py): its file, opened here
+                restore_fd = os.open(restore, os.O_RDONLY | os.O_CLOEXEC)
+                restore_index = len(fds)
+                fds.append(restore_fd)
             if spawner is not None and spawner.alive:  # forked from the template: no interpreter start
                 self.pid = spawner.spawn(child.fileno())
                 self.spawner = spawner
@@ -142,7 +147,8 @@ class DomainHandle:
                 "kernel": {"pvh_entry": cfg.kernel.pvh_entry, "gpa": img.gpa, "size": img.size,
                            "segments": [[s.paddr, s.memsz] for s in cfg.kernel.segments]},
                 "initrd_size": len(cfg.initrd) if cfg.initrd is not None else None,
-                "jail_root": jail_root, "adopt_fd": adopt_index, "sched": sched}, fds)
+                "jail_root": jail_root, "adopt_fd": adopt_index, "sched": sched,
+                "restore_fd": restore_index}, fds)
             try:
                 reply = self._await_built()
             except ChannelClosed:
@@ -160,6 +166,8 @@ class DomainHandle:
             os.close(special)
             if initrd_fd is not None:
                 os.close(initrd_fd)
+            if restore_fd is not None:
+                os.close(restore_fd)
             if listener is not None:
                 listener.close()  # the process has it
         self._serve()

@@ -240,7 +240,7 @@ class Host:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def create(self, config: DomainConfig, console: ConsoleBuffer | None = None,
-               vifs: Sequence[VifConfig] = ()) -> DomainHandle:
+               vifs: Sequence[VifConfig] = (), restore: str | None = None) -> DomainHandle:
         """Start a domain; everything is undone (process, xenstore nodes, disks, vifs) if any step fails.
 
         Its vifs get their devids and MACs first (NetworkDevices.prepare); the kernel command line gets
@@ -274,7 +274,7 @@ class Host:
             if self.arbiter is not None:
                 self.arbiter.add(dom, config.bvt)
             dom.start(self.engine_name, self.clock.params(), self.jail_root, cg, adopt, config.record,
-                      self.spawner, sched=self.arbiter is not None)
+                      self.spawner, sched=self.arbiter is not None, restore=restore)
             self._introduce(dom)
             for spec, image in disks:
                 self.blk.attach(dom, spec, image)

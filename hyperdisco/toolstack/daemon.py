@@ -35,7 +35,7 @@ from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from ..platform import layout
-from . import agent_ops, sched_ops
+from . import agent_ops, sched_ops, snapshot_ops
 from .build import MAX_VCPUS, domain_config
 from .protocol import encode, socket_path
 from .requests import MAX_REQUEST_BYTES, RequestError, XsRequestError, check_name, field, parse_request
@@ -455,6 +455,12 @@ class Daemon:
         d = self._dom(dom)
         if not agent_ops.shutdown(self.host.pv_channels.agent(d.domid), reason):
             self.host.request_shutdown(d, reason)
+
+    def op_save(self, dom: str | int, file: str, timeout: float = 120.0) -> dict[str, Any]:
+        return snapshot_ops.save(self.host, self._dom(dom), file, timeout)
+
+    def op_restore(self, file: str) -> dict[str, Any]:
+        return snapshot_ops.restore(self.host, file, self._config)
 
     def op_wait(self, dom: str | int, timeout: float = 60.0) -> bool:
         return self.host.wait_gone(self._dom(dom), timeout)

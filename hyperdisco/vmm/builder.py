@@ -14,6 +14,7 @@ from ..engine.base import get_engine
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage, Segment
 from ..loader.shared_image import SharedImage, adopt_shared_image
+from .snapshot import open_save, restore_into
 
 MAX_INITRD = 1 << 30
 
@@ -51,8 +52,13 @@ def build_domain(msg: dict[str, Any], fds: list[int], output: Callable[[bytes], 
                           maxmem_mib=int(msg["maxmem_mib"]) if msg.get("maxmem_mib") is not None else None,
                           max_event_channels=_optional_int(msg.get("max_event_channels")),
                           maxvcpus=int(msg.get("maxvcpus", 0)))
+    restore = None
+    if isinstance(msg.get("restore_fd"), int) and 0 <= msg["restore_fd"] < len(fds):
+        save = open_save(fds[msg["restore_fd"]])
+        restore = lambda dom: restore_into(dom, save)  # noqa: E731
     # special_fd stays open: a new domain 0 that adopts this domain gets it again (domain_process.py)
-    return Domain(int(msg["domid"]), config, engine, clock, output, log, special_fd=special_fd)
+    return Domain(int(msg["domid"]), config, engine, clock, output, log, special_fd=special_fd,
+                  restore=restore)
 
 
 def domain_stats(dom: Domain, scheduler: Scheduler | None) -> dict[str, Any]:

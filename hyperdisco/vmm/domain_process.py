@@ -43,6 +43,7 @@ from .interdomain import BrokeredChannels
 from .jail import Jail
 from .remote_xenstore import RemoteXenstore
 from .sched_gate import ArbiterGate
+from .snapshot import write_save
 
 OUT_CHUNK = 16 * 1024
 # how long a domain whose domain 0 died keeps running, waiting for a new one to adopt it
@@ -68,6 +69,7 @@ class DomainProcess:
         self.special_fd = -1
         self.jail_report = ""
         self._held: list[dict[str, Any]] = []  # log lines from while no domain 0 listened
+        self.save_to: tuple[int, dict[str, Any]] | None = None  # "save-to": the file and its header
 
     # -- to domain 0 ------------------------------------------------------------------------------------
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -142,6 +144,16 @@ class DomainProcess:
     def _finish(self, dom: Domain) -> None:
         assert self.scheduler is not None
         self.scheduler.remove(dom)
+        if self.save_to is not None:
+            fd, header = self.save_to
+            self.save_to = None
+            if dom.outcome == "suspend":  # the guest suspended itself: its state goes to the file
+                try:
+                    dom.outcome_detail = write_save(dom, fd, header)
+                except Exception as exc:  # noqa: BLE001 - reported to domain 0 in one line
+                    dom.outcome_detail = f"save failed: {type(exc).__name__}: {exc}"[:400]
+            else:
+                os.close(fd)
         if self.vifs is not None:
             self.vifs.close()
         if self.pv_channels is not None:
@@ -269,6 +281,11 @@ class DomainProcess:
                          str(msg.get("detail", ""))[:4096])
         elif t == "mem-max" and isinstance(msg.get("pages"), int) and msg["pages"] >= 0:
             dom.reservation.set_max_pages(msg["pages"])  # xl mem-set/mem-max (dom0/memctl.py)
+        elif t == "save-to" and len(fds) == 1 and isinstance(msg.get("header"), dict):
+            if self.save_to is not None:
+                os.close(self.save_to[0])
+            self.save_to = (fds[0], msg["header"])
+            self.send({"t": "reply", "id": msg.get("id"), "ok": True})
         elif t == "query":
             self.send({"t": "reply", "id": msg.get("id"), "stats": self._stats(dom)})
         elif t == "blk-attach":

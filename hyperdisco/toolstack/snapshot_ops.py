@@ -1,0 +1,91 @@
+"""xl save / restore in the daemon (docs/save-format.md; the domain process's side: vmm/snapshot.py).
+
+save DOM FILE: the file is opened here (the jailed process can open nothing) and handed to the domain
+process ("save-to"), then the guest is asked to suspend through control/shutdown = "suspend"; when it
+has, the process writes the file and the domain ends with outcome "suspend". restore FILE: the file is
+checked whole (core/savefile.py), its configuration validated as a create request's, and a new domain is
+built from it with the file handed to its process, which loads memory and vCPU state instead of the
+kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__
+from ..core.domain import DomainConfig
+from ..core.savefile import SaveFileError, read_save
+from ..dom0.handle import DomainHandle
+from ..dom0.host import Host
+from ..loader.elf import KernelImage
+from .requests import RequestError
+
+SUSPEND_TIMEOUT_S = 120.0
+
+
+def kernel_identity(kernel: KernelImage) -> str:
+    """SHA-256 of the kernel's loaded segments and entry: what the saved memory was booted from."""
+    h = hashlib.sha256()
+    h.update(kernel.pvh_entry.to_bytes(8, "little"))
+    for seg in kernel.segments:
+        h.update(seg.paddr.to_bytes(8, "little") + seg.memsz.to_bytes(8, "little"))
+        h.update(seg.data)
+    return "sha256:" + h.hexdigest()
+
+
+def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIMEOUT_S) -> dict[str, Any]:
+    if dom.config.vcpus > 1 or dom.config.maxvcpus > 1:
+        raise RequestError("hyperdisco: save: only domains with one vCPU can be saved yet")
+    if dom.finished:
+        raise RequestError(f"hyperdisco: save: domain {dom.name} is not running")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise RequestError(f"hyperdisco: save: {path}: {exc.strerror}") from None
+    started = time.monotonic()
+    try:
+        header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
+                  "record": dom.config.record, "name": dom.name, "saved_at": time.time(),
+                  "guest_up": dom.guest_up}
+        reply = dom.call({"t": "save-to", "header": header}, [fd], timeout=10.0)
+    finally:
+        os.close(fd)
+    if reply is None or not reply.get("ok"):
+        raise RequestError(f"hyperdisco: save: domain {dom.name} did not take the save file")
+    host.request_shutdown(dom, "suspend")
+    if not dom.done.wait(timeout):
+        raise RequestError(f"hyperdisco: save: domain {dom.name} did not suspend within {timeout:.0f} s "
+                           "(is its kernel's xenbus control/shutdown watch running?)")
+    if dom.outcome != "suspend" or not dom.outcome_detail.startswith("saved"):
+        raise RequestError(f"hyperdisco: save: domain {dom.name} ended with {dom.outcome}"
+                           f"{': ' + dom.outcome_detail if dom.outcome_detail else ''}; nothing saved")
+    return {"file": path, "detail": dom.outcome_detail, "bytes": os.path.getsize(path),
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainConfig]) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        save_file = read_save(path)
+    except SaveFileError as exc:
+        raise RequestError(f"hyperdisco: restore: {exc}") from None
+    record = save_file.header.get("record")
+    if not isinstance(record, dict):
+        raise RequestError(f"hyperdisco: restore: {path}: no domain configuration in the file")
+    if save_file.header.get("hyperdisco") != __version__:
+        raise RequestError(f"hyperdisco: restore: {path} was saved by hyperdisco "
+                           f"{str(save_file.header.get('hyperdisco'))[:40]}, this is {__version__}")
+    config = configure(record)
+    if kernel_identity(config.kernel) != save_file.header.get("kernel"):
+        raise RequestError(f"hyperdisco: restore: {path} was saved from another kernel than "
+                           f"{record.get('kernel') or 'the default one'} is now")
+    if config.vcpus > 1 or config.maxvcpus > 1:
+        raise RequestError("hyperdisco: restore: only domains with one vCPU can be restored yet")
+    dom = host.create(config, restore=path)
+    # its shell was up when it was saved and carries on: it prints no new banner (exec waits for one)
+    dom.guest_up = save_file.header.get("guest_up") is True
+    return {"domid": dom.domid, "name": dom.name, "seconds": round(time.monotonic() - started, 3)}

@@ -1,0 +1,89 @@
+"""Save and restore inside the domain process (docs/save-format.md).
+
+Save: domain 0 hands over the open save file with "save-to" and then asks the guest to suspend
+(control/shutdown = "suspend"). The guest quiesces itself (drivers/xen/manage.c: processes frozen,
+devices suspended) and makes SCHEDOP_shutdown(SHUTDOWN_suspend); the domain finishes with outcome
+"suspend", and before the process reports it, its vCPUs are off the scheduler and write_save() writes
+every vCPU's state, the non-zero pages of RAM and of the special pages (console and xenstore rings).
+
+Restore: a new domain built from the saved configuration, whose build skips the kernel load: RAM and
+special pages come from the file, each vCPU's state is imported. The vCPU carries on after its suspend
+hypercall, which returned 0: to Linux (HYPERVISOR_suspend) "resumed in a new domain", so the guest itself
+re-registers shared info and vcpu_info, rebinds its event channels, re-reads its console and xenstore
+rings and reconnects its block and network frontends to the new backends.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Any
+
+from ..core.domain import Domain
+from ..core.memory import Region
+from ..core.savefile import SaveFile, SaveFileError, SaveWriter
+from ..errors import HyperdiscoError
+
+_INDEX = struct.Struct("<I")
+
+
+def write_save(dom: Domain, fd: int, header: dict[str, Any]) -> str:
+    """Write the save file to `fd` (closed here); the domain's vCPUs must be stopped. Returns the detail
+    line domain 0 shows ("saved N pages")."""
+    started = time.monotonic()
+    with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+        w = SaveWriter(f, {**header, "vcpus": len(dom.vcpus)})
+        for ctx in dom.vcpus:
+            w.section(b"VCPU", _INDEX.pack(ctx.index) + ctx.ev.export_state())
+        w.json_section(b"LAPC", {"system_time_ns": dom.clock.now_ns(), "wall_time": time.time()})
+        pages = 0
+        for region in _regions(dom):
+            pages += w.memory_section(region.gpa, memoryview(region.mem)[:region.size])
+        w.finish()
+        f.flush()
+        os.fsync(f.fileno())
+    return f"saved {pages} pages in {time.monotonic() - started:.2f} s"
+
+
+def _regions(dom: Domain) -> list[Region]:
+    ram = dom.memory.regions[0]
+    return [Region(ram.gpa, dom.memory.ram_bytes, ram.mem, "ram"), dom.special]
+
+
+def restore_into(dom: Domain, save: SaveFile) -> None:
+    """Fill a freshly built domain (no kernel loaded, no vCPU run) from `save`; HyperdiscoError (one
+    line) if the file does not fit this domain."""
+    vcpus = [p for p in save.payloads(b"VCPU")]
+    if len(vcpus) != len(dom.vcpus):
+        raise HyperdiscoError(f"hyperdisco: restore: the file holds {len(vcpus)} vCPUs, the domain has "
+                              f"{len(dom.vcpus)}")
+    seen = set()
+    for payload in vcpus:
+        if len(payload) < _INDEX.size:
+            raise HyperdiscoError("hyperdisco: restore: a vCPU section is cut short")
+        (index,) = _INDEX.unpack_from(payload)
+        if not 0 <= index < len(dom.vcpus) or index in seen:
+            raise HyperdiscoError(f"hyperdisco: restore: vCPU {index} is not one of this domain's")
+        seen.add(index)
+        dom.vcpus[index].ev.import_state(payload[_INDEX.size:])
+    regions = _regions(dom)
+    for gpa, data in save.memory_runs():
+        for r in regions:
+            if r.gpa <= gpa and gpa + len(data) <= r.gpa + r.size:
+                off = gpa - r.gpa
+                r.mem[off:off + len(data)] = data
+                break
+        else:
+            raise HyperdiscoError(f"hyperdisco: restore: saved memory at {gpa:#x} (+{len(data):#x}) is not "
+                                  "in this domain")
+
+
+def open_save(fd: int) -> SaveFile:
+    """The save file domain 0 handed over (it checked it too; checked again: it may have changed)."""
+    from ..core.savefile import read_save_fd
+
+    try:
+        return read_save_fd(fd, "save file")
+    except SaveFileError as exc:
+        raise HyperdiscoError(f"hyperdisco: restore: {exc}") from None
