@@ -169,3 +169,20 @@ def test_maxvcpus_above_vcpus(xl: Xl, tmp_path: Path, images: GuestImages) -> No
         assert time.monotonic() < deadline, r.stdout
         time.sleep(1)
     assert xl.rows()["grow"][3] == "2"
+
+
+def test_event_channels_follow_irq_affinity(xl: Xl, smp_guest: str) -> None:
+    """Per-vCPU timer VIRQs and IPIs on each CPU, and an interdomain channel (the console's) moved to
+    CPU 1 by the guest (smp_affinity: EVTCHNOP_bind_vcpu) keeps working, its events now taken by vCPU 1."""
+    out = xl("exec", smp_guest, "cat /proc/interrupts", "--timeout", "120").stdout
+    assert re.search(r"timer0", out) and re.search(r"timer1", out), out
+    assert re.search(r"resched1", out) and re.search(r"callfuncsingle1", out), out
+    irq = re.search(r"^\s*(\d+):.*hvc_console", out, re.M)
+    assert irq, out
+    xl("exec", smp_guest, f"echo 1 > /proc/irq/{irq.group(1)}/smp_affinity_list", "--timeout", "120")
+    for _ in range(3):
+        xl("exec", smp_guest, "echo ping", "--timeout", "120")
+    after = xl("exec", smp_guest, "cat /proc/interrupts", "--timeout", "120").stdout
+    line = next(ln for ln in after.splitlines() if "hvc_console" in ln)
+    cpu1 = int(line.split()[2])
+    assert cpu1 > 0, line  # console events delivered to vCPU 1
