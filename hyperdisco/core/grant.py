@@ -49,6 +49,11 @@ class GrantOutOfRange(GrantError):
     GNTST_general_error, as Xen's _set_status_v1 answers)."""
 
 
+class GrantBadFrame(GrantError):
+    """An entry naming a frame that is not the granter's populated RAM (Xen's get_paged_frame:
+    GNTST_bad_page)."""
+
+
 class GrantedPage:
     """One granted guest page, bounded: offsets outside the page are refused."""
 
@@ -147,9 +152,9 @@ class GrantTable:
                 raise GrantReadOnly(f"grant {ref} is read-only")
             gpa = frame * PAGE
             if not self.dom.is_ram(gpa):
-                raise GrantError(f"grant {ref} names frame {frame:#x}, not the granter's RAM")
+                raise GrantBadFrame(f"grant {ref} names frame {frame:#x}, not the granter's RAM")
             if frame in mem.given_back:  # given back (core/reservation.py): Xen finds no page there
-                raise GrantError(f"grant {ref} names frame {frame:#x}, which is not populated")
+                raise GrantBadFrame(f"grant {ref} names frame {frame:#x}, which is not populated")
             why = check(gpa) if check is not None else None
             if why is not None:
                 raise GrantError(f"grant {ref} names frame {frame:#x}: {why}")
@@ -175,6 +180,24 @@ class GrantTable:
                 mem.pack(_FLAGS, at, mem.unpack(_FLAGS, at)[0] & ~clear)
             except (GrantError, GuestFault):
                 pass  # the table moved or the domain is going: nothing left to tell the guest
+
+    def swap(self, ref_a: int, ref_b: int) -> int:
+        """GNTTABOP_swap_grant_ref (grant_table.c swap_grant_ref): exchange two entries of the table, neither
+        in use. A GNTST_* status."""
+        mem = self.dom.memory
+        with self._lock:
+            n = self.nr_entries()
+            if not 0 <= ref_a < n or not 0 <= ref_b < n:
+                return abi.GNTST_bad_gntref
+            if ref_a == ref_b:
+                return abi.GNTST_okay
+            if ref_a in self._busy or ref_b in self._busy:
+                return abi.GNTST_eagain
+            at_a, at_b = self._entry_gpa(ref_a), self._entry_gpa(ref_b)
+            a, b = mem.read(at_a, GRANT_ENTRY_V1.size), mem.read(at_b, GRANT_ENTRY_V1.size)
+            mem.write(at_a, b)
+            mem.write(at_b, a)
+        return abi.GNTST_okay
 
     @contextmanager
     def access(self, ref: int, grantee: int, write: bool) -> Iterator[GrantedPage]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..xen import abi
-from . import compat32, evtchn_ops, runstate, shared_info, smp
+from . import compat32, evtchn_ops, gnttab_ops, misc_ops, runstate, shared_info, smp
 from .evtchn_abi import EvtchnError
 from .memory import PAGE, GuestFault
 from .ratelimit import RateLimiter
@@ -44,26 +44,31 @@ class Hypercalls:
             24: self.vcpu_op, 32: self.event_channel_op, 29: self.sched_op, 20: self.grant_table_op,
             15: self.set_timer_op, 21: self.vm_assist,
         }
+        self.misc = misc_ops.MiscOps(domain, self.invoke)  # multicall, vm_assist, physdev_op, watchdog
+        self.table.update({13: self.misc.multicall, 21: self.misc.vm_assist, 33: self.misc.physdev_op})
         self.unknown_logged: set[tuple[int, int]] = set()
         self.limit = RateLimiter()  # this domain's log lines, by kind
 
     def dispatch(self, ctx: VcpuContext) -> None:
         ev = ctx.ev
         nr, args, compat = compat32.registers(ev)  # the 32-bit ABI outside a 64-bit code segment
+        ret = self.invoke(ctx, nr, args, compat)
+        ev.set_gpr(0, ret & 0xFFFFFFFF if compat else ret)
+
+    def invoke(self, ctx: VcpuContext, nr: int, args: tuple[int, int, int, int, int], compat: bool) -> int:
+        """Hypercall `nr` with `args` (from the registers, or a multicall entry): its result."""
         name = abi.HYPERCALLS.get(nr, "unknown")  # never key state by a guest-chosen number
         self.dom.stats[f"hypercall.{name}"] += 1
         fn = self.table.get(nr)
         if fn is None:
-            ret = self.unimplemented(nr, args[0])
-        else:
-            try:
-                ret = compat32.call(ctx, nr, args, fn) if compat else fn(ctx, *args)
-            except GuestFault as exc:
-                self.limit.log(self.dom.log, "bad buffer", f"{name}: bad guest buffer: {exc}")
-                ret = -abi.EFAULT
-            except EvtchnError as exc:
-                ret = -exc.errno
-        ev.set_gpr(0, ret & 0xFFFFFFFF if compat else ret)
+            return self.unimplemented(nr, args[0])
+        try:
+            return compat32.call(ctx, nr, args, fn) if compat else fn(ctx, *args)
+        except GuestFault as exc:
+            self.limit.log(self.dom.log, "bad buffer", f"{name}: bad guest buffer: {exc}")
+            return -abi.EFAULT
+        except EvtchnError as exc:
+            return -exc.errno
 
     def unimplemented(self, nr: int, cmd: int) -> int:
         key = (nr, cmd & 0xFFFF) if nr in abi.HYPERCALLS and cmd < 64 else (-1, -1)
@@ -156,7 +161,8 @@ class Hypercalls:
             return r.tot_pages if op == abi.XENMEM_current_reservation else r.max_pages
         if op in (abi.XENMEM_maximum_ram_page, abi.XENMEM_maximum_gpfn):
             return dom.memory.ram_bytes // PAGE - 1
-        return self.unimplemented(12, op)
+        ret = self.misc.memory_op(ctx, op, arg)  # core/misc_ops.py
+        return self.unimplemented(12, op) if ret is None else ret
 
     # -- hvm_op -----------------------------------------------------------------------------------------
     def hvm_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:
@@ -273,6 +279,8 @@ class Hypercalls:
             return 0
         if cmd == abi.SCHEDOP_shutdown_code:
             return 0
+        if cmd == abi.SCHEDOP_watchdog:
+            return self.misc.watchdog(ctx, arg)
         if cmd == abi.SCHEDOP_remote_shutdown:
             (target,) = va.unpack(_DOMID, arg)
             # sched/core.c: no such domain is -ESRCH (DOMID_SELF and the other reserved IDs name none),
@@ -296,6 +304,8 @@ class Hypercalls:
             nr_frames = len(self.dom.grant_frames)
             va.pack(abi.GNTTAB_QUERY_SIZE, arg, d, nr_frames, GRANT_FRAMES_MAX, abi.GNTST_okay)
             return 0
+        if cmd in gnttab_ops.OPS:
+            return gnttab_ops.grant_table_op(self.dom, ctx, cmd, arg, count)  # core/gnttab_ops.py
         if cmd == abi.GNTTABOP_map_grant_ref:
             return self._map_grant_refs(ctx, arg, count)
         if cmd == abi.GNTTABOP_unmap_grant_ref:

@@ -15,7 +15,10 @@ __all__ = [
     "GNTTAB_MAP_GRANT_REF", "GNTTAB_UNMAP_GRANT_REF", "GNTMAP_device_map", "GNTMAP_host_map",
     "GNTMAP_readonly", "GNTMAP_application_map", "GNTMAP_contains_pte", "GNTST_bad_gntref",
     "GNTST_bad_handle", "GNTST_bad_virt_addr", "GNTST_no_device_space", "GNTST_permission_denied",
-    "GNTST_bad_page", "GNTST_eagain",
+    "GNTST_bad_page", "GNTST_eagain", "GNTST_bad_copy_arg", "GNTTABOP_get_status_frames",
+    "GNTTABOP_swap_grant_ref", "GNTTAB_SETUP_TABLE_COMPAT", "GNTTAB_SET_VERSION", "GNTTAB_GET_VERSION",
+    "GNTTAB_COPY", "GNTTAB_COPY_COMPAT", "GNTCOPY_source_gref", "GNTCOPY_dest_gref", "GNTTAB_SWAP_GRANT_REF",
+    "INVALID_GFN",
 ]
 
 # --- grant_table.h ------------------------------------------------------------------------------------
@@ -27,6 +30,20 @@ GNTST_okay, GNTST_general_error, GNTST_bad_domain = 0, -1, -2
 GNTST_bad_gntref, GNTST_bad_handle, GNTST_bad_virt_addr = -3, -4, -5
 GNTST_no_device_space, GNTST_permission_denied, GNTST_bad_page = -7, -8, -9
 GNTST_eagain = -12  # "operation not done; try again"
+GNTST_bad_copy_arg = -10  # "copy arguments cross page boundary"
+GNTTABOP_get_status_frames, GNTTABOP_swap_grant_ref = 9, 11
+# the i386 layout of struct gnttab_setup_table: the frame_list handle is 4 bytes, frames are compat_pfn_t
+GNTTAB_SETUP_TABLE_COMPAT = struct.Struct("<H2xIh2xI")
+GNTTAB_SET_VERSION = struct.Struct("<I")  # version (IN/OUT)
+GNTTAB_GET_VERSION = struct.Struct("<H2xI")  # dom, version (OUT)
+# struct gnttab_copy {struct gnttab_copy_ptr {union {grant_ref_t ref; xen_pfn_t gmfn;} u; domid_t domid;
+#   uint16_t offset;} source, dest; uint16_t len; uint16_t flags; int16_t status (OUT);}: 40 bytes, and
+#   24 in the i386 layout (xen_pfn_t is 4 bytes there)
+GNTTAB_COPY = struct.Struct("<QHH4xQHH4xHHh2x")
+GNTTAB_COPY_COMPAT = struct.Struct("<IHHIHHHHh2x")
+GNTCOPY_source_gref, GNTCOPY_dest_gref = 1 << 0, 1 << 1
+GNTTAB_SWAP_GRANT_REF = struct.Struct("<IIh2x")  # ref_a, ref_b, status (OUT)
+INVALID_GFN = (1 << 64) - 1  # xen/include/xen/mm.h: ~0UL, what setup_table reports for an unplaced frame
 # struct gnttab_map_grant_ref {uint64_t host_addr; uint32_t flags; grant_ref_t ref; domid_t dom;
 #   int16_t status (OUT); grant_handle_t handle (OUT); uint64_t dev_bus_addr (OUT);}
 GNTTAB_MAP_GRANT_REF = struct.Struct("<QIIHhIQ")
