@@ -228,7 +228,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     """save DOM FILE: the guest suspends itself, its state goes to FILE, the domain ends."""
     path = os.path.abspath(args.file)
     print(f"Saving domain {args.dom} to {path} (the guest suspends itself)...", file=sys.stderr, flush=True)
-    r = _conn(args).call("save", dom=args.dom, file=path, timeout=args.timeout)
+    r = _conn(args).call("save", dom=args.dom, file=path, timeout=args.timeout, keep=args.keep)
     print(f"Saved: {r['detail']}, {r['bytes'] / 1048576:.1f} MiB, {r['seconds']:.2f} s in all",
           file=sys.stderr)
     return 0
@@ -599,6 +599,7 @@ def add_verbs(sub: Any) -> None:
         p.add_argument("-w", dest="wait", action="store_true", help="wait for it to go")
         p.add_argument("--timeout", type=float, default=120.0)
     p = verb("save", cmd_save, "save a running domain to a file (it suspends itself and ends; one vCPU)")
+    p.add_argument("-c", dest="keep", action="store_true", help="checkpoint: the domain carries on")
     p.add_argument("dom")
     p.add_argument("file")
     p.add_argument("--timeout", type=float, default=120.0, help="how long the guest may take to suspend")

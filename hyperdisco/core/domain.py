@@ -109,6 +109,9 @@ class Domain:
         self.on_console_kick: Callable[[], None] = _nothing
         self.on_store_kick: Callable[[], None] = _nothing
         self.on_shutdown: Callable[[Domain], None] | None = None
+        # SCHEDOP_shutdown(suspend) with a checkpoint pending (save -c, vmm/snapshot.py): the hypercall's
+        # return value instead of a shutdown (1: "suspend cancelled", the guest carries on)
+        self.on_suspend: Callable[[VcpuContext], int] | None = None
         self.reaped = False
         self.restarts = 0
         # set while on_*=restart builds the next incarnation; then the new domain (or None if it failed)

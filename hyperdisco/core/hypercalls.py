@@ -263,6 +263,8 @@ class Hypercalls:
             (reason,) = va.unpack(abi.EVTCHN_PORT, arg)
             if reason not in abi.SHUTDOWN_NAMES:
                 return -abi.EINVAL
+            if reason == abi.SHUTDOWN_suspend and dom.on_suspend is not None:
+                return dom.on_suspend(ctx)  # save -c: a checkpoint, the domain carries on
             dom.shutdown(abi.SHUTDOWN_NAMES[reason], "SCHEDOP_shutdown")
             ctx.ev.request_stop()
             return 0

@@ -57,6 +57,8 @@ class DomainHandle:
         self.console_buffer = console
         self.created = time.monotonic()
         self.first_output: float | None = None
+        self.saved = threading.Event()  # save -c: the process wrote the checkpoint (saved_detail says how)
+        self.saved_detail = ""
         self.guest_up = False  # GUEST_READY seen on its console (kept even when the history scrolls)
         self._tail = b""
         self.outcome: str | None = None
@@ -467,6 +469,9 @@ class DomainHandle:
             self.relay.close_conn(msg.get("conn"))
         elif t == "reply":
             self._pending.deliver(msg.get("id"), msg)
+        elif t == "saved":  # save -c: the checkpoint is written (toolstack/snapshot_ops.py)
+            self.saved_detail = _one_line(str(msg.get("detail", "")))[:MAX_LOG_LINE]
+            self.saved.set()
         elif t == "evtchn-bind":
             self.host.broker.bind(self, msg)
         elif t == "evtchn-send":

@@ -213,8 +213,9 @@ class Vcpu(ABC):
         this vCPU's domain: every vCPU of the domain drops code it translated from those pages before it
         next runs or takes an interrupt. Any thread; cheap when the pages hold no translated code."""
 
-    def export_state(self) -> bytes:
-        """The vCPU's complete CPU state, engine-specific bytes (docs/save-format.md); only between runs."""
+    def export_state(self, inside_trap: bool = False) -> bytes:
+        """The vCPU's complete CPU state, engine-specific bytes (docs/save-format.md); between runs, or
+        from inside a trap handler of this vCPU (`inside_trap`: a hypercall, whose instruction is done)."""
         from ..errors import EngineError
 
         raise EngineError("hyperdisco: this engine cannot save a vCPU's state")

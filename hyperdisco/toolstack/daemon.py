@@ -456,8 +456,9 @@ class Daemon:
         if not agent_ops.shutdown(self.host.pv_channels.agent(d.domid), reason):
             self.host.request_shutdown(d, reason)
 
-    def op_save(self, dom: str | int, file: str, timeout: float = 120.0) -> dict[str, Any]:
-        return snapshot_ops.save(self.host, self._dom(dom), file, timeout)
+    def op_save(self, dom: str | int, file: str, timeout: float = 120.0,
+                keep: bool = False) -> dict[str, Any]:
+        return snapshot_ops.save(self.host, self._dom(dom), file, timeout, keep)
 
     def op_restore(self, file: str) -> dict[str, Any]:
         return snapshot_ops.restore(self.host, file, self._config)

@@ -37,7 +37,10 @@ def kernel_identity(kernel: KernelImage) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIMEOUT_S) -> dict[str, Any]:
+def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIMEOUT_S,
+         keep: bool = False) -> dict[str, Any]:
+    """`keep` (xl save -c): a checkpoint; the guest's suspend is cancelled once the file is written and
+    the domain carries on."""
     if dom.config.vcpus > 1 or dom.config.maxvcpus > 1:
         raise RequestError("hyperdisco: save: only domains with one vCPU can be saved yet")
     if dom.finished:
@@ -51,12 +54,26 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
         header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
                   "record": dom.config.record, "name": dom.name, "saved_at": time.time(),
                   "guest_up": dom.guest_up}
-        reply = dom.call({"t": "save-to", "header": header}, [fd], timeout=10.0)
+        dom.saved.clear()
+        reply = dom.call({"t": "save-to", "header": header, "checkpoint": keep}, [fd], timeout=10.0)
     finally:
         os.close(fd)
     if reply is None or not reply.get("ok"):
         raise RequestError(f"hyperdisco: save: domain {dom.name} did not take the save file")
     host.request_shutdown(dom, "suspend")
+    if keep:
+        deadline = time.monotonic() + timeout
+        while not dom.saved.wait(0.2):
+            if dom.finished:
+                raise RequestError(f"hyperdisco: save: domain {dom.name} ended ({dom.outcome}); "
+                                   "nothing saved")
+            if time.monotonic() > deadline:
+                raise RequestError(f"hyperdisco: save: domain {dom.name} did not suspend within "
+                                   f"{timeout:.0f} s")
+        if not dom.saved_detail.startswith("saved"):
+            raise RequestError(f"hyperdisco: save: {dom.saved_detail or 'nothing saved'}")
+        return {"file": path, "detail": dom.saved_detail, "bytes": os.path.getsize(path),
+                "seconds": round(time.monotonic() - started, 3)}
     if not dom.done.wait(timeout):
         raise RequestError(f"hyperdisco: save: domain {dom.name} did not suspend within {timeout:.0f} s "
                            "(is its kernel's xenbus control/shutdown watch running?)")

@@ -35,6 +35,7 @@ from ..backends.console_channel import ChannelHost
 from ..backends.netback import VifHost
 from ..core.domain import Domain
 from ..core.scheduler import Scheduler
+from ..core.vcpu import VcpuContext
 from ..errors import HyperdiscoError
 from .builder import build_domain, domain_stats
 from .channel import Channel, ChannelClosed, PendingReplies
@@ -43,7 +44,7 @@ from .interdomain import BrokeredChannels
 from .jail import Jail
 from .remote_xenstore import RemoteXenstore
 from .sched_gate import ArbiterGate
-from .snapshot import write_save
+from .snapshot import checkpoint, write_save
 
 OUT_CHUNK = 16 * 1024
 # how long a domain whose domain 0 died keeps running, waiting for a new one to adopt it
@@ -168,6 +169,18 @@ class DomainProcess:
                    "stats": self._stats(dom)})
         self.scheduler.shutdown()
 
+    def _checkpoint(self, ctx: VcpuContext) -> int:
+        """save -c: the guest's suspend hypercall, on its only vCPU (vmm/snapshot.py checkpoint)."""
+        dom = self.dom
+        assert dom is not None
+        dom.on_suspend = None
+        if self.save_to is None:
+            return 1
+        (fd, header), self.save_to = self.save_to, None
+        result, detail = checkpoint(dom, ctx, fd, header)
+        self.send({"t": "saved", "detail": detail})
+        return result
+
     def _stats(self, dom: Domain) -> dict[str, Any]:
         stats = domain_stats(dom, self.scheduler)
         stats["vifs"] = self.vifs.stats() if self.vifs is not None else {}
@@ -285,6 +298,8 @@ class DomainProcess:
             if self.save_to is not None:
                 os.close(self.save_to[0])
             self.save_to = (fds[0], msg["header"])
+            if msg.get("checkpoint") is True and len(dom.vcpus) == 1:  # save -c
+                dom.on_suspend = self._checkpoint
             self.send({"t": "reply", "id": msg.get("id"), "ok": True})
         elif t == "query":
             self.send({"t": "reply", "id": msg.get("id"), "stats": self._stats(dom)})

@@ -23,19 +23,21 @@ from typing import Any
 from ..core.domain import Domain
 from ..core.memory import Region
 from ..core.savefile import SaveFile, SaveFileError, SaveWriter
+from ..core.vcpu import VcpuContext
 from ..errors import HyperdiscoError
 
 _INDEX = struct.Struct("<I")
 
 
-def write_save(dom: Domain, fd: int, header: dict[str, Any]) -> str:
-    """Write the save file to `fd` (closed here); the domain's vCPUs must be stopped. Returns the detail
-    line domain 0 shows ("saved N pages")."""
+def write_save(dom: Domain, fd: int, header: dict[str, Any], current: VcpuContext | None = None) -> str:
+    """Write the save file to `fd` (closed here); the domain's vCPUs must be stopped, but for `current`,
+    which may be inside its suspend hypercall (a checkpoint). Returns the detail line domain 0 shows
+    ("saved N pages")."""
     started = time.monotonic()
     with os.fdopen(fd, "wb", buffering=1 << 20) as f:
         w = SaveWriter(f, {**header, "vcpus": len(dom.vcpus)})
         for ctx in dom.vcpus:
-            w.section(b"VCPU", _INDEX.pack(ctx.index) + ctx.ev.export_state())
+            w.section(b"VCPU", _INDEX.pack(ctx.index) + ctx.ev.export_state(inside_trap=ctx is current))
         w.json_section(b"LAPC", {"system_time_ns": dom.clock.now_ns(), "wall_time": time.time()})
         pages = 0
         for region in _regions(dom):
@@ -44,6 +46,18 @@ def write_save(dom: Domain, fd: int, header: dict[str, Any]) -> str:
         f.flush()
         os.fsync(f.fileno())
     return f"saved {pages} pages in {time.monotonic() - started:.2f} s"
+
+
+def checkpoint(dom: Domain, ctx: VcpuContext, fd: int, header: dict[str, Any]) -> tuple[int, str]:
+    """save -c, from inside the guest's SCHEDOP_shutdown(suspend) on its own vCPU: the file gets the
+    vCPU with the hypercall returning 0 ("resumed in a new domain"); here it returns 1 ("suspend
+    cancelled": the guest carries on, as after xl save -c). Returns (hypercall result, detail)."""
+    ctx.ev.set_gpr(0, 0)
+    try:
+        detail = write_save(dom, fd, header, current=ctx)
+    except Exception as exc:  # noqa: BLE001 - reported to domain 0 in one line
+        detail = f"save failed: {type(exc).__name__}: {exc}"[:400]
+    return 1, detail
 
 
 def _regions(dom: Domain) -> list[Region]:

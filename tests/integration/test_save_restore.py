@@ -84,3 +84,17 @@ def test_bad_save_files_one_line(xl: Xl, tmp_path: Path) -> None:
     # the good file still restores
     xl("restore", str(save))
     assert xl("exec", "sr2", "echo back").stdout.strip().endswith("back")
+
+
+def test_checkpoint_keeps_running(xl: Xl, tmp_path: Path) -> None:
+    """save -c: the domain carries on (its suspend cancelled); the file restores the state at the save."""
+    xl("create", domain_cfg(tmp_path, "sr3"))
+    xl("exec", "sr3", "echo at-save > /tmp/state")
+    save = tmp_path / "sr3.save"
+    r = xl("save", "-c", "sr3", str(save))
+    assert "Saved: saved" in r.stderr, r.stderr
+    r = xl("exec", "sr3", "cat /tmp/state; echo after-save > /tmp/state; cat /tmp/state")
+    assert text(r).split()[-2:] == ["at-save", "after-save"], r.stdout
+    xl("destroy", "sr3")
+    xl("restore", str(save))
+    assert text(xl("exec", "sr3", "cat /tmp/state")).split()[-1] == "at-save"

@@ -36,9 +36,11 @@ def _context(uc: unicorn.Uc) -> tuple[bytes, int]:
     return raw, len(raw) - size
 
 
-def export_state(uc: unicorn.Uc, q: qs.QemuState) -> bytes:
+def export_state(uc: unicorn.Uc, q: qs.QemuState, inside_trap: bool = False) -> bytes:
+    """`inside_trap`: called from this vCPU's hypercall hook, where the #UD QEMU raised for the VMCALL is
+    the one the hook is consuming (fastpath.c hook_invalid: rip already past the instruction)."""
     exc = ctypes.c_int32.from_address(q.cpu + qs.CPU_EXCEPTION_INDEX).value
-    if exc != -1:
+    if exc != -1 and not inside_trap:
         raise EngineError(f"hyperdisco: vCPU state cannot be saved with exception {exc} pending")
     raw, start = _context(uc)
     data = raw[start:]

@@ -530,8 +530,8 @@ class TcgVcpu(Vcpu):
             raise EngineError("hyperdisco: interrupt injection attempted while the vCPU runs")
         return (None, "IDT or stack not in guest memory", "triple fault")[rc]
 
-    def export_state(self) -> bytes:
-        return cpu_state.export_state(self.uc, self.q)
+    def export_state(self, inside_trap: bool = False) -> bytes:
+        return cpu_state.export_state(self.uc, self.q, inside_trap)
 
     def import_state(self, state: bytes) -> None:
         cpu_state.import_state(self.uc, self.q, state)
