@@ -26,8 +26,8 @@ guest can name), and any output copied back in compat layout:
 Setting HVM_PARAM_CALLBACK_IRQ latches the domain's shared_info and vcpu_info into the layout of the
 caller's mode, as Xen's hvm_latch_shinfo_size (`latch`; core/evtchn_2l.py and shared_info.py follow it).
 
-The runstate area follows the latched layout (core/runstate.py). Nothing to translate yet for
-GNTTABOP_setup_table and multicalls (not implemented in either mode).
+The runstate area follows the latched layout (core/runstate.py). GNTTABOP_setup_table and copy, and
+multicall entries, read their compat layouts themselves (core/gnttab_ops.py, core/misc_ops.py).
 """
 
 from __future__ import annotations
