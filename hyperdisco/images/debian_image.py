@@ -38,7 +38,7 @@ DEFAULT_SIZE_MIB = 4096
 MIN_SIZE_MIB = 1024
 MAX_SIZE_MIB = 1 << 20
 BASE_PACKAGES = ("linux-image-cloud-amd64", "initramfs-tools", "systemd-sysv", "systemd-resolved", "udev",
-                 "dbus", "iproute2", "ca-certificates")
+                 "dbus", "iproute2", "ca-certificates", "qemu-guest-agent")
 SSH_PACKAGES = ("openssh-server",)
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 BUILD_TIMEOUT = 3600
@@ -48,6 +48,32 @@ _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,99}(:[a-z0-9]+)?(=[A-Za-z0-9.+~
 _SIZE_RE = re.compile(r"([0-9]{1,9})([KMGT]?)(i?B)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}  # a bare number: MiB
 _SSH_KEY_RE = re.compile(r"(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+ [A-Za-z0-9+/=]+( .*)?")
+
+# The guest agent (docs/guest-agent.md). Debian's qemu-guest-agent.service has no [Install]: its udev
+# rule starts it when a virtio-serial port named org.qemu.guest_agent.0 appears, and the unit BindsTo
+# that port's device. Under hyperdisco the agent's channel is the first xl.cfg channel, /dev/hvc1 (Linux's
+# hvc_xen, device/console/1). A unit in /etc replaces the package's (dependencies cannot be reset by a
+# drop-in) and a udev rule starts it when hvc1 appears, with the port's usual name as a symlink; qemu-ga's
+# isa-serial method puts the tty in raw mode (virtio-serial would leave the line discipline echoing).
+AGENT_UNIT = """\
+# hyperdisco images debian: qemu-ga on the Xen channel /dev/hvc1 (channel = [ 'name=org.qemu.guest_agent.0' ])
+[Unit]
+Description=QEMU Guest Agent (hyperdisco channel hvc1)
+BindsTo=dev-hvc1.device
+After=dev-hvc1.device
+IgnoreOnIsolate=True
+
+[Service]
+UMask=0077
+ExecStart=/usr/sbin/qemu-ga --method=isa-serial --path=/dev/hvc1
+Restart=always
+RestartSec=1
+"""
+AGENT_UDEV_RULE = """\
+# hyperdisco images debian: the first Xen channel (hvc1) is the guest agent's
+SUBSYSTEM=="tty", KERNEL=="hvc1", TAG+="systemd", SYMLINK+="virtio-ports/org.qemu.guest_agent.0", \
+ENV{SYSTEMD_WANTS}+="qemu-guest-agent.service"
+"""
 
 NETWORK_FILE = """\
 # hyperdisco images debian: eth0 (the first vif) by DHCP
@@ -217,7 +243,8 @@ def mmdebstrap_argv(spec: DebianImageSpec, tree: Path, cache: Path, mirrors: Seq
 
 def configure_tree(tree: Path, spec: DebianImageSpec, fs_uuid: str) -> None:
     """The files that make the bootstrapped tree a guest: fstab, hostname, console login on hvc0,
-    networkd on eth0, resolved, the SSH key. (The password is set with chpasswd in the tree.)"""
+    networkd on eth0, resolved, qemu-guest-agent on hvc1, the SSH key. (The password is set with
+    chpasswd in the tree.)"""
     etc = tree / "etc"
     (etc / "fstab").write_text(f"# hyperdisco images debian\nUUID={fs_uuid} / ext4 errors=remount-ro 0 1\n")
     (etc / "hostname").write_text(spec.hostname + "\n")
@@ -236,6 +263,10 @@ def configure_tree(tree: Path, spec: DebianImageSpec, fs_uuid: str) -> None:
             "/lib/systemd/system/systemd-networkd.socket")
     _enable(system / "multi-user.target.wants", "systemd-resolved.service",
             "/lib/systemd/system/systemd-resolved.service")
+    (system / "qemu-guest-agent.service").write_text(AGENT_UNIT)
+    rules = etc / "udev" / "rules.d"
+    rules.mkdir(parents=True, exist_ok=True)
+    (rules / "60-hyperdisco-guest-agent.rules").write_text(AGENT_UDEV_RULE)
     resolv = etc / "resolv.conf"
     if resolv.is_symlink() or resolv.exists():
         resolv.unlink()

@@ -1,9 +1,11 @@
 """`hyperdisco images debian` end to end (slow: about a minute to build here, less with apt's cache): the
 image boots through bootloader = "pygrub" (its own kernel and initramfs) to a login prompt on hvc0 with
-no failed unit on the way."""
+no failed unit on the way, and its qemu-guest-agent answers on the channel (hvc1): `exec` (which never
+answers through a systemd guest's console), `cp` both ways, the guest's addresses in `list -l`."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import shutil
@@ -29,7 +31,9 @@ def test_debian_image_boots_to_login_through_pygrub(xl: Xl, tmp_path: Path) -> N
     assert build.returncode == 0, build.stderr[-3000:]
     assert "mmdebstrap: I: success" in build.stderr
     xl("create", domain_cfg(tmp_path, "deb", 'bootloader = "pygrub"',
-                            f"disk = [ 'format=raw, vdev=xvda, access=rw, target={img}' ]", memory=512))
+                            f"disk = [ 'format=raw, vdev=xvda, access=rw, target={img}' ]",
+                            "vif = [ 'bridge=lan0' ]", "channel = [ 'name=org.qemu.guest_agent.0' ]",
+                            memory=512))
     console = subprocess.Popen(Xl.argv("console", "deb"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, env=xl.env)
     seen = b""
@@ -50,4 +54,17 @@ def test_debian_image_boots_to_login_through_pygrub(xl: Xl, tmp_path: Path) -> N
     assert "debian login:" in text, text[-3000:]
     assert "Reached target" in text and "multi-user.target" in text
     assert "FAILED" not in text, text[-3000:]
-    xl("destroy", "deb")
+    # the guest agent: exec through it (a systemd guest's console never answers exec)
+    r = xl("exec", "deb", "python3 -c 'import sys; print(6*7); sys.exit(3)'", check=False, timeout=200)
+    assert (r.returncode, r.stdout) == (3, "42\n"), r
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(700_000) + b"end")  # more than one request and one agent read
+    xl("cp", str(src), "deb:/root/in.bin")
+    r = xl("exec", "deb", "sha256sum /root/in.bin")
+    assert r.stdout.split()[0] == hashlib.sha256(src.read_bytes()).hexdigest()
+    xl("exec", "deb", "ip addr add 192.0.2.7/24 dev eth0 && cp /etc/os-release /root/out")
+    xl("cp", "deb:/root/out", str(tmp_path / "out"))
+    assert "Debian" in (tmp_path / "out").read_text()
+    assert xl("cp", "deb:/nonexistent", str(tmp_path / "x"), check=False).returncode != 0
+    assert "192.0.2.7/24" in xl("list", "-l").stdout
+    xl("shutdown", "-w", "deb", timeout=200)  # through guest-shutdown

@@ -127,6 +127,10 @@ def test_configure_tree(tmp_path: Path) -> None:
     assert "Name=eth0" in (tree / "etc/systemd/network/20-eth0.network").read_text()
     assert (tree / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service").is_symlink()
     assert os.readlink(tree / "etc/resolv.conf") == "../run/systemd/resolve/stub-resolv.conf"
+    agent = (tree / "etc/systemd/system/qemu-guest-agent.service").read_text()
+    assert "--method=isa-serial --path=/dev/hvc1" in agent and "BindsTo=dev-hvc1.device" in agent
+    rule = (tree / "etc/udev/rules.d/60-hyperdisco-guest-agent.rules").read_text()
+    assert 'KERNEL=="hvc1"' in rule and "qemu-guest-agent.service" in rule
     keys = tree / "root/.ssh/authorized_keys"
     assert keys.read_text() == KEY + "\n"
     assert keys.stat().st_mode & 0o777 == 0o600 and (tree / "root/.ssh").stat().st_mode & 0o777 == 0o700
