@@ -26,7 +26,8 @@ pytestmark = [
 
 def test_debian_image_boots_to_login_through_pygrub(xl: Xl, tmp_path: Path) -> None:
     img = tmp_path / "debian.img"
-    build = subprocess.run(Xl.argv("images", "debian", str(img), "--size", "2G", "--password", "pw"),
+    build = subprocess.run(Xl.argv("images", "debian", str(img), "--size", "2G", "--password", "pw",
+                                     "--packages", "python3"),
                            capture_output=True, text=True, timeout=1200)
     assert build.returncode == 0, build.stderr[-3000:]
     assert "mmdebstrap: I: success" in build.stderr
