@@ -46,7 +46,9 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
     if dom.finished:
         raise RequestError(f"hyperdisco: save: domain {dom.name} is not running")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        # never an existing file: the daemon runs as root for clients the socket was granted to, and a
+        # save must not truncate a file of the host's (xl overwrites; here the user removes it first)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise RequestError(f"hyperdisco: save: {path}: {exc.strerror}") from None
     started = time.monotonic()
@@ -59,6 +61,7 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
     finally:
         os.close(fd)
     if reply is None or not reply.get("ok"):
+        os.unlink(path)
         raise RequestError(f"hyperdisco: save: domain {dom.name} did not take the save file")
     host.request_shutdown(dom, "suspend")
     if keep:

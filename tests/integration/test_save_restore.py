@@ -98,3 +98,14 @@ def test_checkpoint_keeps_running(xl: Xl, tmp_path: Path) -> None:
     xl("destroy", "sr3")
     xl("restore", str(save))
     assert text(xl("exec", "sr3", "cat /tmp/state")).split()[-1] == "at-save"
+
+
+def test_save_refuses_existing_file(xl: Xl, tmp_path: Path) -> None:
+    xl("create", domain_cfg(tmp_path, "sr4"))
+    xl("exec", "sr4", "echo up")
+    victim = tmp_path / "precious"
+    victim.write_text("keep me")
+    r = xl("save", "sr4", str(victim), check=False)
+    assert r.returncode != 0 and "File exists" in r.stderr, r.stderr
+    assert victim.read_text() == "keep me"
+    assert xl("exec", "sr4", "echo still").stdout.strip().endswith("still")  # not suspended
