@@ -7,7 +7,7 @@
  * block it, write over memory the caller named) is steered away from the kernel itself. Pointers and frame
  * numbers name the arena (physical 16 MiB up, outside the kernel image; the domain needs >= 32 MiB), low
  * memory below 1 MiB (unused after boot), or what is not the domain's memory at all, never the kernel image
- * at 1 MiB; sched_op's block, shutdown, poll and watchdog and vcpu_op's down are not made.
+ * at 1 MiB; sched_op's block, shutdown, poll and watchdog, vcpu_op's down and multicall are not made.
  */
 #include "kernel.h"
 
@@ -98,6 +98,10 @@ static int self_stopping(uint64_t nr, uint64_t a1)
                && (a1 & 0xffffffffu) != 5 /* shutdown_code */;
     if (nr == __HYPERVISOR_vcpu_op)
         return (a1 & 0xffffffffu) == VCPUOP_down;
+    /* a multicall's entries are read from wherever its list points and can name any of the above (and
+     * its results are written back over the list): the calls it dispatches are fuzzed directly */
+    if (nr == __HYPERVISOR_multicall)
+        return 1;
     return 0;
 }
 
