@@ -44,8 +44,8 @@ class Hypercalls:
             24: self.vcpu_op, 32: self.event_channel_op, 29: self.sched_op, 20: self.grant_table_op,
             15: self.set_timer_op, 21: self.vm_assist,
         }
-        self.misc = misc_ops.MiscOps(domain, self.invoke)  # multicall, vm_assist, physdev_op, watchdog
-        self.table.update({13: self.misc.multicall, 21: self.misc.vm_assist, 33: self.misc.physdev_op})
+        self.misc = misc_ops.MiscOps(domain, self.invoke)  # multicall, physdev_op, watchdog, XENMEM extras
+        self.table.update({13: self.misc.multicall, 33: self.misc.physdev_op})
         self.unknown_logged: set[tuple[int, int]] = set()
         self.limit = RateLimiter()  # this domain's log lines, by kind
 

@@ -1,4 +1,4 @@
-"""The smaller hypercalls a PVH domU may make, as Xen answers them: multicall, vm_assist, physdev_op,
+"""The smaller hypercalls a PVH domU may make, as Xen answers them: multicall, physdev_op,
 SCHEDOP_watchdog and the XENMEM sub-ops besides the reservation and physmap ones. The table of every
 hypercall and sub-op, with where each answer comes from in Xen, is docs/xen-abi.md.
 
@@ -7,9 +7,6 @@ hypercall and sub-op, with where each answer comes from in Xen, is docs/xen-abi.
   with args[0..4], its result written back into the entry; a multicall inside a multicall is -EINVAL (the
   nested entry's result); a fault reading an entry or writing its result ends the call with -EFAULT, the
   entries before it done.
-- vm_assist (common/kernel.c do_vm_assist): the only type an HVM/PVH domain may name is
-  VMASST_TYPE_runstate_update_flag (asm/domain.h HVM_VM_ASSIST_MASK); any other is -EINVAL, an unknown
-  command -ENOSYS.
 - physdev_op (arch/x86/hvm/hypercall.c hvm_physdev_op): a PVH domU has no PIRQs and is not the hardware
   domain, so every command is -ENOSYS except map_pirq/unmap_pirq, which reach physdev.c and are refused
   by XSM_DM_PRIV (-EPERM; -ESRCH for a domain ID that names none).
@@ -54,7 +51,6 @@ class MiscOps:
         self._in_multicall: set[int] = set()  # vCPU indices inside a multicall now
         self._watchdogs: list[threading.Timer | None] = [None] * abi.NR_DOMAIN_WATCHDOG_TIMERS
         self._lock = threading.Lock()
-        self.vm_assist_types = 0  # the VMASST_TYPE_* bits the guest enabled (d->vm_assist)
 
     # -- multicall --------------------------------------------------------------------------------------
     def multicall(self, ctx: VcpuContext, call_list: int, nr_calls: int, *_: int) -> int:
@@ -83,20 +79,6 @@ class MiscOps:
         finally:
             self._in_multicall.discard(ctx.index)
         return 0
-
-    # -- vm_assist --------------------------------------------------------------------------------------
-    def vm_assist(self, ctx: VcpuContext, cmd: int, vtype: int, *_: int) -> int:
-        cmd &= 0xFFFFFFFF
-        vtype &= 0xFFFFFFFF
-        if vtype >= 64 or not abi.HVM_VM_ASSIST_MASK >> vtype & 1:
-            return -abi.EINVAL
-        if cmd == abi.VMASST_CMD_enable:
-            self.vm_assist_types |= 1 << vtype
-            return 0
-        if cmd == abi.VMASST_CMD_disable:
-            self.vm_assist_types &= ~(1 << vtype)
-            return 0
-        return -abi.ENOSYS
 
     # -- physdev_op -------------------------------------------------------------------------------------
     def physdev_op(self, ctx: VcpuContext, cmd: int, arg: int, *_: int) -> int:

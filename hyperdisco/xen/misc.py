@@ -1,4 +1,4 @@
-"""xen.h's multicall entry and vm_assist types, and physdev.h's commands: the hypercalls a PVH guest may
+"""xen.h's multicall entry, sched.h's watchdog and physdev.h's commands: the hypercalls a PVH guest may
 make besides the per-subsystem ones."""
 
 from __future__ import annotations
@@ -6,8 +6,7 @@ from __future__ import annotations
 import struct
 
 __all__ = [
-    "MULTICALL_ENTRY", "MULTICALL_ENTRY_COMPAT", "VMASST_CMD_enable", "VMASST_CMD_disable",
-    "VMASST_TYPE_runstate_update_flag", "HVM_VM_ASSIST_MASK", "PHYSDEVOP_irq_status_query",
+    "MULTICALL_ENTRY", "MULTICALL_ENTRY_COMPAT", "PHYSDEVOP_irq_status_query",
     "PHYSDEVOP_eoi", "PHYSDEVOP_map_pirq", "PHYSDEVOP_unmap_pirq", "PHYSDEVOP_get_free_pirq",
     "SCHED_WATCHDOG", "NR_DOMAIN_WATCHDOG_TIMERS",
 ]
@@ -15,12 +14,6 @@ __all__ = [
 # --- xen.h: struct multicall_entry {xen_ulong_t op, result; xen_ulong_t args[6];} (64 bytes; i386: 32) ----
 MULTICALL_ENTRY = struct.Struct("<QQ6Q")
 MULTICALL_ENTRY_COMPAT = struct.Struct("<II6I")
-
-# --- xen.h: vm_assist(cmd, type) ------------------------------------------------------------------------
-VMASST_CMD_enable, VMASST_CMD_disable = 0, 1
-VMASST_TYPE_runstate_update_flag = 5
-# xen/arch/x86/include/asm/domain.h: the only type an HVM/PVH domain may set
-HVM_VM_ASSIST_MASK = 1 << VMASST_TYPE_runstate_update_flag
 
 # --- physdev.h ------------------------------------------------------------------------------------------
 PHYSDEVOP_irq_status_query, PHYSDEVOP_eoi, PHYSDEVOP_map_pirq, PHYSDEVOP_unmap_pirq = 5, 12, 13, 14

@@ -237,9 +237,9 @@ def test_multicall_compat_and_faults(dh: DomainHarness) -> None:
 # -- vm_assist, physdev_op --------------------------------------------------------------------------------
 def test_vm_assist_allows_only_runstate_update_flag(dh: DomainHarness) -> None:
     assert dh.call("vm_assist", abi.VMASST_CMD_enable, abi.VMASST_TYPE_runstate_update_flag) == 0
-    assert dh.dom.hypercalls.misc.vm_assist_types == 1 << 5
+    assert dh.dom.vm_assist == 1 << 5
     assert dh.call("vm_assist", abi.VMASST_CMD_disable, abi.VMASST_TYPE_runstate_update_flag) == 0
-    assert dh.dom.hypercalls.misc.vm_assist_types == 0
+    assert dh.dom.vm_assist == 0
     for vtype in (0, 1, 2, 3, 4, 6, 63, 64, 1 << 40):  # PV-only types, out of range
         assert dh.call("vm_assist", abi.VMASST_CMD_enable, vtype) == -abi.EINVAL
     assert dh.call("vm_assist", 7, abi.VMASST_TYPE_runstate_update_flag) == -abi.ENOSYS
