@@ -2,7 +2,7 @@
 
 Nothing is defined here. Each name lives in the module of the Xen public header that defines it
 (xen/include/public/...): xen.py (xen.h, arch-x86/xen.h), errno.py, event_channel.py, grant_table.py,
-memory.py, vcpu.py, sched.py, misc.py (multicall, watchdog, physdev.h), hvm.py (hvm/hvm_op.h,
+memory.py, vcpu.py, sched.py, physdev.py, hvm.py (hvm/hvm_op.h,
 hvm/params.h, arch-x86/hvm/start_info.h), elfnote.py, version.py, features.py, and arch_x86.py (the
 hypercall instructions); this module re-exports every one of them. The I/O protocols (ring.h, blkif.h,
 xs_wire.h, console.h, ...) are in xen/io/.
@@ -20,7 +20,7 @@ from .features import *  # noqa: F403
 from .grant_table import *  # noqa: F403
 from .hvm import *  # noqa: F403
 from .memory import *  # noqa: F403
-from .misc import *  # noqa: F403
+from .physdev import *  # noqa: F403
 from .sched import *  # noqa: F403
 from .vcpu import *  # noqa: F403
 from .version import *  # noqa: F403

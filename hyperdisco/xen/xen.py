@@ -13,7 +13,7 @@ __all__ = [
     "COMPAT_VI_PENDING_SEL", "COMPAT_SI_EVTCHN_MASK", "COMPAT_SI_WC_VERSION", "COMPAT_SI_WC_SEC_HI",
     "COMPAT_WALLCLOCK", "EVTCHN_2L_COMPAT_NR_CHANNELS",
     "CONSOLEIO_write", "CONSOLEIO_read", "VMASST_CMD_enable", "VMASST_CMD_disable",
-    "VMASST_TYPE_runstate_update_flag",
+    "VMASST_TYPE_runstate_update_flag", "MULTICALL_ENTRY", "MULTICALL_ENTRY_COMPAT",
 ]
 
 # --- xen.h / arch-x86/xen.h: the page (XEN_PAGE_SHIFT 12): the one definition every layer uses --------
@@ -77,3 +77,7 @@ CONSOLEIO_write, CONSOLEIO_read = 0, 1
 # (xen/arch/x86/include/asm/domain.h HVM_VM_ASSIST_MASK)
 VMASST_CMD_enable, VMASST_CMD_disable = 0, 1
 VMASST_TYPE_runstate_update_flag = 5
+
+# --- xen.h: struct multicall_entry {xen_ulong_t op, result; xen_ulong_t args[6];} (64 bytes; i386: 32) ----
+MULTICALL_ENTRY = struct.Struct("<QQ6Q")
+MULTICALL_ENTRY_COMPAT = struct.Struct("<II6I")

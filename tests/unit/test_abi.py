@@ -63,7 +63,7 @@ def test_misc_constants() -> None:
 
 
 HEADER_MODULES = ("xen", "errno", "event_channel", "grant_table", "memory", "vcpu", "sched", "hvm", "elfnote",
-                  "version", "features", "arch_x86")
+                  "version", "features", "arch_x86", "physdev")
 IO_MODULES = ("ring", "blkif", "xenbus", "protocols", "xs_wire", "console")
 
 
