@@ -63,7 +63,9 @@ def test_debian_image_boots_to_login_through_pygrub(xl: Xl, tmp_path: Path) -> N
     xl("cp", str(src), "deb:/root/in.bin")
     r = xl("exec", "deb", "sha256sum /root/in.bin")
     assert r.stdout.split()[0] == hashlib.sha256(src.read_bytes()).hexdigest()
-    xl("exec", "deb", "ip addr add 192.0.2.7/24 dev eth0 && cp /etc/os-release /root/out")
+    # the vif (systemd names it enX0, not eth0)
+    xl("exec", "deb", "dev=$(ls /sys/class/net | grep -vx lo | head -n 1); ip link set \"$dev\" up && "
+                      "ip addr add 192.0.2.7/24 dev \"$dev\" && cp /etc/os-release /root/out")
     xl("cp", "deb:/root/out", str(tmp_path / "out"))
     assert "Debian" in (tmp_path / "out").read_text()
     assert xl("cp", "deb:/nonexistent", str(tmp_path / "x"), check=False).returncode != 0
