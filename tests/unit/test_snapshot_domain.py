@@ -1,0 +1,69 @@
+"""A domain written by vmm/snapshot.write_save and built again with restore_into: RAM, the special
+pages and the vCPU come back, the kernel is not loaded over them; a file that does not fit the domain
+(memory outside it, another vCPU count) is refused with one line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from unit_support import KERNEL_PADDR, DomainHarness
+
+from hyperdisco.core.clock import Clock
+from hyperdisco.core.domain import Domain, DomainConfig
+from hyperdisco.core.savefile import PAGE, SaveWriter, read_save
+from hyperdisco.engine.tcg.engine import TcgEngine
+from hyperdisco.errors import HyperdiscoError
+from hyperdisco.loader.elf import KernelImage
+from hyperdisco.vmm.snapshot import restore_into, write_save
+
+
+def _restored(kernel: KernelImage, engine: TcgEngine, clock: Clock, path: Path, vcpus: int = 1) -> Domain:
+    save = read_save(str(path))
+    cfg = DomainConfig("restored", kernel, None, "", 32, vcpus=vcpus)
+    return Domain(2, cfg, engine, clock, lambda b: None, lambda s: None,
+                  restore=lambda d: restore_into(d, save))
+
+
+def _save(dh: DomainHarness, path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    assert write_save(dh.dom, fd, {"record": {"name": "unit"}}).startswith("saved")
+
+
+def test_round_trip(make_domain: Callable[..., DomainHarness], kernel: KernelImage, engine: TcgEngine,
+                    clock: Clock, tmp_path: Path) -> None:
+    dh = make_domain()
+    mem = dh.dom.memory
+    mem.write(0x300000, b"guest data")
+    mem.write(KERNEL_PADDR, bytes(16))  # the guest overwrote its kernel's first bytes
+    dh.dom.special.mem[0:5] = b"rings"
+    dh.ctx.ev.set_gpr(3, 0xABCDEF)
+    rip = dh.ctx.ev.rip
+    _save(dh, tmp_path / "s")
+    dom = _restored(kernel, engine, clock, tmp_path / "s")
+    try:
+        assert dom.memory.read(0x300000, 10) == b"guest data"
+        assert dom.memory.read(KERNEL_PADDR, 16) == bytes(16)  # not loaded again over the saved memory
+        assert bytes(dom.special.mem[0:5]) == b"rings"
+        assert dom.vcpus[0].ev.gpr(3) == 0xABCDEF and dom.vcpus[0].ev.rip == rip
+    finally:
+        dom.close()
+
+
+def test_file_that_does_not_fit_refused(make_domain: Callable[..., DomainHarness], kernel: KernelImage,
+                                        engine: TcgEngine, clock: Clock, tmp_path: Path) -> None:
+    dh = make_domain()
+    _save(dh, tmp_path / "s")
+    with pytest.raises(HyperdiscoError, match="holds 1 vCPUs, the domain has 2"):
+        _restored(kernel, engine, clock, tmp_path / "s", vcpus=2)
+    # memory beyond the domain's RAM (a 32 MiB domain, a page at 64 MiB)
+    with open(tmp_path / "big", "wb") as f:
+        w = SaveWriter(f, {})
+        w.section(b"VCPU", (0).to_bytes(4, "little") + dh.ctx.ev.export_state())
+        w.memory_section(64 << 20, b"\x01" * PAGE)
+        w.finish()
+    with pytest.raises(HyperdiscoError, match="is not in this domain") as e:
+        _restored(kernel, engine, clock, tmp_path / "big")
+    assert "\n" not in str(e.value)
