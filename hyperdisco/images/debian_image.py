@@ -1,9 +1,9 @@
 """``hyperdisco images debian OUT.img``: a bootable Debian root filesystem image, built with mmdebstrap.
 
 The image holds systemd, Debian's cloud kernel and its initramfs (initramfs-tools, built inside the
-image), a console login on hvc0 (serial-getty@hvc0), eth0 configured by DHCP with systemd-networkd (and
-systemd-resolved for DNS), the root password and/or SSH key given, and an fstab mounting the root by the
-filesystem's UUID. There is no grub.cfg: ``bootloader = "pygrub"`` boots the newest
+image), a console login on hvc0 (serial-getty@hvc0), the vifs (enX0...) configured by DHCP with
+systemd-networkd (and systemd-resolved for DNS), the root password and/or SSH key given, and an fstab
+mounting the root by the filesystem's UUID. There is no grub.cfg: ``bootloader = "pygrub"`` boots the newest
 ``/boot/vmlinuz-*`` with its ``initrd.img-*`` and ``root=UUID=... ro`` (images/pygrub.py), so a kernel
 upgraded inside the guest is the one booted next time.
 
@@ -76,9 +76,10 @@ ENV{SYSTEMD_WANTS}+="qemu-guest-agent.service"
 """
 
 NETWORK_FILE = """\
-# hyperdisco images debian: eth0 (the first vif) by DHCP
+# hyperdisco images debian: the vifs by DHCP (systemd names them enX0, enX1...: Xen's predictable names,
+# systemd.net-naming-scheme(7); eth0 without them)
 [Match]
-Name=eth0
+Name=enX* eth*
 
 [Network]
 DHCP=yes
@@ -243,7 +244,7 @@ def mmdebstrap_argv(spec: DebianImageSpec, tree: Path, cache: Path, mirrors: Seq
 
 def configure_tree(tree: Path, spec: DebianImageSpec, fs_uuid: str) -> None:
     """The files that make the bootstrapped tree a guest: fstab, hostname, console login on hvc0,
-    networkd on eth0, resolved, qemu-guest-agent on hvc1, the SSH key. (The password is set with
+    networkd on the vifs, resolved, qemu-guest-agent on hvc1, the SSH key. (The password is set with
     chpasswd in the tree.)"""
     etc = tree / "etc"
     (etc / "fstab").write_text(f"# hyperdisco images debian\nUUID={fs_uuid} / ext4 errors=remount-ro 0 1\n")
@@ -256,7 +257,7 @@ def configure_tree(tree: Path, spec: DebianImageSpec, fs_uuid: str) -> None:
             "/lib/systemd/system/serial-getty@.service")
     network = etc / "systemd" / "network"
     network.mkdir(parents=True, exist_ok=True)
-    (network / "20-eth0.network").write_text(NETWORK_FILE)
+    (network / "20-vif.network").write_text(NETWORK_FILE)
     _enable(system / "multi-user.target.wants", "systemd-networkd.service",
             "/lib/systemd/system/systemd-networkd.service")
     _enable(system / "sockets.target.wants", "systemd-networkd.socket",

@@ -124,7 +124,7 @@ def test_configure_tree(tmp_path: Path) -> None:
     assert (tree / "etc/fstab").read_text().splitlines()[-1] == "UUID=1234 / ext4 errors=remount-ro 0 1"
     getty = tree / "etc/systemd/system/getty.target.wants/serial-getty@hvc0.service"
     assert os.readlink(getty) == "/lib/systemd/system/serial-getty@.service"
-    assert "Name=eth0" in (tree / "etc/systemd/network/20-eth0.network").read_text()
+    assert "Name=enX* eth*" in (tree / "etc/systemd/network/20-vif.network").read_text()
     assert (tree / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service").is_symlink()
     assert os.readlink(tree / "etc/resolv.conf") == "../run/systemd/resolve/stub-resolv.conf"
     agent = (tree / "etc/systemd/system/qemu-guest-agent.service").read_text()
