@@ -159,7 +159,8 @@ def _copy_one(dom: Domain, op: tuple[int, ...]) -> int:
         for u, domid, is_gref, write in sides:  # gnttab_copy_claim_buf: source, then dest
             if not _own(dom, domid):
                 # acquire_grant_for_copy in a table that granted the caller nothing (not brokered here)
-                return abi.GNTST_bad_gntref if domid == 0 and u >= abi.ENTRIES_PER_FRAME \
+                ref = u & 0xFFFFFFFF  # grant_ref_t, the union's low half
+                return abi.GNTST_bad_gntref if domid == 0 and ref >= abi.ENTRIES_PER_FRAME \
                     else abi.GNTST_general_error
             if is_gref:
                 try:

@@ -121,7 +121,7 @@ class MiscOps:
 
     def _fired(self, i: int) -> None:
         with self._lock:
-            if self._watchdogs[i] is None:
+            if self._watchdogs[i] is None or self.dom.finished:
                 return
         self.dom.log(f"watchdog timer {i + 1} fired")
         self.dom.shutdown("watchdog", "SCHEDOP_watchdog timer fired")

@@ -144,6 +144,7 @@ def test_copy_through_own_grants_sets_and_clears_nothing_else(dh: DomainHarness)
     ((5000, abi.DOMID_SELF, 0), (0x401, abi.DOMID_SELF, 0), 8, abi.GNTCOPY_source_gref, abi.GNTST_bad_gntref),
     ((5, 0, 0), (0x401, abi.DOMID_SELF, 0), 8, abi.GNTCOPY_source_gref, abi.GNTST_general_error),  # dom0's
     ((600, 0, 0), (0x401, abi.DOMID_SELF, 0), 8, abi.GNTCOPY_source_gref, abi.GNTST_bad_gntref),
+    ((1 << 32 | 5, 0, 0), (0x401, abi.DOMID_SELF, 0), 8, abi.GNTCOPY_source_gref, abi.GNTST_general_error),
 ])
 def test_copy_refusals(dh: DomainHarness, src: tuple[int, int, int], dst: tuple[int, int, int], length: int,
                        flags: int, status: int) -> None:
