@@ -126,8 +126,10 @@ def _write(dom: Domain, area: list[tuple[int, int]], offset: int, data: bytes) -
 
 def register(ctx: VcpuContext, target: VcpuContext, addr: int) -> int:
     """VCPUOP_register_runstate_memory_area of `target`, the area at guest-virtual `addr` as the calling
-    vCPU's page tables map it; 0 unregisters. -EFAULT if it is not writable RAM. Written at once, as Xen
-    does."""
+    vCPU's page tables map it; 0 unregisters. Written at once, as Xen does. An area that is not writable
+    RAM is accepted and never written: Xen's HVM check (guest_handle_okay under paging_mode_external)
+    accepts any address and ignores the copies that fail (xen/common/domain.c do_vcpu_op); unlike Xen,
+    hyperdisco translates the address once, so a later mapping there does not start the updates."""
     rs = target.runstate
     if addr == 0:
         rs.area = None
@@ -141,7 +143,8 @@ def register(ctx: VcpuContext, target: VcpuContext, addr: int) -> int:
         n = min(left, PAGE - (va & (PAGE - 1)))
         may_write = ctx.va.may_write
         if gpa is None or not dom.is_ram(gpa) or (may_write is not None and not may_write(va)):
-            return -abi.EFAULT
+            rs.area = None
+            return 0
         pieces.append((gpa, n))
         va, left = va + n, left - n
     rs.area = pieces
