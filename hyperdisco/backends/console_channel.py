@@ -24,16 +24,13 @@ import select
 import socket
 import threading
 from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Any
 
-from ..core.evtchn import EvtchnError
-from ..core.grant import GrantError
 from ..core.ratelimit import RateLimiter
 from ..xen import abi as xen_abi
 from ..xen.io import xenbus as xb
 from .console import ConsoleBackend
-from .xenbus_backend import XenbusBackend, release_port
+from .xenbus_backend import XenbusBackend
 
 MAX_RING_REF = 1 << 32
 READ_CHUNK = 4096
@@ -51,9 +48,6 @@ class ChannelBackend(XenbusBackend):
         self.fe = f"/local/domain/{dom.domid}/device/console/{devid}"
         self._init_xenbus()
         self.ring: ConsoleBackend | None = None
-        self.port: int | None = None
-        self._port_obj: Any = None
-        self._stack: ExitStack | None = None
         self._lock = threading.RLock()
         self._stop = self._xenbus = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -199,15 +193,10 @@ class ChannelBackend(XenbusBackend):
         port = self._read_uint("port", xen_abi.EVTCHN_2L_NR_CHANNELS)
         if ref is None or port is None:
             return self._fatal("frontend gave no valid ring-ref or port")
-        stack = ExitStack()
-        try:
-            page = stack.enter_context(self.dom.grants.access(ref, 0, write=True))
-            self.dom.evtchn.bind_backend(port, self._kick)
-        except (GrantError, EvtchnError) as e:
-            stack.close()
-            return self._fatal(f"cannot connect ring-ref {ref} port {port}: {e}")
-        self._stack, self.port = stack, port
-        self._port_obj = self.dom.evtchn.ports.get(port)
+        pages = self._attach({"ring-ref": ref}, "port", port)
+        if pages is None:
+            return None
+        page = pages[0]
         self.ring = ConsoleBackend(self.dom.memory, page.gpa, self._sink, self._notify)
         self._clear_error()
         self._switch(xb.XenbusStateConnected)
@@ -219,11 +208,7 @@ class ChannelBackend(XenbusBackend):
         if self.ring is None:
             return
         self.ring = None
-        release_port(self.dom.evtchn, self.port, self._port_obj)
-        self.port, self._port_obj = None, None
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
+        self._detach()
 
 
 class ChannelHost:

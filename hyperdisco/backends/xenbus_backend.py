@@ -3,23 +3,28 @@ Linux's xenbus backends drive them): read the frontend's nodes (untrusted: parse
 our state and features, follow the frontend's state, refuse a frontend through the backend's `error`
 node (xenbus_dev_fatal), and give the guest's end of the event channel back when we disconnect.
 
-A device class (blkback's VbdBackend, netback's VifBackend) sets `xs` (its xenstore connection), `be`
-and `fe` (the two directories), `limit` and `log`, and provides `_advertise`, `_connect`,
-`_disconnect` and `connected`.
+A device class (blkback's VbdBackend, netback's VifBackend, the console channels' ChannelBackend) sets
+`dom`, `xs` (its xenstore connection), `be` and `fe` (the two directories), `limit` and `log`, and
+provides `_advertise`, `_connect`, `_disconnect`, `_kick` and `connected`; `_attach`/`_detach` map and
+give back the frontend's ring pages and event channel.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
+from ..core.evtchn import EvtchnError
+from ..core.grant import GrantError
 from ..core.ratelimit import RateLimiter
 from ..xen import abi as xen_abi
 from ..xen.io import xenbus as xb
 
 
 class XenbusBackend:
+    dom: Any
     xs: Any
     be: str
     fe: str
@@ -29,6 +34,9 @@ class XenbusBackend:
     def _init_xenbus(self) -> None:
         self.state = xb.XenbusStateInitialising
         self.closed = threading.Event()  # frontend and backend both Closed
+        self.port: int | None = None  # the guest's event channel, bound to us while connected
+        self._port_obj: Any = None
+        self._stack: ExitStack | None = None  # the ring pages' grants, held while connected
 
     # -- the device's part ------------------------------------------------------------------------------
     @property
@@ -43,6 +51,35 @@ class XenbusBackend:
 
     def _disconnect(self) -> None:
         raise NotImplementedError
+
+    def _kick(self) -> None:
+        raise NotImplementedError
+
+    # -- the frontend's rings and event channel ---------------------------------------------------------
+    def _attach(self, refs: dict[str, int], port_node: str, port: int) -> list[Any] | None:
+        """Map the frontend's granted ring pages (node name -> grant reference) and bind its event channel
+        `port` (read from node `port_node`) to `_kick`: the pages, or None when any of it fails (the
+        frontend is then refused through _fatal and nothing is held)."""
+        stack = ExitStack()
+        try:
+            pages = [stack.enter_context(self.dom.grants.access(ref, 0, write=True)) for ref in refs.values()]
+            self.dom.evtchn.bind_backend(port, self._kick)
+        except (GrantError, EvtchnError) as e:
+            stack.close()
+            named = " ".join(f"{node} {ref}" for node, ref in refs.items())
+            self._fatal(f"cannot connect {named} {port_node} {port}: {e}")
+            return None
+        self._stack, self.port = stack, port
+        self._port_obj = self.dom.evtchn.ports.get(port)
+        return pages
+
+    def _detach(self) -> None:
+        """Give back what _attach took: the guest's port, then the ring pages' grants."""
+        release_port(self.dom.evtchn, self.port, self._port_obj)
+        self.port, self._port_obj = None, None
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
 
     # -- nodes ------------------------------------------------------------------------------------------
     def _read(self, rel: str) -> str | None:
@@ -119,6 +156,34 @@ def release_port(evtchn: Any, port: int | None, port_obj: Any) -> None:
     port is unbound again, still offered to us, if it is still the one we bound."""
     if port is not None and port_obj is not None and evtchn.ports.get(port) is port_obj:
         port_obj.state, port_obj.on_send = xen_abi.EVTCHNSTAT_unbound, None
+
+
+def write_device_nodes(xs: Any, domid: int, be: str, fe: str, back: Sequence[tuple[str, str]],
+                       front: Sequence[tuple[str, str]], ro_front: Sequence[tuple[str, str]] = ()) -> None:
+    """The toolstack's side of a new device (libxl's libxl__device_generic_add), in one transaction
+    retried until it commits: whatever was at the two directories goes, the backend directory `be` is
+    domain 0's and readable by the guest, the frontend directory `fe` the guest's and readable by
+    domain 0; `back` and `front` are their nodes, `ro_front` frontend nodes the guest may only read."""
+    while True:
+        tx = xs.transaction_start()
+        for path in (be, fe):
+            try:
+                xs.rm(path, tx)
+            except Exception:
+                pass
+        xs.mkdir(be, tx)
+        xs.set_perms(be, ["n0", f"r{domid}"], tx)
+        for k, v in back:
+            xs.write(f"{be}/{k}", v, tx)
+        xs.mkdir(fe, tx)
+        xs.set_perms(fe, [f"n{domid}", "r0"], tx)
+        for k, v in front:
+            xs.write(f"{fe}/{k}", v, tx)
+        for k, v in ro_front:
+            xs.write(f"{fe}/{k}", v, tx)
+            xs.set_perms(f"{fe}/{k}", ["n0", f"r{domid}"], tx)
+        if xs.transaction_end(tx):
+            return
 
 
 def remove_device_nodes(xs: Any, kind: str, domid: int, devid: int) -> None:

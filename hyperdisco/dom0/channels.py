@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..backends.xenbus_backend import write_device_nodes
 from .guest_agent import AgentClient
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"  # the name virtio-serial and libvirt give qemu-ga's port
@@ -88,26 +89,7 @@ def write_channel_nodes(xs: Any, domid: int, devid: int, name: str) -> None:
     front = [("backend", be), ("backend-id", "0"), ("state", "1")]
     ro_front = [("name", name), ("limit", str(XENCONSOLE_LIMIT)), ("type", "xenconsoled"),
                 ("output", "pty"), ("tty", "")]
-    while True:
-        tx = xs.transaction_start()
-        for path in (be, fe):
-            try:
-                xs.rm(path, tx)
-            except Exception:
-                pass
-        xs.mkdir(be, tx)
-        xs.set_perms(be, ["n0", f"r{domid}"], tx)
-        for k, v in back:
-            xs.write(f"{be}/{k}", v, tx)
-        xs.mkdir(fe, tx)
-        xs.set_perms(fe, [f"n{domid}", "r0"], tx)
-        for k, v in front:
-            xs.write(f"{fe}/{k}", v, tx)
-        for k, v in ro_front:
-            xs.write(f"{fe}/{k}", v, tx)
-            xs.set_perms(f"{fe}/{k}", ["n0", f"r{domid}"], tx)
-        if xs.transaction_end(tx):
-            return
+    write_device_nodes(xs, domid, be, fe, back, front, ro_front)
 
 
 def attach_channels(dom: Any, xs: Any, names: list[str],

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Any
 
-from ...core.evtchn import EvtchnError
 from ...core.grant import GrantError
 from ...core.ratelimit import RateLimiter
 from ...xen import abi as xen_abi
-from ..xenbus_backend import XenbusBackend, release_port
+from ..xenbus_backend import XenbusBackend
 from . import abi
 from .ioqueue import DomainIoQueue
 from .ring import DEFAULT_MAX_INDIRECT_SEGMENTS, BlkRing, Disk, RingError
@@ -58,10 +56,7 @@ class VbdBackend(XenbusBackend):
         self._stop = False
         self._init_xenbus()
         self.ring: BlkRing | None = None
-        self.port: int | None = None
         self.ring_ref: int | None = None
-        self._port_obj: Any = None
-        self._stack: ExitStack | None = None
         self.xs = xenstored.local_connection(self._on_watch)
         self._thread = threading.Thread(target=self._run, name=f"blkback-d{dom.domid}-{vdev}", daemon=True)
 
@@ -191,15 +186,10 @@ class VbdBackend(XenbusBackend):
         port = self._read_uint("event-channel", xen_abi.EVTCHN_2L_NR_CHANNELS)
         if ref is None or port is None:
             return self._fatal("frontend gave no valid ring-ref or event-channel")
-        stack = ExitStack()
-        try:
-            page = stack.enter_context(self.dom.grants.access(ref, 0, write=True))
-            self.dom.evtchn.bind_backend(port, self._kick)
-        except (GrantError, EvtchnError) as e:
-            stack.close()
-            return self._fatal(f"cannot connect ring-ref {ref} event-channel {port}: {e}")
-        self._stack, self.port, self.ring_ref = stack, port, ref
-        self._port_obj = self.dom.evtchn.ports.get(port)
+        pages = self._attach({"ring-ref": ref}, "event-channel", port)
+        if pages is None:
+            return None
+        page, self.ring_ref = pages[0], ref
         # as Linux blkback: persistent only if both ends offer it (the frontend writes its own wish)
         persistent = self.offer_persistent and self._read("feature-persistent") == "1"
         self.ring = BlkRing(page, self.dom.grants, self.disk, self._notify, self.log, persistent=persistent,
@@ -218,8 +208,4 @@ class VbdBackend(XenbusBackend):
         ring, self.ring = self.ring, None
         with self._serving:
             ring.close()
-        release_port(self.dom.evtchn, self.port, self._port_obj)
-        self.port, self._port_obj = None, None
-        if self._stack is not None:
-            self._stack.close()  # releases the ring page's grant
-            self._stack = None
+        self._detach()

@@ -21,7 +21,7 @@ from typing import Any
 from ...errors import ConfigError
 from ..disk import open_disk
 from ..disk.base import OpenRecord, RecordingOpener
-from ..xenbus_backend import remove_device_nodes
+from ..xenbus_backend import remove_device_nodes, write_device_nodes
 from . import abi
 
 DETACH_TIMEOUT_S = 10.0  # libxl waits LIBXL_DESTROY_TIMEOUT (10 s) for the frontend, then forces removal
@@ -129,28 +129,15 @@ class BlockDevices:
         xs = self.host.xs
         n = dom.domid
         be, fe = backend_path(n, devid), frontend_path(n, devid)
-        while True:
-            tx = xs.transaction_start()
-            for path in (be, fe):
-                try:
-                    xs.rm(path, tx)
-                except Exception:
-                    pass
-            xs.mkdir(be, tx)
-            xs.set_perms(be, ["n0", f"r{n}"], tx)
-            for k, v in (("frontend", fe), ("frontend-id", str(n)), ("params", spec.target),
-                         ("mode", "r" if spec.access == "ro" else "w"), ("type", "file"), ("online", "1"),
-                         ("removable", "0"), ("bootable", "1"), ("dev", spec.vdev), ("device-type", "disk"),
-                         ("discard-enable", "0" if spec.access == "ro" else "1"),
-                         ("state", str(abi.XenbusStateInitialising))):
-                xs.write(f"{be}/{k}", v, tx)
-            xs.mkdir(fe, tx)
-            xs.set_perms(fe, [f"n{n}", "r0"], tx)
-            for k, v in (("backend", be), ("backend-id", "0"), ("virtual-device", str(devid)),
-                         ("device-type", "disk"), ("state", str(abi.XenbusStateInitialising))):
-                xs.write(f"{fe}/{k}", v, tx)
-            if xs.transaction_end(tx):
-                return
+        write_device_nodes(
+            xs, n, be, fe,
+            back=(("frontend", fe), ("frontend-id", str(n)), ("params", spec.target),
+                  ("mode", "r" if spec.access == "ro" else "w"), ("type", "file"), ("online", "1"),
+                  ("removable", "0"), ("bootable", "1"), ("dev", spec.vdev), ("device-type", "disk"),
+                  ("discard-enable", "0" if spec.access == "ro" else "1"),
+                  ("state", str(abi.XenbusStateInitialising))),
+            front=(("backend", be), ("backend-id", "0"), ("virtual-device", str(devid)),
+                   ("device-type", "disk"), ("state", str(abi.XenbusStateInitialising))))
 
     # -- detach -----------------------------------------------------------------------------------------
     def detach(self, dom: Any, vdev: str, timeout: float = DETACH_TIMEOUT_S) -> bool:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, HyperdiscoError
-from ..xenbus_backend import remove_device_nodes
+from ..xenbus_backend import remove_device_nodes, write_device_nodes
 from . import frame
 
 DETACH_TIMEOUT_S = 10.0  # libxl waits LIBXL_DESTROY_TIMEOUT (10 s) for the frontend, then forces removal
@@ -467,23 +467,7 @@ class NetworkDevices:
             back.append(("vifname", cfg.vifname))
         front = [("backend", be), ("backend-id", "0"), ("state", str(STATE_INITIALISING)),
                  ("handle", str(devid)), ("mac", cfg.mac)]
-        while True:
-            tx = xs.transaction_start()
-            for path in (be, fe):
-                try:
-                    xs.rm(path, tx)
-                except Exception:
-                    pass
-            xs.mkdir(be, tx)
-            xs.set_perms(be, ["n0", f"r{n}"], tx)
-            for k, v in back:
-                xs.write(f"{be}/{k}", v, tx)
-            xs.mkdir(fe, tx)
-            xs.set_perms(fe, [f"n{n}", "r0"], tx)
-            for k, v in front:
-                xs.write(f"{fe}/{k}", v, tx)
-            if xs.transaction_end(tx):
-                return
+        write_device_nodes(xs, n, be, fe, back, front)
 
     # -- detach ----------------------------------------------------------------------------------------
     def find(self, dom: Any, which: int | str) -> int:

@@ -22,10 +22,8 @@ import select
 import socket
 import threading
 from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Any
 
-from ...core.evtchn import EvtchnError
 from ...core.grant import GrantError
 from ...core.ratelimit import RateLimiter
 from ...xen import abi as xen_abi
@@ -33,7 +31,7 @@ from ...xen.io import netif
 from ...xen.io import xenbus as xb
 from ..back_ring import RingError
 from ..net import frame as fr
-from ..xenbus_backend import XenbusBackend, release_port
+from ..xenbus_backend import XenbusBackend
 from .rings import Credit, NetRings, VifStats
 
 TX_BUDGET = 64  # packets per round before the thread looks at its socket and xenstore again
@@ -55,9 +53,6 @@ class VifBackend(XenbusBackend):
         self.stats = VifStats()
         self._init_xenbus()
         self.rings: NetRings | None = None
-        self.port: int | None = None
-        self._port_obj: Any = None
-        self._stack: ExitStack | None = None
         self._serving = threading.RLock()  # one server of the rings at a time
         self._flags_lock = threading.Lock()
         self._kicked = self._xenbus = self._stop = False
@@ -262,17 +257,10 @@ class VifBackend(XenbusBackend):
                                          (netif.GSO_TYPE_TCPV6, "feature-gso-tcpv6"))
                         if self._read(key) == "1")
         sg = self._read("feature-sg") == "1"
-        stack = ExitStack()
-        try:
-            tx_page = stack.enter_context(self.dom.grants.access(tx_ref, 0, write=True))
-            rx_page = stack.enter_context(self.dom.grants.access(rx_ref, 0, write=True))
-            self.dom.evtchn.bind_backend(port, self._kick)
-        except (GrantError, EvtchnError) as e:
-            stack.close()
-            return self._fatal(f"cannot connect tx-ring-ref {tx_ref} rx-ring-ref {rx_ref} "
-                               f"event-channel {port}: {e}")
-        self._stack, self.port = stack, port
-        self._port_obj = self.dom.evtchn.ports.get(port)
+        pages = self._attach({"tx-ring-ref": tx_ref, "rx-ring-ref": rx_ref}, "event-channel", port)
+        if pages is None:
+            return None
+        tx_page, rx_page = pages
         self.rings = NetRings(tx_page, rx_page, self.dom.grants, 0, self._send, self._notify,
                               self._complain, rx_gso=gso, rx_sg=sg, stats=self.stats, credit=self._credit())
         self._clear_error()
@@ -304,8 +292,4 @@ class VifBackend(XenbusBackend):
         self.limit.log(self.log, "disconnected", "disconnected")
         rings, self.rings = self.rings, None
         rings.close()
-        release_port(self.dom.evtchn, self.port, self._port_obj)
-        self.port, self._port_obj = None, None
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
+        self._detach()
