@@ -664,6 +664,32 @@ def _strip_disk_prefixes(target: str) -> tuple[str, str | None, bool]:
         target = tail
 
 
+def _key_values(spec: str, where: str, device: str, known: Sequence[str] | None = None) -> dict[str, str]:
+    """A device spec of comma-separated ``key=value`` pairs (vif, channel) as a map; blanks around keys and
+    values are dropped and empty items ignored. Every problem is one line naming ``device``: a NUL, an item
+    without ``=`` or without a key, a key given twice and, when ``known`` is given, a key not in it (checked
+    item by item, before the repeat)."""
+    if "\0" in spec:
+        raise _fail(where, device, f"NUL character in {_q(spec)}")
+    params: dict[str, str] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key:
+            raise _fail(where, device, f"expected key=value, got {_q(item)} in {_q(spec)}")
+        if known is not None and key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise _fail(where, device, f"unknown {device} parameter {_q(key)}"
+                                       f"{f' (did you mean {hint[0]!r}?)' if hint else ''}")
+        if key in params:
+            raise _fail(where, device, f"{_q(key)} given twice in {_q(spec)}")
+        params[key] = value
+    return params
+
+
 # xl-network-configuration(5)'s keys hyperdisco takes; type, model, script are accepted and ignored
 # (no emulated NIC, no hotplug scripts), uplink and hostfwd are hyperdisco's own
 KNOWN_VIF_KEYS = ("mac", "bridge", "ip", "rate", "uplink", "hostfwd", "type", "model", "script", "vifname",
@@ -693,24 +719,7 @@ _CHANNEL_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
 
 def parse_channel(spec: str, where: str = "<channel>") -> str:
     """One channel spec (comma-separated key=value pairs): its name."""
-    params: dict[str, str] = {}
-    if "\0" in spec:
-        raise _fail(where, "channel", f"NUL character in {_q(spec)}")
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, eq, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or not key:
-            raise _fail(where, "channel", f"expected key=value, got {_q(item)} in {_q(spec)}")
-        if key not in KNOWN_CHANNEL_KEYS:
-            hint = difflib.get_close_matches(key, KNOWN_CHANNEL_KEYS, n=1)
-            raise _fail(where, "channel", f"unknown channel parameter {_q(key)}"
-                                          f"{f' (did you mean {hint[0]!r}?)' if hint else ''}")
-        if key in params:
-            raise _fail(where, "channel", f"{_q(key)} given twice in {_q(spec)}")
-        params[key] = value
+    params = _key_values(spec, where, "channel", KNOWN_CHANNEL_KEYS)
     name = params.get("name")
     if name is None:
         raise _fail(where, "channel", f"a channel needs name= in {_q(spec)}")
@@ -726,20 +735,7 @@ def parse_channel(spec: str, where: str = "<channel>") -> str:
 
 def parse_vif(spec: str, where: str = "<vif>") -> VifSpec:
     """Parse one vif spec: comma-separated ``key=value`` pairs; empty items are ignored."""
-    params: dict[str, str] = {}
-    if "\0" in spec:
-        raise _fail(where, "vif", f"NUL character in {_q(spec)}")
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, eq, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or not key:
-            raise _fail(where, "vif", f"expected key=value, got {_q(item)} in {_q(spec)}")
-        if key in params:
-            raise _fail(where, "vif", f"{_q(key)} given twice in {_q(spec)}")
-        params[key] = value
+    params = _key_values(spec, where, "vif")
     return vif_from_params(params, where, spec)
 
 

@@ -30,6 +30,8 @@ def test_spec_forms() -> None:
     ("name=a, connection=file", "is not one of"),
     ("name=a, backend=3", "domain 0 only"),
     ("name", "expected key=value"),
+    ("=a", "expected key=value"),
+    ("bogus=1, bogus=2", "unknown channel parameter 'bogus'"),   # unknown is said before given twice
     ("name=a\0", "NUL"),
 ])
 def test_bad_specs(spec: str, message: str) -> None:

@@ -78,6 +78,9 @@ def test_rates(rate: str, expected: tuple[int, int]) -> None:
     ("type=wifi", "expected vif or ioemu"),
     ("backend=1", "only domain 0"),
     ("bridge", "expected key=value"),
+    ("=lan0", "expected key=value"),
+    ("bridge=lan0, bridge=lan1", "'bridge' given twice"),
+    ("bridge=lan0\0", "NUL character"),
 ])
 def test_bad_specs(spec: str, message: str) -> None:
     assert message in error_of(spec)
