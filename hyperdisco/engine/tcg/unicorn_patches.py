@@ -58,100 +58,59 @@ def append(file: str, text: str, why: str, name: str = "") -> Patch:
 # The policy itself (which MSR, which bit) lives in fastpath.c and platform/msr.py; these patches only give
 # the engine the interception points QEMU/unicorn lack, and fix exception delivery where TCG departs from
 # the architecture. docs/x86-conformance.md lists them with their references.
-_MSR_HOOKS_FN = """/*
+def _insn_hooks_fn(name: str, params: str, insn: str, types: str, args: str, stop_request: bool) -> str:
+    """The C of a dispatcher to UC_HOOK_INSN hooks, the shape of unicorn's own (uc.c's hook loops): each
+    live hook bound to EIP whose insn is `insn` is called in turn, as int cb(uc, `types`... user_data) with
+    `args`, until one returns non-zero, which the function returns (0: none did); `stop_request`: the loop
+    also ends at a uc_emu_stop."""
+    stop = "        if (env->uc->stop_request)\n            break;\n" if stop_request else ""
+    return (f"static int {name}(CPUX86State *env, {params})\n{{\n"
+            "    uc_engine *uc = env->uc;\n    struct hook *hook;\n    int r = 0;\n\n"
+            "    HOOK_FOREACH_VAR_DECLARE;\n    HOOK_FOREACH(env->uc, hook, UC_HOOK_INSN) {\n"
+            "        if (hook->to_delete)\n            continue;\n"
+            "        if (!HOOK_BOUND_CHECK(hook, env->eip))\n            continue;\n"
+            f"        if (hook->insn == {insn}) {{\n"
+            f"            JIT_CALLBACK_GUARD_VAR(r, ((int (*)(uc_engine *, {types}void *))hook->callback)(\n"
+            f"                env->uc, {args}hook->user_data));\n"
+            "            if (r)\n                break;\n        }\n"
+            f"{stop}    }}\n    return r;\n}}\n")
+
+
+def _msr_helper(op: str, svm_write: int) -> str:
+    """QEMU's helper_wrmsr/helper_rdmsr (`op` "wr"/"rd") with the hooks first: #GP(0) when a hook returns
+    2, QEMU's own access (hd_*msr_nohook) when none took it."""
+    return (f"void helper_{op}msr(CPUX86State *env)\n{{\n    int r;\n\n"
+            f"    cpu_svm_check_intercept_param(env, SVM_EXIT_MSR, {svm_write}, GETPC());\n"
+            f"    r = hd_msr_hooks(env, UC_X86_INS_{op.upper()}MSR);\n"
+            "    if (r == 2) {\n        raise_exception_err_ra(env, EXCP0D_GPF, 0, GETPC());\n    }\n"
+            f"    if (r == 0) {{\n        hd_{op}msr_nohook(env);\n    }}\n}}\n")
+
+
+_MSR_HOOKS_FN = ("""/*
  * hyperdisco: RDMSR/WRMSR reach UC_HOOK_INSN hooks registered for UC_X86_INS_RDMSR/UC_X86_INS_WRMSR,
  * callback int cb(uc_engine *uc, void *user_data), ECX/EAX/EDX in the registers. It returns
  * 0: QEMU emulates the access itself, 1: the hook performed it (for RDMSR it set EDX:EAX),
  * 2: the access raises #GP(0) at the instruction.
  */
-static int hd_msr_hooks(CPUX86State *env, int insn)
-{
-    uc_engine *uc = env->uc;
-    struct hook *hook;
-    int r = 0;
+""" + _insn_hooks_fn("hd_msr_hooks", "int insn", "insn", "", "", stop_request=True)
+                 + "\n" + _msr_helper("wr", 1) + "\n" + _msr_helper("rd", 0)
+                 + "\nstatic void do_pause(X86CPU *cpu)")
 
-    HOOK_FOREACH_VAR_DECLARE;
-    HOOK_FOREACH(env->uc, hook, UC_HOOK_INSN) {
-        if (hook->to_delete)
-            continue;
-        if (!HOOK_BOUND_CHECK(hook, env->eip))
-            continue;
-        if (hook->insn == insn) {
-            JIT_CALLBACK_GUARD_VAR(r, ((int (*)(uc_engine *, void *))hook->callback)(
-                env->uc, hook->user_data));
-            if (r)
-                break;
-        }
-        if (env->uc->stop_request)
-            break;
-    }
-    return r;
-}
-
-void helper_wrmsr(CPUX86State *env)
-{
-    int r;
-
-    cpu_svm_check_intercept_param(env, SVM_EXIT_MSR, 1, GETPC());
-    r = hd_msr_hooks(env, UC_X86_INS_WRMSR);
-    if (r == 2) {
-        raise_exception_err_ra(env, EXCP0D_GPF, 0, GETPC());
-    }
-    if (r == 0) {
-        hd_wrmsr_nohook(env);
-    }
-}
-
-void helper_rdmsr(CPUX86State *env)
-{
-    int r;
-
-    cpu_svm_check_intercept_param(env, SVM_EXIT_MSR, 0, GETPC());
-    r = hd_msr_hooks(env, UC_X86_INS_RDMSR);
-    if (r == 2) {
-        raise_exception_err_ra(env, EXCP0D_GPF, 0, GETPC());
-    }
-    if (r == 0) {
-        hd_rdmsr_nohook(env);
-    }
-}
-
-static void do_pause(X86CPU *cpu)"""
-
-_CR_HOOK_FN = """/*
+_CR_HOOK_FN = ("""/*
  * hyperdisco: MOV to CR0/CR3/CR4/CR8 (and LMSW) reach UC_HOOK_INSN hooks registered for UC_X86_INS_MOV,
  * callback int cb(uc_engine *uc, uint32_t cr, uint64_t value, void *user_data), before QEMU applies
  * (and silently truncates or masks) the value. It returns 0 to let the write happen, 2 for #GP(0).
  */
-static int hd_crn_hooks(CPUX86State *env, int reg, target_ulong t0)
-{
-    uc_engine *uc = env->uc;
-    struct hook *hook;
-    int r = 0;
-
-    HOOK_FOREACH_VAR_DECLARE;
-    HOOK_FOREACH(env->uc, hook, UC_HOOK_INSN) {
-        if (hook->to_delete)
-            continue;
-        if (!HOOK_BOUND_CHECK(hook, env->eip))
-            continue;
-        if (hook->insn == UC_X86_INS_MOV) {
-            JIT_CALLBACK_GUARD_VAR(r, ((int (*)(uc_engine *, uint32_t, uint64_t, void *))hook->callback)(
-                env->uc, (uint32_t)reg, (uint64_t)t0, hook->user_data));
-            if (r)
-                break;
-        }
-    }
-    return r;
-}
-
+""" + _insn_hooks_fn("hd_crn_hooks", "int reg, target_ulong t0", "UC_X86_INS_MOV", "uint32_t, uint64_t, ",
+                     "(uint32_t)reg, (uint64_t)t0, ", stop_request=False)
+               + """
 static void hd_write_crN(CPUX86State *env, int reg, target_ulong t0, uintptr_t ra)
 {
     cpu_svm_check_intercept_param(env, SVM_EXIT_WRITE_CR0 + reg, 0, ra);
     if (hd_crn_hooks(env, reg, t0) == 2) {
         raise_exception_err_ra(env, EXCP0D_GPF, 0, ra);
     }
-"""
+""")
 
 X86_CONFORMANCE_PATCHES: tuple[Patch, ...] = (
     # -- RDMSR/WRMSR interception ------------------------------------------------------------------------
