@@ -282,6 +282,8 @@ class Host:
             for vif in vifs:
                 self.net.attach(dom, vif)
             self.pv_channels.attach(dom, config.channels)
+            if restore is not None:  # built paused (vmm/snapshot.py): its frontends resume to these devices
+                dom.unpause()
             with self._lock:
                 dom.creating = False
                 self._changed.notify_all()

@@ -23,6 +23,7 @@ from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
 from ..loader.elf import KernelImage
 from .requests import RequestError
+from .saved_vifs import record_with_vifs, saved_vifs
 
 SUSPEND_TIMEOUT_S = 120.0
 
@@ -53,8 +54,9 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
         raise RequestError(f"hyperdisco: save: {path}: {exc.strerror}") from None
     started = time.monotonic()
     try:
+        record = record_with_vifs(dom.config.record, host.net.configs(dom.domid))  # its vifs as they are
         header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
-                  "record": dom.config.record, "name": dom.name, "saved_at": time.time(),
+                  "record": record, "name": dom.name, "saved_at": time.time(),
                   "guest_up": dom.guest_up}
         dom.saved.clear()
         reply = dom.call({"t": "save-to", "header": header, "checkpoint": keep}, [fd], timeout=10.0)
@@ -83,6 +85,8 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
     if dom.outcome != "suspend" or not dom.outcome_detail.startswith("saved"):
         raise RequestError(f"hyperdisco: save: domain {dom.name} ended with {dom.outcome}"
                            f"{': ' + dom.outcome_detail if dom.outcome_detail else ''}; nothing saved")
+    # as xl, save returns once the domain is gone: its name and its vifs' MACs are free for restore
+    host.wait_gone(dom, 30.0)
     return {"file": path, "detail": dom.outcome_detail, "bytes": os.path.getsize(path),
             "seconds": round(time.monotonic() - started, 3)}
 
@@ -100,12 +104,13 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
         raise RequestError(f"hyperdisco: restore: {path} was saved by hyperdisco "
                            f"{str(save_file.header.get('hyperdisco'))[:40]}, this is {__version__}")
     config = configure(record)
+    vifs = saved_vifs(record, path)
     if kernel_identity(config.kernel) != save_file.header.get("kernel"):
         raise RequestError(f"hyperdisco: restore: {path} was saved from another kernel than "
                            f"{record.get('kernel') or 'the default one'} is now")
     if config.vcpus > 1 or config.maxvcpus > 1:
         raise RequestError("hyperdisco: restore: only domains with one vCPU can be restored yet")
-    dom = host.create(config, restore=path)
+    dom = host.create(config, vifs=vifs, restore=path)
     # its shell was up when it was saved and carries on: it prints no new banner (exec waits for one)
     dom.guest_up = save_file.header.get("guest_up") is True
     return {"domid": dom.domid, "name": dom.name, "seconds": round(time.monotonic() - started, 3)}

@@ -81,6 +81,9 @@ def restore_into(dom: Domain, save: SaveFile) -> None:
             raise HyperdiscoError(f"hyperdisco: restore: vCPU {index} is not one of this domain's")
         seen.add(index)
         dom.vcpus[index].ev.import_state(payload[_INDEX.size:])
+    # paused until domain 0 has plugged its devices in (dom0/host.py create), as libxl restores a domain
+    # paused: the guest's xenbus_dev_resume reads each frontend's backend nodes at once
+    dom.paused = True
     regions = _regions(dom)
     for gpa, data in save.memory_runs():
         for r in regions:

@@ -48,6 +48,7 @@ def test_round_trip(make_domain: Callable[..., DomainHarness], kernel: KernelIma
         assert dom.memory.read(KERNEL_PADDR, 16) == bytes(16)  # not loaded again over the saved memory
         assert bytes(dom.special.mem[0:5]) == b"rings"
         assert dom.vcpus[0].ev.gpr(3) == 0xABCDEF and dom.vcpus[0].ev.rip == rip
+        assert dom.paused  # until domain 0 has plugged its devices in (dom0/host.py create unpauses it)
     finally:
         dom.close()
 
