@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..core.ratelimit import RateLimiter
 from ..xen import abi as xen_abi
 from ..xen.io import xenbus as xb
 from .console import ConsoleBackend
@@ -39,14 +38,9 @@ READ_CHUNK = 4096
 class ChannelBackend(XenbusBackend):
     def __init__(self, dom: Any, xenstored: Any, devid: int, name: str, sock: socket.socket,
                  log: Callable[[str], None]) -> None:
-        self.dom = dom
-        self.devid = devid
+        super().__init__(dom, xenstored, "console", devid, f"channel d{dom.domid} console/{devid} ({name})",
+                         f"chan-d{dom.domid}-{devid}", log)
         self.name = name
-        self._log = log
-        self.limit = RateLimiter()
-        self.be = f"/local/domain/0/backend/console/{dom.domid}/{devid}"
-        self.fe = f"/local/domain/{dom.domid}/device/console/{devid}"
-        self._init_xenbus()
         self.ring: ConsoleBackend | None = None
         self._lock = threading.RLock()
         self._stop = self._xenbus = False
@@ -54,14 +48,6 @@ class ChannelBackend(XenbusBackend):
         sock.setblocking(False)
         self.sock = sock
         self.dropped = 0
-        self.xs = xenstored.local_connection(self._on_watch)
-        self._thread = threading.Thread(target=self._run, name=f"chan-d{dom.domid}-{devid}", daemon=True)
-
-    def log(self, msg: str) -> None:
-        self._log(f"channel d{self.dom.domid} console/{self.devid} ({self.name}): {msg}")
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop = True
@@ -103,11 +89,6 @@ class ChannelBackend(XenbusBackend):
         ring = self.ring
         if ring is not None:
             ring.kick()
-
-    def _notify(self) -> None:
-        port = self.port
-        if port is not None and self.dom.evtchn.ports.get(port) is self._port_obj:
-            self.dom.evtchn.notify(port)
 
     def _run(self) -> None:
         try:

@@ -3,9 +3,10 @@ Linux's xenbus backends drive them): read the frontend's nodes (untrusted: parse
 our state and features, follow the frontend's state, refuse a frontend through the backend's `error`
 node (xenbus_dev_fatal), and give the guest's end of the event channel back when we disconnect.
 
-A device class (blkback's VbdBackend, netback's VifBackend, the console channels' ChannelBackend) sets
-`dom`, `xs` (its xenstore connection), `be` and `fe` (the two directories), `limit` and `log`, and
-provides `_advertise`, `_connect`, `_disconnect`, `_kick` and `connected`; `_attach`/`_detach` map and
+A device class (blkback's VbdBackend, netback's VifBackend, the console channels' ChannelBackend) calls
+this constructor first (the domain, the xenstore connection `xs`, the two directories `be` and `fe`, the
+rate-limited `log`, the device thread), then sets up its own state, and provides `_run` (the thread),
+`_on_watch`, `_advertise`, `_connect`, `_disconnect`, `_kick` and `connected`; `_attach`/`_detach` map and
 give back the frontend's ring pages and event channel.
 """
 
@@ -24,21 +25,46 @@ from ..xen.io import xenbus as xb
 
 
 class XenbusBackend:
-    dom: Any
-    xs: Any
-    be: str
-    fe: str
-    limit: RateLimiter
-    log: Callable[[str], None]
-
-    def _init_xenbus(self) -> None:
+    def __init__(self, dom: Any, xenstored: Any, kind: str, devid: int, label: str, thread_name: str,
+                 log: Callable[[str], None]) -> None:
+        """Device `devid` of xenstore type `kind` (console, vif, vbd) of domain `dom`: its lines go to `log`
+        prefixed by `label`, its thread (`_run`, started by start()) is named `thread_name`. The xenstore
+        connection calls `_on_watch` only for watches, which `_run` sets: a subclass may set up what
+        `_on_watch` uses after this constructor."""
+        self.dom = dom
+        self.devid = devid
+        self._log = log
+        self._label = label
+        self.limit = RateLimiter()  # lines the guest can cause (reconnect loops, broken rings), by kind
+        self.be = f"/local/domain/0/backend/{kind}/{dom.domid}/{devid}"
+        self.fe = f"/local/domain/{dom.domid}/device/{kind}/{devid}"
         self.state = xb.XenbusStateInitialising
         self.closed = threading.Event()  # frontend and backend both Closed
         self.port: int | None = None  # the guest's event channel, bound to us while connected
         self._port_obj: Any = None
         self._stack: ExitStack | None = None  # the ring pages' grants, held while connected
+        self.xs = xenstored.local_connection(self._on_watch)
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    def log(self, msg: str) -> None:
+        self._log(f"{self._label}: {msg}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _notify(self) -> None:
+        """Signal the frontend through its event channel, while it is still the port we bound."""
+        port = self.port
+        if port is not None and self.dom.evtchn.ports.get(port) is self._port_obj:
+            self.dom.evtchn.notify(port)
 
     # -- the device's part ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _on_watch(self, path: str, token: str) -> None:
+        raise NotImplementedError
+
     @property
     def connected(self) -> bool:
         raise NotImplementedError

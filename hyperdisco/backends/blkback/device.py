@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ...core.grant import GrantError
-from ...core.ratelimit import RateLimiter
 from ...xen import abi as xen_abi
 from ..xenbus_backend import XenbusBackend
 from . import abi
@@ -39,34 +38,21 @@ class VbdBackend(XenbusBackend):
     def __init__(self, dom: Any, xenstored: Any, devid: int, vdev: str, disk: Disk,
                  log: Callable[[str], None], offer_persistent: bool | None = None,
                  io: DomainIoQueue | None = None) -> None:
-        self.dom = dom
-        self.devid = devid
+        super().__init__(dom, xenstored, "vbd", devid, f"blkback d{dom.domid} {vdev}",
+                         f"blkback-d{dom.domid}-{vdev}", log)
         self.vdev = vdev
         self.disk = disk
-        self._log = log
-        self.limit = RateLimiter()  # lines the guest can cause (reconnect loops, broken rings), by kind
         self.io = io  # where requests that may complete out of order run (None: all in ring order)
         self.offer_persistent = OFFER_PERSISTENT if offer_persistent is None else offer_persistent
-        self.be = f"/local/domain/0/backend/vbd/{dom.domid}/{devid}"
-        self.fe = f"/local/domain/{dom.domid}/device/vbd/{devid}"
         self._cond = threading.Condition()
         self._serving = threading.RLock()  # one server of the ring at a time: our thread or the guest's
         self._kicked = False
         self._xenbus = False
         self._stop = False
-        self._init_xenbus()
         self.ring: BlkRing | None = None
         self.ring_ref: int | None = None
-        self.xs = xenstored.local_connection(self._on_watch)
-        self._thread = threading.Thread(target=self._run, name=f"blkback-d{dom.domid}-{vdev}", daemon=True)
-
-    def log(self, msg: str) -> None:
-        self._log(f"blkback d{self.dom.domid} {self.vdev}: {msg}")
 
     # -- other threads ----------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stop = True
@@ -99,11 +85,6 @@ class VbdBackend(XenbusBackend):
         with self._cond:
             self._kicked = True
             self._cond.notify()
-
-    def _notify(self) -> None:
-        port = self.port
-        if port is not None and self.dom.evtchn.ports.get(port) is self._port_obj:
-            self.dom.evtchn.notify(port)
 
     # -- the device thread ------------------------------------------------------------------------------
     def _run(self) -> None:

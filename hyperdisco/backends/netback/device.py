@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ...core.grant import GrantError
-from ...core.ratelimit import RateLimiter
 from ...xen import abi as xen_abi
 from ...xen.io import netif
 from ...xen.io import xenbus as xb
@@ -43,15 +42,10 @@ MAX_RING_REF = 1 << 32
 class VifBackend(XenbusBackend):
     def __init__(self, dom: Any, xenstored: Any, devid: int, mac: str, sock: socket.socket,
                  log: Callable[[str], None]) -> None:
-        self.dom = dom
-        self.devid = devid
+        super().__init__(dom, xenstored, "vif", devid, f"netback d{dom.domid} vif{devid}",
+                         f"netback-d{dom.domid}-{devid}", log)
         self.mac = mac
-        self._log = log
-        self.limit = RateLimiter()
-        self.be = f"/local/domain/0/backend/vif/{dom.domid}/{devid}"
-        self.fe = f"/local/domain/{dom.domid}/device/vif/{devid}"
         self.stats = VifStats()
-        self._init_xenbus()
         self.rings: NetRings | None = None
         self._serving = threading.RLock()  # one server of the rings at a time
         self._flags_lock = threading.Lock()
@@ -60,11 +54,6 @@ class VifBackend(XenbusBackend):
         self.sock = sock
         self._prepare(sock)
         self._buf = bytearray(fr.MAX_MESSAGE)
-        self.xs = xenstored.local_connection(self._on_watch)
-        self._thread = threading.Thread(target=self._run, name=f"netback-d{dom.domid}-{devid}", daemon=True)
-
-    def log(self, msg: str) -> None:
-        self._log(f"netback d{self.dom.domid} vif{self.devid}: {msg}")
 
     @staticmethod
     def _prepare(sock: socket.socket) -> None:
@@ -76,9 +65,6 @@ class VifBackend(XenbusBackend):
                 pass
 
     # -- other threads ----------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
     def replace_socket(self, sock: socket.socket) -> None:
         """A new domain 0 adopted the domain: frames go through its switch from now on."""
         self._prepare(sock)
@@ -120,11 +106,6 @@ class VifBackend(XenbusBackend):
         with self._flags_lock:
             self._kicked = True
         self._wake()
-
-    def _notify(self) -> None:
-        port = self.port
-        if port is not None and self.dom.evtchn.ports.get(port) is self._port_obj:
-            self.dom.evtchn.notify(port)
 
     def _send(self, meta: fr.Meta, data: bytes) -> bool:
         try:
