@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..xen import abi as xen_abi
 from ..xen.io import xenbus as xb
 from .console import ConsoleBackend
 from .xenbus_backend import XenbusBackend
@@ -171,7 +170,7 @@ class ChannelBackend(XenbusBackend):
 
     def _connect(self) -> None:
         ref = self._read_uint("ring-ref", MAX_RING_REF)
-        port = self._read_uint("port", xen_abi.EVTCHN_2L_NR_CHANNELS)
+        port = self._read_port("port")
         if ref is None or port is None:
             return self._fatal("frontend gave no valid ring-ref or port")
         pages = self._attach({"ring-ref": ref}, "port", port)

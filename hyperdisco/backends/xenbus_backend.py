@@ -122,6 +122,13 @@ class XenbusBackend:
         n = int(v.strip())
         return n if n < limit else None
 
+    def _read_port(self, rel: str) -> int | None:
+        """The frontend's event-channel port from node `rel`, or None unless the domain's event channels
+        hold it valid now (Xen's port_is_valid, which evtchn_bind_interdomain checks for the remote port:
+        below the ABI's ports, 4096 with 2-level and 2^17 with FIFO, and within max_event_channels)."""
+        port = self._read_uint(rel, 1 << 32)
+        return port if port is not None and self.dom.evtchn.valid(port) else None
+
     def _switch(self, state: int) -> None:
         self.state = state
         try:

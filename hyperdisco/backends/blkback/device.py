@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ...core.grant import GrantError
-from ...xen import abi as xen_abi
 from ..xenbus_backend import XenbusBackend
 from . import abi
 from .ioqueue import DomainIoQueue
@@ -164,7 +163,7 @@ class VbdBackend(XenbusBackend):
         if order:
             return self._fatal(f"frontend asks for ring-page-order {order}, we offer 0")
         ref = self._read_uint("ring-ref", MAX_RING_REF)
-        port = self._read_uint("event-channel", xen_abi.EVTCHN_2L_NR_CHANNELS)
+        port = self._read_port("event-channel")
         if ref is None or port is None:
             return self._fatal("frontend gave no valid ring-ref or event-channel")
         pages = self._attach({"ring-ref": ref}, "event-channel", port)

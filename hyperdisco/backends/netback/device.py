@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ...core.grant import GrantError
-from ...xen import abi as xen_abi
 from ...xen.io import netif
 from ...xen.io import xenbus as xb
 from ..back_ring import RingError
@@ -231,7 +230,7 @@ class VifBackend(XenbusBackend):
             return self._fatal("frontend does not offer feature-rx-notify")
         tx_ref = self._read_uint("tx-ring-ref", MAX_RING_REF)
         rx_ref = self._read_uint("rx-ring-ref", MAX_RING_REF)
-        port = self._read_uint("event-channel", xen_abi.EVTCHN_2L_NR_CHANNELS)
+        port = self._read_port("event-channel")
         if tx_ref is None or rx_ref is None or port is None:
             return self._fatal("frontend gave no valid tx-ring-ref, rx-ring-ref or event-channel")
         gso = frozenset(t for t, key in ((netif.GSO_TYPE_TCPV4, "feature-gso-tcpv4"),
