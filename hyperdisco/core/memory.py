@@ -241,6 +241,18 @@ class GuestMemory(PhysicalPages):
         self.shared_bytes += img.size
         self._cow_ranges.append((img.gpa, img.size))
 
+    def map_file_pages(self, gpa: int, fd: int, offset: int, size: int) -> None:
+        """Back RAM [gpa, gpa + size) with a copy-on-write (MAP_PRIVATE) mapping of file `fd` from
+        page-aligned `offset`: a restore from a save file (vmm/snapshot.py). Every domain restored from
+        one file shares its pages in the host's page cache until it writes one; its copies are mergeable."""
+        ram = self.regions[0]
+        if gpa % PAGE or offset % PAGE or size <= 0 or size % PAGE or gpa < 0 or gpa + size > ram.end:
+            raise ValueError("file pages outside RAM or not page aligned")
+        map_copy_on_write(ram.host_address + gpa, fd, size, offset)
+        _madvise(ram.host_address + gpa, size, mmap.MADV_MERGEABLE)
+        self.shared_bytes += size
+        self._cow_ranges.append((gpa, size))
+
     # -- pages given back and populated again (XENMEM_decrease_reservation / populate_physmap) --------
     def release_ram_page(self, pfn: int, shared: bool = False) -> None:
         """Give RAM page `pfn` back to the host: it is marked unbacked first (hypervisor accesses fault
@@ -430,10 +442,11 @@ def _map_fixed(host_address: int, size: int, flags: int, fd: int,
         raise OSError(err, f"remapping guest memory failed: {os.strerror(err)}")
 
 
-def map_copy_on_write(host_address: int, fd: int, size: int) -> None:
-    """Replace the host pages at `host_address` by a private (copy-on-write) mapping of file `fd`."""
+def map_copy_on_write(host_address: int, fd: int, size: int, offset: int = 0) -> None:
+    """Replace the host pages at `host_address` by a private (copy-on-write) mapping of file `fd` from
+    page-aligned `offset`."""
     prot = mmap.PROT_READ | mmap.PROT_WRITE
-    res = _libc.mmap(host_address, size, prot, mmap.MAP_PRIVATE | MAP_FIXED, fd, 0)
+    res = _libc.mmap(host_address, size, prot, mmap.MAP_PRIVATE | MAP_FIXED, fd, offset)
     if res != host_address:
         err = ctypes.get_errno()
         raise OSError(err, f"mapping a shared image failed: {os.strerror(err)}")

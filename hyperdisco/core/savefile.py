@@ -9,7 +9,9 @@ The first section is "HDR " (JSON: hyperdisco version, kernel identity, the doma
 count). The writer streams (memory is never held twice); the reader checks the whole file before it hands
 out anything, so a truncated, corrupt or other-version file is refused with one line (`SaveFileError`)
 and nothing of it is used. Memory ("MEM " sections) is a list of runs of non-zero pages: a page never
-touched reads as zeros and is not stored.
+touched reads as zeros and is not stored. Since version 2 each run's pages start at a page-aligned offset
+of the file (zero padding after the run record), so a restore can map them MAP_PRIVATE from the file:
+clones of one save share its pages in the host's page cache until they write them (vmm/snapshot.py).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 MAGIC = b"HDSAVE\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: memory runs page-aligned in the file (mapped by clones)
 PAGE = 4096
 _VERSION = struct.Struct("<I")
 _SECTION = struct.Struct("<4sQ")
-_RUN = struct.Struct("<QI")  # guest-physical address of the first page, number of pages
+# guest-physical address of the first page, number of pages, bytes of zero padding that follow the record
+# (up to the next page-aligned file offset, where the pages begin)
+_RUN = struct.Struct("<QII")
 END = b"END "
 HEADER = b"HDR "
 MEMORY = b"MEM "
@@ -49,6 +53,7 @@ class SaveWriter:
     def __init__(self, out: BinaryIO, header: dict[str, Any]) -> None:
         self._out = out
         self._hash = hashlib.sha256()
+        self._pos = 0  # bytes written so far: where the next byte lands in the file
         self._finished = False
         self._emit(MAGIC + _VERSION.pack(FORMAT_VERSION))
         self.json_section(HEADER, {"format": FORMAT_VERSION, **header})
@@ -56,6 +61,7 @@ class SaveWriter:
     def _emit(self, data: bytes | memoryview) -> None:
         self._out.write(data)
         self._hash.update(data)
+        self._pos += len(data)
 
     def section(self, tag: bytes, payload: bytes | memoryview) -> None:
         if tag not in KNOWN_TAGS or tag == END or self._finished:
@@ -73,10 +79,14 @@ class SaveWriter:
         if len(view) % PAGE or base % PAGE:
             raise ValueError("memory must be whole pages at a page-aligned address")
         runs = list(nonzero_runs(view))
-        length = sum(_RUN.size + n * PAGE for _, n in runs)
-        self._emit(_SECTION.pack(MEMORY, length))
-        for first, n in runs:
-            self._emit(_RUN.pack(base + first * PAGE, n))
+        pos = self._pos + _SECTION.size
+        pads = []
+        for _, n in runs:  # each run's pages begin at a page-aligned file offset
+            pads.append(-(pos + _RUN.size) % PAGE)
+            pos += _RUN.size + pads[-1] + n * PAGE
+        self._emit(_SECTION.pack(MEMORY, pos - self._pos - _SECTION.size))
+        for (first, n), pad in zip(runs, pads, strict=True):
+            self._emit(_RUN.pack(base + first * PAGE, n, pad) + bytes(pad))
             self._emit(view[first * PAGE:(first + n) * PAGE])
         return sum(n for _, n in runs)
 
@@ -115,6 +125,10 @@ class SaveFile:
     sections: list[tuple[bytes, int, int]] = field(default_factory=list)  # tag, offset, length
     file: BinaryIO | None = None  # kept open (read_save_fd), else the path is opened for each read
 
+    def opened(self) -> AbstractContextManager[BinaryIO]:
+        """The file, open for reading (the kept descriptor, or the path opened for the `with` block)."""
+        return self._open()
+
     def _open(self) -> AbstractContextManager[BinaryIO]:
         if self.file is not None:
             return nullcontext(self.file)
@@ -133,16 +147,24 @@ class SaveFile:
     def memory_runs(self) -> Iterator[tuple[int, bytes]]:
         """(guest-physical address, bytes) of every stored run of pages."""
         with self._open() as f:
+            for gpa, offset, size in self.memory_extents():
+                f.seek(offset)
+                yield gpa, f.read(size)
+
+    def memory_extents(self) -> Iterator[tuple[int, int, int]]:
+        """(guest-physical address, file offset, bytes) of every stored run of pages; the file offsets are
+        page-aligned (what a restore maps)."""
+        with self._open() as f:
             for t, offset, length in self.sections:
                 if t != MEMORY:
                     continue
-                f.seek(offset)
-                left = length
-                while left:
-                    gpa, n = _RUN.unpack(f.read(_RUN.size))
-                    data = f.read(n * PAGE)
-                    left -= _RUN.size + n * PAGE
-                    yield gpa, data
+                pos = offset
+                while pos < offset + length:
+                    f.seek(pos)
+                    gpa, n, pad = _RUN.unpack(f.read(_RUN.size))
+                    pos += _RUN.size + pad
+                    yield gpa, pos, n * PAGE
+                    pos += n * PAGE
 
 
 def read_save(path: str) -> SaveFile:
@@ -221,10 +243,18 @@ def _read(path: str, f: BinaryIO) -> SaveFile:
                 if run_left == 0:
                     if len(chunk) < _RUN.size:
                         raise SaveFileError(f"{path}: corrupt save file (memory run record)")
-                    gpa, n = _RUN.unpack(chunk)
+                    gpa, n, pad = _RUN.unpack(chunk)
                     run_left = n * PAGE
-                    if gpa % PAGE or not 0 < n <= MAX_RUN_PAGES or run_left > left - _RUN.size:
+                    at = pos + length - left + _RUN.size  # file offset after the record
+                    if (gpa % PAGE or not 0 < n <= MAX_RUN_PAGES or pad != -at % PAGE
+                            or run_left + pad > left - _RUN.size):
                         raise SaveFileError(f"{path}: corrupt save file (memory run record)")
+                    padding = f.read(pad)
+                    if len(padding) < pad:
+                        raise short("MEM section")
+                    if padding.count(0) != pad:
+                        raise SaveFileError(f"{path}: corrupt save file (memory run padding)")
+                    chunk += padding
                 else:
                     run_left -= len(chunk)
             digest.update(chunk)

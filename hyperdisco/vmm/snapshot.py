@@ -84,16 +84,28 @@ def restore_into(dom: Domain, save: SaveFile) -> None:
     # paused until domain 0 has plugged its devices in (dom0/host.py create), as libxl restores a domain
     # paused: the guest's xenbus_dev_resume reads each frontend's backend nodes at once
     dom.paused = True
+    restore_memory(dom, save)
+
+
+def restore_memory(dom: Domain, save: SaveFile) -> None:
+    """RAM runs are mapped MAP_PRIVATE from the save file (clones share them until they write); the
+    special pages (shared with domain 0) are copied. Pages not in the file stay zero. The mappings
+    outlive the descriptor."""
     regions = _regions(dom)
-    for gpa, data in save.memory_runs():
-        for r in regions:
-            if r.gpa <= gpa and gpa + len(data) <= r.gpa + r.size:
-                off = gpa - r.gpa
-                r.mem[off:off + len(data)] = data
-                break
-        else:
-            raise HyperdiscoError(f"hyperdisco: restore: saved memory at {gpa:#x} (+{len(data):#x}) is not "
-                                  "in this domain")
+    with save.opened() as f:
+        fd = f.fileno()
+        for gpa, offset, size in save.memory_extents():
+            for r in regions:
+                if r.gpa <= gpa and gpa + size <= r.gpa + r.size:
+                    if r.name == "ram":
+                        dom.memory.map_file_pages(gpa, fd, offset, size)
+                    else:
+                        off = gpa - r.gpa
+                        r.mem[off:off + size] = os.pread(fd, size, offset)
+                    break
+            else:
+                raise HyperdiscoError(f"hyperdisco: restore: saved memory at {gpa:#x} (+{size:#x}) is not "
+                                      "in this domain")
 
 
 def open_save(fd: int) -> SaveFile:

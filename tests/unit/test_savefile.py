@@ -48,8 +48,15 @@ def test_round_trip(tmp_path: Path) -> None:
         off = gpa - 0x100000
         restored[off:off + len(chunk)] = chunk
     assert restored == _ram()
-    # only the 4 non-zero pages are stored (runs: page 0, pages 3-4, page 15)
-    assert len(data) < 5 * PAGE
+    # only the 4 non-zero pages are stored (runs: page 0, pages 3-4, page 15), each run page-aligned in
+    # the file after its record's padding
+    assert len(data) < 9 * PAGE
+    extents = list(sf.memory_extents())
+    assert [(g, s // PAGE) for g, _o, s in extents] == [
+        (0x100000, 1), (0x100000 + 3 * PAGE, 2), (0x100000 + 15 * PAGE, 1)]
+    for gpa, offset, size in extents:
+        assert offset % PAGE == 0
+        assert data[offset:offset + size] == bytes(_ram()[gpa - 0x100000:gpa - 0x100000 + size])
     assert [(g, len(c) // PAGE) for g, c in sf.memory_runs()] == [
         (0x100000, 1), (0x100000 + 3 * PAGE, 2), (0x100000 + 15 * PAGE, 1)]
 
@@ -87,8 +94,8 @@ def test_trailing_data_and_other_version(tmp_path: Path) -> None:
     p.write_bytes(data + b"x")
     with pytest.raises(SaveFileError, match="after the checksum"):
         read_save(str(p))
-    p.write_bytes(data[:8] + struct.pack("<I", 2) + data[12:])
-    with pytest.raises(SaveFileError, match="version 2"):
+    p.write_bytes(data[:8] + struct.pack("<I", 1) + data[12:])
+    with pytest.raises(SaveFileError, match="version 1, this hyperdisco reads version 2"):
         read_save(str(p))
     p.write_bytes(b"garbage")
     with pytest.raises(SaveFileError, match="not a hyperdisco save file"):
@@ -108,3 +115,37 @@ def test_writer_refuses_unknown_tag() -> None:
 def test_long_runs_split() -> None:
     view = memoryview(b"\x01" * (5 * PAGE))
     assert list(savefile.nonzero_runs(view, max_run=2)) == [(0, 2), (2, 2), (4, 1)]
+
+
+def test_padding_must_be_zero_and_exact(tmp_path: Path) -> None:
+    """A run record's padding is checked: a non-zero byte in it, or a pad that does not end at a page
+    boundary, is refused (even with a checksum recomputed to match)."""
+    import hashlib
+
+    p = tmp_path / "s"
+    data = bytearray(_write(p))
+    sf = read_save(str(p))
+    _gpa, offset, _size = next(sf.memory_extents())
+    pad_start = offset - 1  # the last padding byte before the first run's pages
+
+    def resealed(b: bytearray) -> bytes:
+        body = bytes(b[:-44])
+        return body + b[-44:-32] + hashlib.sha256(body).digest()
+
+    bad = bytearray(data)
+    bad[pad_start] = 1
+    p.write_bytes(resealed(bad))
+    with pytest.raises(SaveFileError, match="padding"):
+        read_save(str(p))
+    # the record's pad field says one byte less: the pages would start unaligned
+    rec = _first_record(data)
+    bad = bytearray(data)
+    struct.pack_into("<I", bad, rec + 12, struct.unpack_from("<I", bad, rec + 12)[0] - 1)
+    p.write_bytes(resealed(bad))
+    with pytest.raises(SaveFileError, match="memory run record"):
+        read_save(str(p))
+
+
+def _first_record(data: bytearray) -> int:
+    """File offset of the first memory run record (just after the "MEM " section header)."""
+    return data.index(b"MEM ") + 12
