@@ -238,7 +238,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """restore FILE: a new domain that carries on where the saved one was."""
     path = os.path.abspath(args.file)
     print(f"Loading new save file {path}...", file=sys.stderr, flush=True)
-    r = _conn(args).call("restore", file=path)
+    r = _conn(args).call("restore", file=path, **({"name": args.name} if args.name else {}))
     print(f"Restored domain {r['name']} (id {r['domid']}) in {r['seconds']:.2f} s", file=sys.stderr)
     return 0
 
@@ -603,7 +603,9 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("dom")
     p.add_argument("file")
     p.add_argument("--timeout", type=float, default=120.0, help="how long the guest may take to suspend")
-    verb("restore", cmd_restore, "create a domain from a save file").add_argument("file")
+    p = verb("restore", cmd_restore, "create a domain from a save file (again: a clone, docs/clones.md)")
+    p.add_argument("-n", "--name", help="the new domain's name (default: the saved one, or NAME-N if taken)")
+    p.add_argument("file")
     verb("info", cmd_info, "host and hypervisor information")
     verb("dmesg", cmd_dmesg, "the hypervisor's log").add_argument("-c", dest="clear", action="store_true")
     p = verb("console", cmd_console, "attach to a domain's console (Ctrl-] detaches)")

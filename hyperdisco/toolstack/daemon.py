@@ -272,6 +272,10 @@ class Daemon:
         vifs = config.get("vifs") or []
         if not isinstance(vifs, list) or len(vifs) > MAX_VIFS:
             raise RequestError(f"hyperdisco: create: vifs must be a list of at most {MAX_VIFS} vifs")
+        if config.get("restore") is not None:  # a clone of a save file (toolstack/clones.py)
+            return snapshot_ops.restore(self.host, field(config, "restore", str, None), self._config,
+                                        name=check_name(config.get("name"), "create"), overrides=config,
+                                        given_vifs=[_vif_config(v, "create") for v in vifs] or None)
         dom = self.host.create(self._config(config), vifs=[_vif_config(v, "create") for v in vifs])
         return {"domid": dom.domid, "name": dom.name}
 
@@ -460,8 +464,10 @@ class Daemon:
                 keep: bool = False) -> dict[str, Any]:
         return snapshot_ops.save(self.host, self._dom(dom), file, timeout, keep)
 
-    def op_restore(self, file: str) -> dict[str, Any]:
-        return snapshot_ops.restore(self.host, file, self._config)
+    def op_restore(self, file: str, name: str | None = None) -> dict[str, Any]:
+        if not isinstance(file, str) or "\0" in file:
+            raise RequestError("hyperdisco: restore: file must be a path")
+        return snapshot_ops.restore(self.host, file, self._config, name=name)
 
     def op_wait(self, dom: str | int, timeout: float = 60.0) -> bool:
         return self.host.wait_gone(self._dom(dom), timeout)

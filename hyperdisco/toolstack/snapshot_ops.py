@@ -13,15 +13,18 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import __version__
+from ..backends.net.manager import VifConfig
 from ..core.domain import DomainConfig
 from ..core.savefile import SaveFileError, read_save
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
+from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
+from . import clones
 from .requests import RequestError
 from .saved_vifs import record_with_vifs, saved_vifs
 
@@ -91,7 +94,11 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainConfig]) -> dict[str, Any]:
+def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainConfig],
+            name: str | None = None, overrides: dict[str, Any] | None = None,
+            given_vifs: Sequence[VifConfig] | None = None) -> dict[str, Any]:
+    """`name`, `overrides` (a clone's create config: its disks) and `given_vifs` (its vifs instead of the
+    saved ones): toolstack/clones.py."""
     started = time.monotonic()
     try:
         save_file = read_save(path)
@@ -103,14 +110,25 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
     if save_file.header.get("hyperdisco") != __version__:
         raise RequestError(f"hyperdisco: restore: {path} was saved by hyperdisco "
                            f"{str(save_file.header.get('hyperdisco'))[:40]}, this is {__version__}")
+    saved_name = str(record.get("name"))
+    record = clones.clone_record(record, clones.clone_name(
+        saved_name, name, lambda n: any(d.name == n for d in host.domains.values())), overrides)
     config = configure(record)
-    vifs = saved_vifs(record, path)
+    if given_vifs is not None:
+        vifs = list(given_vifs)
+    else:  # a clone (a new name) gets new MACs: clones.clone_vifs
+        vifs = clones.clone_vifs(saved_vifs(record, path), clone=record.get("name") != saved_name)
     if kernel_identity(config.kernel) != save_file.header.get("kernel"):
         raise RequestError(f"hyperdisco: restore: {path} was saved from another kernel than "
                            f"{record.get('kernel') or 'the default one'} is now")
     if config.vcpus > 1 or config.maxvcpus > 1:
         raise RequestError("hyperdisco: restore: only domains with one vCPU can be restored yet")
-    dom = host.create(config, vifs=vifs, restore=path)
+    try:
+        dom = host.create(config, vifs=vifs, restore=path)
+    except HyperdiscoError as exc:
+        if clones.is_disk_busy(exc):
+            raise RequestError(f"{exc}{clones.DISK_HINT}") from None
+        raise
     # its shell was up when it was saved and carries on: it prints no new banner (exec waits for one)
     dom.guest_up = save_file.header.get("guest_up") is True
     return {"domid": dom.domid, "name": dom.name, "seconds": round(time.monotonic() - started, 3)}

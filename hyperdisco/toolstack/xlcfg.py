@@ -54,6 +54,7 @@ KNOWN_KEYS = frozenset({
     "name", "type", "kernel", "ramdisk", "extra", "cmdline", "root", "memory", "maxmem", "vcpus",
     "maxvcpus", "max_event_channels", "on_poweroff", "on_reboot", "on_crash", "disk", "vif", "uuid",
     "cpus", "bootloader", "bootloader_args", "weight", "warp", "warpl", "warpu", "channel",
+    "restore",  # hyperdisco: a clone of a save file (toolstack/clones.py)
 })
 BOOTLOADERS = ("pygrub",)   # by name; a path to it (/usr/lib/xen-4.17/bin/pygrub) means the same
 
@@ -151,6 +152,7 @@ class DomainSpec:
     warp: int | None = None         # BVT warp value, ms (None/0: no warp)
     warpl: int | None = None        # BVT warp limit, ms
     warpu: int | None = None        # BVT unwarp requirement, ms
+    restore: str | None = None      # a save file: the domain is a clone of it (toolstack/clones.py)
     source: str = "<config>"        # the config file, for messages
 
 
@@ -921,6 +923,11 @@ def _build(settings: dict[str, _Setting], source: str) -> DomainSpec:
             setattr(spec, key, _as_int(s, 0, 10_000, " ms"))
         elif key in ("cmdline", "root", "extra"):
             _as_str(s)      # checked here, composed below
+        elif key == "restore":  # a path, relative to the config file's directory as a disk's target
+            path = _as_str(s)
+            if not path or "\0" in path:
+                raise _fail(s.where, key, "expected the path of a save file")
+            spec.restore = str(s.base_dir / path) if s.base_dir is not None else path
 
     if spec.maxmem is not None and spec.maxmem < spec.memory:
         s = settings["maxmem"]
