@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from ..platform import layout
+from ..platform import layout, vmgenid
 from ..platform.acpi import build_tables
 from ..xen import abi
 from .elf import KernelImage
@@ -51,7 +51,7 @@ def load_pvh(mem: GuestMemory, kernel: KernelImage, initrd: bytes | None, cmdlin
         nr_modules = 1
     entries = layout.e820(ram)
     mem.write(memmap, b"".join(abi.HVM_MEMMAP_ENTRY.pack(a, s, t, 0) for a, s, t in entries))
-    for addr, blob in build_tables(layout.ACPI_BASE, nr_cpus).items():
+    for addr, blob in build_tables(layout.ACPI_BASE, nr_cpus, vmgenid.new_generation_id()).items():
         mem.write(addr, blob)
     mem.pack(abi.HVM_START_INFO, layout.START_INFO, abi.HVM_START_MAGIC, 1, 0, nr_modules,
              modlist if nr_modules else 0, layout.CMDLINE, layout.ACPI_BASE, memmap, len(entries), 0)

@@ -1,4 +1,5 @@
-"""Minimal ACPI tables: RSDP, XSDT, a hardware-reduced FADT, a DSDT with \\_S5 and a MADT.
+"""Minimal ACPI tables: RSDP, XSDT, a hardware-reduced FADT, a DSDT with \\_S5 and the VM Generation ID
+device (platform/vmgenid.py), and a MADT.
 
 Linux installs the Xen clockevent only when a local APIC is described (MADT), and powers a PVH guest off
 through ACPI S5: the DSDT's \\_S5 package gives SLP_TYP, the FADT's hardware-reduced sleep control
@@ -9,6 +10,8 @@ Layouts: ACPI 6.x specification (tables 5.x: RSDP, XSDT, FADT, MADT).
 from __future__ import annotations
 
 import struct
+
+from . import aml, vmgenid
 
 SLEEP_CONTROL_PORT = 0x600
 SLEEP_STATUS_PORT = 0x601
@@ -37,11 +40,13 @@ def _gas(space: int, bits: int, address: int) -> bytes:
     return struct.pack("<BBBBQ", space, bits, 0, 1, address)
 
 
-def build_tables(base: int, nr_cpus: int = 1) -> dict[int, bytes]:
-    """Tables to place at guest-physical addresses, RSDP at `base`."""
+def build_tables(base: int, nr_cpus: int = 1, generation_id: bytes | None = None) -> dict[int, bytes]:
+    """Tables to place at guest-physical addresses, RSDP at `base`; with `generation_id`, also the VM
+    Generation ID (16 bytes) at vmgenid.GENID_GPA."""
     xsdt_a, dsdt_a, fadt_a, madt_a = base + 0x40, base + 0x100, base + 0x200, base + 0x400
-    # DSDT AML: Name(_S5, Package(2){5, 5})
-    dsdt = _table(b"DSDT", 2, bytes.fromhex("085F53355F1206020A050A05"))
+    # DSDT AML: Name(_S5, Package(2){5, 5}), then Scope(\_SB) { Device(VGEN) {...} }
+    s5 = aml.name("_S5", aml.package(aml.integer(5), aml.integer(5)))
+    dsdt = _table(b"DSDT", 2, s5 + vmgenid.device_aml())
     fadt = bytearray(276 - 36)
 
     def put(off: int, data: bytes) -> None:
@@ -64,4 +69,9 @@ def build_tables(base: int, nr_cpus: int = 1) -> dict[int, bytes]:
     rsdp += struct.pack("<IQ", 36, xsdt_a)
     rsdp += bytes([0, 0, 0, 0])
     rsdp[32] = _checksum(bytes(rsdp))
-    return {base: bytes(rsdp), xsdt_a: xsdt, dsdt_a: dsdt, fadt_a: fadt_t, madt_a: madt}
+    tables = {base: bytes(rsdp), xsdt_a: xsdt, dsdt_a: dsdt, fadt_a: fadt_t, madt_a: madt}
+    if generation_id is not None:
+        if len(generation_id) != vmgenid.GENID_SIZE:
+            raise ValueError("a VM generation ID is 16 bytes")
+        tables[vmgenid.GENID_GPA] = generation_id
+    return tables

@@ -25,6 +25,7 @@ from ..core.memory import Region
 from ..core.savefile import SaveFile, SaveFileError, SaveWriter
 from ..core.vcpu import VcpuContext
 from ..errors import HyperdiscoError
+from ..platform import vmgenid
 
 _INDEX = struct.Struct("<I")
 
@@ -85,6 +86,8 @@ def restore_into(dom: Domain, save: SaveFile) -> None:
     # paused: the guest's xenbus_dev_resume reads each frontend's backend nodes at once
     dom.paused = True
     restore_memory(dom, save)
+    # every restore may be one of many clones of the file: a new VM Generation ID (platform/vmgenid.py)
+    dom.memory.write(vmgenid.GENID_GPA, vmgenid.new_generation_id())
 
 
 def restore_memory(dom: Domain, save: SaveFile) -> None:

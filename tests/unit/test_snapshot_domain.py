@@ -94,3 +94,22 @@ def test_clones_map_the_file_copy_on_write(make_domain: Callable[..., DomainHarn
     finally:
         a.close()
         b.close()
+
+
+def test_each_restore_gets_a_new_generation_id(make_domain: Callable[..., DomainHarness], kernel: KernelImage,
+                                               engine: TcgEngine, clock: Clock, tmp_path: Path) -> None:
+    """The VM Generation ID (platform/vmgenid.py) of every restored domain is new: the saved one, and
+    each clone's, all differ."""
+    from hyperdisco.platform.vmgenid import GENID_GPA, GENID_SIZE
+
+    dh = make_domain()
+    dh.dom.memory.write(GENID_GPA, b"saved-generation")
+    _save(dh, tmp_path / "s")
+    a = _restored(kernel, engine, clock, tmp_path / "s")
+    b = _restored(kernel, engine, clock, tmp_path / "s")
+    try:
+        ids = {a.memory.read(GENID_GPA, GENID_SIZE), b.memory.read(GENID_GPA, GENID_SIZE)}
+        assert len(ids) == 2 and b"saved-generation" not in ids
+    finally:
+        a.close()
+        b.close()
