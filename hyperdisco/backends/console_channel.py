@@ -28,50 +28,23 @@ from typing import Any
 
 from ..xen.io import xenbus as xb
 from .console import ConsoleBackend
-from .xenbus_backend import XenbusBackend
+from .socket_backend import SocketBackend
 
 MAX_RING_REF = 1 << 32
 READ_CHUNK = 4096
 
 
-class ChannelBackend(XenbusBackend):
+class ChannelBackend(SocketBackend):
+    STOP_TIMEOUT_S = 5.0
+
     def __init__(self, dom: Any, xenstored: Any, devid: int, name: str, sock: socket.socket,
                  log: Callable[[str], None]) -> None:
         super().__init__(dom, xenstored, "console", devid, f"channel d{dom.domid} console/{devid} ({name})",
-                         f"chan-d{dom.domid}-{devid}", log)
+                         f"chan-d{dom.domid}-{devid}", sock, log)
         self.name = name
         self.ring: ConsoleBackend | None = None
         self._lock = threading.RLock()
-        self._stop = self._xenbus = False
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        sock.setblocking(False)
-        self.sock = sock
         self.dropped = 0
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop = True
-        self._wake()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        self.xs.close()
-        self.sock.close()
-        os.close(self._wake_fd)
-
-    def replace_socket(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        old, self.sock = self.sock, sock
-        self._wake()
-        old.close()
-
-    def _on_watch(self, path: str, token: str) -> None:
-        self._xenbus = True
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            os.eventfd_write(self._wake_fd, 1)
-        except OSError:
-            pass
 
     # -- data -------------------------------------------------------------------------------------------
     def _sink(self, data: bytes) -> None:

@@ -20,6 +20,7 @@ from unit_support import DomainHarness
 from hyperdisco.backends.blkback.device import VbdBackend
 from hyperdisco.backends.console_channel import ChannelBackend
 from hyperdisco.backends.disk import open_disk
+from hyperdisco.backends.net import frame as fr
 from hyperdisco.backends.netback.device import VifBackend
 from hyperdisco.backends.xenbus_backend import XenbusBackend, write_device_nodes
 from hyperdisco.backends.xenstore import Xenstored
@@ -166,3 +167,21 @@ def test_port_beyond_the_domains_limit_is_refused(front: Callable[[bool], Fronte
     # refused by the bound on the node, not later by the binding ("cannot connect ...")
     assert "gave no valid" in str(f.xs.read(f"{f.be}/error"))
     assert f.dom.evtchn.ports[port].state == abi.EVTCHNSTAT_unbound
+
+
+@pytest.mark.parametrize("kind", ["vif", "console"])  # a vbd has no socket to domain 0
+def test_a_new_domain_0s_socket_replaces_the_old(front: Callable[[bool], Frontend], kind: str) -> None:
+    f = front(False)
+    backend = f.backend
+    assert isinstance(backend, (VifBackend, ChannelBackend))
+    old = backend.sock
+    new, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        backend.replace_socket(new)
+        assert backend.sock is new and not new.getblocking() and old.fileno() == -1
+        if kind == "vif":  # netback's own part of taking a socket: its buffers, as the kernel grants them
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, fr.SOCKET_BUFFER)
+            assert new.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == \
+                peer.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    finally:
+        peer.close()

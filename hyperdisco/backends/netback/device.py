@@ -29,7 +29,7 @@ from ...xen.io import netif
 from ...xen.io import xenbus as xb
 from ..back_ring import RingError
 from ..net import frame as fr
-from ..xenbus_backend import XenbusBackend
+from ..socket_backend import SocketBackend
 from .rings import Credit, NetRings, VifStats
 
 TX_BUDGET = 64  # packets per round before the thread looks at its socket and xenstore again
@@ -38,25 +38,20 @@ RX_BATCH = 64  # frames read from the socket per round
 MAX_RING_REF = 1 << 32
 
 
-class VifBackend(XenbusBackend):
+class VifBackend(SocketBackend):
     def __init__(self, dom: Any, xenstored: Any, devid: int, mac: str, sock: socket.socket,
                  log: Callable[[str], None]) -> None:
         super().__init__(dom, xenstored, "vif", devid, f"netback d{dom.domid} vif{devid}",
-                         f"netback-d{dom.domid}-{devid}", log)
+                         f"netback-d{dom.domid}-{devid}", sock, log)
         self.mac = mac
         self.stats = VifStats()
         self.rings: NetRings | None = None
         self._serving = threading.RLock()  # one server of the rings at a time
-        self._flags_lock = threading.Lock()
-        self._kicked = self._xenbus = self._stop = False
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.sock = sock
-        self._prepare(sock)
+        self._kicked = False
         self._buf = bytearray(fr.MAX_MESSAGE)
 
-    @staticmethod
-    def _prepare(sock: socket.socket) -> None:
-        sock.setblocking(False)
+    def _prepare(self, sock: socket.socket) -> None:
+        super()._prepare(sock)
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, opt, fr.SOCKET_BUFFER)
@@ -64,34 +59,6 @@ class VifBackend(XenbusBackend):
                 pass
 
     # -- other threads ----------------------------------------------------------------------------------
-    def replace_socket(self, sock: socket.socket) -> None:
-        """A new domain 0 adopted the domain: frames go through its switch from now on."""
-        self._prepare(sock)
-        old, self.sock = self.sock, sock
-        self._wake()
-        old.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        with self._flags_lock:
-            self._stop = True
-        self._wake()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        self.xs.close()
-        self.sock.close()
-        os.close(self._wake_fd)
-
-    def _on_watch(self, path: str, token: str) -> None:
-        with self._flags_lock:
-            self._xenbus = True
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            os.eventfd_write(self._wake_fd, 1)
-        except OSError:
-            pass
-
     def _kick(self) -> None:
         """The guest signalled the event channel (on its vCPU thread): serve a few packets here if the
         rings are idle, hand the rest to the device thread."""
