@@ -155,12 +155,15 @@ class DomainProcess:
                     dom.outcome_detail = f"save failed: {type(exc).__name__}: {exc}"[:400]
             else:
                 os.close(fd)
-        if self.vifs is not None:
-            self.vifs.close()
-        if self.pv_channels is not None:
-            self.pv_channels.close()
-        if self.vbds is not None:
-            self.vbds.close()  # closes (flushes) the images
+        # a failure closing one device must not keep domain 0 from learning the outcome (it would take
+        # the process's end for a crash and apply on_crash instead of the guest's own on_reboot/poweroff)
+        for what, close in (("vifs", self.vifs), ("channels", self.pv_channels), ("disks", self.vbds)):
+            if close is None:
+                continue
+            try:
+                close.close()  # the disks' close flushes their images
+            except Exception as exc:  # noqa: BLE001 - one line in domain 0's log
+                self.log(f"domain process: closing its {what}: {type(exc).__name__}: {exc}"[:400])
         # finished while domain 0 was away (the guest rebooted, powered off or crashed): wait for the
         # next domain 0, so that it learns the outcome and applies the domain's on_* action
         while self.orphaned.is_set() and not self.gone.is_set():
