@@ -108,7 +108,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     Daemon(args.socket, args.engine, verbose=args.verbose, share_pages=args.share_pages,
            overcommit=args.overcommit, xenstored_socket=args.xenstored_socket,
-           group=args.group, sched=args.sched, sched_cpus=args.sched_cpus).serve_forever()
+           group=args.group, sched=args.sched, sched_cpus=args.sched_cpus).serve_forever(args.migrate_listen)
     return 0
 
 
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sched", choices=("bvt", "host"), default="bvt",
                    help="who shares the CPUs between domains: domain 0's Borrowed Virtual Time arbiter "
                         "(default; sched-bvt) or the host kernel")
+    d.add_argument("--migrate-listen", metavar="[HOST:]PORT", default=None,
+                   help="receive live migrations over TCP (migrate_receive only; default host 127.0.0.1)")
     d.add_argument("--sched-cpus", type=_cpu_list, default=None, metavar="LIST",
                    help="the host CPUs the arbiter hands out, e.g. 0 or 0-1 (vCPU threads are pinned to "
                         "them; default: as many as there are, unpinned)")

@@ -234,6 +234,18 @@ def cmd_save(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """migrate DOM DEST: live migration to another daemon (its socket path, or HOST:PORT)."""
+    dest = args.dest if ":" in args.dest and "/" not in args.dest else os.path.abspath(args.dest)
+    print(f"Migrating domain {args.dom} to {dest}...", file=sys.stderr, flush=True)
+    r = _conn(args).call("migrate", dom=args.dom, dest=dest, timeout=args.timeout, rate=args.rate)
+    print(f"Migrated: {r['rounds']} rounds (pages {'+'.join(str(p) for p in r['round_pages'])}), "
+          f"{r['pages']} pages sent ({r['bytes'] / 1048576:.1f} MiB), {r['seconds']:.2f} s in all, "
+          f"downtime {r['downtime_s'] * 1000:.0f} ms (suspend asked to running there: "
+          f"{r['suspend_to_running_s']:.2f} s)", file=sys.stderr)
+    return 0
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     """restore FILE: a new domain that carries on where the saved one was."""
     path = os.path.abspath(args.file)
@@ -603,6 +615,12 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("dom")
     p.add_argument("file")
     p.add_argument("--timeout", type=float, default=120.0, help="how long the guest may take to suspend")
+    p = verb("migrate", cmd_migrate, "live-migrate a running domain to another daemon (one vCPU)")
+    p.add_argument("dom")
+    p.add_argument("dest", help="the other daemon's control socket path, or HOST:PORT (its --migrate-listen)")
+    p.add_argument("--timeout", type=float, default=120.0, help="how long the guest may take to suspend")
+    p.add_argument("--rate", type=float, default=None, metavar="MIB_S",
+                   help="cap the pre-copy's bandwidth (MiB/s; the stop-and-copy is never capped)")
     p = verb("restore", cmd_restore, "create a domain from a save file (again: a clone, docs/clones.md)")
     p.add_argument("-n", "--name", help="the new domain's name (default: the saved one, or NAME-N if taken)")
     p.add_argument("file")

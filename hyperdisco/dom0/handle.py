@@ -13,6 +13,7 @@ import base64
 import collections
 import mmap
 import os
+import queue
 import select
 import signal
 import socket
@@ -59,6 +60,7 @@ class DomainHandle:
         self.first_output: float | None = None
         self.saved = threading.Event()  # save -c: the process wrote the checkpoint (saved_detail says how)
         self.saved_detail = ""
+        self.migration: queue.Queue[dict[str, Any]] = queue.Queue()  # live migration's "migrate" messages
         self.guest_up = False  # GUEST_READY seen on its console (kept even when the history scrolls)
         self._tail = b""
         self.outcome: str | None = None
@@ -99,7 +101,7 @@ class DomainHandle:
     def start(self, engine: str, clock_params: dict[str, float], jail_root: str | None,
               cgroup: Callable[[int, DomainConfig], None] | None = None,
               adopt_path: Path | None = None, record: Any = None, spawner: Spawner | None = None,
-              sched: bool = False, restore: str | None = None) -> None:
+              sched: bool = False, restore: str | None = None, incoming: int | None = None) -> None:
         """Start the domain process and build the domain in it; a one-line HyperdiscoError if it could not
         be built (the process is gone again then). With `adopt_path`, the process listens there for a
         new domain 0 should this one die, and `record` (this domain's configuration, for that successor)
@@ -128,6 +130,10 @@ class DomainHandle:
                 restore_fd = os.open(restore, os.O_RDONLY | os.O_CLOEXEC)
                 restore_index = len(fds)
                 fds.append(restore_fd)
+            incoming_index = None
+            if incoming is not None:  # a live migration's stream (toolstack/migrate_ops.py)
+                incoming_index = len(fds)
+                fds.append(incoming)
             if spawner is not None and spawner.alive:  # forked from the template: no interpreter start
                 self.pid = spawner.spawn(child.fileno())
                 self.spawner = spawner
@@ -150,7 +156,7 @@ class DomainHandle:
                            "segments": [[s.paddr, s.memsz] for s in cfg.kernel.segments]},
                 "initrd_size": len(cfg.initrd) if cfg.initrd is not None else None,
                 "jail_root": jail_root, "adopt_fd": adopt_index, "sched": sched,
-                "restore_fd": restore_index}, fds)
+                "restore_fd": restore_index, "incoming_fd": incoming_index}, fds)
             try:
                 reply = self._await_built()
             except ChannelClosed:
@@ -469,6 +475,8 @@ class DomainHandle:
             self.relay.close_conn(msg.get("conn"))
         elif t == "reply":
             self._pending.deliver(msg.get("id"), msg)
+        elif t == "migrate":  # a live migration's progress (toolstack/migrate_ops.py)
+            self.migration.put(msg)
         elif t == "saved":  # save -c: the checkpoint is written (toolstack/snapshot_ops.py)
             self.saved_detail = _one_line(str(msg.get("detail", "")))[:MAX_LOG_LINE]
             self.saved.set()

@@ -240,7 +240,8 @@ class Host:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def create(self, config: DomainConfig, console: ConsoleBuffer | None = None,
-               vifs: Sequence[VifConfig] = (), restore: str | None = None) -> DomainHandle:
+               vifs: Sequence[VifConfig] = (), restore: str | None = None,
+               incoming: int | None = None) -> DomainHandle:
         """Start a domain; everything is undone (process, xenstore nodes, disks, vifs) if any step fails.
 
         Its vifs get their devids and MACs first (NetworkDevices.prepare); the kernel command line gets
@@ -274,7 +275,7 @@ class Host:
             if self.arbiter is not None:
                 self.arbiter.add(dom, config.bvt)
             dom.start(self.engine_name, self.clock.params(), self.jail_root, cg, adopt, config.record,
-                      self.spawner, sched=self.arbiter is not None, restore=restore)
+                      self.spawner, sched=self.arbiter is not None, restore=restore, incoming=incoming)
             self._introduce(dom)
             for spec, image in disks:
                 self.blk.attach(dom, spec, image)

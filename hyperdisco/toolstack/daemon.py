@@ -35,7 +35,7 @@ from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from ..platform import layout
-from . import agent_ops, sched_ops, snapshot_ops
+from . import agent_ops, migrate_ops, sched_ops, snapshot_ops
 from .build import MAX_VCPUS, domain_config
 from .protocol import encode, socket_path
 from .requests import MAX_REQUEST_BYTES, RequestError, XsRequestError, check_name, field, parse_request
@@ -464,6 +464,13 @@ class Daemon:
                 keep: bool = False) -> dict[str, Any]:
         return snapshot_ops.save(self.host, self._dom(dom), file, timeout, keep)
 
+    def op_migrate(self, dom: str | int, dest: str, timeout: float = 120.0,
+                   rate: float | None = None) -> dict[str, Any]:
+        return migrate_ops.migrate(self.host, self._dom(dom), dest, timeout, rate)
+
+    def op_migrate_receive(self, header: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
+        return migrate_ops.receive(self.host, header, conn, self._config)
+
     def op_restore(self, file: str, name: str | None = None) -> dict[str, Any]:
         if not isinstance(file, str) or "\0" in file:
             raise RequestError("hyperdisco: restore: file must be a path")
@@ -531,7 +538,8 @@ class Daemon:
         agent_ops.file_write(self.host.pv_channels.agent(d.domid), d.name, path, data, append, timeout)
 
     # -- serving ----------------------------------------------------------------------------------------
-    def handle(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket, only: tuple[str, ...] | None = None) -> None:
+        """Serve one control connection; `only`: the operations allowed on it (the migration listener's)."""
         f = conn.makefile("rb")
         while True:
             line = f.readline(MAX_REQUEST_BYTES + 1)
@@ -543,6 +551,13 @@ class Daemon:
                 return  # the rest of the line cannot be resynchronised: close
             try:
                 op, args = parse_request(line)
+                if only is not None and op not in only:
+                    raise RequestError(f"hyperdisco: {op} is not served here")
+                if op == "migrate_receive":  # the connection becomes the stream, in the domain's process
+                    reply = {"ok": True, "result": self.op_migrate_receive(args["header"], conn)}
+                    conn.sendall(encode(reply))
+                    os.close(conn.detach())  # no shutdown: the domain process reads on
+                    return
                 if op == "console":
                     self._console_stream(conn, f, args["dom"])
                     return
@@ -718,7 +733,36 @@ class Daemon:
             print(f"hyperdisco: warning: {path.parent} does not let group {self.group_gid} through "
                   "(no search permission); its members cannot reach the socket", file=sys.stderr)
 
-    def serve_forever(self) -> None:
+    def listen_migration(self, where: str) -> socketserver.ThreadingTCPServer:
+        """`--migrate-listen [HOST:]PORT`: a TCP listener that serves migrate_receive and nothing else
+        (whoever reaches it can make this daemon run a domain: bind it where only peers reach)."""
+        host, _, port = where.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise HyperdiscoError(f"hyperdisco: --migrate-listen {where[:100]!r}: expected [HOST:]PORT")
+        daemon = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                try:
+                    daemon.handle(self.request, only=("migrate_receive",))
+                except OSError:
+                    pass
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        try:
+            server = Server((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        except OSError as exc:
+            raise HyperdiscoError(f"hyperdisco: cannot listen on {where[:100]}: {exc.strerror}") from None
+        threading.Thread(target=server.serve_forever, name="hd-migrate-listen", daemon=True).start()
+        self.host.log(f"migrations received on {where}")
+        return server
+
+    def serve_forever(self, migrate_listen: str | None = None) -> None:
+        tcp = self.listen_migration(migrate_listen) if migrate_listen else None
         server = self.listen()
         path = self.path
         import signal
@@ -735,6 +779,9 @@ class Daemon:
             if xs_door is not None:
                 xs_door.close()
             server.server_close()
+            if tcp is not None:
+                tcp.shutdown()
+                tcp.server_close()
             Path(path).unlink(missing_ok=True)
             self.host.close()
 

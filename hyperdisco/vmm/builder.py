@@ -56,6 +56,8 @@ def build_domain(msg: dict[str, Any], fds: list[int], output: Callable[[bytes], 
     if isinstance(msg.get("restore_fd"), int) and 0 <= msg["restore_fd"] < len(fds):
         save = open_save(fds[msg["restore_fd"]])
         restore = lambda dom: restore_into(dom, save)  # noqa: E731
+    elif isinstance(msg.get("incoming_fd"), int):  # a live migration's: memory and vCPU come from its stream
+        restore = lambda dom: None  # noqa: E731
     # special_fd stays open: a new domain 0 that adopts this domain gets it again (domain_process.py)
     return Domain(int(msg["domid"]), config, engine, clock, output, log, special_fd=special_fd,
                   restore=restore)

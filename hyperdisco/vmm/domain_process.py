@@ -42,6 +42,8 @@ from .channel import Channel, ChannelClosed, PendingReplies
 from .grants import BrokeredGrants
 from .interdomain import BrokeredChannels
 from .jail import Jail
+from .migration import answer as migration_answer
+from .migration import open_dirty_log, receive, start_precopy
 from .remote_xenstore import RemoteXenstore
 from .sched_gate import ArbiterGate
 from .snapshot import checkpoint, write_save
@@ -71,6 +73,8 @@ class DomainProcess:
         self.jail_report = ""
         self._held: list[dict[str, Any]] = []  # log lines from while no domain 0 listened
         self.save_to: tuple[int, dict[str, Any]] | None = None  # "save-to": the file and its header
+        self.dirty: Any = None  # core/dirty_log.DirtyLog (opened before the jail), or why there is none
+        self.incoming: socket.socket | None = None  # a migration's stream into this domain (migration.py)
 
     # -- to domain 0 ------------------------------------------------------------------------------------
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -121,6 +125,9 @@ class DomainProcess:
             dom.remote_channels = self.channels
             self.grants = BrokeredGrants(dom, self.send)
             dom.remote_grants = self.grants
+            if isinstance(msg.get("incoming_fd"), int) and 0 <= msg["incoming_fd"] < len(fds):
+                self.incoming = socket.socket(fileno=fds[msg["incoming_fd"]])
+            self.dirty = open_dirty_log()  # live migration's: the jail has no /proc and no userfaultfd
             jail = Jail(dom.domid, msg.get("jail_root"))
             jail.enter()
         except Exception as exc:  # anything: one line to domain 0, which refuses the create
@@ -135,7 +142,12 @@ class DomainProcess:
         if msg.get("sched") is True:
             self.gate = ArbiterGate(self.send, len(dom.vcpus))
         self.scheduler = Scheduler(workers=max(1, min(len(dom.vcpus), os.cpu_count() or 1)), gate=self.gate)
-        self.scheduler.add(dom)
+        if self.incoming is None or self._migrated_in(dom):
+            self.scheduler.add(dom)
+            if self.incoming is not None:
+                migration_answer(self.incoming, None)
+                self.incoming.close()
+                self.incoming = None
         while not dom.done.wait(0.5):
             if self.gone.is_set():
                 dom.shutdown("destroyed", "domain 0 went away")
@@ -171,6 +183,24 @@ class DomainProcess:
         self.send({"t": "shutdown", "outcome": dom.outcome, "detail": dom.outcome_detail,
                    "stats": self._stats(dom)})
         self.scheduler.shutdown()
+
+    def _migrated_in(self, dom: Domain) -> bool:
+        """Read the incoming migration into the domain (vmm/migration.py) before its vCPU runs; False
+        (the domain destroyed, the source told why) if the stream is not a whole one."""
+        assert self.incoming is not None
+        try:
+            stats = receive(dom, self.incoming, lambda: dom.done.is_set() or self.gone.is_set()
+                            or self.orphaned.is_set())
+        except Exception as exc:  # noqa: BLE001 - StreamError, or anything else: one line, domain destroyed
+            detail = str(exc) if type(exc).__name__ == "StreamError" else f"{type(exc).__name__}: {exc}"
+            migration_answer(self.incoming, detail)
+            self.incoming.close()
+            self.incoming = None
+            dom.shutdown("destroyed", f"incoming migration: {detail}"[:400])
+            return False
+        self.send({"t": "migrate", "phase": "in", "pages": int(stats.get("pages", 0) or 0)
+                   if isinstance(stats.get("pages"), int) else 0})
+        return True
 
     def _checkpoint(self, ctx: VcpuContext) -> int:
         """save -c: the guest's suspend hypercall, on its only vCPU (vmm/snapshot.py checkpoint)."""
@@ -304,6 +334,8 @@ class DomainProcess:
             if msg.get("checkpoint") is True and len(dom.vcpus) == 1:  # save -c
                 dom.on_suspend = self._checkpoint
             self.send({"t": "reply", "id": msg.get("id"), "ok": True})
+        elif t == "migrate-to" and len(fds) == 1:
+            self._migrate_to(msg, fds[0])
         elif t == "query":
             self.send({"t": "reply", "id": msg.get("id"), "stats": self._stats(dom)})
         elif t == "blk-attach":
@@ -335,6 +367,25 @@ class DomainProcess:
         else:
             for fd in fds:
                 os.close(fd)
+
+    def _migrate_to(self, msg: dict[str, Any], fd: int) -> None:
+        """Start a live migration over the connected socket domain 0 handed over (vmm/migration.py)."""
+        dom = self.dom
+        assert dom is not None
+        sock = socket.socket(fileno=fd)
+        why = ""
+        if isinstance(self.dirty, str) or self.dirty is None:
+            why = f"no dirty-page tracking here ({self.dirty})"
+        elif len(dom.vcpus) != 1 or dom.on_suspend is not None or self.save_to is not None:
+            why = "another save or migration is under way, or more than one vCPU"
+        if why:
+            sock.close()
+            self.send({"t": "reply", "id": msg.get("id"), "ok": False, "error": why})
+            return
+        self.send({"t": "reply", "id": msg.get("id"), "ok": True})
+        rate = msg.get("rate")
+        start_precopy(dom, sock, self.dirty, self.send,
+                      float(rate) if isinstance(rate, (int, float)) and rate > 0 else 0.0)
 
     def _blk_attach(self, msg: dict[str, Any], fds: list[int]) -> None:
         assert self.vbds is not None

@@ -1,0 +1,157 @@
+"""xl migrate between two hyperdisco daemons (docs/migration.md; the domain processes' side:
+vmm/migration.py, the stream: core/migstream.py).
+
+Source (`migrate DOM DEST`): connect to DEST (another daemon's control socket path, or HOST:PORT where a
+daemon runs with --migrate-listen), ask it to receive the domain (its configuration, the kernel's
+identity, this hyperdisco's version), and when it agreed hand the connection to the domain's process,
+which pre-copies memory while the guest runs. When it says "precopied", the guest is asked to suspend (as
+save does) and its process sends the rest; the domain ends here only once the destination said its copy
+runs. Anything else (refused, connection lost, the destination killed) leaves it running here.
+
+Destination (`migrate_receive`, on the control socket or the TCP listener, which serves nothing else):
+the header is checked as a save file's is (version, configuration validated as a create request's,
+kernel identity), a domain is built without a kernel, and the connection goes to its process, which
+reads the stream into its memory before its vCPU runs.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__
+from ..core.domain import DomainConfig
+from ..dom0.handle import DomainHandle
+from ..dom0.host import Host
+from .protocol import encode
+from .requests import RequestError
+from .snapshot_ops import SUSPEND_TIMEOUT_S, kernel_identity
+
+CONNECT_TIMEOUT_S = 10.0
+MAX_REPLY = 64 << 10
+
+
+def connect(dest: str) -> socket.socket:
+    """DEST: a path (a daemon's control socket on this host) or HOST:PORT (a --migrate-listen)."""
+    if "/" in dest or ":" not in dest:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        addr: Any = dest
+    else:
+        host, _, port = dest.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            raise RequestError(f"hyperdisco: migrate: {dest[:100]!r} is neither a socket path nor HOST:PORT")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        addr = (host.strip("[]"), int(port))
+    sock.settimeout(CONNECT_TIMEOUT_S)
+    try:
+        sock.connect(addr)
+    except OSError as exc:
+        sock.close()
+        raise RequestError(f"hyperdisco: migrate: cannot reach {dest[:100]}: "
+                           f"{exc.strerror or 'timed out'}") from None
+    if sock.family != socket.AF_UNIX:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\n") and len(line) < MAX_REPLY:
+        got = sock.recv(MAX_REPLY - len(line))
+        if not got:
+            break
+        line += got
+    return line
+
+
+def migrate(host: Host, dom: DomainHandle, dest: str, timeout: float = SUSPEND_TIMEOUT_S,
+            rate_mib: float | None = None) -> dict[str, Any]:
+    """`rate_mib`: the pre-copy's bandwidth cap in MiB/s (the stop-and-copy is never capped)."""
+    import json
+
+    if dom.config.vcpus > 1 or dom.config.maxvcpus > 1:
+        raise RequestError("hyperdisco: migrate: only domains with one vCPU can be migrated yet")
+    if dom.finished:
+        raise RequestError(f"hyperdisco: migrate: domain {dom.name} is not running")
+    started = time.monotonic()
+    header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
+              "record": dom.config.record, "name": dom.name, "guest_up": dom.guest_up}
+    sock = connect(dest)
+    try:
+        sock.sendall(encode({"op": "migrate_receive", "header": header}))
+        line = _read_line(sock)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+            raise RequestError(f"hyperdisco: migrate: {dest[:100]} did not answer as a hyperdisco daemon")
+        if not reply["ok"]:
+            raise RequestError(f"hyperdisco: migrate: {dest[:100]} refused: "
+                               f"{str(reply.get('error'))[:300]}".replace("\n", " "))
+        sock.settimeout(None)
+        while not dom.migration.empty():
+            dom.migration.get_nowait()
+        answer = dom.call({"t": "migrate-to", "rate": (rate_mib or 0) * 1048576}, [sock.fileno()],
+                          timeout=10.0)
+    except OSError as exc:
+        raise RequestError(f"hyperdisco: migrate: {dest[:100]}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()  # the domain process has its own
+    if answer is None or not answer.get("ok"):
+        why = str(answer.get("error"))[:200] if answer else "no answer"
+        raise RequestError(f"hyperdisco: migrate: domain {dom.name} cannot be migrated: {why}")
+    msg = _next(dom, timeout + 600.0)
+    if msg.get("phase") != "precopied":
+        raise _failed(dom, msg)
+    precopy = time.monotonic() - started
+    asked = time.monotonic()
+    host.request_shutdown(dom, "suspend")
+    msg = _next(dom, timeout)
+    if msg.get("phase") != "done":
+        raise _failed(dom, msg)
+    return {"dest": dest, "rounds": msg.get("rounds"), "round_pages": msg.get("round_pages"),
+            "pages": msg.get("pages"), "bytes": msg.get("bytes"), "downtime_s": msg.get("downtime_s"),
+            "precopy_s": round(precopy, 3), "suspend_to_running_s": round(time.monotonic() - asked, 3),
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def _next(dom: DomainHandle, timeout: float) -> dict[str, Any]:
+    """The domain process's next "migrate" message; a made-up failure if none comes or the domain ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return dom.migration.get(timeout=0.5)
+        except queue.Empty:
+            if dom.finished:
+                return {"phase": "failed", "detail": f"the domain ended ({dom.outcome})"}
+    return {"phase": "failed", "detail": f"no progress within {timeout:.0f} s"}
+
+
+def _failed(dom: DomainHandle, msg: dict[str, Any]) -> RequestError:
+    where = "it was destroyed" if dom.finished else "it still runs here"
+    detail = str(msg.get("detail", "failed"))[:300].replace("\n", " ")
+    return RequestError(f"hyperdisco: migrate: {dom.name}: {detail}; {where}")
+
+
+def receive(host: Host, header: dict[str, Any], conn: socket.socket,
+            configure: Callable[[dict[str, Any]], DomainConfig]) -> dict[str, Any]:
+    """The destination's side: a domain built from `header` whose process takes `conn`'s stream."""
+    record = header.get("record")
+    if not isinstance(record, dict):
+        raise RequestError("hyperdisco: migrate: no domain configuration in the request")
+    if header.get("hyperdisco") != __version__:
+        raise RequestError(f"hyperdisco: migrate: the source runs hyperdisco "
+                           f"{str(header.get('hyperdisco'))[:40]}, this is {__version__}")
+    config = configure(record)
+    if kernel_identity(config.kernel) != header.get("kernel"):
+        raise RequestError(f"hyperdisco: migrate: the domain runs another kernel than "
+                           f"{str(record.get('kernel') or 'the default one')[:200]} is here")
+    if config.vcpus > 1 or config.maxvcpus > 1:
+        raise RequestError("hyperdisco: migrate: only domains with one vCPU can be received yet")
+    dom = host.create(config, incoming=conn.fileno())
+    dom.guest_up = header.get("guest_up") is True
+    return {"domid": dom.domid, "name": dom.name}

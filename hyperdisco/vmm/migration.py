@@ -1,0 +1,187 @@
+"""Live migration inside the domain processes (docs/migration.md; the daemons' side:
+toolstack/migrate_ops.py, the stream: core/migstream.py).
+
+Source: domain 0 hands over a socket already connected to the destination's domain process ("migrate-to").
+`Precopy.run` (a thread of its own) starts the dirty log over guest RAM (core/dirty_log.py), sends every
+non-zero page while the guest runs, then in rounds the pages written during the previous round, until a
+round leaves few enough (or stops shrinking); it tells domain 0 "precopied", which asks the guest to
+suspend (control/shutdown = "suspend", as save does). The guest's SCHEDOP_shutdown(suspend) lands in
+`Precopy.final`, on its only vCPU's thread: the pages written since the last round, the special pages and
+the vCPU state (the hypercall returning 0: "resumed in a new domain") go out, then DONE, and it waits for
+the destination's RUNNING. With it the domain ends here (outcome suspend, "migrated"); without it (the
+destination died, the connection broke, it refused) the hypercall returns 1, "suspend cancelled", and the
+guest carries on here as after `save -c`.
+
+Destination: a domain built without a kernel (as a restore is) whose process, once jailed, reads the
+stream into its memory (`receive`) before its vCPU is scheduled, imports the vCPU state, starts it and
+answers RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..core.dirty_log import DirtyLog, DirtyLogError
+from ..core.domain import Domain
+from ..core.migstream import RUNNING, StreamError, StreamReader, StreamWriter
+from ..core.savefile import nonzero_runs
+from ..core.vcpu import VcpuContext
+from ..xen.abi import PAGE
+
+MAX_ROUNDS = 30
+STOP_PAGES = 256  # a round that leaves at most this many dirty pages ends the pre-copy (1 MiB)
+ANSWER_TIMEOUT_S = 60.0
+
+
+class Precopy:
+    """One outgoing migration of a one-vCPU domain."""
+
+    def __init__(self, dom: Domain, sock: socket.socket, dirty: DirtyLog,
+                 report: Callable[[dict[str, Any]], None], rate: float = 0.0) -> None:
+        self.dom = dom
+        self.sock = sock
+        self.dirty = dirty
+        self.report = report  # a message to domain 0 ({"t": "migrate", "phase": ...})
+        self.out = StreamWriter(sock, rate)
+        self.rounds: list[int] = []  # pages sent per round
+        self.started = time.monotonic()
+
+    def _ram(self) -> memoryview:
+        ram = self.dom.memory.regions[0]
+        return memoryview(ram.mem)[:self.dom.memory.ram_bytes]
+
+    def _send_dirty(self) -> int:
+        ram = self._ram()
+        sent = 0
+        for first, n in list(self.dirty.collect()):
+            self.out.pages_from(first * PAGE, ram[first * PAGE:(first + n) * PAGE])
+            sent += n
+        return sent
+
+    def run(self) -> None:
+        """The pre-copy rounds (a thread); then domain 0 is told to have the guest suspend."""
+        try:
+            ram = self._ram()
+            base = self.dom.memory.regions[0]
+            self.dirty.start(base.host_address, self.dom.memory.ram_bytes)
+            sent = 0
+            for first, n in nonzero_runs(ram):
+                self.out.pages_from(first * PAGE, ram[first * PAGE:(first + n) * PAGE])
+                sent += n
+            self.rounds.append(sent)
+            while len(self.rounds) < MAX_ROUNDS:
+                sent = self._send_dirty()
+                self.rounds.append(sent)
+                if sent <= STOP_PAGES or (len(self.rounds) > 4 and sent >= self.rounds[-2]):
+                    break
+        except (StreamError, OSError) as exc:
+            self._failed(f"pre-copy: {exc}")
+            return
+        self.dom.on_suspend = self.final
+        self.report({"t": "migrate", "phase": "precopied", "rounds": len(self.rounds),
+                     "pages": self.out.pages, "bytes": self.out.bytes})
+
+    def final(self, ctx: VcpuContext) -> int:
+        """SCHEDOP_shutdown(suspend) on the only vCPU: stop-and-copy, then wait for the destination."""
+        dom = self.dom
+        dom.on_suspend = None
+        stopped = time.monotonic()
+        try:
+            last = self._send_dirty()
+            self.rounds.append(last)
+            self.dirty.stop()
+            special = dom.special
+            view = memoryview(special.mem)[:special.size]
+            for first, n in nonzero_runs(view):
+                self.out.pages_from(special.gpa + first * PAGE, view[first * PAGE:(first + n) * PAGE])
+            ctx.ev.set_gpr(0, 0)  # HYPERVISOR_suspend's result there: "resumed in a new domain"
+            self.out.rate = 0.0  # the stop-and-copy goes as fast as it can
+            self.out.vcpu(ctx.index, ctx.ev.export_state(inside_trap=True))
+            self.out.done({"rounds": len(self.rounds), "pages": self.out.pages})
+            refused = self.out.answer(ANSWER_TIMEOUT_S)
+        except (StreamError, OSError) as exc:
+            refused = str(exc)
+        downtime = time.monotonic() - stopped
+        if refused:
+            self._failed(f"stop-and-copy: {refused}")
+            return 1  # suspend cancelled: the guest carries on here
+        stats = {"rounds": len(self.rounds), "round_pages": self.rounds, "pages": self.out.pages,
+                 "bytes": self.out.bytes, "downtime_s": round(downtime, 4),
+                 "seconds": round(time.monotonic() - self.started, 3)}
+        self._close()
+        dom.shutdown("suspend", "migrated " + json.dumps(stats, separators=(",", ":")))
+        ctx.ev.request_stop()
+        self.report({"t": "migrate", "phase": "done", **stats})
+        return 0
+
+    def _failed(self, detail: str) -> None:
+        self.dom.on_suspend = None
+        self.dirty.stop()
+        self._close()
+        self.report({"t": "migrate", "phase": "failed", "detail": detail[:400]})
+
+    def _close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def start_precopy(dom: Domain, sock: socket.socket, dirty: DirtyLog,
+                  report: Callable[[dict[str, Any]], None], rate: float = 0.0) -> Precopy:
+    p = Precopy(dom, sock, dirty, report, rate)
+    threading.Thread(target=p.run, name="hd-migrate", daemon=True).start()
+    return p
+
+
+def receive(dom: Domain, sock: socket.socket, abort: Callable[[], bool]) -> dict[str, Any]:
+    """Fill a domain built without a kernel from the stream and import its vCPU; StreamError (one line)
+    if the stream is not a whole, well-formed one for this domain. Nothing of the domain has run."""
+    ram = dom.memory.regions[0]
+    regions = [(ram.gpa, dom.memory.ram_bytes, memoryview(ram.mem)),
+               (dom.special.gpa, dom.special.size, memoryview(dom.special.mem))]
+
+    def place(gpa: int, n: int) -> memoryview | None:
+        for start, size, view in regions:
+            if start <= gpa and gpa + n <= start + size:
+                return view[gpa - start:gpa - start + n]
+        return None
+
+    seen: set[int] = set()
+
+    def on_vcpu(index: int, state: bytes) -> None:
+        if not 0 <= index < len(dom.vcpus) or index in seen:
+            raise StreamError(f"corrupt stream (vCPU {index} is not one of this domain's)")
+        seen.add(index)
+        try:
+            dom.vcpus[index].ev.import_state(state)
+        except Exception as exc:  # noqa: BLE001 - the engine refuses a state blob in its own words
+            raise StreamError(f"vCPU state refused: {exc}"[:200]) from None
+
+    stats = StreamReader(sock, place, abort).receive(on_vcpu)
+    if len(seen) != len(dom.vcpus):
+        raise StreamError(f"the stream holds {len(seen)} vCPUs, the domain has {len(dom.vcpus)}")
+    return stats
+
+
+def answer(sock: socket.socket, error: str | None) -> None:
+    """RUNNING, or FAILED with the reason, to the source; best effort (it may be gone)."""
+    try:
+        sock.settimeout(5.0)
+        sock.sendall(RUNNING if error is None else b"FAILED " + error.encode()[:200].replace(b"\n", b" ")
+                     + b"\n")
+    except OSError:
+        pass
+
+
+def open_dirty_log() -> DirtyLog | str:
+    """The dirty log, or why this host has none (said when a migration is asked for)."""
+    try:
+        return DirtyLog.open()
+    except (DirtyLogError, OSError) as exc:
+        return str(exc)
