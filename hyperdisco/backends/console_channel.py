@@ -24,6 +24,7 @@ import select
 import socket
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..xen.io import xenbus as xb
@@ -62,55 +63,49 @@ class ChannelBackend(SocketBackend):
         if ring is not None:
             ring.kick()
 
-    def _run(self) -> None:
-        try:
-            self.xs.watch(f"{self.fe}/state", "fe")
-            self._advertise()
-            self._switch(xb.XenbusStateInitWait)
-            poller = select.poll()
-            poller.register(self._wake_fd, select.POLLIN)
-            sock_fd = -1
-            while not self._stop:
-                if self.sock.fileno() != sock_fd and self.sock.fileno() >= 0:
-                    if sock_fd >= 0:
-                        try:
-                            poller.unregister(sock_fd)
-                        except KeyError:
-                            pass
-                    sock_fd = self.sock.fileno()
-                    poller.register(sock_fd, select.POLLIN)
-                # with input waiting for the guest to make room, look again now and then; with much
-                # waiting, stop reading the socket (domain 0's writes then fail, never block it)
-                ring = self.ring
-                waiting = ring is not None and ring.pending_input() > 0
+    def _state_lock(self) -> AbstractContextManager[Any]:
+        return self._lock
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_fd, select.POLLIN)
+        sock_fd = -1
+        while not self._stop:
+            if self.sock.fileno() != sock_fd and self.sock.fileno() >= 0:
                 if sock_fd >= 0:
                     try:
-                        poller.modify(sock_fd, 0 if self._backlogged() else select.POLLIN)
-                    except (KeyError, OSError):
+                        poller.unregister(sock_fd)
+                    except KeyError:
                         pass
-                events = poller.poll(100 if waiting else None)
-                if self._stop:
-                    break
-                for fd, ev in events:
-                    if fd == self._wake_fd:
-                        try:
-                            os.eventfd_read(self._wake_fd)
-                        except OSError:
-                            pass
-                    elif fd == sock_fd:
-                        self._from_host(poller, sock_fd, ev)
-                if self._xenbus:
-                    self._xenbus = False
-                    with self._lock:
-                        self._frontend_changed()
-                ring = self.ring
-                if ring is not None:
-                    ring.kick()  # move waiting input as the guest makes room
-        except Exception as e:  # never let a bug escape: this channel stops
-            self.limit.log(self.log, "internal", f"internal error: {e!r}")
-        finally:
-            with self._lock:
-                self._disconnect()
+                sock_fd = self.sock.fileno()
+                poller.register(sock_fd, select.POLLIN)
+            # with input waiting for the guest to make room, look again now and then; with much
+            # waiting, stop reading the socket (domain 0's writes then fail, never block it)
+            ring = self.ring
+            waiting = ring is not None and ring.pending_input() > 0
+            if sock_fd >= 0:
+                try:
+                    poller.modify(sock_fd, 0 if self._backlogged() else select.POLLIN)
+                except (KeyError, OSError):
+                    pass
+            events = poller.poll(100 if waiting else None)
+            if self._stop:
+                break
+            for fd, ev in events:
+                if fd == self._wake_fd:
+                    try:
+                        os.eventfd_read(self._wake_fd)
+                    except OSError:
+                        pass
+                elif fd == sock_fd:
+                    self._from_host(poller, sock_fd, ev)
+            if self._xenbus:
+                self._xenbus = False
+                with self._lock:
+                    self._frontend_changed()
+            ring = self.ring
+            if ring is not None:
+                ring.kick()  # move waiting input as the guest makes room
 
     def _backlogged(self) -> bool:
         ring = self.ring

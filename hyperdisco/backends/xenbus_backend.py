@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
 from ..core.evtchn import EvtchnError
@@ -58,9 +58,28 @@ class XenbusBackend:
         if port is not None and self.dom.evtchn.ports.get(port) is self._port_obj:
             self.dom.evtchn.notify(port)
 
-    # -- the device's part ------------------------------------------------------------------------------
     def _run(self) -> None:
+        """The device thread: publish our features, go InitWait, then the device's `_loop` until it is
+        stopped. A bug in it stops this device only (logged), which lets go of the frontend either way."""
+        try:
+            self.xs.watch(f"{self.fe}/state", "fe")
+            self._advertise()
+            self._switch(xb.XenbusStateInitWait)
+            self._loop()
+        except Exception as e:  # never let a bug escape into the domain process: this device stops
+            self.limit.log(self.log, "internal", f"internal error: {e!r}")
+        finally:
+            with self._state_lock():
+                self._disconnect()
+
+    # -- the device's part ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        """Wait for the frontend, the guest and domain 0, and serve them, until stopped."""
         raise NotImplementedError
+
+    def _state_lock(self) -> AbstractContextManager[Any]:
+        """What the device holds while its connection changes (none: only its thread changes it)."""
+        return nullcontext()
 
     def _on_watch(self, path: str, token: str) -> None:
         raise NotImplementedError

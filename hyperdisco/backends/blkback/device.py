@@ -86,29 +86,21 @@ class VbdBackend(XenbusBackend):
             self._cond.notify()
 
     # -- the device thread ------------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self.xs.watch(f"{self.fe}/state", "fe")
-            self._advertise()
-            self._switch(abi.XenbusStateInitWait)
-            more = False
-            while True:
-                with self._cond:
-                    while not (self._stop or self._xenbus or self._kicked or more):
-                        self._cond.wait()
-                    if self._stop:
-                        break
-                    xenbus, kicked = self._xenbus, self._kicked
-                    self._xenbus = self._kicked = False
-                if xenbus:
-                    self._frontend_changed()
-                serve, more = kicked or more, False
-                if serve and self.ring is not None:
-                    more = self._serve()
-        except Exception as e:  # never let a bug escape into the daemon: this device stops
-            self.limit.log(self.log, "internal", f"internal error: {e!r}")
-        finally:
-            self._disconnect()
+    def _loop(self) -> None:
+        more = False
+        while True:
+            with self._cond:
+                while not (self._stop or self._xenbus or self._kicked or more):
+                    self._cond.wait()
+                if self._stop:
+                    break
+                xenbus, kicked = self._xenbus, self._kicked
+                self._xenbus = self._kicked = False
+            if xenbus:
+                self._frontend_changed()
+            serve, more = kicked or more, False
+            if serve and self.ring is not None:
+                more = self._serve()
 
     def _serve(self) -> bool:
         with self._serving:

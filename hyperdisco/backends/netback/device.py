@@ -22,6 +22,7 @@ import select
 import socket
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ...core.grant import GrantError
@@ -86,49 +87,43 @@ class VifBackend(SocketBackend):
             return False
 
     # -- the device thread ------------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self.xs.watch(f"{self.fe}/state", "fe")
-            self._advertise()
-            self._switch(xb.XenbusStateInitWait)
-            more = False
-            poller = select.poll()
-            poller.register(self._wake_fd, select.POLLIN)
-            sock_fd = -1
-            while True:
-                if self.sock.fileno() != sock_fd:
-                    if sock_fd >= 0:
-                        poller.unregister(sock_fd)
-                    sock_fd = self.sock.fileno()
-                    poller.register(sock_fd, select.POLLIN)
-                rings = self.rings
-                wait = rings.throttled if rings is not None else 0.0
-                events = poller.poll(max(1, int(wait * 1000)) if wait else (0 if more else None))
-                with self._flags_lock:
-                    if self._stop:
-                        break
-                    xenbus = self._xenbus
-                    self._xenbus = self._kicked = False
-                for fd, ev in events:
-                    if fd == self._wake_fd:
-                        try:
-                            os.eventfd_read(self._wake_fd)
-                        except OSError:
-                            pass
-                    elif ev & (select.POLLHUP | select.POLLERR) and not ev & select.POLLIN:
-                        poller.unregister(fd)  # domain 0 went away: frames stop until it adopts us
-                        sock_fd = -2
-                if xenbus:
-                    with self._serving:
-                        self._frontend_changed()
-                self._receive()
+    def _state_lock(self) -> AbstractContextManager[Any]:
+        return self._serving
+
+    def _loop(self) -> None:
+        more = False
+        poller = select.poll()
+        poller.register(self._wake_fd, select.POLLIN)
+        sock_fd = -1
+        while True:
+            if self.sock.fileno() != sock_fd:
+                if sock_fd >= 0:
+                    poller.unregister(sock_fd)
+                sock_fd = self.sock.fileno()
+                poller.register(sock_fd, select.POLLIN)
+            rings = self.rings
+            wait = rings.throttled if rings is not None else 0.0
+            events = poller.poll(max(1, int(wait * 1000)) if wait else (0 if more else None))
+            with self._flags_lock:
+                if self._stop:
+                    break
+                xenbus = self._xenbus
+                self._xenbus = self._kicked = False
+            for fd, ev in events:
+                if fd == self._wake_fd:
+                    try:
+                        os.eventfd_read(self._wake_fd)
+                    except OSError:
+                        pass
+                elif ev & (select.POLLHUP | select.POLLERR) and not ev & select.POLLIN:
+                    poller.unregister(fd)  # domain 0 went away: frames stop until it adopts us
+                    sock_fd = -2
+            if xenbus:
                 with self._serving:
-                    more = self._serve(TX_BUDGET)
-        except Exception as e:  # never let a bug escape: this device stops
-            self.limit.log(self.log, "internal", f"internal error: {e!r}")
-        finally:
+                    self._frontend_changed()
+            self._receive()
             with self._serving:
-                self._disconnect()
+                more = self._serve(TX_BUDGET)
 
     def _receive(self) -> None:
         """Frames from the switch, into the guest's rx queue (dropped while not connected)."""
