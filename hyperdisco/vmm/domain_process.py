@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from ..backends.blkback.host import VbdHost
@@ -401,27 +402,28 @@ class DomainProcess:
         self.send({"t": "reply", "id": msg.get("id"), "ok": True})
 
     def _net_attach(self, msg: dict[str, Any], fds: list[int]) -> None:
-        assert self.vifs is not None
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise ValueError("a vif comes with exactly one descriptor")
-        try:
-            self.vifs.attach(int(msg["devid"]), dict(msg["args"]), fds[0])
-        except (ValueError, TypeError, KeyError) as exc:
-            self.send({"t": "reply", "id": msg.get("id"), "error": str(exc)[:400]})
-            return
-        self.send({"t": "reply", "id": msg.get("id"), "ok": True})
+        vifs = self.vifs
+        assert vifs is not None
+        self._socket_attach(msg, fds, "a vif",
+                            lambda fd: vifs.attach(int(msg["devid"]), dict(msg["args"]), fd))
 
     def _chan_attach(self, msg: dict[str, Any], fds: list[int]) -> None:
         """A PV console channel (backends/console_channel.py) with its end of domain 0's socket pair."""
-        assert self.pv_channels is not None
+        chans = self.pv_channels
+        assert chans is not None
+        self._socket_attach(msg, fds, "a channel",
+                            lambda fd: chans.attach(int(msg["devid"]), str(msg["name"]), fd))
+
+    def _socket_attach(self, msg: dict[str, Any], fds: list[int], what: str,
+                       attach: Callable[[int], None]) -> None:
+        """A device that comes with exactly one descriptor, its end of domain 0's socket pair: `attach`
+        takes it over; the reply says whether it did (a bad request: one line)."""
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            raise ValueError("a channel comes with exactly one descriptor")
+            raise ValueError(f"{what} comes with exactly one descriptor")
         try:
-            self.pv_channels.attach(int(msg["devid"]), str(msg["name"]), fds[0])
+            attach(fds[0])
         except (ValueError, TypeError, KeyError) as exc:
             self.send({"t": "reply", "id": msg.get("id"), "error": str(exc)[:400]})
             return
