@@ -26,7 +26,7 @@ from density import Daemon
 from hyperdisco.client import Connection
 
 WRITER = ("(while true; do dd if=/dev/zero of=/tmp/churn bs=1M count=64 2>/dev/null; done) "
-          ">/dev/null 2>&1 &")
+          ">/dev/null 2>&1 & echo writer=$!")
 DD = ("a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/tmp/dd bs=1M count=32 2>/dev/null; "
       "b=$(cut -d' ' -f1 /proc/uptime); rm -f /tmp/dd; echo dd $a $b")
 
@@ -41,6 +41,16 @@ def _dd_seconds(conn: Connection, name: str) -> float:
     out = conn.lookup(name).exec(DD, timeout=120).text.split()
     i = out.index("dd")
     return float(out[i + 2]) - float(out[i + 1])
+
+
+def _in_background(conn_path: Path, name: str, dest: Path,
+                   rate: float) -> tuple[threading.Thread, dict[str, Any]]:
+    """A migration on a connection of its own (a Connection serves one call at a time), in a thread."""
+    box: dict[str, Any] = {}
+    mover = Connection(str(conn_path))
+    t = threading.Thread(target=lambda: box.update(migrate(mover, name, dest, rate=rate)))
+    t.start()
+    return t, box
 
 
 def migrate(conn: Connection, name: str, dest: Path, rate: float | None = None) -> dict[str, Any]:
@@ -72,28 +82,26 @@ def main() -> int:
             here = 0
             for kind in ("idle", "writing"):
                 if kind == "writing":
-                    conns[here].lookup(name).exec(WRITER)
+                    out = conns[here].lookup(name).exec(WRITER).text
+                    writer = next(w.split("=")[1] for w in out.split() if w.startswith("writer="))
                     time.sleep(1.0)
                 for i in range(args.runs):
                     time.sleep(1.0)
                     r = migrate(conns[here], name, daemons[1 - here].socket)
                     here = 1 - here
                     _ready(conns[here], name)
-                    harness.say(f"{kind} run {i}: {r['rounds']} rounds {r['round_pages']}, {r['pages']} pages "
-                                f"({r['bytes'] / 1048576:.1f} MiB), {r['seconds']:.2f} s in all, downtime "
+                    harness.say(f"{kind} run {i}: {r['rounds']} rounds {r['round_pages']}, {r['pages']} "
+                                f"pages ({r['bytes'] / 1048576:.1f} MiB), {r['seconds']:.2f} s in all, "
+                                "downtime "
                                 f"{r['downtime_s'] * 1000:.0f} ms, suspend asked to running there "
                                 f"{r['suspend_to_running_s']:.2f} s")
                     results[kind].append(r)
             # the guest's cost of tracking: its own timing of a 32 MiB write, alone and during pre-copy
-            conns[here].lookup(name).exec("pkill dd; killall sh 2>/dev/null; true")
+            conns[here].lookup(name).exec(f"kill {writer}; pkill dd; rm -f /tmp/churn; true")
             time.sleep(1.0)
             for i in range(args.runs):
                 plain = _dd_seconds(conns[here], name)
-                box: dict[str, Any] = {}
-                mover = Connection(str(daemons[here].socket))  # a connection of its own: one call at a time
-                t = threading.Thread(target=lambda: box.update(
-                    migrate(mover, name, daemons[1 - here].socket, rate=4)))
-                t.start()
+                t, _box = _in_background(daemons[here].socket, name, daemons[1 - here].socket, 4.0)
                 time.sleep(1.0)  # the pre-copy is under way (about 20 s at 4 MiB/s)
                 tracked = _dd_seconds(conns[here], name)
                 t.join()
