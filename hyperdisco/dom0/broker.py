@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 MAX_BINDS = 64  # questions in flight on the whole host
 MAX_BINDS_PER_DOMAIN = 4  # ... by one domain or of one (one that never answers holds only these)
 PEER_TIMEOUT_S = 3.0  # below the binder's own wait (vmm/interdomain.BIND_TIMEOUT_S)
-MAX_PORT = abi.EVTCHN_2L_NR_CHANNELS
+# a port of any domain's: below the FIFO ABI's 2^17 (event_channel.h); each domain process checks its own
+# limit (the 2-level ABI's 4096, max_event_channels) when it binds or is asked to
+MAX_PORT = abi.EVTCHN_FIFO_NR_CHANNELS
+MAX_CLAIMS = abi.EVTCHN_2L_NR_CHANNELS  # links an adopted domain process may claim (each one checked)
 
 
 def _port(v: object) -> int | None:
@@ -137,7 +140,7 @@ class EventChannelBroker:
         """An adopted domain's account of its links: linked again where the other side says the same."""
         claims = []
         if isinstance(links, list):
-            for item in links[:MAX_PORT]:
+            for item in links[:MAX_CLAIMS]:
                 if isinstance(item, list) and len(item) == 3 and all(isinstance(v, int) for v in item):
                     claims.append((int(item[0]), int(item[1]), int(item[2])))
         with self._lock:

@@ -11,6 +11,7 @@ from unit_support import DomainHarness
 
 from hyperdisco.core.clock import Clock
 from hyperdisco.core.domain import Domain, DomainConfig
+from hyperdisco.core.evtchn import Port
 from hyperdisco.dom0.broker import EventChannelBroker
 from hyperdisco.engine.tcg.engine import TcgEngine
 from hyperdisco.loader.elf import KernelImage
@@ -160,6 +161,28 @@ def test_missing_domain_and_bad_port(pair: tuple[DomainHarness, DomainHarness]) 
     assert bind(b, 9, 1)[0] == -abi.ESRCH
     assert bind(b, 1, 4000)[0] == -abi.EINVAL
     assert bind(b, 1, 0xFFFFFFFF)[0] == -abi.EINVAL
+
+
+def test_fifo_port_above_4096_binds_and_sends(pair: tuple[DomainHarness, DomainHarness]) -> None:
+    """A FIFO domain whose max_event_channels is above 4096 offers a port above the 2-level ABI's 4096:
+    the other domain binds it and they signal each other (domain 0's broker bounds ports by the FIFO
+    ABI's 2^17; each domain checks its own limit)."""
+    a, b = pair
+    a.dom.evtchn.max_port = 8000
+    arg = a.put(abi.EVTCHN_INIT_CONTROL, 0x400, 0, 0, 0)
+    assert a.call("event_channel_op", abi.EVTCHNOP_init_control, arg) == 0
+    for p in range(1, 5000):  # a's other ports
+        a.dom.evtchn.ports.setdefault(p, Port(abi.EVTCHNSTAT_ipi))
+    pa = offer(a, 2)
+    assert pa == 5000 > abi.EVTCHN_2L_NR_CHANNELS
+    ret, pb = bind(b, 1, pa)
+    assert ret == 0 and a.dom.evtchn.ports[pa].state == abi.EVTCHNSTAT_interdomain
+    assert a.dom.evtchn.ports[pa].remote_port == pb
+    a.dom.evtchn._queue.clear()
+    assert b.call("event_channel_op", abi.EVTCHNOP_send, b.put(abi.EVTCHN_PORT, pb)) == 0
+    assert pa in a.dom.evtchn._queue  # raised towards a's port 5000
+    assert a.call("event_channel_op", abi.EVTCHNOP_send, a.put(abi.EVTCHN_PORT, pa)) == 0
+    assert pending(b, pb)
 
 
 def test_close_reoffers_the_peer(pair: tuple[DomainHarness, DomainHarness]) -> None:
