@@ -137,3 +137,49 @@ def test_destination_killed_leaves_source_running(xl: Xl, dest: tuple[subprocess
     assert len(rows) > len(before)
     assert counts == list(range(1, len(counts) + 1)), counts
     xl("destroy", "mg2")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_migrate_over_tcp_and_refusals(xl: Xl, tmp_path: Path) -> None:
+    """DEST as HOST:PORT of a daemon's --migrate-listen, which serves nothing but migrate_receive; a domain
+    whose read-write disk the source still holds is refused by the destination in one line and keeps
+    running; one with a read-only disk (shared lock) migrates."""
+    port = _free_port()
+    proc, sock = _start_daemon(tmp_path / "dest", "--migrate-listen", f"127.0.0.1:{port}")
+    dxl = Xl(sock)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b'{"op":"list"}\n')
+            reply = json.loads(s.makefile("rb").readline())
+        assert reply == {"ok": False, "error": "hyperdisco: list is not served here"}, reply
+        img = tmp_path / "d.img"
+        img.write_bytes(bytes(4 << 20))
+        rw = f"disk = [ 'format=raw, vdev=xvdb, access=rw, target={img}' ]"
+        xl("create", domain_cfg(tmp_path, "mg3", rw))
+        xl("exec", "mg3", "echo up")
+        r = xl("migrate", "mg3", f"127.0.0.1:{port}", check=False)
+        lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("Migrating")]
+        assert r.returncode != 0 and len(lines) == 1 and "in use by another domain" in lines[0], r.stderr
+        assert xl("exec", "mg3", "echo still").stdout.strip().endswith("still")
+        assert "mg3" not in dxl.rows()
+        xl("destroy", "mg3")
+        xl("create", domain_cfg(tmp_path, "mg4", rw.replace("access=rw", "access=ro")))
+        xl("exec", "mg4", "echo up")
+        xl("exec", "mg4", "echo before > /tmp/state")
+        r = xl("migrate", "mg4", f"127.0.0.1:{port}")
+        assert "Migrated:" in r.stderr, r.stderr
+        assert "mg4" not in xl.rows()
+        out = dxl("exec", "mg4", "cat /tmp/state; [ -b /dev/xvdb ] && echo disk").stdout.split()
+        assert out[-2:] == ["before", "disk"], out
+        dxl("destroy", "mg4")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
