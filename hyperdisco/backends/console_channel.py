@@ -19,7 +19,6 @@ socket buffer is full (counted), input waits in the ConsoleBackend's bounded que
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import threading
@@ -93,10 +92,7 @@ class ChannelBackend(SocketBackend):
                 break
             for fd, ev in events:
                 if fd == self._wake_fd:
-                    try:
-                        os.eventfd_read(self._wake_fd)
-                    except OSError:
-                        pass
+                    self._clear_wake()
                 elif fd == sock_fd:
                     self._from_host(poller, sock_fd, ev)
             if self._xenbus:

@@ -62,3 +62,10 @@ class SocketBackend(XenbusBackend):
             os.eventfd_write(self._wake_fd, 1)
         except OSError:
             pass
+
+    def _clear_wake(self) -> None:
+        """The device thread saw the eventfd readable: reset it, so the next _wake is seen again."""
+        try:
+            os.eventfd_read(self._wake_fd)
+        except OSError:
+            pass

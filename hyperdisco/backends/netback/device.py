@@ -17,7 +17,6 @@ switch and copies them into the guest's rx buffers.
 from __future__ import annotations
 
 import errno
-import os
 import select
 import socket
 import threading
@@ -111,10 +110,7 @@ class VifBackend(SocketBackend):
                 self._xenbus = self._kicked = False
             for fd, ev in events:
                 if fd == self._wake_fd:
-                    try:
-                        os.eventfd_read(self._wake_fd)
-                    except OSError:
-                        pass
+                    self._clear_wake()
                 elif ev & (select.POLLHUP | select.POLLERR) and not ev & select.POLLIN:
                     poller.unregister(fd)  # domain 0 went away: frames stop until it adopts us
                     sock_fd = -2
