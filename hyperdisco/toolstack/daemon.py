@@ -39,7 +39,7 @@ from . import agent_ops, migrate_ops, sched_ops, snapshot_ops
 from .build import MAX_VCPUS, domain_config
 from .protocol import encode, socket_path
 from .requests import MAX_REQUEST_BYTES, RequestError, XsRequestError, check_name, field, parse_request
-from .sessions import ExecSession
+from .sessions import ExecSession, prompt_asked
 from .xenstore_ops import XenstoreOps
 from .xlcfg import DISK_FORMATS, SUPPORTED_ACTIONS, DiskSpec, vif_from_params
 
@@ -510,7 +510,7 @@ class Daemon:
             session = ExecSession(command, d.input, poweroff=False, booting=fresh)
             console.attach(session.feed, replay=fresh)
             if not fresh:
-                session.start()
+                session.start(cursor_asked=prompt_asked(console.history()))
             deadline = time.monotonic() + timeout
             try:
                 while not session.done.wait(0.2):

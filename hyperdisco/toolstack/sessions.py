@@ -18,6 +18,11 @@ from ..errors import HyperdiscoError
 
 DETACH = b"\x1d"  # Ctrl-]
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+# ECMA-48 DSR 6 ("where is the cursor?"), which a terminal answers with CPR "ESC [ row ; col R". Busybox's
+# line editor (libbb/lineedit.c, FEATURE_EDITING_ASK_TERMINAL) asks after each prompt when no input is
+# waiting and, when the line ends with the question unanswered, sleeps 20 ms (usleep) before it returns
+# it; a report it did not ask for is a key code it ignores.
+CURSOR_QUERY = b"\x1b[6n"
 
 
 class TerminalAttachment:
@@ -108,30 +113,50 @@ class ExecSession:
         self.buffer = bytearray()
         self._scan = 0  # where the next search for a marker starts
         self._begin = -1  # where the begin marker was found
+        self._asked = 0  # the cursor queries in the buffer up to here are answered
         self._end_re = re.compile(re.escape(self.end) + rb" (\d+)\r?\n")
         self.typed = False
         self.exit_status: int | None = None
         self.output = b""
         self.done = threading.Event()
 
-    def start(self) -> None:
-        """For a guest that is already up: ask its shell for a fresh prompt."""
+    def start(self, cursor_asked: bool = False) -> None:
+        """For a guest that is already up: ask its shell for a fresh prompt. `cursor_asked`: the prompt
+        it sits at asked where the cursor is while nobody was attached (prompt_asked): answered first, so
+        that its line editor does not sleep before the empty line."""
         if not self.booting:
-            self.send(b"\n")
+            self.send((cursor_report(b"# ") if cursor_asked else b"") + b"\n")
+
+    def _answers(self, start: int) -> bytes:
+        """A cursor position report for each DSR that arrived from `start` on (as a terminal answers)."""
+        out = b""
+        i = self.buffer.find(CURSOR_QUERY, max(start, self._asked))
+        while i >= 0:
+            line_start = max(self.buffer.rfind(b"\n", 0, i), self.buffer.rfind(b"\r", 0, i)) + 1
+            out += cursor_report(bytes(self.buffer[line_start:i]))
+            self._asked = i + len(CURSOR_QUERY)
+            i = self.buffer.find(CURSOR_QUERY, self._asked)
+        return out
 
     def feed(self, data: bytes) -> None:
         """Console output as it arrives. Each search starts where the last one ended (less a marker's
-        length), so a command printing megabytes costs linear time, not quadratic."""
+        length), so a command printing megabytes costs linear time, not quadratic. Cursor queries are
+        answered as a terminal would (CURSOR_QUERY)."""
+        fresh = max(0, len(self.buffer) - len(CURSOR_QUERY) + 1)  # a query may straddle two chunks
         self.buffer += data
         if not self.typed:
             i = self.buffer.find(self.READY) if self.booting else 0
             if i >= 0 and b"# " in self.buffer[i:]:
                 self.typed = True
                 self._scan = 0
-                self.send(self._line.encode())
+                self.send(self._answers(i) + self._line.encode())
             elif i < 0 and len(self.buffer) > 1 << 20:  # boot chatter before the prompt: keep its tail only
                 del self.buffer[:-4096]
+                self._asked = 0
             return
+        answers = self._answers(fresh)
+        if answers:
+            self.send(answers)
         if self.exit_status is None:
             if self._begin < 0:
                 b = self.buffer.find(self.begin, self._scan)
@@ -151,3 +176,19 @@ class ExecSession:
             self.exit_status = int(m.group(1))
             self.done.set()
 
+
+def prompt_asked(history: bytes) -> bool:
+    """Whether a guest's console (its output so far) ends with a cursor query nobody answered: the shell
+    waits at a prompt in its line editor, which ignores a report it did not ask for. Also for a console
+    that has shown no prompt yet although the guest is up (restored or adopted: the prompt was printed
+    before); a report that finds the shell between two commands instead is echoed as text, harmless."""
+    return history.endswith(CURSOR_QUERY) or b"# " not in history
+
+
+def cursor_report(line: bytes) -> bytes:
+    """The CPR a terminal sends for DSR 6 with `line` (what it shows of the current line) before the
+    cursor: the column after its visible characters, on row 24, the bottom of a 24-line screen, where a
+    console that has printed a screenful sits. Not row 1: busybox's read_key (libbb/read_key.c) first
+    matches a report against its key sequences, and "ESC [ 1 ; 3" begins Alt-Right's, which makes it read
+    past the report and drop what follows; a report whose row starts with 2 is read byte by byte."""
+    return b"\x1b[24;%dR" % (len(ANSI.sub(b"", line)) + 1)
