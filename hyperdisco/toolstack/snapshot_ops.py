@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,8 +32,25 @@ from .saved_vifs import record_with_vifs, saved_vifs
 SUSPEND_TIMEOUT_S = 120.0
 
 
+# kernel_identity of the kernels in use: a KernelImage is shared by every domain made from one file
+# (toolstack/build.py) and never changed, and hashing its ~50 MB took 22 ms of every save and restore
+_IDENTITIES: dict[int, tuple[weakref.ref[KernelImage], str]] = {}
+
+
 def kernel_identity(kernel: KernelImage) -> str:
-    """SHA-256 of the kernel's loaded segments and entry: what the saved memory was booted from."""
+    """SHA-256 of the kernel's loaded segments and entry: what the saved memory was booted from (computed
+    once per KernelImage)."""
+    known = _IDENTITIES.get(id(kernel))
+    if known is not None and known[0]() is kernel:
+        return known[1]
+    identity = _kernel_hash(kernel)
+    for key in [k for k, (ref, _i) in _IDENTITIES.items() if ref() is None]:  # kernels no longer used
+        del _IDENTITIES[key]
+    _IDENTITIES[id(kernel)] = (weakref.ref(kernel), identity)
+    return identity
+
+
+def _kernel_hash(kernel: KernelImage) -> str:
     h = hashlib.sha256()
     h.update(kernel.pvh_entry.to_bytes(8, "little"))
     for seg in kernel.segments:
