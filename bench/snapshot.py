@@ -8,7 +8,13 @@ Each run: create a domain (cold boot, timed until `exec true` answers), read its
 the client library (no interpreter start-up in the numbers). Results go to
 bench/results/snapshot-<timestamp>.json.
 
-    python bench/snapshot.py [--runs 3] [--memory 128] [--out FILE]
+With --clones N: host memory of N clones of one saved domain (`restore FILE` N times: RAM mapped
+MAP_PRIVATE from the one save file, docs/clones.md) against N cold-booted domains of the same size, on
+a fresh daemon each: PSS summed over the daemon and its domain processes (density.smaps_rollup; the save
+file's pages in the page cache are split between the clones that map them), net of the idle daemon's,
+per domain, and the drop in MemAvailable. Every domain answers `exec` before memory is read.
+
+    python bench/snapshot.py [--runs 3] [--memory 128] [--clones 32] [--out FILE]
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from density import Daemon
+from density import Daemon, mem_available_kib, smaps_rollup
 
 from hyperdisco.client import Connection
 
@@ -76,10 +82,70 @@ def one_run(conn: Connection, work: Path, i: int, memory: int) -> dict[str, Any]
             "suspended_s": away}
 
 
+def _memory(daemon: Daemon, base: dict[str, Any], n: int) -> dict[str, Any]:
+    roll = smaps_rollup(daemon.pid)
+    out: dict[str, Any] = {"rollup_kib": roll, "pss_per_domain_net_kib": (roll["Pss"] - base["Pss"]) / n,
+                           "mem_available_drop_per_domain_kib": (base["avail"] - mem_available_kib()) / n}
+    for key in ("Pss_Anon", "Pss_File", "Pss_Shmem"):
+        out[f"{key.lower()}_per_domain_net_kib"] = (roll.get(key, 0) - base.get(key, 0)) / n
+    return out
+
+
+def _idle(daemon: Daemon) -> dict[str, Any]:
+    time.sleep(2.0)
+    return {**smaps_rollup(daemon.pid), "avail": mem_available_kib()}
+
+
+def clones_vs_cold(work: Path, n: int, memory: int, settle: float = 10.0) -> dict[str, Any]:
+    """N cold boots on one daemon, then N clones of one saved domain on another: memory per domain."""
+    result: dict[str, Any] = {"n": n, "memory_mib": memory}
+    for kind in ("cold", "clones"):
+        (work / kind).mkdir()
+        daemon = Daemon(work / kind)
+        daemon.start()
+        try:
+            conn = Connection(str(daemon.socket))
+            base = _idle(daemon)
+            ready: list[float] = []
+            if kind == "clones":
+                conn.create({"name": "tpl", "memory": memory})
+                _exec_ready(conn, "tpl")
+                save = work / "tpl.save"
+                conn.call("save", dom="tpl", file=str(save))
+                result["save_bytes"] = save.stat().st_size
+            for i in range(n):
+                t0 = time.monotonic()
+                if kind == "cold":
+                    name = f"cold{i}"
+                    conn.create({"name": name, "memory": memory})
+                else:
+                    name = conn.call("restore", file=str(save))["name"]
+                ready.append(time.monotonic() - t0 + _exec_ready(conn, name))
+                harness.say(f"{kind} {i + 1}/{n}: {name} answers exec after {ready[-1]:.2f} s")
+            time.sleep(settle)
+            for d in conn.domains():  # every domain still answers before memory is read
+                assert d.exec("true", timeout=120).status == 0, d.name
+            mem = _memory(daemon, base, n)
+            mem["to_exec_s_median"] = statistics.median(ready)
+            result[kind] = mem
+            harness.say(f"{kind}: {mem['pss_per_domain_net_kib'] / 1024:.1f} MiB PSS per domain (anon "
+                        f"{mem['pss_anon_per_domain_net_kib'] / 1024:.1f}, file "
+                        f"{mem['pss_file_per_domain_net_kib'] / 1024:.1f}, shmem "
+                        f"{mem['pss_shmem_per_domain_net_kib'] / 1024:.1f}), MemAvailable down "
+                        f"{mem['mem_available_drop_per_domain_kib'] / 1024:.1f} MiB per domain; median "
+                        f"{mem['to_exec_s_median']:.2f} s to exec")
+        finally:
+            daemon.stop()
+    result["pss_ratio_clone_to_cold"] = (result["clones"]["pss_per_domain_net_kib"]
+                                         / result["cold"]["pss_per_domain_net_kib"])
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--memory", type=int, default=128)
+    ap.add_argument("--clones", type=int, default=0, help="also: N clones against N cold boots (memory)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     stamp = harness.timestamp()
@@ -89,7 +155,7 @@ def main() -> int:
         daemon.start()
         try:
             conn = Connection(str(daemon.socket))
-            runs = []
+            runs: list[dict[str, Any]] = []
             for i in range(args.runs):
                 r = one_run(conn, work, i, args.memory)
                 harness.say(f"run {i}: cold boot to exec {r['cold_create_to_exec_s']:.2f} s, save "
@@ -102,12 +168,15 @@ def main() -> int:
                 runs.append(r)
         finally:
             daemon.stop()
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], float)}
-    speedup = med["cold_create_to_exec_s"] / med["restore_to_exec_s"]
-    harness.say(f"median: cold boot to exec {med['cold_create_to_exec_s']:.2f} s, restore to exec "
-                f"{med['restore_to_exec_s']:.3f} s ({speedup:.1f}x)")
+        clones = clones_vs_cold(work, args.clones, args.memory) if args.clones else None
+    med: dict[str, float] = {}
+    if runs:
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], float)}
+        speedup = med["cold_create_to_exec_s"] / med["restore_to_exec_s"]
+        harness.say(f"median: cold boot to exec {med['cold_create_to_exec_s']:.2f} s, restore to exec "
+                    f"{med['restore_to_exec_s']:.3f} s ({speedup:.1f}x)")
     doc = {"benchmark": "snapshot", "memory_mib": args.memory, "commit": harness.hyperdisco_commit(),
-           "runs": runs, "median": med}
+           "runs": runs, "median": med, "clones": clones}
     harness.write_json(harness.results_path(args.out, "snapshot", stamp), doc, harness.say)
     return 0
 
