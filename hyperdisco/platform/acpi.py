@@ -43,7 +43,8 @@ def _gas(space: int, bits: int, address: int) -> bytes:
 def build_tables(base: int, nr_cpus: int = 1, generation_id: bytes | None = None) -> dict[int, bytes]:
     """Tables to place at guest-physical addresses, RSDP at `base`; with `generation_id`, also the VM
     Generation ID (16 bytes) at vmgenid.GENID_GPA."""
-    xsdt_a, dsdt_a, fadt_a, madt_a = base + 0x40, base + 0x100, base + 0x200, base + 0x400
+    # the DSDT last: it grows with the AML in it (platform/vmgenid.py); the MADT holds up to 255 LAPICs
+    xsdt_a, fadt_a, madt_a, dsdt_a = base + 0x40, base + 0x200, base + 0x400, base + 0x1000
     # DSDT AML: Name(_S5, Package(2){5, 5}), then Scope(\_SB) { Device(VGEN) {...} }
     s5 = aml.name("_S5", aml.package(aml.integer(5), aml.integer(5)))
     dsdt = _table(b"DSDT", 2, s5 + vmgenid.device_aml())

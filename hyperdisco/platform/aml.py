@@ -148,3 +148,65 @@ def method(path: str, args: int, *terms: bytes, serialized: bool = False) -> byt
 def return_(value: bytes) -> bytes:
     """DefReturn: ReturnOp ArgObject."""
     return bytes([RETURN_OP]) + value
+
+
+# -- what the generation ID's change notification needs (platform/vmgenid.py) ------------------------------
+IF_OP = 0xA0
+STORE_OP = 0x70
+NOTIFY_OP = 0x86
+BUFFER_OP = 0x11
+OP_REGION_OP = 0x80     # after EXT_OP_PREFIX
+FIELD_OP = 0x81         # after EXT_OP_PREFIX
+SYSTEM_MEMORY = 0x00    # RegionSpace
+DWORD_ACC = 0x03        # FieldFlags: AccessType DWordAcc, NoLock, Preserve
+
+
+def op_region(path: str, space: int, offset: int, length: int) -> bytes:
+    """DefOpRegion: ExtOpPrefix OpRegionOp NameString RegionSpace RegionOffset RegionLen."""
+    return bytes([EXT_OP_PREFIX, OP_REGION_OP]) + name_string(path) + bytes([space]) + integer(offset) + \
+        integer(length)
+
+
+def field(region: str, flags: int, *fields: tuple[str, int]) -> bytes:
+    """DefField: ExtOpPrefix FieldOp PkgLength NameString FieldFlags FieldList; each NamedField is a
+    NameSeg and its width in bits, encoded as a PkgLength that does not count itself (20.2.5.2)."""
+    body = name_string(region) + bytes([flags])
+    for seg, bits in fields:
+        if not 0 < bits <= MAX_PKG_LENGTH:
+            raise AmlError(f"field {seg} of {bits} bits")
+        body += name_seg(seg) + _bit_length(bits)
+    return bytes([EXT_OP_PREFIX, FIELD_OP]) + pkg_length(len(body)) + body
+
+
+def _bit_length(bits: int) -> bytes:
+    if bits <= 0x3F:
+        return bytes([bits])
+    extra = 1 if bits < 1 << 12 else 2 if bits < 1 << 20 else 3
+    return bytes([(extra << 6) | (bits & 0x0F)]) + (bits >> 4).to_bytes(extra, "little")
+
+
+def if_(predicate: bytes, *terms: bytes) -> bytes:
+    """DefIfElse without Else: IfOp PkgLength Predicate TermList."""
+    body = predicate + b"".join(terms)
+    return bytes([IF_OP]) + pkg_length(len(body)) + body
+
+
+def store(value: bytes, target: str) -> bytes:
+    """DefStore: StoreOp TermArg SuperName (a named object)."""
+    return bytes([STORE_OP]) + value + name_string(target)
+
+
+def notify(target: str, value: int) -> bytes:
+    """DefNotify: NotifyOp NotifyObject NotifyValue."""
+    return bytes([NOTIFY_OP]) + name_string(target) + integer(value)
+
+
+def buffer(data: bytes) -> bytes:
+    """DefBuffer: BufferOp PkgLength BufferSize ByteList."""
+    body = integer(len(data)) + data
+    return bytes([BUFFER_OP]) + pkg_length(len(body)) + body
+
+
+def ref(path: str) -> bytes:
+    """A name used as a TermArg (its value is read)."""
+    return name_string(path)

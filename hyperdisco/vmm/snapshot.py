@@ -87,7 +87,8 @@ def restore_into(dom: Domain, save: SaveFile) -> None:
     dom.paused = True
     restore_memory(dom, save)
     # every restore may be one of many clones of the file: a new VM Generation ID (platform/vmgenid.py)
-    dom.memory.write(vmgenid.GENID_GPA, vmgenid.new_generation_id())
+    # and the guest's own resume is told of it (its _PSC/_PS0 of \_SB.VGNT: platform/vmgenid.py)
+    dom.memory.write(vmgenid.GENID_GPA, vmgenid.new_generation_id() + vmgenid.changed_marker())
 
 
 def restore_memory(dom: Domain, save: SaveFile) -> None:

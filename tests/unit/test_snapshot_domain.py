@@ -100,7 +100,7 @@ def test_each_restore_gets_a_new_generation_id(make_domain: Callable[..., Domain
                                                engine: TcgEngine, clock: Clock, tmp_path: Path) -> None:
     """The VM Generation ID (platform/vmgenid.py) of every restored domain is new: the saved one, and
     each clone's, all differ."""
-    from hyperdisco.platform.vmgenid import GENID_GPA, GENID_SIZE
+    from hyperdisco.platform.vmgenid import CHANGED_GPA, GENID_GPA, GENID_SIZE
 
     dh = make_domain()
     dh.dom.memory.write(GENID_GPA, b"saved-generation")
@@ -110,6 +110,8 @@ def test_each_restore_gets_a_new_generation_id(make_domain: Callable[..., Domain
     try:
         ids = {a.memory.read(GENID_GPA, GENID_SIZE), b.memory.read(GENID_GPA, GENID_SIZE)}
         assert len(ids) == 2 and b"saved-generation" not in ids
+        # and the change word the guest's _PS0 clears (platform/vmgenid.py) is set in each
+        assert a.memory.u32(CHANGED_GPA) == 1 and b.memory.u32(CHANGED_GPA) == 1
     finally:
         a.close()
         b.close()
