@@ -68,7 +68,8 @@ REFUSED = {
     "no_rx_copy": "does not ask for the copying rx path",
     "readonly_tx_ring": "is read-only",
     "event_channel_not_offered": "port 1 is not offered to domain 0",  # one of the guest kernel's own ports
-    "event_channel_out_of_range": "port 4095 is not bound",
+    # past the ports the domain holds (max_event_channels 1023): refused by the bound on the node
+    "event_channel_out_of_range": "gave no valid tx-ring-ref, rx-ring-ref or event-channel",
 }
 
 # what netback logs (one line per kind of bad packet, rate-limited)
