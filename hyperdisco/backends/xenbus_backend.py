@@ -22,6 +22,7 @@ from ..core.grant import GrantError
 from ..core.ratelimit import RateLimiter
 from ..xen import abi as xen_abi
 from ..xen.io import xenbus as xb
+from .back_ring import RingError
 
 
 class XenbusBackend:
@@ -117,6 +118,18 @@ class XenbusBackend:
         self._stack, self.port = stack, port
         self._port_obj = self.dom.evtchn.ports.get(port)
         return pages
+
+    def _ring_failed(self, e: RingError | GrantError) -> bool:
+        """The frontend broke its ring (an index or a request no frontend writes) or took a page of it
+        away: say so (rate-limited, by kind), disconnect and close, as Linux's backends do. False: nothing
+        more to serve."""
+        if isinstance(e, GrantError):
+            self.limit.log(self.log, "ring page", f"ring page not accessible, disconnecting: {e}")
+        else:
+            self.limit.log(self.log, "ring broken", f"ring broken, disconnecting: {e}")
+        self._disconnect()
+        self._switch(xb.XenbusStateClosing)
+        return False
 
     def _detach(self) -> None:
         """Give back what _attach took: the guest's port, then the ring pages' grants."""

@@ -110,13 +110,8 @@ class VbdBackend(XenbusBackend):
         assert self.ring is not None
         try:
             return self.ring.process(budget)
-        except RingError as e:
-            self.limit.log(self.log, "ring broken", f"ring broken, disconnecting: {e}")
-        except GrantError as e:
-            self.limit.log(self.log, "ring page", f"ring page not accessible, disconnecting: {e}")
-        self._disconnect()
-        self._switch(abi.XenbusStateClosing)
-        return False
+        except (RingError, GrantError) as e:
+            return self._ring_failed(e)
 
     # -- xenbus (the state machine: backends/xenbus_backend.py) ------------------------------------------
     @property

@@ -151,13 +151,8 @@ class VifBackend(SocketBackend):
             more = rings.tx_process(budget)
             rings.rx_flush()  # frames still waiting for buffers: req_event is armed, the guest kicks us
             return more
-        except RingError as e:
-            self.limit.log(self.log, "ring broken", f"ring broken, disconnecting: {e}")
-        except GrantError as e:
-            self.limit.log(self.log, "ring page", f"ring page not accessible, disconnecting: {e}")
-        self._disconnect()
-        self._switch(xb.XenbusStateClosing)
-        return False
+        except (RingError, GrantError) as e:
+            return self._ring_failed(e)
 
     # -- xenbus (the state machine: backends/xenbus_backend.py) ------------------------------------------
     @property
