@@ -254,7 +254,9 @@ class Host:
             if isinstance(record, dict):
                 record = {**record, "net": [v.to_record() for v in vifs]}
             config = replace(config, cmdline=guest_cmdline(config.cmdline, vifs), record=record)
-        disks = self.blk.open_images(config.disks)  # a missing, corrupt or busy image: one line, no domain
+        # a missing, corrupt or busy image: one line, no domain; an incoming migration's are attached at
+        # its stop-and-copy, once the source let go of them (toolstack/migrate_ops.py)
+        disks = self.blk.open_images(config.disks) if incoming is None else []
         dom: DomainHandle | None = None
         try:
             with self._lock:

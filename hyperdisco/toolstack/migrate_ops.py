@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ from .. import __version__
 from ..core.domain import DomainConfig
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
+from ..errors import HyperdiscoError
 from .protocol import encode
 from .requests import RequestError
 from .snapshot_ops import SUSPEND_TIMEOUT_S, kernel_identity
@@ -76,6 +78,10 @@ def migrate(host: Host, dom: DomainHandle, dest: str, timeout: float = SUSPEND_T
         raise RequestError("hyperdisco: migrate: only domains with one vCPU can be migrated yet")
     if dom.finished:
         raise RequestError(f"hyperdisco: migrate: domain {dom.name} is not running")
+    for disk in dom.config.disks:
+        if not disk.readonly and disk.format != "raw":
+            raise RequestError(f"hyperdisco: migrate: {dom.name}'s disk {disk.vdev} is a read-write "
+                               f"{disk.format} image: only raw images change hands yet (docs/migration.md)")
     started = time.monotonic()
     header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
               "record": dom.config.record, "name": dom.name, "guest_up": dom.guest_up}
@@ -154,4 +160,27 @@ def receive(host: Host, header: dict[str, Any], conn: socket.socket,
         raise RequestError("hyperdisco: migrate: only domains with one vCPU can be received yet")
     dom = host.create(config, incoming=conn.fileno())
     dom.guest_up = header.get("guest_up") is True
+    threading.Thread(target=_attach_disks_when_asked, args=(host, dom), name="hd-migrate-disks",
+                     daemon=True).start()
     return {"domid": dom.domid, "name": dom.name}
+
+
+def _attach_disks_when_asked(host: Host, dom: DomainHandle) -> None:
+    """The incoming domain's disks, when its process has the whole stream (the source flushed them and
+    let go of their locks just before): opened and attached before its vCPU runs, so the guest finds
+    its block devices' nodes when it reconnects its frontends. The process waits for the answer."""
+    while not dom.finished:
+        try:
+            msg = dom.migration.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if msg.get("phase") != "disks":
+            continue
+        try:
+            for spec, image in host.blk.open_images(dom.config.disks):
+                host.blk.attach(dom, spec, image)
+            answer: dict[str, Any] = {"ok": True}
+        except HyperdiscoError as exc:
+            answer = {"ok": False, "error": str(exc)[:300]}
+        dom.send({"t": "migrate-disks", "id": msg.get("id"), **answer})
+        return

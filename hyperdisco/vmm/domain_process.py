@@ -190,8 +190,8 @@ class DomainProcess:
         (the domain destroyed, the source told why) if the stream is not a whole one."""
         assert self.incoming is not None
         try:
-            stats = receive(dom, self.incoming, lambda: dom.done.is_set() or self.gone.is_set()
-                            or self.orphaned.is_set())
+            receive(dom, self.incoming, lambda: dom.done.is_set() or self.gone.is_set()
+                    or self.orphaned.is_set())
         except Exception as exc:  # noqa: BLE001 - StreamError, or anything else: one line, domain destroyed
             detail = str(exc) if type(exc).__name__ == "StreamError" else f"{type(exc).__name__}: {exc}"
             migration_answer(self.incoming, detail)
@@ -199,8 +199,15 @@ class DomainProcess:
             self.incoming = None
             dom.shutdown("destroyed", f"incoming migration: {detail}"[:400])
             return False
-        self.send({"t": "migrate", "phase": "in", "pages": int(stats.get("pages", 0) or 0)
-                   if isinstance(stats.get("pages"), int) else 0})
+        # its disks: domain 0 opens and attaches them now that the source has let go of them
+        reply = self.call({"t": "migrate", "phase": "disks"}, timeout=60.0)
+        if reply is None or reply.get("ok") is not True:
+            detail = str(reply.get("error") if reply else "domain 0 did not attach the disks")[:300]
+            migration_answer(self.incoming, detail)
+            self.incoming.close()
+            self.incoming = None
+            dom.shutdown("destroyed", f"incoming migration: {detail}")
+            return False
         return True
 
     def _checkpoint(self, ctx: VcpuContext) -> int:
@@ -343,7 +350,7 @@ class DomainProcess:
             self._blk_attach(msg, fds)
         elif t == "blk-detach":
             self._blk_detach(msg)
-        elif t == "evtchn-bound":
+        elif t in ("evtchn-bound", "migrate-disks"):
             self._pending.deliver(msg.get("id"), msg)
         elif t == "evtchn-peer-bind" and self.channels is not None:
             self.send({"t": "reply", "id": msg.get("id"), **self.channels.peer_bind(msg)})
@@ -385,7 +392,7 @@ class DomainProcess:
             return
         self.send({"t": "reply", "id": msg.get("id"), "ok": True})
         rate = msg.get("rate")
-        start_precopy(dom, sock, self.dirty, self.send,
+        start_precopy(dom, sock, self.dirty, self.send, self.vbds.handover if self.vbds is not None else None,
                       float(rate) if isinstance(rate, (int, float)) and rate > 0 else 0.0)
 
     def _blk_attach(self, msg: dict[str, Any], fds: list[int]) -> None:

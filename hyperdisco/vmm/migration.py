@@ -42,8 +42,10 @@ class Precopy:
     """One outgoing migration of a one-vCPU domain."""
 
     def __init__(self, dom: Domain, sock: socket.socket, dirty: DirtyLog,
-                 report: Callable[[dict[str, Any]], None], rate: float = 0.0) -> None:
+                 report: Callable[[dict[str, Any]], None], rate: float = 0.0,
+                 handover: Callable[[bool], list[str]] | None = None) -> None:
         self.dom = dom
+        self.handover = handover  # VbdHost.handover: the read-write images' locks dropped / taken back
         self.sock = sock
         self.dirty = dirty
         self.report = report  # a message to domain 0 ({"t": "migrate", "phase": ...})
@@ -91,6 +93,7 @@ class Precopy:
         dom = self.dom
         dom.on_suspend = None
         stopped = time.monotonic()
+        released = False
         try:
             last = self._send_dirty()
             self.rounds.append(last)
@@ -102,11 +105,19 @@ class Precopy:
             ctx.ev.set_gpr(0, 0)  # HYPERVISOR_suspend's result there: "resumed in a new domain"
             self.out.rate = 0.0  # the stop-and-copy goes as fast as it can
             self.out.vcpu(ctx.index, ctx.ev.export_state(inside_trap=True))
+            # the guest's disk I/O is drained (its frontends suspended): the destination may open them
+            released = self.handover is not None
+            problems = self.handover(True) if self.handover is not None else []
+            if problems:
+                raise StreamError("cannot hand over the disks: " + "; ".join(problems))
             self.out.done({"rounds": len(self.rounds), "pages": self.out.pages})
             refused = self.out.answer(ANSWER_TIMEOUT_S)
         except (StreamError, OSError) as exc:
             refused = str(exc)
         downtime = time.monotonic() - stopped
+        if refused and released and self.handover is not None:
+            for problem in self.handover(False):  # ours again: the guest carries on here
+                dom.log(f"migration: disk lock not taken back: {problem}")
         if refused:
             self._failed(f"stop-and-copy: {refused}")
             return 1  # suspend cancelled: the guest carries on here
@@ -132,9 +143,9 @@ class Precopy:
             pass
 
 
-def start_precopy(dom: Domain, sock: socket.socket, dirty: DirtyLog,
-                  report: Callable[[dict[str, Any]], None], rate: float = 0.0) -> Precopy:
-    p = Precopy(dom, sock, dirty, report, rate)
+def start_precopy(dom: Domain, sock: socket.socket, dirty: DirtyLog, report: Callable[[dict[str, Any]], None],
+                  handover: Callable[[bool], list[str]] | None, rate: float = 0.0) -> Precopy:
+    p = Precopy(dom, sock, dirty, report, rate, handover)
     threading.Thread(target=p.run, name="hd-migrate", daemon=True).start()
     return p
 

@@ -4,6 +4,7 @@ are reopened through a HandedOpener, so this side can reach no other host file."
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,28 @@ class VbdHost:
             self._devices.pop(devid, None)
         _stop(*entry)
         return clean
+
+    def handover(self, release: bool) -> list[str]:
+        """Live migration's stop-and-copy (vmm/migration.py), the guest suspended and its I/O drained:
+        flush every read-write image and drop its lock (`release`), so the destination can open it, or
+        take the lock back (the migration failed). Only raw images are migrated read-write (the source
+        refuses others). Returns what could not be done, one line each."""
+        with self._lock:
+            entries = [(self._args[devid], disk) for devid, (_dev, disk) in self._devices.items()]
+        problems = []
+        for args, disk in entries:
+            fd = getattr(disk, "_fd", None)
+            if args.get("readonly") or not isinstance(fd, int):
+                continue
+            try:
+                if release:
+                    disk.flush()
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # every holder's: dom0's duplicates are this description
+                else:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                problems.append(f"{args.get('target')}: {exc.strerror or exc}")
+        return problems
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Each device's number and what it serves (for a domain 0 that adopts the domain)."""
