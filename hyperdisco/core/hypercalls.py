@@ -211,7 +211,8 @@ class Hypercalls:
             # 8-byte aligned (the event words in it are changed atomically: core/atomic.py)
             if offset + abi.VCPU_INFO_SIZE > PAGE or offset % 8 or not dom.is_ram(gpa):
                 return -abi.EINVAL
-            if target.vcpu_info_registered or (target is not ctx and target.up):
+            # (down: also halted with interrupts off, as hvm_hlt takes such a vCPU down in Xen)
+            if target.vcpu_info_registered or (target is not ctx and target.online):
                 return -abi.EINVAL
             shared_info.move_vcpu_info(dom, vcpuid, gpa)
             target.vcpu_info_registered = True

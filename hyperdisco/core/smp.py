@@ -24,7 +24,9 @@ OPS = (abi.VCPUOP_up, abi.VCPUOP_down, abi.VCPUOP_is_up)
 
 def vcpu_op(dom: Domain, ctx: VcpuContext, target: VcpuContext, cmd: int) -> int:
     if cmd == abi.VCPUOP_is_up:
-        return 1 if target.up else 0
+        # a vCPU halted with interrupts off (a Linux guest's offline CPU) is down to Xen: hvm_hlt calls
+        # hvm_vcpu_down, which sets _VPF_down (xen/arch/x86/hvm/hvm.c); xen_vcpu_restore relies on it
+        return 1 if target.online else 0
     if cmd == abi.VCPUOP_up:
         if not target.initialised:  # Xen: -EINVAL unless the vCPU has a context to run
             return -abi.EINVAL

@@ -162,7 +162,7 @@ def test_vcpu_up_down_is_up(make_domain: Callable[..., DomainHarness]) -> None:
     assert dh.call("vcpu_op", abi.VCPUOP_up, 1, 0) == -abi.EINVAL  # never initialised (is_initialised)
     ap.request_init()
     ap.request_sipi(0x10)
-    dh.dom.memory.write(0x10000, b"\xf4")
+    dh.dom.memory.write(0x10000, b"\xfb\xf4")  # sti; hlt (HLT with interrupts off would take it down)
     ap.step()
     assert dh.call("vcpu_op", abi.VCPUOP_is_up, 1, 0) == 1
     assert dh.call("vcpu_op", abi.VCPUOP_down, 1, 0) == 0
