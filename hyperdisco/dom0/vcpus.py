@@ -32,6 +32,15 @@ def write_availability(xs: XenstoreClient, domid: int, online: int, possible: in
         xs.write(f"/local/domain/{domid}/cpu/{i}/availability", "online" if i < online else "offline")
 
 
+def available(xs: XenstoreClient, domid: int, possible: int) -> int:
+    """How many vCPUs vcpu-set made available (the leading cpu/I/availability that read "online"; at
+    least 1): what a save records, so that the restored domain has the same."""
+    n = 0
+    while n < possible and xs.read(f"/local/domain/{domid}/cpu/{n}/availability") == "online":
+        n += 1
+    return max(1, n)
+
+
 def host_cpus() -> int:
     return os.cpu_count() or 1
 

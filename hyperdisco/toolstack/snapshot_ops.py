@@ -21,13 +21,14 @@ from .. import __version__
 from ..backends.net.manager import VifConfig
 from ..core.domain import DomainConfig
 from ..core.savefile import SaveFileError, read_save
+from ..dom0 import vcpus as dom0_vcpus
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from . import clones
 from .requests import RequestError
-from .saved_vifs import record_with_vifs, saved_vifs
+from .saved_record import record_with_vcpus, record_with_vifs, saved_vifs
 
 SUSPEND_TIMEOUT_S = 120.0
 
@@ -63,8 +64,6 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
          keep: bool = False) -> dict[str, Any]:
     """`keep` (xl save -c): a checkpoint; the guest's suspend is cancelled once the file is written and
     the domain carries on."""
-    if dom.config.vcpus > 1 or dom.config.maxvcpus > 1:
-        raise RequestError("hyperdisco: save: only domains with one vCPU can be saved yet")
     if dom.finished:
         raise RequestError(f"hyperdisco: save: domain {dom.name} is not running")
     try:
@@ -75,7 +74,10 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
         raise RequestError(f"hyperdisco: save: {path}: {exc.strerror}") from None
     started = time.monotonic()
     try:
-        record = record_with_vifs(dom.config.record, host.net.configs(dom.domid))  # its vifs as they are
+        # its vifs and its vCPUs as they are (toolstack/saved_record.py)
+        record = record_with_vifs(dom.config.record, host.net.configs(dom.domid))
+        possible = dom0_vcpus.max_vcpus(dom)
+        record = record_with_vcpus(record, dom0_vcpus.available(host.xs, dom.domid, possible), possible)
         header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
                   "record": record, "name": dom.name, "saved_at": time.time(),
                   "guest_up": dom.guest_up}
@@ -139,8 +141,6 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
     if kernel_identity(config.kernel) != save_file.header.get("kernel"):
         raise RequestError(f"hyperdisco: restore: {path} was saved from another kernel than "
                            f"{record.get('kernel') or 'the default one'} is now")
-    if config.vcpus > 1 or config.maxvcpus > 1:
-        raise RequestError("hyperdisco: restore: only domains with one vCPU can be restored yet")
     try:
         dom = host.create(config, vifs=vifs, restore=path)
     except HyperdiscoError as exc:

@@ -211,7 +211,7 @@ class DomainProcess:
         return True
 
     def _checkpoint(self, ctx: VcpuContext) -> int:
-        """save -c: the guest's suspend hypercall, on its only vCPU (vmm/snapshot.py checkpoint)."""
+        """save -c: the guest's suspend hypercall, on its boot vCPU (vmm/snapshot.py checkpoint)."""
         dom = self.dom
         assert dom is not None
         dom.on_suspend = None
@@ -339,7 +339,7 @@ class DomainProcess:
             if self.save_to is not None:
                 os.close(self.save_to[0])
             self.save_to = (fds[0], msg["header"])
-            if msg.get("checkpoint") is True and len(dom.vcpus) == 1:  # save -c
+            if msg.get("checkpoint") is True:  # save -c
                 dom.on_suspend = self._checkpoint
             self.send({"t": "reply", "id": msg.get("id"), "ok": True})
         elif t == "migrate-to" and len(fds) == 1:

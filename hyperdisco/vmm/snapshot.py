@@ -24,6 +24,7 @@ from ..core.domain import Domain
 from ..core.memory import Region
 from ..core.savefile import SaveFile, SaveFileError, SaveWriter
 from ..core.vcpu import VcpuContext
+from ..core.vcpu_save import apply_vcpu_record, vcpu_record
 from ..errors import HyperdiscoError
 from ..platform import vmgenid
 
@@ -39,7 +40,9 @@ def write_save(dom: Domain, fd: int, header: dict[str, Any], current: VcpuContex
         w = SaveWriter(f, {**header, "vcpus": len(dom.vcpus)})
         for ctx in dom.vcpus:
             w.section(b"VCPU", _INDEX.pack(ctx.index) + ctx.ev.export_state(inside_trap=ctx is current))
-        w.json_section(b"LAPC", {"system_time_ns": dom.clock.now_ns(), "wall_time": time.time()})
+        now = dom.clock.now_ns()
+        w.json_section(b"LAPC", {"system_time_ns": now, "wall_time": time.time(),
+                                 "vcpus": [vcpu_record(ctx, now) for ctx in dom.vcpus]})
         pages = 0
         for region in _regions(dom):
             pages += w.memory_section(region.gpa, memoryview(region.mem)[:region.size])
@@ -55,7 +58,8 @@ def checkpoint(dom: Domain, ctx: VcpuContext, fd: int, header: dict[str, Any]) -
     cancelled": the guest carries on, as after xl save -c). Returns (hypercall result, detail)."""
     ctx.ev.set_gpr(0, 0)
     try:
-        detail = write_save(dom, fd, header, current=ctx)
+        with dom.quiesced(ctx):  # the other vCPUs (spinning in stop_machine) out of guest code meanwhile
+            detail = write_save(dom, fd, header, current=ctx)
     except Exception as exc:  # noqa: BLE001 - reported to domain 0 in one line
         detail = f"save failed: {type(exc).__name__}: {exc}"[:400]
     return 1, detail
@@ -82,6 +86,7 @@ def restore_into(dom: Domain, save: SaveFile) -> None:
             raise HyperdiscoError(f"hyperdisco: restore: vCPU {index} is not one of this domain's")
         seen.add(index)
         dom.vcpus[index].ev.import_state(payload[_INDEX.size:])
+    _restore_vcpu_records(dom, save)
     # paused until domain 0 has plugged its devices in (dom0/host.py create), as libxl restores a domain
     # paused: the guest's xenbus_dev_resume reads each frontend's backend nodes at once
     dom.paused = True
@@ -110,6 +115,28 @@ def restore_memory(dom: Domain, save: SaveFile) -> None:
             else:
                 raise HyperdiscoError(f"hyperdisco: restore: saved memory at {gpa:#x} (+{size:#x}) is not "
                                       "in this domain")
+
+
+def _restore_vcpu_records(dom: Domain, save: SaveFile) -> None:
+    """Each vCPU's state outside the engine (up, parked, timers, local APIC: core/vcpu_save.py) from the
+    LAPC section; a file without them (written before they were) leaves vCPU 0 up and the others down."""
+    try:
+        lapc = save.json(b"LAPC")
+    except ValueError:
+        raise HyperdiscoError("hyperdisco: restore: the LAPC section is not JSON") from None
+    recs = lapc[0].get("vcpus") if len(lapc) == 1 and isinstance(lapc[0], dict) else None
+    if recs is None:
+        return
+    if not isinstance(recs, list) or len(recs) != len(dom.vcpus):
+        raise HyperdiscoError("hyperdisco: restore: the saved vCPU states do not match the vCPUs")
+    now = dom.clock.now_ns()
+    seen = set()
+    for rec in recs:
+        index = rec.get("index") if isinstance(rec, dict) else None
+        if not isinstance(index, int) or not 0 <= index < len(dom.vcpus) or index in seen:
+            raise HyperdiscoError("hyperdisco: restore: the saved vCPU states do not match the vCPUs")
+        seen.add(index)
+        apply_vcpu_record(dom.vcpus[index], rec, now)
 
 
 def open_save(fd: int) -> SaveFile:

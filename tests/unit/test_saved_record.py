@@ -1,6 +1,6 @@
-"""The vifs a save file records and restore plugs back in (toolstack/saved_vifs.py): every field of each
-vif survives the header's JSON, the devid and MAC are kept when domain 0 prepares them for the new domain,
-and a malformed list in a (hostile) file is one line."""
+"""What a save file records beside the create record (toolstack/saved_record.py): the vifs, every field of
+each surviving the header's JSON, the devid and MAC kept when domain 0 prepares them for the new domain, a
+malformed list in a (hostile) file one line; the vCPUs as vcpu-set left them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from hyperdisco.backends.net.manager import NetworkDevices, VifConfig
 from hyperdisco.toolstack.requests import RequestError
-from hyperdisco.toolstack.saved_vifs import record_with_vifs, saved_vifs
+from hyperdisco.toolstack.saved_record import record_with_vcpus, record_with_vifs, saved_vifs
 
 VIFS = [VifConfig(network="lan0", mac="00:16:3e:00:00:01", devid=0, ips=("10.0.0.1/24",),
                   rate=(62500, 50000), vifname="web0"),
@@ -68,3 +68,12 @@ def test_malformed_saved_vifs_one_line(net: Any, what: str) -> None:
         saved_vifs({"name": "web", "net": net}, "web.save")
     msg = str(e.value)
     assert msg.startswith("hyperdisco: restore: web.save: ") and what in msg and "\n" not in msg, msg
+
+
+def test_vcpus_as_vcpu_set_left_them() -> None:
+    record = {"name": "smp", "vcpus": 2}
+    assert record_with_vcpus(record, 1, 2) == {"name": "smp", "vcpus": 1, "maxvcpus": 2}
+    assert record_with_vcpus(record, 2, 2) is record  # all available: as created
+    assert record_with_vcpus({"vcpus": 1, "maxvcpus": 2}, 2, 2) == {"vcpus": 2, "maxvcpus": 2}
+    assert record_with_vcpus({"name": "m", "vcpus": 1, "maxvcpus": 4}, 3, 4)["vcpus"] == 3
+    assert record_with_vcpus(None, 1, 2) is None
