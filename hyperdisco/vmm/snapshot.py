@@ -133,7 +133,8 @@ def _restore_vcpu_records(dom: Domain, save: SaveFile) -> None:
     seen = set()
     for rec in recs:
         index = rec.get("index") if isinstance(rec, dict) else None
-        if not isinstance(index, int) or not 0 <= index < len(dom.vcpus) or index in seen:
+        if (not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(dom.vcpus)
+                or index in seen):
             raise HyperdiscoError("hyperdisco: restore: the saved vCPU states do not match the vCPUs")
         seen.add(index)
         apply_vcpu_record(dom.vcpus[index], rec, now)
