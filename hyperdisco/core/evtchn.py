@@ -153,8 +153,11 @@ class EventChannels:
     def deliver_queued(self) -> None:
         """vCPU thread: apply the ports other threads notified."""
         q = self._queue
-        while q:
-            port = q.popleft()
+        while True:
+            try:  # several vCPU threads drain it: the last port may go between a test and a pop
+                port = q.popleft()
+            except IndexError:
+                return
             if port in self.ports:
                 self.set_pending(port)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
 
 import pytest
@@ -261,6 +262,28 @@ def test_deliver_queued_drops_ports_closed_meanwhile(env: Env) -> None:
     env.ec.deliver_queued()
     assert env.pending(p) == 0 and env.pending(999) == 0 and env.upcall() == 0
     assert env.ec.raised == 0
+
+
+def test_deliver_queued_when_another_vcpu_drained_the_queue(env: Env) -> None:
+    """Two vCPU threads drain the queue at once (SMP): the last port can be taken by one between the
+    other's test and its pop. Simulated deterministically: the queue empties as soon as it is tested."""
+
+    class DrainedMeanwhile(deque[int]):
+        def __bool__(self) -> bool:
+            had = len(self) > 0
+            self.clear()  # the other vCPU's thread took them
+            return had
+
+    env.map()
+    p = env.ec.alloc(Port(abi.EVTCHNSTAT_interdomain))
+    q = DrainedMeanwhile()
+    env.ec._queue = q
+    env.ec.notify(p)
+    env.ec.deliver_queued()  # no IndexError when nothing is left (it crashed the domain)
+    env.ec._queue = deque()
+    env.ec.notify(p)
+    env.ec.deliver_queued()
+    assert env.pending(p) == 1 and not env.ec.has_queued()
 
 
 def test_many_notifiers(env: Env) -> None:
