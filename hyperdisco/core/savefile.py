@@ -178,6 +178,41 @@ def read_save(path: str) -> SaveFile:
         return _read(path, f)
 
 
+def read_save_header(path: str) -> dict[str, Any]:
+    """The header alone (magic, version, the first section, its JSON), with read_save's one-line errors for
+    what it reads; nothing else of the file is checked: read_save does that before anything else of the
+    file is used (toolstack/snapshot_ops.py runs both at once)."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise SaveFileError(f"{path}: cannot open: {e.strerror}") from None
+    with f:
+        head = f.read(len(MAGIC) + _VERSION.size + _SECTION.size)
+        if len(head) < len(MAGIC) or head[:len(MAGIC)] != MAGIC:
+            raise SaveFileError(f"{path}: not a hyperdisco save file")
+        if len(head) < len(MAGIC) + _VERSION.size:
+            raise SaveFileError(f"{path}: truncated save file (header cut short)")
+        (version,) = _VERSION.unpack_from(head, len(MAGIC))
+        if version != FORMAT_VERSION:
+            raise SaveFileError(f"{path}: save format version {version}, this hyperdisco reads version "
+                                f"{FORMAT_VERSION}")
+        if len(head) < len(MAGIC) + _VERSION.size + _SECTION.size:
+            raise SaveFileError(f"{path}: truncated save file (section header cut short)")
+        tag, length = _SECTION.unpack_from(head, len(MAGIC) + _VERSION.size)
+        if tag != HEADER or length > MAX_JSON_SECTION:
+            raise SaveFileError(f"{path}: corrupt save file (no header)")
+        data = f.read(length)
+        if len(data) < length:
+            raise SaveFileError(f"{path}: truncated save file (HDR section cut short)")
+    try:
+        parsed = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise SaveFileError(f"{path}: corrupt save file (header)") from None
+    if not isinstance(parsed, dict):
+        raise SaveFileError(f"{path}: corrupt save file (header)")
+    return parsed
+
+
 def read_save_fd(fd: int, name: str) -> SaveFile:
     """As read_save, on an open descriptor (taken over: the SaveFile keeps it open)."""
     f = os.fdopen(fd, "rb")

@@ -241,7 +241,7 @@ class Host:
     # -- lifecycle --------------------------------------------------------------------------------------
     def create(self, config: DomainConfig, console: ConsoleBuffer | None = None,
                vifs: Sequence[VifConfig] = (), restore: str | None = None,
-               incoming: int | None = None) -> DomainHandle:
+               incoming: int | None = None, checked: Callable[[], None] | None = None) -> DomainHandle:
         """Start a domain; everything is undone (process, xenstore nodes, disks, vifs) if any step fails.
 
         Its vifs get their devids and MACs first (NetworkDevices.prepare); the kernel command line gets
@@ -286,6 +286,8 @@ class Host:
                 self.net.attach(dom, vif)
             self.pv_channels.attach(dom, config.channels)
             if restore is not None:  # built paused (vmm/snapshot.py): its frontends resume to these devices
+                if checked is not None:  # the save file's check, run meanwhile (toolstack/save_check.py)
+                    checked()
                 dom.unpause()
             with self._lock:
                 dom.creating = False

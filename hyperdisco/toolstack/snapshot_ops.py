@@ -20,7 +20,7 @@ from typing import Any
 from .. import __version__
 from ..backends.net.manager import VifConfig
 from ..core.domain import DomainConfig
-from ..core.savefile import SaveFileError, read_save
+from ..core.savefile import SaveFileError, read_save_header
 from ..dom0 import vcpus as dom0_vcpus
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
@@ -28,6 +28,7 @@ from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from . import clones
 from .requests import RequestError
+from .save_check import SaveCheck
 from .saved_record import record_with_vcpus, record_with_vifs, saved_vifs
 
 SUSPEND_TIMEOUT_S = 120.0
@@ -121,15 +122,16 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
     saved ones): toolstack/clones.py."""
     started = time.monotonic()
     try:
-        save_file = read_save(path)
+        header = read_save_header(path)
     except SaveFileError as exc:
         raise RequestError(f"hyperdisco: restore: {exc}") from None
-    record = save_file.header.get("record")
+    check = SaveCheck(path, header)  # the whole file, while the domain is built (save_check.py)
+    record = header.get("record")
     if not isinstance(record, dict):
         raise RequestError(f"hyperdisco: restore: {path}: no domain configuration in the file")
-    if save_file.header.get("hyperdisco") != __version__:
+    if header.get("hyperdisco") != __version__:
         raise RequestError(f"hyperdisco: restore: {path} was saved by hyperdisco "
-                           f"{str(save_file.header.get('hyperdisco'))[:40]}, this is {__version__}")
+                           f"{str(header.get('hyperdisco'))[:40]}, this is {__version__}")
     saved_name = str(record.get("name"))
     record = clones.clone_record(record, clones.clone_name(
         saved_name, name, lambda n: any(d.name == n for d in host.domains.values())), overrides)
@@ -138,15 +140,18 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
         vifs = list(given_vifs)
     else:  # a clone (a new name) gets new MACs: clones.clone_vifs
         vifs = clones.clone_vifs(saved_vifs(record, path), clone=record.get("name") != saved_name)
-    if kernel_identity(config.kernel) != save_file.header.get("kernel"):
+    if kernel_identity(config.kernel) != header.get("kernel"):
         raise RequestError(f"hyperdisco: restore: {path} was saved from another kernel than "
                            f"{record.get('kernel') or 'the default one'} is now")
     try:
-        dom = host.create(config, vifs=vifs, restore=path)
+        dom = host.create(config, vifs=vifs, restore=path, checked=check.wait)
     except HyperdiscoError as exc:
+        failure = check.failure()
+        if failure is not None:  # a defect of the file is what the user needs to hear of
+            raise RequestError(failure) from None
         if clones.is_disk_busy(exc):
             raise RequestError(f"{exc}{clones.DISK_HINT}") from None
         raise
     # its shell was up when it was saved and carries on: it prints no new banner (exec waits for one)
-    dom.guest_up = save_file.header.get("guest_up") is True
+    dom.guest_up = header.get("guest_up") is True
     return {"domid": dom.domid, "name": dom.name, "seconds": round(time.monotonic() - started, 3)}
