@@ -27,6 +27,10 @@ from hyperdisco.client import Connection
 
 WRITER = ("(while true; do dd if=/dev/zero of=/tmp/churn bs=1M count=64 2>/dev/null; done) "
           ">/dev/null 2>&1 & echo writer=$!")
+# the guest's own view of the pause: a loop of shell builtins reading CLOCK_BOOTTIME (which goes on while
+# the guest is suspended) as fast as it can; the largest step between two samples is the time it did not run
+SAMPLER = ("(while true; do read u _ < /proc/uptime; echo $u; done > /tmp/samples) >/dev/null 2>&1 & "
+           "echo sampler=$!")
 DD = ("a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/tmp/dd bs=1M count=32 2>/dev/null; "
       "b=$(cut -d' ' -f1 /proc/uptime); rm -f /tmp/dd; echo dd $a $b")
 
@@ -35,6 +39,16 @@ def _ready(conn: Connection, name: str) -> None:
     dom = conn.lookup(name)
     while dom.exec("true", timeout=120).status != 0:
         time.sleep(0.05)
+
+
+def _guest_pause(conn: Connection, name: str, seen: int) -> tuple[float, int]:
+    """The largest step between two of the sampler's CLOCK_BOOTTIME readings after the first `seen` (the
+    migration's pause as the guest saw it: an upper bound, see docs/migration.md), and how many there are
+    now. Lines the shell may have cut short are skipped."""
+    text = conn.lookup(name).exec("cat /tmp/samples", timeout=120).text
+    vals = [float(x) for x in text.split()[seen:] if x.replace(".", "", 1).isdigit() and len(x) < 12]
+    steps = [b - a for a, b in zip(vals, vals[1:], strict=False) if 0 <= b - a < 3600]
+    return max(steps), seen + len(text.split()[seen:])
 
 
 def _dd_seconds(conn: Connection, name: str) -> float:
@@ -67,7 +81,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     stamp = harness.timestamp()
-    results: dict[str, list[dict[str, Any]]] = {"idle": [], "writing": []}
+    results: dict[str, list[dict[str, Any]]] = {"idle": [], "sampled": [], "writing": []}
     slowdown: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="hd-migrate-") as tmp:
         daemons = [Daemon(Path(tmp) / "a"), Daemon(Path(tmp) / "b")]
@@ -80,8 +94,14 @@ def main() -> int:
             conns[0].create({"name": name, "memory": args.memory})
             _ready(conns[0], name)
             here = 0
-            for kind in ("idle", "writing"):
+            for kind in ("idle", "sampled", "writing"):
+                if kind == "sampled":
+                    out = conns[here].lookup(name).exec(SAMPLER).text
+                    sampler = next(w.split("=")[1] for w in out.split() if w.startswith("sampler="))
+                    time.sleep(1.0)
+                    seen = 0
                 if kind == "writing":
+                    conns[here].lookup(name).exec(f"kill {sampler}; rm -f /tmp/samples; true")
                     out = conns[here].lookup(name).exec(WRITER).text
                     writer = next(w.split("=")[1] for w in out.split() if w.startswith("writer="))
                     time.sleep(1.0)
@@ -90,6 +110,10 @@ def main() -> int:
                     r = migrate(conns[here], name, daemons[1 - here].socket)
                     here = 1 - here
                     _ready(conns[here], name)
+                    if kind == "sampled":
+                        r["guest_pause_s"], seen = _guest_pause(conns[here], name, seen)
+                        harness.say(f"sampled run {i}: the guest's CLOCK_BOOTTIME stepped "
+                                    f"{r['guest_pause_s']:.3f} s between two samples")
                     harness.say(f"{kind} run {i}: {r['rounds']} rounds {r['round_pages']}, {r['pages']} "
                                 f"pages ({r['bytes'] / 1048576:.1f} MiB), {r['seconds']:.2f} s in all, "
                                 "downtime "
@@ -114,11 +138,12 @@ def main() -> int:
         finally:
             for d in daemons:
                 d.stop()
-    med = {kind: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "downtime_s", "bytes", "pages",
-                                                                  "rounds", "suspend_to_running_s")}
-           for kind, rs in results.items()}
+    keys = ("seconds", "downtime_s", "bytes", "pages", "rounds", "suspend_to_running_s")
+    med = {kind: {k: statistics.median(r[k] for r in rs) for k in keys} for kind, rs in results.items()}
+    med["sampled"]["guest_pause_s"] = statistics.median(r["guest_pause_s"] for r in results["sampled"])
     med["tracking"] = {k: statistics.median(r[k] for r in slowdown) for k in ("dd_alone_s", "dd_tracked_s")}
-    for kind in ("idle", "writing"):
+    harness.say(f"median pause seen by the guest: {med['sampled']['guest_pause_s'] * 1000:.0f} ms")
+    for kind in ("idle", "sampled", "writing"):
         m = med[kind]
         harness.say(f"median {kind}: {m['seconds']:.2f} s, downtime {m['downtime_s'] * 1000:.0f} ms, "
                     f"{m['bytes'] / 1048576:.1f} MiB sent in {m['rounds']:.0f} rounds")
