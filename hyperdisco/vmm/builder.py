@@ -14,7 +14,7 @@ from ..engine.base import get_engine
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage, Segment
 from ..loader.shared_image import SharedImage, adopt_shared_image
-from .snapshot import open_save, restore_into
+from .snapshot import open_save_soon, restore_into
 
 MAX_INITRD = 1 << 30
 
@@ -38,6 +38,9 @@ def build_domain(msg: dict[str, Any], fds: list[int], output: Callable[[bytes], 
     """fds: [special pages memfd, kernel image memfd, initramfs memfd (when there is one)]."""
     k = msg["kernel"]
     special_fd, kernel_fd = fds[0], fds[1]
+    saved = None
+    if isinstance(msg.get("restore_fd"), int) and 0 <= msg["restore_fd"] < len(fds):
+        saved = open_save_soon(fds[msg["restore_fd"]])  # checked while the engine and domain are built
     kernel = KernelImage(segments=[Segment(int(p), b"", int(m)) for p, m in k["segments"]],
                          pvh_entry=int(k["pvh_entry"]), notes={})
     adopt_shared_image(kernel, SharedImage(kernel_fd, int(k["gpa"]), int(k["size"])))
@@ -53,9 +56,8 @@ def build_domain(msg: dict[str, Any], fds: list[int], output: Callable[[bytes], 
                           max_event_channels=_optional_int(msg.get("max_event_channels")),
                           maxvcpus=int(msg.get("maxvcpus", 0)))
     restore = None
-    if isinstance(msg.get("restore_fd"), int) and 0 <= msg["restore_fd"] < len(fds):
-        save = open_save(fds[msg["restore_fd"]])
-        restore = lambda dom: restore_into(dom, save)  # noqa: E731
+    if saved is not None:
+        restore = lambda dom: restore_into(dom, saved())  # noqa: E731
     elif isinstance(msg.get("incoming_fd"), int):  # a live migration's: memory and vCPU come from its stream
         restore = lambda dom: None  # noqa: E731
     # special_fd stays open: a new domain 0 that adopts this domain gets it again (domain_process.py)

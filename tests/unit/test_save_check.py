@@ -80,3 +80,21 @@ def test_a_file_rewritten_after_its_header_was_read_is_refused(tmp_path: Path) -
     _write(p, "second")  # a whole, valid file, but not the one whose configuration was built
     with pytest.raises(RequestError, match="changed while it was being restored"):
         SaveCheck(str(p), header).wait()
+
+
+def test_the_domain_process_check_runs_meanwhile_and_gives_the_file_or_one_line(tmp_path: Path) -> None:
+    """vmm/snapshot.open_save_soon: the file comes back checked; a corrupt one raises when it is asked for."""
+    import os
+
+    from hyperdisco.errors import HyperdiscoError
+    from hyperdisco.vmm.snapshot import open_save_soon
+
+    p = tmp_path / "s"
+    data = bytearray(_write(p))
+    checked = open_save_soon(os.open(p, os.O_RDONLY))
+    assert checked().header == read_save_header(str(p))
+    data[data.index(b"\x5a" * PAGE) + 7] ^= 1
+    p.write_bytes(bytes(data))
+    checked = open_save_soon(os.open(p, os.O_RDONLY))
+    with pytest.raises(HyperdiscoError, match=r"^hyperdisco: restore: save file: corrupt save file"):
+        checked()
