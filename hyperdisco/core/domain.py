@@ -172,6 +172,7 @@ class Domain:
         if self.vcpus:  # what the host writes into guest memory is never run as stale translated code
             self.memory.on_write = self.vcpus[0].ev.host_wrote
         self.evtchn.on_upcall = self._upcall
+        self.evtchn.on_pending = self._wake_pollers
         # the PV console and the xenstore ring: pages in the special region and event channels whose far
         # end is domain 0 (xenconsoled and xenstored, in the daemon)
         self.console_port = self.evtchn.alloc(Port(abi.EVTCHNSTAT_interdomain, remote_dom=0,
@@ -248,6 +249,15 @@ class Domain:
                 sched.release(self)
         finally:
             self._quiesce.release()
+
+    def _wake_pollers(self, port: int) -> None:
+        """`port` became pending (from a vCPU thread): wake the vCPUs blocked in SCHEDOP_poll on it, as
+        Xen's evtchn_check_pollers does (they check their ports again and go on or block again)."""
+        me = threading.get_native_id()
+        for ctx in self.vcpus:
+            ports = ctx.poll_ports
+            if ctx.blocked and ports is not None and port in ports and ctx.host_tid != me:
+                ctx.wake()
 
     def _upcall(self, vcpu: int) -> None:
         """An event became pending for `vcpu` (evtchn.on_upcall, from any thread): make it take it now.

@@ -60,6 +60,7 @@ class EventChannels:
         self.lock = threading.Lock()  # the port table (vCPU threads, backends, the broker)
         self.raised = 0
         self.on_upcall: Callable[[int], None] | None = None  # a vCPU's upcall became pending
+        self.on_pending: Callable[[int], None] | None = None  # a port became pending (SCHEDOP_poll waiters)
         self.valid_ports = BUCKET  # Xen's valid_evtchns: ports below it exist (free or not)
         self._hint = 1  # alloc: no free port below this one
         self.abi: EventAbi = TwoLevel(self)
@@ -168,6 +169,11 @@ class EventChannels:
             return
         self.raised += 1
         self.abi.set_pending(port, p.vcpu if p else 0)
+        # Xen's evtchn_check_pollers (xen/common/event_channel.c), called by every set_pending: a vCPU in
+        # SCHEDOP_poll on this port wakes even when the port is masked (no upcall): Linux's PV spinlock
+        # waiter polls its masked kicker port with interrupts off (arch/x86/xen/spinlock.c)
+        if self.on_pending is not None:
+            self.on_pending(port)
 
     def mark_vcpu(self, vcpu: int) -> None:
         """Xen's vcpu_mark_events_pending: the vCPU's upcall flag, which it checks between slices."""

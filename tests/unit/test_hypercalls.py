@@ -615,6 +615,33 @@ def test_sched_poll(dh: DomainHarness) -> None:
     assert dh.call("sched_op", abi.SCHEDOP_poll, arg) == -abi.EFAULT
 
 
+
+def test_send_to_a_masked_port_wakes_the_vcpu_polling_it(make_domain: Callable[..., DomainHarness]) -> None:
+    """Linux's PV spinlock waiter (arch/x86/xen/spinlock.c xen_qlock_wait) polls its per-CPU kicker port,
+    which stays masked, with interrupts off and no timeout; the unlocking CPU's EVTCHNOP_send must wake
+    it (Xen's evtchn_check_pollers), or it sleeps for ever (the SMP guest hung at boot)."""
+    dh = make_domain(vcpus=2)
+    si = map_shared_info(dh)
+    arg = dh.put(abi.EVTCHN_BIND_IPI, 1, 0)
+    assert dh.call("event_channel_op", abi.EVTCHNOP_bind_ipi, arg) == 0
+    port = dh.dom.memory.u32(arg + 4)
+    word, bit = divmod(port, 64)
+    dh.dom.memory.set_u64(si + abi.SI_EVTCHN_MASK + 8 * word, 1 << bit)
+    poller = dh.dom.vcpus[1]
+    poller.host_tid = -1  # it runs on a thread of its own
+    woken: list[int] = []
+    poller.wake = lambda: woken.append(1)  # type: ignore[method-assign]
+    ports_buf = 0x220000
+    dh.dom.memory.write(ports_buf, struct.pack("<I", port))
+    poll = dh.put(abi.SCHED_POLL, ports_buf, 1, 0, at=SCRATCH_VA + 0x400)
+    assert dh.call("sched_op", abi.SCHEDOP_poll, poll, vcpu=1) == 0
+    assert poller.blocked and poller.poll_ports == [port] and not woken
+    dh.put(abi.EVTCHN_PORT, port)
+    assert dh.call("event_channel_op", abi.EVTCHNOP_send, arg, vcpu=0) == 0
+    assert woken  # masked: no upcall, but the poller is woken
+    assert not dh.dom.evtchn.upcall_pending(1)
+    assert dh.dom.evtchn.any_pending(poller.poll_ports)  # what its next step finds: it runs on
+
 # -- grant_table_op -------------------------------------------------------------------------------------
 def test_grant_query_size(dh: DomainHarness) -> None:
     arg = dh.put(abi.GNTTAB_QUERY_SIZE, abi.DOMID_SELF, 0, 0, 0)
