@@ -32,6 +32,7 @@ from .memory import PAGE, GuestFault
 
 if TYPE_CHECKING:
     from .domain import Domain
+    from .vcpu import VcpuContext
 
 _FLAGS = struct.Struct("<H")  # the flags field at offset 0 of struct grant_entry_v1
 
@@ -95,7 +96,7 @@ class GrantTable:
         self._busy: dict[int, list[int]] = {}
         self._lock = threading.Lock()
 
-    def map_frame(self, idx: int, gpa: int) -> int:
+    def map_frame(self, idx: int, gpa: int, ctx: VcpuContext | None = None) -> int:
         """XENMAPSPACE_grant_table: put grant-table frame `idx` at `gpa`, a RAM page or a fresh page in the
         unpopulated space above RAM (below the platform's MMIO and special pages). Re-mapping an index
         moves it. 0 or -errno."""
@@ -107,16 +108,22 @@ class GrantTable:
         if not in_ram and (not above or dom.memory.region_at(gpa) is not None):
             return -abi.EINVAL
         old = dom.grant_frames.pop(idx, None)
-        if old is not None:
-            reg = dom.memory.region_at(old)
-            if reg is not None and reg.name.startswith("grant-frame"):
-                for ctx in dom.vcpus:
-                    ctx.ev.unmap_ram(reg.gpa, reg.size)
-                dom.memory.remove_region(reg)
-        if not in_ram:
-            reg = dom.memory.add_region(gpa, PAGE, f"grant-frame-{idx}")
-            for ctx in dom.vcpus:
-                ctx.ev.map_ram(gpa, PAGE, reg.host_address)
+        old_reg = dom.memory.region_at(old) if old is not None else None
+        if old_reg is not None and not old_reg.name.startswith("grant-frame"):
+            old_reg = None
+        if old_reg is not None or not in_ram:
+            # Every vCPU's engine maps the page: with the other vCPUs out of guest code, since an engine
+            # must not be changed from another thread while it runs (unicorn frees the memory map and TLB
+            # that the running vCPU is using: a SIGSEGV of the domain process)
+            with dom.quiesced(ctx):
+                if old_reg is not None:
+                    for v in dom.vcpus:
+                        v.ev.unmap_ram(old_reg.gpa, old_reg.size)
+                    dom.memory.remove_region(old_reg)
+                if not in_ram:
+                    reg = dom.memory.add_region(gpa, PAGE, f"grant-frame-{idx}")
+                    for v in dom.vcpus:
+                        v.ev.map_ram(gpa, PAGE, reg.host_address)
         dom.memory.fill(gpa, PAGE)
         dom.grant_frames[idx] = gpa
         return 0

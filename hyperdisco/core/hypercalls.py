@@ -141,7 +141,7 @@ class Hypercalls:
             if space == abi.XENMAPSPACE_grant_table:
                 if idx >= GRANT_FRAMES_MAX or gpfn >= 1 << 40:
                     return -abi.EINVAL
-                return dom.grants.map_frame(idx, gpfn << 12)
+                return dom.grants.map_frame(idx, gpfn << 12, ctx)
             return -abi.EOPNOTSUPP
         if op == abi.XENMEM_memory_map:
             nr, buf = va.unpack(abi.MEMORY_MAP, arg)
