@@ -18,6 +18,11 @@ What a compromised domain process (a guest that escaped the emulator, say) is le
   offers a writable memory cgroup, its own cgroup capped at its RAM plus the engine's overhead (done by
   domain 0 before the process starts).
 
+For debugging an engine crash, `HYPERDISCO_JAIL_CORE_DIR=DIR` in domain 0's environment (of the daemon or of
+`run`) leaves a domain process dumpable with an unlimited core size and working in DIR instead of the
+empty chroot, so a crash leaves DIR/core (kernel.core_pattern `core`) for gdb; DIR must be writable by
+the jail's uid (mode 1777). Everything else (uid, seccomp, rlimits) applies; `report()` says so.
+
 Without root (a developer's run as a normal user) the filesystem and identity steps are skipped and
 `Jail.report()` says so; the seccomp filter and rlimits still apply.
 """
@@ -32,6 +37,7 @@ import struct
 from dataclasses import dataclass, field
 
 UID_BASE = int(os.environ.get("HYPERDISCO_JAIL_UID_BASE", "1900000"))
+CORE_DIR_ENV = "HYPERDISCO_JAIL_CORE_DIR"  # debugging only: see the module docstring
 
 # <linux/prctl.h>
 PR_SET_DUMPABLE = 4
@@ -99,12 +105,19 @@ class Jail:
 
     def enter(self) -> None:
         privileged = os.geteuid() == 0
+        core_dir = os.environ.get(CORE_DIR_ENV) or None
         for res, limit in RLIMITS.items():
             soft, hard = resource.getrlimit(res)
+            if res == resource.RLIMIT_CORE and core_dir:
+                resource.setrlimit(res, (hard, hard))
+                continue
             new = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
             resource.setrlimit(res, (new, new))
         self.applied.append("rlimits")
-        if privileged and self.root is not None:
+        if core_dir:
+            os.chdir(core_dir)
+            self.skipped.append(f"chroot and no core dumps (debugging: {CORE_DIR_ENV}={core_dir})")
+        elif privileged and self.root is not None:
             os.chroot(self.root)
             os.chdir("/")
             self.applied.append("chroot")
@@ -118,7 +131,7 @@ class Jail:
             self.applied.append(f"uid {self.uid}")
         else:
             self.skipped.append("own uid (not root)")
-        _prctl(PR_SET_DUMPABLE, 0)
+        _prctl(PR_SET_DUMPABLE, 1 if core_dir else 0)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         self.applied.append("no_new_privs")
         install_seccomp_filter()

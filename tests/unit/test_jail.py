@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import socket
 import struct
 import threading
@@ -118,3 +119,26 @@ def test_an_escaped_domain_process_reaches_nothing(tmp_path: Path) -> None:
         assert "chroot" in out["report"]
     else:
         pytest.skip("not root: chroot and the domain's own uid are not applied")
+
+
+def test_core_dir_knob_leaves_a_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HYPERDISCO_JAIL_CORE_DIR (debugging an engine crash): dumpable, core size unlimited, working in
+    that directory; seccomp and the uid still apply."""
+    cores = tmp_path / "cores"
+    cores.mkdir()
+    cores.chmod(0o1777)
+    monkeypatch.setenv("HYPERDISCO_JAIL_CORE_DIR", str(cores))
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    probes: dict[str, Callable[[], object]] = {
+        "dumpable": lambda: None if libc.prctl(3, 0, 0, 0, 0) == 1 else os.abort(),  # PR_GET_DUMPABLE
+        "core_limit": lambda: None if resource.getrlimit(resource.RLIMIT_CORE)[0] != 0 else os.abort(),
+        "cwd": lambda: None if os.getcwd() == str(cores) else os.abort(),
+        "fork": os.fork,
+    }
+    out = in_jail(tmp_path, probes)
+    assert out["dumpable"] == out["core_limit"] == out["cwd"] == "allowed", out
+    assert out["fork"].startswith("refused")
+    assert "seccomp" in out["report"] and "HYPERDISCO_JAIL_CORE_DIR" in out["report"]
+    if ROOT:
+        assert out["uid"] == str(Jail(7, None).uid)
