@@ -1,16 +1,20 @@
 """save / restore of a domain with a vif (docs/save-format.md, "The network"): the restored domain gets
 its vif back with the same devid and MAC, the guest's stock xen-netfront reconnects to the new netback
 through xenbus, and it talks to the domain it shared a network with before: ping and a checksummed nc
-transfer both ways."""
+transfer both ways; and a domain 0 restarted after the restore plugs the restored domain's vifs back in
+as it does for any domain it adopts."""
 
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from .conftest import Xl, reaches
+from .test_daemon_restart import start_daemon
 from .test_disks import text, wait_for
 from .test_network import up
 
@@ -67,3 +71,31 @@ def test_vif_survives_save_restore(xl: Xl, tmp_path: Path) -> None:
     assert rows and rows[0][4] == "4", rows
     xl("destroy", "nr2")
     xl("destroy", "nr1")
+
+
+def test_restored_vif_survives_a_domain0_restart(xl: Xl, tmp_path: Path,
+                                                 request: pytest.FixtureRequest) -> None:
+    """The restored domain's record keeps its vifs (as create's does): a new domain 0 after kill -9 of
+    the daemon plugs them back in, and the network works again."""
+    up(xl, tmp_path, "na1", 1)
+    up(xl, tmp_path, "na2", 2)
+    save = tmp_path / "na2.save"
+    xl("save", "na2", str(save))
+    xl("restore", str(save))
+    assert reaches(xl, "na2", "10.0.0.1")
+    daemon, _log = request.node.hd_daemon
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(10)
+    new = start_daemon(xl, tmp_path, request, "daemon2")
+    try:
+        assert {"na1", "na2"} <= set(xl.rows())
+        row = [ln for ln in xl("network-list", "na2").stdout.splitlines() if "00:16:3e:00:00:02" in ln]
+        assert row, xl("network-list", "na2").stdout
+        assert reaches(xl, "na2", "10.0.0.1")
+        assert reaches(xl, "na1", "10.0.0.2")
+    finally:
+        new.terminate()
+        try:
+            new.wait(20)
+        except subprocess.TimeoutExpired:
+            new.kill()
