@@ -96,7 +96,9 @@ class Host:
         self.spawner: Spawner | None = None
         if template:
             try:
-                self.spawner = Spawner(self.log)
+                cg = self.cgroups
+                self.spawner = Spawner(self.log, on_spare=cg.prepare if cg is not None else None,
+                                       on_spare_gone=(lambda pid: cg.remove(pid, wait=1.0)) if cg else None)
             except OSError as exc:
                 self.log(f"no template domain process ({exc}); domain processes start afresh")
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -299,6 +301,8 @@ class Host:
                 dom.reaped = True
                 self._remove(dom)
             raise
+        if self.spawner is not None:
+            self.spawner.request_spare()  # the next domain's process, forked while nothing builds
         self.log(f"created domain {domid} ({config.name}), {config.memory_mib} MiB, {config.vcpus} vCPU, "
                  f"pid {dom.pid}, {dom.jail}")
         self._event(dom, "created")
