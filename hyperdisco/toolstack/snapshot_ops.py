@@ -121,6 +121,8 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
     """`name`, `overrides` (a clone's create config: its disks) and `given_vifs` (its vifs instead of the
     saved ones): toolstack/clones.py."""
     started = time.monotonic()
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise RequestError("hyperdisco: restore: the save file must be a path")
     try:
         header = read_save_header(path)
     except SaveFileError as exc:
