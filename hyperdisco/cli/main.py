@@ -108,7 +108,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     Daemon(args.socket, args.engine, verbose=args.verbose, share_pages=args.share_pages,
            overcommit=args.overcommit, xenstored_socket=args.xenstored_socket,
-           group=args.group, sched=args.sched, sched_cpus=args.sched_cpus).serve_forever(args.migrate_listen)
+           group=args.group, sched=args.sched, sched_cpus=args.sched_cpus).serve_forever(
+               args.migrate_listen, args.migrate_key)
     return 0
 
 
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default; sched-bvt) or the host kernel")
     d.add_argument("--migrate-listen", metavar="[HOST:]PORT", default=None,
                    help="receive live migrations over TCP (migrate_receive only; default host 127.0.0.1)")
+    d.add_argument("--migrate-key", metavar="FILE", default=None,
+                   help="a secret (mode 0600, 16+ bytes) shared with the daemons this one migrates to or "
+                        "from over TCP; --migrate-listen needs it")
     d.add_argument("--sched-cpus", type=_cpu_list, default=None, metavar="LIST",
                    help="the host CPUs the arbiter hands out, e.g. 0 or 0-1 (vCPU threads are pinned to "
                         "them; default: as many as there are, unpinned)")

@@ -247,6 +247,8 @@ class ConsoleFollower:
 
 
 class Daemon:
+    migrate_key: bytes | None = None  # --migrate-key: the secret TCP migrations prove (migrate_ops.py)
+
     def __init__(self, sock: str | None = None, engine: str = "tcg", verbose: bool = False,
                  share_pages: bool = False, overcommit: float | None = None,
                  xenstored_socket: str | None = None, group: str | None = None, sched: str = "bvt",
@@ -466,7 +468,7 @@ class Daemon:
 
     def op_migrate(self, dom: str | int, dest: str, timeout: float = 120.0,
                    rate: float | None = None) -> dict[str, Any]:
-        return migrate_ops.migrate(self.host, self._dom(dom), dest, timeout, rate)
+        return migrate_ops.migrate(self.host, self._dom(dom), dest, timeout, rate, self.migrate_key)
 
     def op_migrate_receive(self, header: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
         return migrate_ops.receive(self.host, header, conn, self._config)
@@ -735,7 +737,12 @@ class Daemon:
 
     def listen_migration(self, where: str) -> socketserver.ThreadingTCPServer:
         """`--migrate-listen [HOST:]PORT`: a TCP listener that serves migrate_receive and nothing else
-        (whoever reaches it can make this daemon run a domain: bind it where only peers reach)."""
+        (whoever reaches it can make this daemon run a domain, so a peer proves it holds the key of
+        --migrate-key first: migrate_ops.server_handshake)."""
+        if self.migrate_key is None:
+            raise HyperdiscoError("hyperdisco: --migrate-listen needs --migrate-key FILE (a secret both "
+                                  "daemons share)")
+        key: bytes = self.migrate_key
         host, _, port = where.rpartition(":")
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise HyperdiscoError(f"hyperdisco: --migrate-listen {where[:100]!r}: expected [HOST:]PORT")
@@ -744,7 +751,8 @@ class Daemon:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 try:
-                    daemon.handle(self.request, only=("migrate_receive",))
+                    if migrate_ops.server_handshake(self.request, key):
+                        daemon.handle(self.request, only=("migrate_receive",))
                 except OSError:
                     pass
 
@@ -761,7 +769,9 @@ class Daemon:
         self.host.log(f"migrations received on {where}")
         return server
 
-    def serve_forever(self, migrate_listen: str | None = None) -> None:
+    def serve_forever(self, migrate_listen: str | None = None, migrate_key: str | None = None) -> None:
+        if migrate_key is not None:
+            self.migrate_key = migrate_ops.read_key(migrate_key)
         tcp = self.listen_migration(migrate_listen) if migrate_listen else None
         server = self.listen()
         path = self.path

@@ -16,8 +16,14 @@ reads the stream into its memory before its vCPU runs.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
 import queue
+import secrets
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -34,9 +40,68 @@ from .snapshot_ops import SUSPEND_TIMEOUT_S, kernel_identity
 
 CONNECT_TIMEOUT_S = 10.0
 MAX_REPLY = 64 << 10
+MIN_KEY_BYTES = 16
+HELLO = "hyperdisco-migrate"
 
 
-def connect(dest: str) -> socket.socket:
+def read_key(path: str) -> bytes:
+    """`--migrate-key FILE`: the secret both daemons share (its bytes, whitespace stripped). It must be a
+    regular file no one but its owner may read, of at least MIN_KEY_BYTES bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HyperdiscoError(f"hyperdisco: --migrate-key {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+            raise HyperdiscoError(f"hyperdisco: --migrate-key {path}: must be a regular file only its owner "
+                                  "may read (chmod 600)")
+        key = f.read(4096).strip()
+    if len(key) < MIN_KEY_BYTES:
+        raise HyperdiscoError(f"hyperdisco: --migrate-key {path}: at least {MIN_KEY_BYTES} bytes of secret")
+    return key
+
+
+def _proof(key: bytes, nonce: str) -> str:
+    return hmac.new(key, b"hyperdisco-migrate:" + nonce.encode(), hashlib.sha256).hexdigest()
+
+
+def server_handshake(conn: socket.socket, key: bytes) -> bool:
+    """The TCP listener's side: a fresh nonce out, HMAC-SHA256(key, nonce) back; False (and one line of
+    error to the peer) if the proof is wrong or does not come within CONNECT_TIMEOUT_S."""
+    nonce = secrets.token_hex(32)
+    conn.settimeout(CONNECT_TIMEOUT_S)
+    try:
+        conn.sendall(encode({HELLO: 1, "nonce": nonce}))
+        line = _read_line(conn, 1024)
+        try:
+            got = json.loads(line).get("proof")
+        except (ValueError, AttributeError):
+            got = None
+        if not isinstance(got, str) or not hmac.compare_digest(got, _proof(key, nonce)):
+            conn.sendall(encode({"ok": False, "error": "hyperdisco: migrate: not the migration key"}))
+            return False
+        conn.settimeout(None)
+        return True
+    except OSError:
+        return False
+
+
+def _client_handshake(sock: socket.socket, dest: str, key: bytes | None) -> None:
+    if key is None:
+        raise RequestError(f"hyperdisco: migrate: {dest[:100]} is a TCP destination: this daemon needs the "
+                           "migration key both share (daemon --migrate-key FILE)")
+    try:
+        hello = json.loads(_read_line(sock, 1024))
+        nonce = hello.get("nonce") if isinstance(hello, dict) and hello.get(HELLO) == 1 else None
+    except (ValueError, OSError):
+        nonce = None
+    if not isinstance(nonce, str) or not 32 <= len(nonce) <= 128:
+        raise RequestError(f"hyperdisco: migrate: {dest[:100]} is not a hyperdisco migration listener")
+    sock.sendall(encode({"proof": _proof(key, nonce)}))
+
+
+def connect(dest: str, key: bytes | None = None) -> socket.socket:
     """DEST: a path (a daemon's control socket on this host) or HOST:PORT (a --migrate-listen)."""
     if "/" in dest or ":" not in dest:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -56,13 +121,19 @@ def connect(dest: str) -> socket.socket:
                            f"{exc.strerror or 'timed out'}") from None
     if sock.family != socket.AF_UNIX:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            _client_handshake(sock, dest, key)
+        except BaseException:
+            sock.close()
+            raise
     return sock
 
 
-def _read_line(sock: socket.socket) -> bytes:
+def _read_line(sock: socket.socket, limit: int = MAX_REPLY) -> bytes:
+    """One line, read a byte at a time up to `limit` (what follows it stays in the socket)."""
     line = b""
-    while not line.endswith(b"\n") and len(line) < MAX_REPLY:
-        got = sock.recv(MAX_REPLY - len(line))
+    while not line.endswith(b"\n") and len(line) < limit:
+        got = sock.recv(1)
         if not got:
             break
         line += got
@@ -70,10 +141,8 @@ def _read_line(sock: socket.socket) -> bytes:
 
 
 def migrate(host: Host, dom: DomainHandle, dest: str, timeout: float = SUSPEND_TIMEOUT_S,
-            rate_mib: float | None = None) -> dict[str, Any]:
+            rate_mib: float | None = None, key: bytes | None = None) -> dict[str, Any]:
     """`rate_mib`: the pre-copy's bandwidth cap in MiB/s (the stop-and-copy is never capped)."""
-    import json
-
     if dom.config.vcpus > 1 or dom.config.maxvcpus > 1:
         raise RequestError("hyperdisco: migrate: only domains with one vCPU can be migrated yet")
     if dom.finished:
@@ -85,7 +154,7 @@ def migrate(host: Host, dom: DomainHandle, dest: str, timeout: float = SUSPEND_T
     started = time.monotonic()
     header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
               "record": dom.config.record, "name": dom.name, "guest_up": dom.guest_up}
-    sock = connect(dest)
+    sock = connect(dest, key)
     try:
         sock.sendall(encode({"op": "migrate_receive", "header": header}))
         line = _read_line(sock)

@@ -5,6 +5,8 @@ the destination daemon mid-migration leaves the domain running on the source, wi
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,26 +143,58 @@ def test_destination_killed_leaves_source_running(xl: Xl, dest: tuple[subprocess
     xl("destroy", "mg2")
 
 
+@pytest.fixture
+def key_file() -> Iterator[Path]:
+    """The migration key both daemons of the TCP test share (the source's daemon_args names this path)."""
+    p = Path(KEY_FILE)
+    p.unlink(missing_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, KEY.encode() + b"\n")
+    os.close(fd)
+    yield p
+    p.unlink(missing_ok=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def test_migrate_over_tcp_with_its_disk(xl: Xl, tmp_path: Path) -> None:
-    """DEST as HOST:PORT of a daemon's --migrate-listen, which serves nothing but migrate_receive. The
-    domain's read-write raw disk changes hands at the stop-and-copy: a file written before the migration
-    reads back on the destination, which writes to the disk too."""
+KEY = "0123456789abcdef-migration-test-key"
+KEY_FILE = f"/tmp/hd-migrate-test-{os.getpid()}.key"  # the source daemon's --migrate-key (daemon_args)
+
+
+def _handshake(port: int, key: bytes) -> tuple[socket.socket, Any]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = s.makefile("rb")
+    hello = json.loads(f.readline())
+    proof = hmac.new(key, b"hyperdisco-migrate:" + hello["nonce"].encode(), hashlib.sha256).hexdigest()
+    s.sendall(json.dumps({"proof": proof}).encode() + b"\n")
+    return s, f
+
+
+@pytest.mark.daemon_args("--migrate-key", KEY_FILE)
+def test_migrate_over_tcp_with_its_disk(key_file: Path, xl: Xl, tmp_path: Path) -> None:
+    """DEST as HOST:PORT of a daemon's --migrate-listen: a peer must prove it holds the daemons' shared
+    --migrate-key, and then may ask for nothing but migrate_receive. The domain's read-write raw disk
+    changes hands at the stop-and-copy: a file written before the migration reads back on the
+    destination, which writes to the disk too."""
     if MKFS is None:
         pytest.skip("no mkfs.ext4 on this host")
     port = _free_port()
-    proc, sock = _start_daemon(tmp_path / "dest", "--migrate-listen", f"127.0.0.1:{port}")
+    proc, sock = _start_daemon(tmp_path / "dest", "--migrate-listen", f"127.0.0.1:{port}",
+                               "--migrate-key", str(key_file))
     dxl = Xl(sock)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b'{"op":"list"}\n')
-            reply = json.loads(s.makefile("rb").readline())
-        assert reply == {"ok": False, "error": "hyperdisco: list is not served here"}, reply
+        for key in (b"not-the-key-but-long-enough", KEY.encode()):
+            s, f = _handshake(port, key)
+            with s:
+                s.sendall(b'{"op":"list"}\n')
+                reply = json.loads(f.readline())
+            expected = ("hyperdisco: list is not served here" if key == KEY.encode()
+                        else "hyperdisco: migrate: not the migration key")
+            assert reply == {"ok": False, "error": expected}, reply
         img = ext4_image(tmp_path / "data.img", 32, {"host.txt": "host\n"})
         disk = f"disk = [ 'format=raw, vdev=xvdb, access=rw, target={img}' ]"
         xl("create", domain_cfg(tmp_path, "mg3", disk))
