@@ -36,6 +36,7 @@ from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from .protocol import encode
 from .requests import RequestError
+from .saved_record import record_with_vifs, saved_vifs
 from .snapshot_ops import SUSPEND_TIMEOUT_S, kernel_identity
 
 CONNECT_TIMEOUT_S = 10.0
@@ -152,8 +153,10 @@ def migrate(host: Host, dom: DomainHandle, dest: str, timeout: float = SUSPEND_T
             raise RequestError(f"hyperdisco: migrate: {dom.name}'s disk {disk.vdev} is a read-write "
                                f"{disk.format} image: only raw images change hands yet (docs/migration.md)")
     started = time.monotonic()
+    # its vifs as attached now (devid, MAC, network...), as save keeps them (toolstack/saved_record.py)
+    record = record_with_vifs(dom.config.record, host.net.configs(dom.domid))
     header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
-              "record": dom.config.record, "name": dom.name, "guest_up": dom.guest_up}
+              "record": record, "name": dom.name, "guest_up": dom.guest_up}
     sock = connect(dest, key)
     try:
         sock.sendall(encode({"op": "migrate_receive", "header": header}))
@@ -227,7 +230,9 @@ def receive(host: Host, header: dict[str, Any], conn: socket.socket,
                            f"{str(record.get('kernel') or 'the default one')[:200]} is here")
     if config.vcpus > 1 or config.maxvcpus > 1:
         raise RequestError("hyperdisco: migrate: only domains with one vCPU can be received yet")
-    dom = host.create(config, incoming=conn.fileno())
+    # the vifs with the same devids and MACs: the guest's netfront reads "mac" again when it reconnects
+    vifs = saved_vifs(record, "the migration request")
+    dom = host.create(config, vifs=vifs, incoming=conn.fileno())
     dom.guest_up = header.get("guest_up") is True
     threading.Thread(target=_attach_disks_when_asked, args=(host, dom), name="hd-migrate-disks",
                      daemon=True).start()

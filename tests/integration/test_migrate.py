@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import Xl, domain_cfg
+from .conftest import Xl, domain_cfg, reaches
 from .test_disks import MKFS, ext4_image, text, wait_for
+from .test_network import up
 
 pytestmark = pytest.mark.slow
 
@@ -213,3 +214,22 @@ def test_migrate_over_tcp_with_its_disk(key_file: Path, xl: Xl, tmp_path: Path) 
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_migrate_with_a_vif(xl: Xl, dest: tuple[subprocess.Popen[bytes], Xl], tmp_path: Path) -> None:
+    """The vif comes along with its devid and MAC, on the destination's network of the same name: the
+    migrated guest reaches a domain of the destination daemon there, its address never configured again."""
+    _proc, dxl = dest
+    up(dxl, tmp_path, "mn1", 1)
+    up(xl, tmp_path, "mn2", 2)
+    r = xl("migrate", "mn2", dxl.env["HYPERDISCO_SOCKET"])
+    assert "Migrated:" in r.stderr, r.stderr
+    listing = dxl("network-list", "mn2").stdout
+    assert "00:16:3e:00:00:02" in listing and "network lan0" in listing, listing
+    wait_for(dxl, "mn2", "[ \"$(cat /sys/class/net/eth0/carrier 2>/dev/null)\" = 1 ]", timeout=60)
+    assert "00:16:3e:00:00:02" in dxl("exec", "mn2", "cat /sys/class/net/eth0/address").stdout
+    assert "10.0.0.2/24" in dxl("exec", "mn2", "ip -4 addr show eth0").stdout
+    assert reaches(dxl, "mn2", "10.0.0.1")
+    assert reaches(dxl, "mn1", "10.0.0.2")
+    dxl("destroy", "mn2")
+    dxl("destroy", "mn1")
