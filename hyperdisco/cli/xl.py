@@ -229,6 +229,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.file)
     print(f"Saving domain {args.dom} to {path} (the guest suspends itself)...", file=sys.stderr, flush=True)
     r = _conn(args).call("save", dom=args.dom, file=path, timeout=args.timeout, keep=args.keep)
+    if r.get("fsfreeze"):  # only for a domain with the guest agent's channel (docs/guest-agent.md)
+        print(f"Filesystems: {r['fsfreeze']}", file=sys.stderr)
     print(f"Saved: {r['detail']}, {r['bytes'] / 1048576:.1f} MiB, {r['seconds']:.2f} s in all",
           file=sys.stderr)
     return 0

@@ -26,7 +26,7 @@ from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
-from . import clones
+from . import clones, quiesce
 from .requests import RequestError
 from .save_check import SaveCheck
 from .saved_record import record_with_vcpus, record_with_vifs, saved_vifs
@@ -74,6 +74,8 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
     except OSError as exc:
         raise RequestError(f"hyperdisco: save: {path}: {exc.strerror}") from None
     started = time.monotonic()
+    agent = host.pv_channels.agent(dom.domid)
+    frozen = quiesce.freeze(agent)  # the guest agent's fsfreeze, when it answers (toolstack/quiesce.py)
     try:
         # its vifs and its vCPUs as they are (toolstack/saved_record.py)
         record = record_with_vifs(dom.config.record, host.net.configs(dom.domid))
@@ -81,15 +83,38 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
         record = record_with_vcpus(record, dom0_vcpus.available(host.xs, dom.domid, possible), possible)
         header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
                   "record": record, "name": dom.name, "saved_at": time.time(),
-                  "guest_up": dom.guest_up}
+                  "guest_up": dom.guest_up, "fsfrozen": frozen.frozen}
         dom.saved.clear()
         reply = dom.call({"t": "save-to", "header": header, "checkpoint": keep}, [fd], timeout=10.0)
+    except BaseException:
+        _thaw_if_running(dom, agent, frozen)
+        raise
     finally:
         os.close(fd)
     if reply is None or not reply.get("ok"):
         os.unlink(path)
+        _thaw_if_running(dom, agent, frozen)
         raise RequestError(f"hyperdisco: save: domain {dom.name} did not take the save file")
     host.request_shutdown(dom, "suspend")
+    try:
+        result = _wait_saved(host, dom, path, timeout, keep, started)
+    finally:  # save -c, or a guest that did not suspend: the original runs on, thawed
+        thawed = _thaw_if_running(dom, agent, frozen)
+    if frozen.report:
+        after = (f"; {thawed} after the checkpoint" if thawed else
+                 "; a domain restored from it is thawed when its agent answers" if frozen.frozen else "")
+        result["fsfreeze"] = frozen.report + after
+    return result
+
+
+def _thaw_if_running(dom: DomainHandle, agent: Any, frozen: quiesce.Freeze) -> str:
+    if not frozen.frozen or dom.finished:
+        return ""
+    return quiesce.thaw(agent)
+
+
+def _wait_saved(host: Host, dom: DomainHandle, path: str, timeout: float, keep: bool,
+                started: float) -> dict[str, Any]:
     if keep:
         deadline = time.monotonic() + timeout
         while not dom.saved.wait(0.2):
@@ -156,4 +181,7 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
         raise
     # its shell was up when it was saved and carries on: it prints no new banner (exec waits for one)
     dom.guest_up = header.get("guest_up") is True
+    if header.get("fsfrozen") is True:  # saved with its filesystems frozen: thawed once its agent answers
+        quiesce.thaw_when_resumed(lambda: host.pv_channels.agent(dom.domid), lambda: dom.finished,
+                                  host.log, dom.name)
     return {"domid": dom.domid, "name": dom.name, "seconds": round(time.monotonic() - started, 3)}
