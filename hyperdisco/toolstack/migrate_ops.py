@@ -210,6 +210,9 @@ def _next(dom: DomainHandle, timeout: float) -> dict[str, Any]:
 
 
 def _failed(dom: DomainHandle, msg: dict[str, Any]) -> RequestError:
+    # whatever is left of it in the process goes (a pre-copy that is slow, a suspend that never came:
+    # vmm/migration.py Precopy.cancel); the guest runs on here
+    dom.send({"t": "migrate-cancel"})
     where = "it was destroyed" if dom.finished else "it still runs here"
     detail = str(msg.get("detail", "failed"))[:300].replace("\n", " ")
     return RequestError(f"hyperdisco: migrate: {dom.name}: {detail}; {where}")

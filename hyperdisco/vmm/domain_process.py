@@ -43,8 +43,8 @@ from .channel import Channel, ChannelClosed, PendingReplies
 from .grants import BrokeredGrants
 from .interdomain import BrokeredChannels
 from .jail import Jail
+from .migration import Precopy, open_dirty_log, receive, start_precopy
 from .migration import answer as migration_answer
-from .migration import open_dirty_log, receive, start_precopy
 from .remote_xenstore import RemoteXenstore
 from .sched_gate import ArbiterGate
 from .snapshot import checkpoint, write_save
@@ -76,6 +76,7 @@ class DomainProcess:
         self.save_to: tuple[int, dict[str, Any]] | None = None  # "save-to": the file and its header
         self.dirty: Any = None  # core/dirty_log.DirtyLog (opened before the jail), or why there is none
         self.incoming: socket.socket | None = None  # a migration's stream into this domain (migration.py)
+        self.precopy: Precopy | None = None  # an outgoing migration (migration.py)
 
     # -- to domain 0 ------------------------------------------------------------------------------------
     def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -344,6 +345,9 @@ class DomainProcess:
             self.send({"t": "reply", "id": msg.get("id"), "ok": True})
         elif t == "migrate-to" and len(fds) == 1:
             self._migrate_to(msg, fds[0])
+        elif t == "migrate-cancel" and self.precopy is not None:
+            self.precopy.cancel()
+            self.precopy = None
         elif t == "query":
             self.send({"t": "reply", "id": msg.get("id"), "stats": self._stats(dom)})
         elif t == "blk-attach":
@@ -384,7 +388,8 @@ class DomainProcess:
         why = ""
         if isinstance(self.dirty, str) or self.dirty is None:
             why = f"no dirty-page tracking here ({self.dirty})"
-        elif len(dom.vcpus) != 1 or dom.on_suspend is not None or self.save_to is not None:
+        elif (len(dom.vcpus) != 1 or dom.on_suspend is not None or self.save_to is not None
+              or (self.precopy is not None and not self.precopy.over)):
             why = "another save or migration is under way, or more than one vCPU"
         if why:
             sock.close()
@@ -392,8 +397,9 @@ class DomainProcess:
             return
         self.send({"t": "reply", "id": msg.get("id"), "ok": True})
         rate = msg.get("rate")
-        start_precopy(dom, sock, self.dirty, self.send, self.vbds.handover if self.vbds is not None else None,
-                      float(rate) if isinstance(rate, (int, float)) and rate > 0 else 0.0)
+        handover = self.vbds.handover if self.vbds is not None else None
+        self.precopy = start_precopy(dom, sock, self.dirty, self.send, handover,
+                                     float(rate) if isinstance(rate, (int, float)) and rate > 0 else 0.0)
 
     def _blk_attach(self, msg: dict[str, Any], fds: list[int]) -> None:
         assert self.vbds is not None

@@ -50,6 +50,7 @@ class Precopy:
         self.dirty = dirty
         self.report = report  # a message to domain 0 ({"t": "migrate", "phase": ...})
         self.out = StreamWriter(sock, rate)
+        self.over = False  # ended (sent, failed or cancelled)
         self.rounds: list[int] = []  # pages sent per round
         self.started = time.monotonic()
 
@@ -130,6 +131,14 @@ class Precopy:
         self.report({"t": "migrate", "phase": "done", **stats})
         return 0
 
+    def cancel(self) -> None:
+        """Domain 0 gave up on this migration: no stop-and-copy any more; a round in progress, or the
+        stop-and-copy if it already began, fails on the closed connection (the guest carries on)."""
+        if self.dom.on_suspend == self.final:
+            self.dom.on_suspend = None
+            self.dirty.stop()
+        self._close()
+
     def _failed(self, detail: str) -> None:
         self.dom.on_suspend = None
         self.dirty.stop()
@@ -137,6 +146,7 @@ class Precopy:
         self.report({"t": "migrate", "phase": "failed", "detail": detail[:400]})
 
     def _close(self) -> None:
+        self.over = True
         try:
             self.sock.close()
         except OSError:
