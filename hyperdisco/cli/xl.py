@@ -14,7 +14,7 @@ import tty
 from dataclasses import asdict
 from typing import Any
 
-from ..client import Connection, config_of_file
+from ..client import Connection, Domain, config_of_file
 from ..errors import HyperdiscoError
 from ..toolstack.protocol import Client, encode
 
@@ -55,7 +55,13 @@ def _conn(args: argparse.Namespace) -> Connection:
 
 def cmd_create(args: argparse.Namespace) -> int:
     print(f"Parsing config from {args.config}", file=sys.stderr)
-    dom = _conn(args).create(config_of_file(args.config, args.overrides))
+    config, conn = config_of_file(args.config, args.overrides), _conn(args)
+    if config.get("restore") is None:
+        dom = conn.create(config)
+    else:  # a clone: say whether its random generator was reseeded, as restore does
+        r = conn.call("create", config=dict(config))
+        print(f"Random: {r.get('reseed', 'NOT reseeded')}", file=sys.stderr)
+        dom = Domain(conn, int(r["domid"]), str(r["name"]))
     if args.console:
         return console(args, str(dom.domid), dom.name)
     return 0
@@ -252,8 +258,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """restore FILE: a new domain that carries on where the saved one was."""
     path = os.path.abspath(args.file)
     print(f"Loading new save file {path}...", file=sys.stderr, flush=True)
-    r = _conn(args).call("restore", file=path, **({"name": args.name} if args.name else {}))
+    r = _conn(args).call("restore", file=path, **({"name": args.name} if args.name else {}),
+                         **({"reseed": False} if args.no_reseed else {}))
     print(f"Restored domain {r['name']} (id {r['domid']}) in {r['seconds']:.2f} s", file=sys.stderr)
+    print(f"Random: {r.get('reseed', 'NOT reseeded')}", file=sys.stderr)
     return 0
 
 
@@ -625,6 +633,8 @@ def add_verbs(sub: Any) -> None:
                    help="cap the pre-copy's bandwidth (MiB/s; the stop-and-copy is never capped)")
     p = verb("restore", cmd_restore, "create a domain from a save file (again: a clone, docs/clones.md)")
     p.add_argument("-n", "--name", help="the new domain's name (default: the saved one, or NAME-N if taken)")
+    p.add_argument("--no-reseed", action="store_true",
+                   help="do not reseed the guest's random generator (clones then share its stream a while)")
     p.add_argument("file")
     verb("info", cmd_info, "host and hypervisor information")
     verb("dmesg", cmd_dmesg, "the hypervisor's log").add_argument("-c", dest="clear", action="store_true")

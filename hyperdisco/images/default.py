@@ -117,7 +117,7 @@ def ensure_default_images(progress: Callable[[str], None] | None = None, force: 
             atomic_write(images.kernel, load_kernel_elf(images.bzimage))
         if force or not same_release or stamp.get("initramfs") != version or not images.initrd.is_file():
             say("building initramfs")
-            atomic_write(images.initrd, build_initramfs(busybox, root / package, release))
+            atomic_write(images.initrd, build_initramfs(busybox, root / package, release, say))
 
         atomic_write(
             root / STAMP_NAME, (json.dumps({"release": release, "initramfs": version}) + "\n").encode()

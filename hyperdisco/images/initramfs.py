@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from hyperdisco.errors import ImageError
 from hyperdisco.images.cpio import CpioWriter
+from hyperdisco.images.guest_tools import build_tools, tools_version
 from hyperdisco.images.kmod import ModuleTree
 
 # Bump when the builder below changes the archive layout; the guest scripts are hashed separately.
@@ -89,6 +91,7 @@ def guest_version() -> str:
         h.update(f"{path} {mode:o} ".encode())
         h.update(guest_file(src))
     h.update(" ".join(GUEST_MODULES).encode())
+    h.update(tools_version(guest_file).encode())
     return f"{INITRAMFS_LAYOUT_VERSION}-{h.hexdigest()[:16]}"
 
 
@@ -123,11 +126,13 @@ class _Tree:
         self.mkdir(path.strip("/").rpartition("/")[0])
 
 
-def build_initramfs(busybox: Path, modules_root: Path, release: str) -> bytes:
+def build_initramfs(busybox: Path, modules_root: Path, release: str,
+                    progress: Callable[[str], None] | None = None) -> bytes:
     """Build the guest's newc cpio.
 
     ``busybox`` is a static x86-64 busybox binary; ``modules_root`` is the directory holding
-    ``lib/modules/<release>`` (the unpacked linux-image package).
+    ``lib/modules/<release>`` (the unpacked linux-image package); the C tools (guest_tools.py) are
+    compiled here, `progress` says so.
     """
     try:
         busybox_bin = Path(busybox).read_bytes()
@@ -152,6 +157,9 @@ def build_initramfs(busybox: Path, modules_root: Path, release: str) -> bytes:
     for path, src, mode in GUEST_FILES:
         t.parent(path)
         t.w.file(path, guest_file(src), mode)
+    for path, binary in build_tools(guest_file, progress):
+        t.parent(path)
+        t.w.file(path, binary, 0o755)
 
     mod_dir = Path(modules_root) / "lib" / "modules" / release
     tree = ModuleTree(mod_dir)

@@ -35,7 +35,7 @@ from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from ..platform import layout
-from . import agent_ops, migrate_ops, sched_ops, snapshot_ops
+from . import agent_ops, migrate_ops, reseed, sched_ops, snapshot_ops
 from .build import MAX_VCPUS, domain_config
 from .protocol import encode, socket_path
 from .requests import MAX_REQUEST_BYTES, RequestError, XsRequestError, check_name, field, parse_request
@@ -275,9 +275,10 @@ class Daemon:
         if not isinstance(vifs, list) or len(vifs) > MAX_VIFS:
             raise RequestError(f"hyperdisco: create: vifs must be a list of at most {MAX_VIFS} vifs")
         if config.get("restore") is not None:  # a clone of a save file (toolstack/clones.py)
-            return snapshot_ops.restore(self.host, field(config, "restore", str, None), self._config,
-                                        name=check_name(config.get("name"), "create"), overrides=config,
-                                        given_vifs=[_vif_config(v, "create") for v in vifs] or None)
+            return self._reseeded(snapshot_ops.restore(
+                self.host, field(config, "restore", str, None), self._config,
+                name=check_name(config.get("name"), "create"), overrides=config,
+                given_vifs=[_vif_config(v, "create") for v in vifs] or None))
         dom = self.host.create(self._config(config), vifs=[_vif_config(v, "create") for v in vifs])
         return {"domid": dom.domid, "name": dom.name}
 
@@ -473,10 +474,23 @@ class Daemon:
     def op_migrate_receive(self, header: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
         return migrate_ops.receive(self.host, header, conn, self._config)
 
-    def op_restore(self, file: str, name: str | None = None) -> dict[str, Any]:
+    def op_restore(self, file: str, name: str | None = None, reseed: bool = True) -> dict[str, Any]:
         if not isinstance(file, str) or "\0" in file:
             raise RequestError("hyperdisco: restore: file must be a path")
-        return snapshot_ops.restore(self.host, file, self._config, name=name)
+        restored = snapshot_ops.restore(self.host, file, self._config, name=name)
+        return self._reseeded(restored) if reseed is not False else {**restored, "reseeded": False,
+                                                                     "reseed": "NOT reseeded: --no-reseed"}
+
+    def _reseeded(self, restored: dict[str, Any]) -> dict[str, Any]:
+        """A restored domain's kernel reseeds its CRNG with host randomness before restore answers
+        (toolstack/reseed.py): else clones of one save file go on with one random stream."""
+        d = self.host.domains.get(restored["domid"])
+        if d is None or d.finished or not d.guest_up:
+            return {**restored, "reseeded": False, "reseed": "NOT reseeded: its shell was not up"}
+        started = time.monotonic()
+        r = reseed.reseed(lambda cmd, timeout: self.op_exec(d.domid, cmd, timeout),
+                          agent=self.host.pv_channels.agent(d.domid) is not None)
+        return {**restored, **r, "reseed_seconds": round(time.monotonic() - started, 3)}
 
     def op_wait(self, dom: str | int, timeout: float = 60.0) -> bool:
         return self.host.wait_gone(self._dom(dom), timeout)
