@@ -17,6 +17,7 @@ the agent's channel is saved as before, and its reply says nothing of a freeze.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,7 +27,10 @@ from .agent_ops import wait_agent
 PING_S = 2.0  # an agent that does not answer this fast is not asked to freeze (the busybox guest has none)
 FREEZE_S = 30.0  # qemu-ga syncs each filesystem before it freezes it: slow on a loaded host
 THAW_S = 10.0
-RESUMED_WAIT_S = 180.0  # a restored domain's agent answers once its guest has resumed its devices
+RESUMED_WAIT_S = 180.0
+# Linux's freezer gives up after 20 s (freeze_timeout_msecs) on a task that does not freeze, and a task
+# blocked writing to a frozen filesystem never does: do_suspend then fails and the guest runs on, frozen
+FROZEN_SUSPEND_S = 30.0  # a restored domain's agent answers once its guest has resumed its devices
 
 
 @dataclass
@@ -61,6 +65,25 @@ def freeze(agent: AgentClient | None) -> Freeze:
         return Freeze(report=f"freeze failed ({why}); saved without a freeze")
     return Freeze(frozen=True, count=n,
                   report=f"froze {n} filesystem{'s' if n != 1 else ''} through the guest agent")
+
+
+def suspend_refused(agent: AgentClient | None, progressed: Callable[[], bool], timeout: float,
+                    first: float = FROZEN_SUSPEND_S, every: float = 10.0) -> bool:
+    """Whether a guest asked to suspend with its filesystems frozen gave up on it: no progress
+    (`progressed()`: the file written, the domain gone) after `first` s, and its agent answers a ping (the
+    kernel's freezer stopped qemu-ga while it tried; it answers once the suspend was abandoned). Asked
+    again every `every` s until `timeout`; False as soon as the save progresses."""
+    deadline = time.monotonic() + timeout
+    check = time.monotonic() + first
+    while time.monotonic() < deadline:
+        if progressed():
+            return False
+        if time.monotonic() >= check:
+            if agent is not None and agent.ping(timeout=PING_S) and not progressed():
+                return True
+            check = time.monotonic() + every
+        time.sleep(0.2)
+    return False
 
 
 def thaw(agent: AgentClient | None, wait: float = 0.0) -> str:

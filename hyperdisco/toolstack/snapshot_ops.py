@@ -97,6 +97,13 @@ def save(host: Host, dom: DomainHandle, path: str, timeout: float = SUSPEND_TIME
         raise RequestError(f"hyperdisco: save: domain {dom.name} did not take the save file")
     host.request_shutdown(dom, "suspend")
     try:
+        if frozen.frozen and quiesce.suspend_refused(
+                agent, lambda: dom.saved.is_set() or dom.done.is_set() or dom.finished, timeout):
+            # a task blocked on the frozen filesystems stopped the guest's freezer: thawed, asked again
+            frozen = quiesce.Freeze(report=f"{frozen.report}, but the guest could not suspend frozen (a task "
+                                           f"blocked on a frozen filesystem); {quiesce.thaw(agent)}, saved "
+                                           "without a freeze")
+            host.request_shutdown(dom, "suspend")
         result = _wait_saved(host, dom, path, timeout, keep, started)
     finally:  # save -c, or a guest that did not suspend: the original runs on, thawed
         thawed = _thaw_if_running(dom, agent, frozen)

@@ -161,3 +161,18 @@ def test_thaw_without_an_agent_is_logged() -> None:
     quiesce.thaw_when_resumed(lambda: None, lambda: False, logged.append, "web").join(5)
     assert logged == ["web: restored frozen but has no guest agent channel: not thawed"]
     assert quiesce.thaw(None) == "not thawed: no guest agent channel"
+
+
+def test_suspend_refused_only_when_no_progress_and_the_agent_answers() -> None:
+    script = FreezingAgent()
+    client, fake, host = agent(script)
+    # the guest's suspend was abandoned: its tasks (qemu-ga) run again
+    assert quiesce.suspend_refused(client, lambda: False, timeout=10, first=0.5)
+    # the file was written meanwhile: never refused
+    assert not quiesce.suspend_refused(client, lambda: True, timeout=10, first=0.5)
+    # still suspending (its freezer holds qemu-ga): not refused, until the timeout
+    script.answering = False
+    t0 = time.monotonic()
+    assert not quiesce.suspend_refused(client, lambda: False, timeout=2, first=0.5, every=0.5)
+    assert time.monotonic() - t0 < 8
+    host.close()
