@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..xen import abi
+from . import vcpu_save
 from .evtchn import Port, virq_is_global
 from .evtchn_abi import EvtchnError
 
@@ -44,6 +45,8 @@ def _bind_virq(dom: Domain, ctx: VcpuContext, arg: int) -> int:
     virq, vcpu, _out = va.unpack(abi.EVTCHN_BIND_VIRQ, arg)
     port = dom.evtchn.bind_virq(virq, vcpu, len(dom.vcpus))
     va.pack(abi.EVTCHN_BIND_VIRQ, arg, virq, vcpu, port)
+    if virq == abi.VIRQ_TIMER:  # a timer restored from a save file runs from now on (core/vcpu_save.py)
+        vcpu_save.timer_bound(ctx, dom.vcpus[vcpu])
     return 0
 
 

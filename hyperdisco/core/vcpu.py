@@ -46,6 +46,7 @@ class VcpuContext:
         self.vcpu_info_registered = False  # VCPUOP_register_vcpu_info done (Xen allows it once)
         self.in_guest = False  # inside ev.run (a trap handler runs on this thread meanwhile)
         self.timer_ns: int | None = None
+        self.restored_timer_ns: int | None = None  # armed when its VIRQ_TIMER is bound (core/vcpu_save.py)
         self.periodic_ns: int | None = None
         self.periodic_next = 0
         self.runstate = runstate.Runstate(

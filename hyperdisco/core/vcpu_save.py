@@ -12,7 +12,12 @@ VCPUOP_down, vcpu_info registered again, VCPUOP_up, for each other CPU that is u
 xen_irq_resume: each CPU's VIRQs and IPIs bound again).
 
 Timers are kept relative to the domain's system time at the save (the time left, never negative): the
-new domain's system time may have another origin (another domain 0, another host). vcpu_info and runstate
+new domain's system time may have another origin (another domain 0, another host). A restored
+single-shot timer is armed only once the guest has bound that vCPU's VIRQ_TIMER again (`timer_bound`,
+from EVTCHNOP_bind_virq: xen_irq_resume on the boot CPU, while the others still spin in stop_machine):
+armed at once, one that had expired would fire into the new domain's empty VIRQ table and be lost, and
+Linux, whose clockevent then believes an event is programmed, may never program that CPU's timer again
+(hrtimer reprograms only for an expiry earlier than the one it believes pending). vcpu_info and runstate
 registrations are not kept: the new domain has none and the guest registers them again. A vCPU blocked
 in SCHEDOP_block/poll is restored runnable: the hypercall returns as after a spurious wake-up, which
 Linux's callers check for.
@@ -35,6 +40,17 @@ _MAX_NS = 1 << 62
 _LAPIC_REG_LIMIT = 0x400  # the xAPIC page's registers: offsets 0x000-0x3F0, 16-byte aligned
 
 
+def timer_bound(caller: VcpuContext, target: VcpuContext) -> None:
+    """The guest bound `target`'s VIRQ_TIMER (from `caller`'s thread): its restored timer, if it has one
+    still waiting, is armed now (firing at once if its time has passed)."""
+    deadline, target.restored_timer_ns = target.restored_timer_ns, None
+    if deadline is None or target.timer_ns is not None:  # the guest set a timer of its own meanwhile
+        return
+    target.set_timer(deadline, own_thread=caller is target)
+    if caller is not target:
+        target.wake()
+
+
 def _remaining(deadline: int | None, now_ns: int) -> int | None:
     return None if deadline is None else max(0, deadline - now_ns)
 
@@ -42,7 +58,8 @@ def _remaining(deadline: int | None, now_ns: int) -> int | None:
 def vcpu_record(ctx: VcpuContext, now_ns: int) -> dict[str, Any]:
     """The vCPU's state outside the engine (JSON-able), its timers as the time left at `now_ns`."""
     return {"index": ctx.index, **{k: bool(getattr(ctx, k)) for k in _FLAGS},
-            "timer_in_ns": _remaining(ctx.timer_ns, now_ns),
+            "timer_in_ns": _remaining(ctx.timer_ns if ctx.timer_ns is not None else ctx.restored_timer_ns,
+                                      now_ns),
             "periodic_ns": ctx.periodic_ns,
             "periodic_in_ns": _remaining(ctx.periodic_next, now_ns) if ctx.periodic_ns else None,
             "lapic_regs": {f"{off:#x}": val for off, val in sorted(ctx.lapic.regs.items())},
@@ -101,7 +118,8 @@ def apply_vcpu_record(ctx: VcpuContext, rec: Any, now_ns: int) -> None:
     for k, v in flags.items():
         setattr(ctx, k, v)
     ctx.blocked = False
-    ctx.timer_ns = None if timer is None else now_ns + timer
+    ctx.timer_ns = None
+    ctx.restored_timer_ns = None if timer is None else now_ns + timer
     ctx.periodic_ns = period
     ctx.periodic_next = now_ns + (period_in or 0) if period else 0
     # the ID register is the vCPU's own (read-only to the guest), whatever the file says

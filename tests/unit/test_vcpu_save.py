@@ -71,8 +71,17 @@ def test_three_vcpus_round_trip(make_domain: Callable[..., DomainHarness], kerne
         assert (rap.up, rap.initialised, rap.stopped, rap.halted) == (True, True, False, False)
         assert (rparked.up, rparked.initialised, rparked.stopped, rparked.halted) == (True, True, True, True)
         assert rap.ev.gpr(3) == 0x1234
+        # timers wait for the guest to bind the vCPU's VIRQ_TIMER again (xen_irq_resume, on the boot CPU)
+        assert rap.timer_ns is None and rap.restored_timer_ns is not None
+        assert rnow < rap.restored_timer_ns <= rnow + 3000 * MS
+        assert rboot.restored_timer_ns is not None
+        assert rap.restored_timer_ns < rboot.restored_timer_ns <= rnow + 5000 * MS
+        for vcpu in (0, 1):
+            arg = r.put(abi.EVTCHN_BIND_VIRQ, abi.VIRQ_TIMER, vcpu, 0)
+            assert r.call("event_channel_op", abi.EVTCHNOP_bind_virq, arg) == 0
         assert rap.timer_ns is not None and rnow < rap.timer_ns <= rnow + 3000 * MS
-        assert rboot.timer_ns is not None and rap.timer_ns < rboot.timer_ns <= rnow + 5000 * MS
+        assert rboot.timer_ns is not None and rap.timer_ns < rboot.timer_ns
+        assert rap.restored_timer_ns is None and rboot.restored_timer_ns is None
         assert rparked.timer_ns is None and rparked.periodic_ns == 10 * MS
         assert rnow <= rparked.periodic_next <= rnow + 4 * MS
         assert rap.lapic.read(lapic.LDR) == 0x02000000 and rap.lapic.read(lapic.TPR) == 0x20
