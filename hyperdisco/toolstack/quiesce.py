@@ -27,7 +27,8 @@ from .agent_ops import wait_agent
 PING_S = 2.0  # an agent that does not answer this fast is not asked to freeze (the busybox guest has none)
 FREEZE_S = 30.0  # qemu-ga syncs each filesystem before it freezes it: slow on a loaded host
 THAW_S = 10.0
-RESUMED_WAIT_S = 180.0
+RESUMED_WAIT_S = 180.0  # a restored domain's agent answers once its guest has resumed its devices
+RESTORE_WAIT_S = 60.0  # restore answers after the thaw, or after this (the thaw then goes on meanwhile)
 # Linux's freezer gives up after 20 s (freeze_timeout_msecs) on a task that does not freeze, and a task
 # blocked writing to a frozen filesystem never does: do_suspend then fails and the guest runs on, frozen
 FROZEN_SUSPEND_S = 30.0  # a restored domain's agent answers once its guest has resumed its devices

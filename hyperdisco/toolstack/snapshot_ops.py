@@ -188,7 +188,9 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
         raise
     # its shell was up when it was saved and carries on: it prints no new banner (exec waits for one)
     dom.guest_up = header.get("guest_up") is True
-    if header.get("fsfrozen") is True:  # saved with its filesystems frozen: thawed once its agent answers
+    if header.get("fsfrozen") is True:  # saved with its filesystems frozen: thawed once its agent answers,
+        # waited for up to RESTORE_WAIT_S before restore answers (the reseed's exec after it: qemu-ga
+        # refuses guest-exec while frozen), then left to go on in the background
         quiesce.thaw_when_resumed(lambda: host.pv_channels.agent(dom.domid), lambda: dom.finished,
-                                  host.log, dom.name)
+                                  host.log, dom.name).join(quiesce.RESTORE_WAIT_S)
     return {"domid": dom.domid, "name": dom.name, "seconds": round(time.monotonic() - started, 3)}
