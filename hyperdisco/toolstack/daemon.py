@@ -488,7 +488,7 @@ class Daemon:
         if d is None or d.finished or not d.guest_up:
             return {**restored, "reseeded": False, "reseed": "NOT reseeded: its shell was not up"}
         started = time.monotonic()
-        r = reseed.reseed(lambda cmd, timeout: self.op_exec(d.domid, cmd, timeout),
+        r = reseed.reseed(lambda cmd, timeout: self.op_exec(d.domid, cmd, timeout, interrupt=False),
                           agent=self.host.pv_channels.agent(d.domid) is not None)
         return {**restored, **r, "reseed_seconds": round(time.monotonic() - started, 3)}
 
@@ -508,7 +508,9 @@ class Daemon:
         return self.xenstore.batch(ops)
 
     def op_exec(self, dom: str | int, command: str, timeout: float = 120.0,
-                conn: socket.socket | None = None) -> dict[str, Any]:
+                conn: socket.socket | None = None, interrupt: bool = True) -> dict[str, Any]:
+        """`interrupt`: Ctrl-C on a timeout (not for restore's reseed: the console may be a program the
+        saved guest ran in the foreground, which is the user's)."""
         d = self._dom(dom)
         lock = self.exec_locks.setdefault(d.domid, threading.Lock())
         queued = time.monotonic() + timeout
@@ -533,7 +535,8 @@ class Daemon:
                     if d.finished:
                         raise HyperdiscoError(f"hyperdisco: exec in {d.name}: domain stopped ({d.outcome})")
                     if time.monotonic() > deadline:
-                        d.input(b"\x03")  # interrupt what still runs, so the next exec finds a prompt
+                        if interrupt:  # interrupt what still runs, so the next exec finds a prompt
+                            d.input(b"\x03")
                         raise HyperdiscoError(f"hyperdisco: exec in {d.name}: no answer in {timeout:.0f}s")
                     if conn is not None and _client_gone(conn):
                         d.input(b"\x03")
