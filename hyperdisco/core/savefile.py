@@ -178,41 +178,6 @@ def read_save(path: str) -> SaveFile:
         return _read(path, f)
 
 
-def read_save_header(path: str) -> dict[str, Any]:
-    """The header alone (magic, version, the first section, its JSON), with read_save's one-line errors for
-    what it reads; nothing else of the file is checked: read_save does that before anything else of the
-    file is used (toolstack/snapshot_ops.py runs both at once)."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise SaveFileError(f"{path}: cannot open: {e.strerror}") from None
-    with f:
-        head = f.read(len(MAGIC) + _VERSION.size + _SECTION.size)
-        if len(head) < len(MAGIC) or head[:len(MAGIC)] != MAGIC:
-            raise SaveFileError(f"{path}: not a hyperdisco save file")
-        if len(head) < len(MAGIC) + _VERSION.size:
-            raise SaveFileError(f"{path}: truncated save file (header cut short)")
-        (version,) = _VERSION.unpack_from(head, len(MAGIC))
-        if version != FORMAT_VERSION:
-            raise SaveFileError(f"{path}: save format version {version}, this hyperdisco reads version "
-                                f"{FORMAT_VERSION}")
-        if len(head) < len(MAGIC) + _VERSION.size + _SECTION.size:
-            raise SaveFileError(f"{path}: truncated save file (section header cut short)")
-        tag, length = _SECTION.unpack_from(head, len(MAGIC) + _VERSION.size)
-        if tag != HEADER or length > MAX_JSON_SECTION:
-            raise SaveFileError(f"{path}: corrupt save file (no header)")
-        data = f.read(length)
-        if len(data) < length:
-            raise SaveFileError(f"{path}: truncated save file (HDR section cut short)")
-    try:
-        parsed = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise SaveFileError(f"{path}: corrupt save file (header)") from None
-    if not isinstance(parsed, dict):
-        raise SaveFileError(f"{path}: corrupt save file (header)")
-    return parsed
-
-
 def read_save_fd(fd: int, name: str) -> SaveFile:
     """As read_save, on an open descriptor (taken over: the SaveFile keeps it open)."""
     f = os.fdopen(fd, "rb")
@@ -223,6 +188,56 @@ def read_save_fd(fd: int, name: str) -> SaveFile:
         raise
     sf.file = f
     return sf
+
+
+def check_save_stream(name: str, f: BinaryIO) -> SaveFile:
+    """read_save on an open file object (dom0/sealed_saves.py passes one that copies what it reads)."""
+    return _read(name, f)
+
+
+def index_sealed_save(fd: int, name: str) -> SaveFile:
+    """The index of a save file domain 0 has checked whole and sealed (dom0/sealed_saves.py: the caller
+    has verified the seals, so the bytes cannot change): magic, version, each section's tag and bounds and
+    the header's JSON are read again, cheaply (the payloads are seeked over, not hashed). Takes `fd` over."""
+    f = os.fdopen(fd, "rb")
+    try:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(len(MAGIC) + _VERSION.size)
+        if len(head) < len(MAGIC) + _VERSION.size or head[:len(MAGIC)] != MAGIC:
+            raise SaveFileError(f"{name}: not a hyperdisco save file")
+        (version,) = _VERSION.unpack_from(head, len(MAGIC))
+        if version != FORMAT_VERSION:
+            raise SaveFileError(f"{name}: save format version {version}")
+        pos = len(head)
+        sections: list[tuple[bytes, int, int]] = []
+        header: dict[str, Any] | None = None
+        while True:
+            raw = f.read(_SECTION.size)
+            if len(raw) < _SECTION.size:
+                raise SaveFileError(f"{name}: truncated save file (section header cut short)")
+            tag, length = _SECTION.unpack(raw)
+            pos += _SECTION.size
+            if tag not in KNOWN_TAGS or length > size - pos:
+                raise SaveFileError(f"{name}: corrupt save file (section at byte {pos - _SECTION.size})")
+            if tag == END:
+                break
+            if tag == HEADER:
+                try:
+                    parsed = json.loads(f.read(length))
+                except (ValueError, UnicodeDecodeError):
+                    raise SaveFileError(f"{name}: corrupt save file (header)") from None
+                header = parsed if isinstance(parsed, dict) and header is None else None
+            if header is None:
+                raise SaveFileError(f"{name}: corrupt save file (header)")
+            sections.append((tag, pos, length))
+            pos += length
+            f.seek(pos)
+        if header is None:
+            raise SaveFileError(f"{name}: corrupt save file (no header)")
+    except BaseException:
+        f.close()
+        raise
+    return SaveFile(name, version, header, sections, file=f)
 
 
 def _read(path: str, f: BinaryIO) -> SaveFile:

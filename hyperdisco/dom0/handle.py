@@ -101,7 +101,7 @@ class DomainHandle:
     def start(self, engine: str, clock_params: dict[str, float], jail_root: str | None,
               cgroup: Callable[[int, DomainConfig], None] | None = None,
               adopt_path: Path | None = None, record: Any = None, spawner: Spawner | None = None,
-              sched: bool = False, restore: str | None = None, incoming: int | None = None) -> None:
+              sched: bool = False, restore: str | int | None = None, incoming: int | None = None) -> None:
         """Start the domain process and build the domain in it; a one-line HyperdiscoError if it could not
         be built (the process is gone again then). With `adopt_path`, the process listens there for a
         new domain 0 should this one die, and `record` (this domain's configuration, for that successor)
@@ -127,7 +127,8 @@ class DomainHandle:
                 fds.append(listener.fileno())
             restore_index = None
             if restore is not None:  # a saved domain (toolstack/snapshot_ops.py): its file, opened here
-                restore_fd = os.open(restore, os.O_RDONLY | os.O_CLOEXEC)
+                restore_fd = (os.dup(restore) if isinstance(restore, int)  # its sealed copy (sealed_saves.py)
+                              else os.open(restore, os.O_RDONLY | os.O_CLOEXEC))
                 restore_index = len(fds)
                 fds.append(restore_fd)
             incoming_index = None

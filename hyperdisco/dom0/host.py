@@ -37,6 +37,7 @@ from .broker import EventChannelBroker
 from .channels import ChannelTable
 from .grants import GrantBroker
 from .handle import DomainHandle
+from .sealed_saves import SealedSaves
 from .spawner import Spawner
 
 MAX_DOMAINS = 1024
@@ -90,6 +91,7 @@ class Host:
         self.blk = BlockDevices(self)
         self.broker = EventChannelBroker(self)  # inter-domain event channels between domain processes
         self.grants = GrantBroker(self)  # grant mappings between domain processes
+        self.sealed_saves = SealedSaves()  # the checked copies restores map (dom0/sealed_saves.py)
         self.net = NetworkDevices(self)  # its switches (one per named network) start with the first vif
         self.pv_channels = ChannelTable(self.xs)  # xl.cfg channels and the guest agent (dom0/channels.py)
         self.arbiter = Arbiter(self.log, sched_cpus) if sched == "bvt" else None
@@ -242,7 +244,7 @@ class Host:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def create(self, config: DomainConfig, console: ConsoleBuffer | None = None,
-               vifs: Sequence[VifConfig] = (), restore: str | None = None,
+               vifs: Sequence[VifConfig] = (), restore: str | int | None = None,
                incoming: int | None = None, checked: Callable[[], None] | None = None) -> DomainHandle:
         """Start a domain; everything is undone (process, xenstore nodes, disks, vifs) if any step fails.
 

@@ -20,7 +20,7 @@ from typing import Any
 from .. import __version__
 from ..backends.net.manager import VifConfig
 from ..core.domain import DomainConfig
-from ..core.savefile import SaveFileError, read_save_header
+from ..core.savefile import SaveFile, SaveFileError
 from ..dom0 import vcpus as dom0_vcpus
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
@@ -28,7 +28,6 @@ from ..errors import HyperdiscoError
 from ..loader.elf import KernelImage
 from . import clones, quiesce
 from .requests import RequestError
-from .save_check import SaveCheck
 from .saved_record import record_with_vcpus, record_with_vifs, saved_vifs
 
 SUSPEND_TIMEOUT_S = 120.0
@@ -155,11 +154,21 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
     started = time.monotonic()
     if not isinstance(path, str) or not path or "\0" in path:
         raise RequestError("hyperdisco: restore: the save file must be a path")
-    try:
-        header = read_save_header(path)
+    try:  # checked whole while copied into a sealed memfd, or that copy again (dom0/sealed_saves.py)
+        sealed_fd, save = host.sealed_saves.acquire(path)
     except SaveFileError as exc:
         raise RequestError(f"hyperdisco: restore: {exc}") from None
-    check = SaveCheck(path, header)  # the whole file, while the domain is built (save_check.py)
+    try:
+        return _restore_from(host, path, sealed_fd, save, configure, name, overrides, given_vifs, started)
+    finally:
+        os.close(sealed_fd)
+
+
+def _restore_from(host: Host, path: str, sealed_fd: int, save: SaveFile,
+                  configure: Callable[[dict[str, Any]], DomainConfig], name: str | None,
+                  overrides: dict[str, Any] | None, given_vifs: Sequence[VifConfig] | None,
+                  started: float) -> dict[str, Any]:
+    header = save.header
     record = header.get("record")
     if not isinstance(record, dict):
         raise RequestError(f"hyperdisco: restore: {path}: no domain configuration in the file")
@@ -178,14 +187,12 @@ def restore(host: Host, path: str, configure: Callable[[dict[str, Any]], DomainC
         raise RequestError(f"hyperdisco: restore: {path} was saved from another kernel than "
                            f"{record.get('kernel') or 'the default one'} is now")
     try:
-        dom = host.create(config, vifs=vifs, restore=path, checked=check.wait)
+        dom = host.create(config, vifs=vifs, restore=sealed_fd)
     except HyperdiscoError as exc:
-        failure = check.failure()
-        if failure is not None:  # a defect of the file is what the user needs to hear of
-            raise RequestError(failure) from None
         if clones.is_disk_busy(exc):
             raise RequestError(f"{exc}{clones.DISK_HINT}") from None
         raise
+    host.sealed_saves.used_by(save, lambda: not dom.finished)  # its copy is kept while it runs
     # its shell was up when it was saved and carries on: it prints no new banner (exec waits for one)
     dom.guest_up = header.get("guest_up") is True
     if header.get("fsfrozen") is True:  # saved with its filesystems frozen: thawed once its agent answers,

@@ -15,9 +15,9 @@ rings and reconnects its block and network frontends to the new backends.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +29,9 @@ from ..core.vcpu import VcpuContext
 from ..core.vcpu_save import apply_vcpu_record, vcpu_record
 from ..errors import HyperdiscoError
 from ..platform import vmgenid
+
+# what domain 0 sets on its copy (dom0/sealed_saves.py; fcntl(2) F_ADD_SEALS)
+REQUIRED_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
 _INDEX = struct.Struct("<I")
 
@@ -143,37 +146,37 @@ def _restore_vcpu_records(dom: Domain, save: SaveFile) -> None:
 
 
 def open_save(fd: int) -> SaveFile:
-    """The save file domain 0 handed over (it checked it too; checked again: it may have changed)."""
-    from ..core.savefile import read_save_fd
+    """The save file domain 0 handed over: its sealed copy (dom0/sealed_saves.py), checked whole there.
+    Its seals are verified here instead of hashing it again: sealed against writes, growth and shrinking,
+    its bytes are the ones domain 0 checked, and stay so under this domain's MAP_PRIVATE mappings."""
+    from ..core.savefile import index_sealed_save
 
     try:
-        return read_save_fd(fd, "save file")
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        seals = 0
+    if seals & REQUIRED_SEALS != REQUIRED_SEALS:
+        os.close(fd)
+        raise HyperdiscoError("hyperdisco: restore: the save file handed over is not a sealed copy")
+    try:
+        return index_sealed_save(fd, "save file")
     except SaveFileError as exc:
         raise HyperdiscoError(f"hyperdisco: restore: {exc}") from None
 
 
 def open_save_soon(fd: int) -> Callable[[], SaveFile]:
-    """open_save on a thread of its own, started now: the domain process checks the file (SHA-256 over it,
-    44 ms for 64 MiB on a quiet host) while it builds the engine and the domain; the returned function
-    waits for the check and gives the file, or raises its one-line HyperdiscoError. Nothing of the file
-    is used before the check has passed (restore_into calls it first)."""
-    result: list[SaveFile | HyperdiscoError] = []
+    """open_save, now (the seals and the index: no hashing); the returned function gives the file, or
+    raises its one-line HyperdiscoError when the restore uses it (restore_into calls it first)."""
+    error: HyperdiscoError
+    try:
+        save = open_save(fd)
+        return lambda: save
+    except HyperdiscoError as exc:
+        error = exc
+    except Exception as exc:  # noqa: BLE001 - reported as the build's one line
+        error = HyperdiscoError(f"hyperdisco: restore: {type(exc).__name__}: {exc}"[:400])
 
-    def check() -> None:
-        try:
-            result.append(open_save(fd))
-        except HyperdiscoError as exc:
-            result.append(exc)
-        except Exception as exc:  # noqa: BLE001 - reported as the build's one line
-            result.append(HyperdiscoError(f"hyperdisco: restore: {type(exc).__name__}: {exc}"[:400]))
+    def failed() -> SaveFile:
+        raise error
 
-    thread = threading.Thread(target=check, name="hd-save-check", daemon=True)
-    thread.start()
-
-    def checked() -> SaveFile:
-        thread.join()
-        if isinstance(result[0], HyperdiscoError):
-            raise result[0]
-        return result[0]
-
-    return checked
+    return failed

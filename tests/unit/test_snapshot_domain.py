@@ -115,3 +115,40 @@ def test_each_restore_gets_a_new_generation_id(make_domain: Callable[..., Domain
     finally:
         a.close()
         b.close()
+
+
+def test_a_clone_from_the_sealed_copy_ignores_the_file_rewritten_or_cut(
+        make_domain: Callable[..., DomainHarness], kernel: KernelImage, engine: TcgEngine, clock: Clock,
+        tmp_path: Path) -> None:
+    """Restored as the daemon restores (dom0/sealed_saves.py, vmm/snapshot.open_save): RAM maps the sealed
+    memfd, not the file; writing over the file or truncating it afterwards does not reach the clone's
+    pages it has not written (a MAP_PRIVATE mapping of the file would show the one, SIGBUS on the other)."""
+    from hyperdisco.dom0.sealed_saves import SealedSaves
+    from hyperdisco.vmm.snapshot import open_save
+
+    dh = make_domain()
+    dh.dom.memory.write(0x300000, b"template")
+    _save(dh, tmp_path / "s")
+    cache = SealedSaves()
+    fds = [cache.acquire(str(tmp_path / "s"))[0] for _ in range(2)]
+    saves = [open_save(fd) for fd in fds]
+    cfg = DomainConfig("restored", kernel, None, "", 32)
+    a, b = (Domain(2 + i, cfg, engine, clock, lambda b: None, lambda s: None,
+                   restore=lambda d, s=s: restore_into(d, s)) for i, s in enumerate(saves))
+    try:
+        maps = Path("/proc/self/maps").read_text()
+        assert "hyperdisco-save" in maps and str(tmp_path / "s") not in maps
+        raw = bytearray((tmp_path / "s").read_bytes())
+        at = raw.index(b"template")
+        raw[at:at + 8] = b"REWRITE!"
+        with open(tmp_path / "s", "r+b") as f:  # in place: the same inode's page cache
+            f.write(raw)
+        assert a.memory.read(0x300000, 8) == b"template" and b.memory.read(0x300000, 8) == b"template"
+        os.truncate(tmp_path / "s", 0)
+        assert a.memory.read(0x300000, 8) == b"template"  # no SIGBUS: the memfd backs it
+        a.memory.write(0x300000, b"clone  a")
+        assert b.memory.read(0x300000, 8) == b"template"
+    finally:
+        a.close()
+        b.close()
+        cache.close()
