@@ -151,5 +151,7 @@ def test_cpu_bound_domains_share_the_cpus(xl: Xl, tmp_path: Path) -> None:
     used = {n: float(xl.rows()[n][5]) - start[n] for n in names}
     for n in names:
         xl("destroy", n)
-    assert min(used.values()) > 2.0, used  # everyone ran
+    # everyone ran (each would get ~5 s of the 2 cores' 16 s alone; the rest of a busy host takes its
+    # part, so the share between them is what is asserted, not the amount: 1.7 s each at load 10)
+    assert min(used.values()) > 1.0, used
     assert max(used.values()) / min(used.values()) < 1.6, used  # and got roughly the same share
