@@ -63,6 +63,10 @@ class EventChannels:
         self.on_pending: Callable[[int], None] | None = None  # a port became pending (SCHEDOP_poll waiters)
         self.valid_ports = BUCKET  # Xen's valid_evtchns: ports below it exist (free or not)
         self._hint = 1  # alloc: no free port below this one
+        # alloc: no port below this one (a restored domain: above every port its guest held when it was
+        # saved, so that a driver's late close of a port number from before the save cannot close a
+        # port another driver has just been given; see resume_floor)
+        self.floor = 1
         self.abi: EventAbi = TwoLevel(self)
         self.abi_switches = 0  # init_control that switched to FIFO (the first one, or after a reset)
 
@@ -79,7 +83,7 @@ class EventChannels:
         each bind scan all the others."""
         with self.lock:
             busy = None
-            for p in range(max(1, self._hint), self.limit):
+            for p in range(max(self.floor, self._hint), self.limit):
                 if p in self.ports:
                     continue
                 if self.abi.is_busy(p):
@@ -93,6 +97,25 @@ class EventChannels:
             if busy is not None:
                 self._hint = busy
         raise EvtchnError(abi.ENOSPC, "no free event channel")
+
+    def resume_floor(self) -> int:
+        """For a save: the lowest port the restored domain may allocate. Linux's drivers free the port
+        they held before the suspend during their resume (hvc_xen's xencons_resume ->
+        xencons_disconnect_backend -> xenbus_free_evtchn on the old number), after other drivers have
+        already bound new ports in the new domain: with Xen's lowest-free-port allocation that old
+        number may now be, say, blkfront's new port, and the console's resume closes the root disk's
+        event channel. Allocating above every port held at the save makes such a late close hit a free
+        port (-EINVAL to the guest, harmless)."""
+        with self.lock:
+            return max(self.floor, max(self.ports, default=0) + 1)
+
+    def set_floor(self, floor: object) -> None:
+        """A restored domain's floor (from its save file: input, checked): an int that leaves ports to
+        allocate below the domain's limit, else ValueError."""
+        if not isinstance(floor, int) or isinstance(floor, bool) or not 1 <= floor <= self.limit - BUCKET:
+            raise ValueError(f"event-channel floor {floor!r} is out of range")
+        with self.lock:
+            self.floor = floor
 
     def valid(self, port: int) -> bool:
         """Xen's port_is_valid: the port exists (bound or free), which decides -EINVAL for unmask,

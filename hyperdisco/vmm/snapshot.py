@@ -47,6 +47,7 @@ def write_save(dom: Domain, fd: int, header: dict[str, Any], current: VcpuContex
             w.section(b"VCPU", _INDEX.pack(ctx.index) + ctx.ev.export_state(inside_trap=ctx is current))
         now = dom.clock.now_ns()
         w.json_section(b"LAPC", {"system_time_ns": now, "wall_time": time.time(),
+                                 "evtchn_floor": dom.evtchn.resume_floor(),
                                  "vcpus": [vcpu_record(ctx, now) for ctx in dom.vcpus]})
         pages = 0
         for region in _regions(dom):
@@ -130,6 +131,11 @@ def _restore_vcpu_records(dom: Domain, save: SaveFile) -> None:
     except ValueError:
         raise HyperdiscoError("hyperdisco: restore: the LAPC section is not JSON") from None
     recs = lapc[0].get("vcpus") if len(lapc) == 1 and isinstance(lapc[0], dict) else None
+    if len(lapc) == 1 and isinstance(lapc[0], dict) and "evtchn_floor" in lapc[0]:
+        try:
+            dom.evtchn.set_floor(lapc[0]["evtchn_floor"])
+        except ValueError as exc:
+            raise HyperdiscoError(f"hyperdisco: restore: {exc}") from None
     if recs is None:
         return
     if not isinstance(recs, list) or len(recs) != len(dom.vcpus):

@@ -13,11 +13,13 @@ from unit_support import KERNEL_PADDR, DomainHarness
 
 from hyperdisco.core.clock import Clock
 from hyperdisco.core.domain import Domain, DomainConfig
+from hyperdisco.core.evtchn import EvtchnError, Port
 from hyperdisco.core.savefile import PAGE, SaveWriter, read_save
 from hyperdisco.engine.tcg.engine import TcgEngine
 from hyperdisco.errors import HyperdiscoError
 from hyperdisco.loader.elf import KernelImage
 from hyperdisco.vmm.snapshot import restore_into, write_save
+from hyperdisco.xen import abi
 
 
 def _restored(kernel: KernelImage, engine: TcgEngine, clock: Clock, path: Path, vcpus: int = 1) -> Domain:
@@ -152,3 +154,34 @@ def test_a_clone_from_the_sealed_copy_ignores_the_file_rewritten_or_cut(
         a.close()
         b.close()
         cache.close()
+
+
+def test_restored_domain_allocates_event_channels_above_the_saved_ones(
+        make_domain: Callable[..., DomainHarness], kernel: KernelImage, engine: TcgEngine, clock: Clock,
+        tmp_path: Path) -> None:
+    """A driver that frees its pre-save port during its resume (hvc_xen's xencons_resume) must not close
+    the port another driver was just given: the restored domain allocates above every saved port."""
+    dh = make_domain()
+    ec = dh.dom.evtchn
+    held = [ec.alloc(Port(abi.EVTCHNSTAT_unbound, remote_dom=0)) for _ in range(7)]
+    _save(dh, tmp_path / "s")
+    dom = _restored(kernel, engine, clock, tmp_path / "s")
+    try:
+        new = dom.evtchn.alloc(Port(abi.EVTCHNSTAT_unbound, remote_dom=0))
+        assert new == max(held) + 1
+        with pytest.raises(EvtchnError):  # the console's late close of its old number hits a free port
+            dom.evtchn.close(max(held))
+        assert new in dom.evtchn.ports
+    finally:
+        dom.close()
+
+
+@pytest.mark.parametrize("floor", [0, -1, True, "5", 1.5, 10 ** 9])
+def test_saved_event_channel_floor_out_of_range_refused(
+        make_domain: Callable[..., DomainHarness], kernel: KernelImage, engine: TcgEngine, clock: Clock,
+        tmp_path: Path, floor: object) -> None:
+    dh = make_domain()
+    ec = dh.dom.evtchn
+    with pytest.raises(ValueError, match="event-channel floor"):
+        ec.set_floor(floor)
+    assert ec.floor == 1
