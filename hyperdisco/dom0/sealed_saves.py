@@ -125,24 +125,33 @@ class SealedSaves:
         key = _key(st)
         with self._lock:
             gate = self._sealing.setdefault(key, threading.Lock())
-        with gate:  # clones restored at once: the first one copies, the others wait and share it
+        try:
+            with gate:  # clones restored at once: the first one copies, the others wait and share it
+                return self._acquire_gated(path, key)
+        finally:
             with self._lock:
-                entry = self.entries.get(key)
-                if entry is not None:
-                    entry.used = self.clock()
-                    return _reopen(entry.fd), entry.save
-            fd, save, seen = seal_copy(path)
-            with self._lock:
-                self._sealing.pop(key, None)
-                entry = Entry(fd, save, seen.st_size, self.clock())
-                if _key(seen) != key:  # changed between the stat and the copy: serves this restore only
-                    return fd, save
-                self.entries[key] = entry
-                self._prune_locked(fresh=entry)
-                if self.entries.get(key) is not entry:  # beyond the bounds: serves this restore only
-                    return fd, save
-                self._schedule_locked()
-                return _reopen(fd), save
+                if self._sealing.get(key) is gate and not gate.locked():
+                    del self._sealing[key]
+
+    def _acquire_gated(self, path: str, key: Key) -> tuple[int, SaveFile]:
+        with self._lock:
+            entry = self.entries.get(key)
+            if entry is not None:
+                entry.used = self.clock()
+                return _reopen(entry.fd), entry.save
+        fd, save, seen = seal_copy(path)
+        with self._lock:
+            # changed between the stat and the copy, or copied meanwhile by a restore that did not wait
+            # for this one's gate: this copy serves this restore only
+            if _key(seen) != key or key in self.entries:
+                return fd, save
+            entry = Entry(fd, save, seen.st_size, self.clock())
+            self.entries[key] = entry
+            self._prune_locked(fresh=entry)
+            if self.entries.get(key) is not entry:  # beyond the bounds: serves this restore only
+                return fd, save
+            self._schedule_locked()
+            return _reopen(fd), save
 
     def used_by(self, save: SaveFile, alive: Callable[[], bool]) -> None:
         """The domain `alive` tells of runs from the copy indexed by `save` (keeps it while it does)."""

@@ -135,3 +135,22 @@ def test_the_bounds_keep_the_cache_small(tmp_path: Path) -> None:
     assert all(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS == SEALS for fd in fds)  # every one still open
     for fd in fds:
         os.close(fd)
+
+
+def test_restores_at_once_copy_the_file_once(tmp_path: Path) -> None:
+    import threading
+
+    p = tmp_path / "s"
+    _write(p)
+    cache = SealedSaves()
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.acquire(str(p))[0])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({os.fstat(fd).st_ino for fd in got}) == 1 and cache.stats()["entries"] == 1
+    assert not cache._sealing  # the gates go with the restores that used them
+    for fd in got:
+        os.close(fd)
+    cache.close()
