@@ -54,7 +54,7 @@ def _clocks(conn: Connection, name: str) -> tuple[float, float, float, float]:
     return host, nums[-3] + 0.5, nums[-2] / 1e9, nums[-1]
 
 
-def one_run(conn: Connection, work: Path, i: int, memory: int) -> dict[str, Any]:
+def one_run(conn: Connection, work: Path, i: int, memory: int, reseed: bool = True) -> dict[str, Any]:
     name = f"snap{i}"
     t0 = time.monotonic()
     conn.create({"name": name, "memory": memory})
@@ -67,7 +67,7 @@ def one_run(conn: Connection, work: Path, i: int, memory: int) -> dict[str, Any]
     save_s = time.monotonic() - t0
     t_saved = time.monotonic()
     t0 = time.monotonic()
-    conn.call("restore", file=str(path))
+    conn.call("restore", file=str(path), **({} if reseed else {"reseed": False}))
     restore_call = time.monotonic() - t0
     restore = restore_call + _exec_ready(conn, name)
     away = time.monotonic() - t_saved
@@ -75,7 +75,7 @@ def one_run(conn: Connection, work: Path, i: int, memory: int) -> dict[str, Any]
     # a second restore of the same file while the first runs: a later clone (its file already checked
     # and copied by domain 0, dom0/sealed_saves.py)
     t0 = time.monotonic()
-    clone = conn.call("restore", file=str(path))["name"]
+    clone = conn.call("restore", file=str(path), **({} if reseed else {"reseed": False}))["name"]
     clone_call = time.monotonic() - t0
     clone_to_exec = clone_call + _exec_ready(conn, clone)
     conn.lookup(clone).destroy()
@@ -154,6 +154,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--memory", type=int, default=128)
     ap.add_argument("--clones", type=int, default=0, help="also: N clones against N cold boots (memory)")
+    ap.add_argument("--no-reseed", action="store_true",
+                    help="restore without the guest's reseed (its exec round trip): the restore path alone")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     stamp = harness.timestamp()
@@ -165,7 +167,7 @@ def main() -> int:
             conn = Connection(str(daemon.socket))
             runs: list[dict[str, Any]] = []
             for i in range(args.runs):
-                r = one_run(conn, work, i, args.memory)
+                r = one_run(conn, work, i, args.memory, reseed=not args.no_reseed)
                 harness.say(f"run {i}: cold boot to exec {r['cold_create_to_exec_s']:.2f} s, save "
                             f"{r['save_s']:.2f} s ({r['save_bytes'] / 1048576:.1f} MiB), restore to exec "
                             f"{r['restore_to_exec_s']:.3f} s (restore call {r['restore_call_s']:.3f} s), "
@@ -186,7 +188,8 @@ def main() -> int:
         harness.say(f"median: cold boot to exec {med['cold_create_to_exec_s']:.2f} s, restore to exec "
                     f"{med['restore_to_exec_s']:.3f} s ({speedup:.1f}x), a later clone to exec "
                     f"{med['later_clone_to_exec_s']:.3f} s")
-    doc = {"benchmark": "snapshot", "memory_mib": args.memory, "commit": harness.hyperdisco_commit(),
+    doc = {"benchmark": "snapshot", "memory_mib": args.memory, "reseed": not args.no_reseed,
+           "commit": harness.hyperdisco_commit(),
            "runs": runs, "median": med, "clones": clones}
     harness.write_json(harness.results_path(args.out, "snapshot", stamp), doc, harness.say)
     return 0
