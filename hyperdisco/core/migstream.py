@@ -3,7 +3,8 @@ domain process over one connection, after the two daemons agreed on the domain (
 
     record*: tag (4 ASCII bytes) | length u32 LE | payload
     "PAGE"   gpa u64 | pages u32 | the pages (at most MAX_RECORD_PAGES)
-    "VCPU"   index u32 | the engine's state blob (as the save file's VCPU section)
+    "VCPU"   index u32 | the engine's state blob (the save file's VCPU section: vmm/snapshot.py)
+    "LAPC"   JSON: each vCPU's state outside the engine (the save file's LAPC section), at most once
     "DONE"   JSON statistics (rounds, pages) | SHA-256 of every byte of the stream before it
 
 and then, the other way, one line: "RUNNING\\n" once the destination's vCPU runs, or "FAILED reason\\n".
@@ -27,10 +28,11 @@ PAGE = 4096
 MAX_RECORD_PAGES = 256  # 1 MiB of pages per record
 MAX_VCPU_STATE = 1 << 20
 MAX_DONE = 64 << 10
+MAX_LAPC = 1 << 20
 _RECORD = struct.Struct("<4sI")
 _RUN = struct.Struct("<QI")
 _INDEX = struct.Struct("<I")
-PAGES, VCPU, DONE = b"PAGE", b"VCPU", b"DONE"
+PAGES, VCPU, LAPC, DONE = b"PAGE", b"VCPU", b"LAPC", b"DONE"
 RUNNING = b"RUNNING\n"
 MAX_ANSWER = 512
 
@@ -79,6 +81,14 @@ class StreamWriter:
 
     def vcpu(self, index: int, state: bytes) -> None:
         self._send(_RECORD.pack(VCPU, _INDEX.size + len(state)) + _INDEX.pack(index), state)
+
+    def vcpu_section(self, payload: bytes) -> None:
+        """A VCPU record whose body is a save file's VCPU section payload (index u32 | state)."""
+        self._send(_RECORD.pack(VCPU, len(payload)) + payload)
+
+    def lapc(self, section: dict[str, Any]) -> None:
+        body = json.dumps(section, separators=(",", ":")).encode()
+        self._send(_RECORD.pack(LAPC, len(body)) + body)
 
     def done(self, stats: dict[str, Any]) -> None:
         body = json.dumps(stats, separators=(",", ":")).encode()
@@ -142,9 +152,12 @@ class StreamReader:
         self._fill(memoryview(buf))
         return bytes(buf)
 
-    def receive(self, on_vcpu: Callable[[int, bytes], None]) -> dict[str, Any]:
-        """Every record until DONE; memory lands in place, vCPU states go to `on_vcpu`. Returns DONE's
-        statistics; StreamError (one line) on anything wrong."""
+    def receive(self, on_vcpu: Callable[[int, bytes], None],
+                on_lapc: Callable[[Any], None] | None = None) -> dict[str, Any]:
+        """Every record until DONE; memory lands in place, vCPU states go to `on_vcpu`, the LAPC record's
+        JSON to `on_lapc` (a stream without one has none; one without `on_lapc` is refused). Returns
+        DONE's statistics; StreamError (one line) on anything wrong."""
+        lapc_seen = False
         while True:
             head = bytearray(_RECORD.size)
             view = memoryview(head)
@@ -193,5 +206,14 @@ class StreamReader:
                     raise StreamError("corrupt stream (vCPU record length)")
                 body = self._exact(length)
                 on_vcpu(_INDEX.unpack_from(body)[0], body[_INDEX.size:])
+            elif tag == LAPC and on_lapc is not None and not lapc_seen:
+                if not 0 < length <= MAX_LAPC:
+                    raise StreamError("corrupt stream (LAPC record length)")
+                lapc_seen = True
+                try:
+                    section = json.loads(self._exact(length))
+                except (ValueError, UnicodeDecodeError):
+                    raise StreamError("corrupt stream (LAPC record)") from None
+                on_lapc(section)
             else:
-                raise StreamError("corrupt stream (unknown record)")
+                raise StreamError("corrupt stream (unknown or repeated record)")

@@ -11,7 +11,7 @@ runs. Anything else (refused, connection lost, the destination killed) leaves it
 Destination (`migrate_receive`, on the control socket or the TCP listener, which serves nothing else):
 the header is checked as a save file's is (version, configuration validated as a create request's,
 kernel identity), a domain is built without a kernel, and the connection goes to its process, which
-reads the stream into its memory before its vCPU runs.
+reads the stream into its memory before its vCPUs run.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from typing import Any
 
 from .. import __version__
 from ..core.domain import DomainConfig
+from ..dom0 import vcpus as dom0_vcpus
 from ..dom0.handle import DomainHandle
 from ..dom0.host import Host
 from ..errors import HyperdiscoError
 from .protocol import encode
 from .requests import RequestError
-from .saved_record import record_with_vifs, saved_vifs
+from .saved_record import record_with_vcpus, record_with_vifs, saved_vifs
 from .snapshot_ops import SUSPEND_TIMEOUT_S, kernel_identity
 
 CONNECT_TIMEOUT_S = 10.0
@@ -144,8 +145,6 @@ def _read_line(sock: socket.socket, limit: int = MAX_REPLY) -> bytes:
 def migrate(host: Host, dom: DomainHandle, dest: str, timeout: float = SUSPEND_TIMEOUT_S,
             rate_mib: float | None = None, key: bytes | None = None) -> dict[str, Any]:
     """`rate_mib`: the pre-copy's bandwidth cap in MiB/s (the stop-and-copy is never capped)."""
-    if dom.config.vcpus > 1 or dom.config.maxvcpus > 1:
-        raise RequestError("hyperdisco: migrate: only domains with one vCPU can be migrated yet")
     if dom.finished:
         raise RequestError(f"hyperdisco: migrate: domain {dom.name} is not running")
     for disk in dom.config.disks:
@@ -155,6 +154,8 @@ def migrate(host: Host, dom: DomainHandle, dest: str, timeout: float = SUSPEND_T
     started = time.monotonic()
     # its vifs as attached now (devid, MAC, network...), as save keeps them (toolstack/saved_record.py)
     record = record_with_vifs(dom.config.record, host.net.configs(dom.domid))
+    possible = dom0_vcpus.max_vcpus(dom)  # and its vCPUs as vcpu-set left them, as save keeps them
+    record = record_with_vcpus(record, dom0_vcpus.available(host.xs, dom.domid, possible), possible)
     header = {"hyperdisco": __version__, "kernel": kernel_identity(dom.config.kernel),
               "record": record, "name": dom.name, "guest_up": dom.guest_up}
     sock = connect(dest, key)
@@ -231,8 +232,6 @@ def receive(host: Host, header: dict[str, Any], conn: socket.socket,
     if kernel_identity(config.kernel) != header.get("kernel"):
         raise RequestError(f"hyperdisco: migrate: the domain runs another kernel than "
                            f"{str(record.get('kernel') or 'the default one')[:200]} is here")
-    if config.vcpus > 1 or config.maxvcpus > 1:
-        raise RequestError("hyperdisco: migrate: only domains with one vCPU can be received yet")
     # the vifs with the same devids and MACs: the guest's netfront reads "mac" again when it reconnects
     vifs = saved_vifs(record, "the migration request")
     dom = host.create(config, vifs=vifs, incoming=conn.fileno())

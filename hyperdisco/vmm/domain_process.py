@@ -388,9 +388,9 @@ class DomainProcess:
         why = ""
         if isinstance(self.dirty, str) or self.dirty is None:
             why = f"no dirty-page tracking here ({self.dirty})"
-        elif (len(dom.vcpus) != 1 or dom.on_suspend is not None or self.save_to is not None
+        elif (dom.on_suspend is not None or self.save_to is not None
               or (self.precopy is not None and not self.precopy.over)):
-            why = "another save or migration is under way, or more than one vCPU"
+            why = "another save or migration is under way"
         if why:
             sock.close()
             self.send({"t": "reply", "id": msg.get("id"), "ok": False, "error": why})

@@ -43,12 +43,9 @@ def write_save(dom: Domain, fd: int, header: dict[str, Any], current: VcpuContex
     started = time.monotonic()
     with os.fdopen(fd, "wb", buffering=1 << 20) as f:
         w = SaveWriter(f, {**header, "vcpus": len(dom.vcpus)})
-        for ctx in dom.vcpus:
-            w.section(b"VCPU", _INDEX.pack(ctx.index) + ctx.ev.export_state(inside_trap=ctx is current))
-        now = dom.clock.now_ns()
-        w.json_section(b"LAPC", {"system_time_ns": now, "wall_time": time.time(),
-                                 "evtchn_floor": dom.evtchn.resume_floor(),
-                                 "vcpus": [vcpu_record(ctx, now) for ctx in dom.vcpus]})
+        for payload in vcpu_sections(dom, current):
+            w.section(b"VCPU", payload)
+        w.json_section(b"LAPC", lapc_section(dom))
         pages = 0
         for region in _regions(dom):
             pages += w.memory_section(region.gpa, memoryview(region.mem)[:region.size])
@@ -56,6 +53,21 @@ def write_save(dom: Domain, fd: int, header: dict[str, Any], current: VcpuContex
         f.flush()
         os.fsync(f.fileno())
     return f"saved {pages} pages in {time.monotonic() - started:.2f} s"
+
+
+def vcpu_sections(dom: Domain, current: VcpuContext | None = None) -> list[bytes]:
+    """Each vCPU's engine state as a VCPU section's payload (index u32 | the engine's blob); the vCPUs
+    must be stopped, but for `current`, inside its suspend hypercall. The save file's sections and the
+    migration stream's VCPU records (vmm/migration.py) both are these."""
+    return [_INDEX.pack(ctx.index) + ctx.ev.export_state(inside_trap=ctx is current) for ctx in dom.vcpus]
+
+
+def lapc_section(dom: Domain) -> dict[str, Any]:
+    """The LAPC section: each vCPU's state outside the engine (core/vcpu_save.py), timers as time left
+    now; the save file's and the migration stream's LAPC record's."""
+    now = dom.clock.now_ns()
+    return {"system_time_ns": now, "wall_time": time.time(), "evtchn_floor": dom.evtchn.resume_floor(),
+            "vcpus": [vcpu_record(ctx, now) for ctx in dom.vcpus]}
 
 
 def checkpoint(dom: Domain, ctx: VcpuContext, fd: int, header: dict[str, Any]) -> tuple[int, str]:
@@ -79,20 +91,13 @@ def _regions(dom: Domain) -> list[Region]:
 def restore_into(dom: Domain, save: SaveFile) -> None:
     """Fill a freshly built domain (no kernel loaded, no vCPU run) from `save`; HyperdiscoError (one
     line) if the file does not fit this domain."""
-    vcpus = [p for p in save.payloads(b"VCPU")]
-    if len(vcpus) != len(dom.vcpus):
-        raise HyperdiscoError(f"hyperdisco: restore: the file holds {len(vcpus)} vCPUs, the domain has "
-                              f"{len(dom.vcpus)}")
-    seen = set()
-    for payload in vcpus:
-        if len(payload) < _INDEX.size:
-            raise HyperdiscoError("hyperdisco: restore: a vCPU section is cut short")
-        (index,) = _INDEX.unpack_from(payload)
-        if not 0 <= index < len(dom.vcpus) or index in seen:
-            raise HyperdiscoError(f"hyperdisco: restore: vCPU {index} is not one of this domain's")
-        seen.add(index)
-        dom.vcpus[index].ev.import_state(payload[_INDEX.size:])
-    _restore_vcpu_records(dom, save)
+    import_vcpu_sections(dom, list(save.payloads(b"VCPU")))
+    try:
+        lapc = save.json(b"LAPC")
+    except ValueError:
+        raise HyperdiscoError("hyperdisco: restore: the LAPC section is not JSON") from None
+    if lapc:
+        apply_lapc_section(dom, lapc[0] if len(lapc) == 1 else None)
     # paused until domain 0 has plugged its devices in (dom0/host.py create), as libxl restores a domain
     # paused: the guest's xenbus_dev_resume reads each frontend's backend nodes at once
     dom.paused = True
@@ -123,30 +128,45 @@ def restore_memory(dom: Domain, save: SaveFile) -> None:
                                       "in this domain")
 
 
-def _restore_vcpu_records(dom: Domain, save: SaveFile) -> None:
+def import_vcpu_sections(dom: Domain, payloads: list[bytes], what: str = "restore") -> None:
+    """Each vCPU's engine state from its VCPU section's payload (vcpu_sections): one per vCPU of the
+    domain, each index once; HyperdiscoError (one line, "hyperdisco: WHAT: ...") otherwise."""
+    if len(payloads) != len(dom.vcpus):
+        where = "file" if what == "restore" else "stream"
+        raise HyperdiscoError(f"hyperdisco: {what}: the {where} holds {len(payloads)} vCPUs, the domain "
+                              f"has {len(dom.vcpus)}")
+    seen = set()
+    for payload in payloads:
+        if len(payload) < _INDEX.size:
+            raise HyperdiscoError(f"hyperdisco: {what}: a vCPU state is cut short")
+        (index,) = _INDEX.unpack_from(payload)
+        if not 0 <= index < len(dom.vcpus) or index in seen:
+            raise HyperdiscoError(f"hyperdisco: {what}: vCPU {index} is not one of this domain's")
+        seen.add(index)
+        dom.vcpus[index].ev.import_state(payload[_INDEX.size:])
+
+
+def apply_lapc_section(dom: Domain, lapc: Any, what: str = "restore") -> None:
     """Each vCPU's state outside the engine (up, parked, timers, local APIC: core/vcpu_save.py) from the
-    LAPC section; a file without them (written before they were) leaves vCPU 0 up and the others down."""
-    try:
-        lapc = save.json(b"LAPC")
-    except ValueError:
-        raise HyperdiscoError("hyperdisco: restore: the LAPC section is not JSON") from None
-    recs = lapc[0].get("vcpus") if len(lapc) == 1 and isinstance(lapc[0], dict) else None
-    if len(lapc) == 1 and isinstance(lapc[0], dict) and "evtchn_floor" in lapc[0]:
+    LAPC section (lapc_section); one without a "vcpus" list (a file written before there was one) leaves
+    vCPU 0 up and the others down."""
+    if isinstance(lapc, dict) and "evtchn_floor" in lapc:
         try:
-            dom.evtchn.set_floor(lapc[0]["evtchn_floor"])
+            dom.evtchn.set_floor(lapc["evtchn_floor"])
         except ValueError as exc:
-            raise HyperdiscoError(f"hyperdisco: restore: {exc}") from None
+            raise HyperdiscoError(f"hyperdisco: {what}: {exc}") from None
+    recs = lapc.get("vcpus") if isinstance(lapc, dict) else None
     if recs is None:
         return
     if not isinstance(recs, list) or len(recs) != len(dom.vcpus):
-        raise HyperdiscoError("hyperdisco: restore: the saved vCPU states do not match the vCPUs")
+        raise HyperdiscoError(f"hyperdisco: {what}: the saved vCPU states do not match the vCPUs")
     now = dom.clock.now_ns()
     seen = set()
     for rec in recs:
         index = rec.get("index") if isinstance(rec, dict) else None
         if (not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(dom.vcpus)
                 or index in seen):
-            raise HyperdiscoError("hyperdisco: restore: the saved vCPU states do not match the vCPUs")
+            raise HyperdiscoError(f"hyperdisco: {what}: the saved vCPU states do not match the vCPUs")
         seen.add(index)
         apply_vcpu_record(dom.vcpus[index], rec, now)
 

@@ -91,5 +91,5 @@ def test_pages_outside_memory_are_refused() -> None:
     rec = b"PAGE" + struct.pack("<I", 12 + PAGE) + struct.pack("<QI", 0, 2) + bytes(PAGE)
     with pytest.raises(StreamError, match="page record"):
         _receive(rec, bytearray(RAM))
-    with pytest.raises(StreamError, match="unknown record"):
+    with pytest.raises(StreamError, match="unknown"):
         _receive(b"EVIL" + struct.pack("<I", 0), bytearray(RAM))
