@@ -6,7 +6,8 @@ Also what dirty tracking costs the guest: a memory-writing loop in the guest (dd
 tmpfs, timed by the guest) without tracking, and while a rate-capped pre-copy (4 MiB/s: the sender
 mostly sleeps, the write protection is on) runs. Results go to bench/results/migrate-<timestamp>.json.
 
-    python bench/migrate.py [--runs 3] [--memory 256] [--out FILE]
+    python bench/migrate.py [--runs 3] [--memory 256] [--vcpus 1] [--out FILE]
+    (--vcpus 2 needs HYPERDISCO_SMP=1 in the environment: both daemons inherit it)
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--memory", type=int, default=256)
+    ap.add_argument("--vcpus", type=int, default=1)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     stamp = harness.timestamp()
@@ -91,7 +93,7 @@ def main() -> int:
         try:
             conns = [Connection(str(d.socket)) for d in daemons]
             name = "mig"
-            conns[0].create({"name": name, "memory": args.memory})
+            conns[0].create({"name": name, "memory": args.memory, "vcpus": args.vcpus})
             _ready(conns[0], name)
             here = 0
             for kind in ("idle", "sampled", "writing"):
@@ -149,8 +151,8 @@ def main() -> int:
                     f"{m['bytes'] / 1048576:.1f} MiB sent in {m['rounds']:.0f} rounds")
     harness.say(f"median guest dd: {med['tracking']['dd_alone_s']:.2f} s alone, "
                 f"{med['tracking']['dd_tracked_s']:.2f} s tracked")
-    doc = {"benchmark": "migrate", "memory_mib": args.memory, "commit": harness.hyperdisco_commit(),
-           "runs": results, "tracking": slowdown, "median": med}
+    doc = {"benchmark": "migrate", "memory_mib": args.memory, "vcpus": args.vcpus,
+           "commit": harness.hyperdisco_commit(), "runs": results, "tracking": slowdown, "median": med}
     harness.write_json(harness.results_path(args.out, "migrate", stamp), doc, harness.say)
     return 0
 
