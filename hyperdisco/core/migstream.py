@@ -128,7 +128,9 @@ class StreamReader:
         self.pages = 0
         sock.settimeout(0.5)
 
-    def _fill(self, view: memoryview) -> None:
+    def _fill(self, view: memoryview, hashed: bool = True, patient: bool = False) -> None:
+        """Receive exactly len(view) bytes. `patient`: between records, where the source may be quiet
+        for long (its guest suspending), only an abort ends the wait, not the idle timeout."""
         got, idle_since = 0, time.monotonic()
         while got < len(view):
             try:
@@ -136,7 +138,7 @@ class StreamReader:
             except TimeoutError:
                 if self.abort():
                     raise StreamError("migration abandoned") from None
-                if time.monotonic() - idle_since > self.idle_timeout:
+                if not patient and time.monotonic() - idle_since > self.idle_timeout:
                     raise StreamError(f"the source sent nothing for {self.idle_timeout:.0f} s") from None
                 continue
             except OSError as exc:
@@ -145,7 +147,8 @@ class StreamReader:
                 raise StreamError("the source hung up mid-stream")
             got += n
             idle_since = time.monotonic()
-        self._hash.update(view)
+        if hashed:
+            self._hash.update(view)
 
     def _exact(self, n: int) -> bytes:
         buf = bytearray(n)
@@ -160,29 +163,15 @@ class StreamReader:
         lapc_seen = False
         while True:
             head = bytearray(_RECORD.size)
-            view = memoryview(head)
-            got = 0
-            while got < len(head):
-                try:
-                    n = self.sock.recv_into(view[got:])
-                except TimeoutError:
-                    if self.abort():
-                        raise StreamError("migration abandoned") from None
-                    continue
-                except OSError as exc:
-                    raise StreamError(f"connection lost ({exc.strerror or exc})") from None
-                if n == 0:
-                    raise StreamError("the source hung up mid-stream")
-                got += n
+            self._fill(memoryview(head), patient=True)
             tag, length = _RECORD.unpack(head)
-            self._hash.update(head)
             if tag == DONE:
                 if not 32 <= length <= MAX_DONE:
                     raise StreamError("corrupt stream (DONE record)")
                 body = self._exact(length - 32)
                 digest = self._hash.digest()
                 sent = bytearray(32)
-                self._fill(memoryview(sent))
+                self._fill(memoryview(sent), hashed=False)
                 if bytes(sent) != digest:
                     raise StreamError("corrupt stream (checksum mismatch)")
                 try:
