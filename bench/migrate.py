@@ -7,7 +7,6 @@ tmpfs, timed by the guest) without tracking, and while a rate-capped pre-copy (4
 mostly sleeps, the write protection is on) runs. Results go to bench/results/migrate-<timestamp>.json.
 
     python bench/migrate.py [--runs 3] [--memory 256] [--vcpus 1] [--out FILE]
-    (--vcpus 2 needs HYPERDISCO_SMP=1 in the environment: both daemons inherit it)
 """
 
 from __future__ import annotations

@@ -199,7 +199,6 @@ def _wait_quiet(max_wait: float, below: float = 0.25) -> float:
 
 
 def smp_speedup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    os.environ.setdefault("HYPERDISCO_SMP", "1")  # SMP is opt-in (docs/smp.md: known crash)
     d = Daemon(work / "speedup")
     runs: dict[str, list[dict[str, float]]] = {"vcpus1": [], "vcpus2": []}
     try:

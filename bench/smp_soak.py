@@ -5,7 +5,7 @@ tests/integration/test_smp.py does, and catch the engine crash with its native b
                                        [--out bench/results/smp-soak-<timestamp>.json]
 
 Each boot: `create` a domain, `exec nproc` in it (the guest is up and has brought up its CPUs), check the
-answer, `destroy`. The daemon runs with HYPERDISCO_SMP=1 and HYPERDISCO_JAIL_CORE_DIR=<work>/cores
+answer, `destroy`. The daemon runs with HYPERDISCO_JAIL_CORE_DIR=<work>/cores
 (vmm/jail.py: the domain process stays jailed but dumpable, working in that directory), so a domain
 process that dies of a signal leaves `core` there; the script then runs gdb on it (`thread apply all bt`,
 if gdb is installed: apt-get install gdb) and keeps the backtrace and the core's name in the results. The
@@ -44,7 +44,7 @@ def main() -> int:
     cores.chmod(0o1777)  # the jailed domain process writes its core there under its own uid
     out = args.out or REPO / "bench" / "results" / f"smp-soak-{stamp}.json"
     sock = work / "hd.sock"
-    env = dict(os.environ, HYPERDISCO_SOCKET=str(sock), HYPERDISCO_SMP="1",
+    env = dict(os.environ, HYPERDISCO_SOCKET=str(sock),
                HYPERDISCO_JAIL_CORE_DIR=str(cores), PYTHONUNBUFFERED="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     sys.path.insert(0, str(REPO))

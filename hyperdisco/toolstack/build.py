@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,6 @@ DEFAULT_CMDLINE = "console=hvc0 earlyprintk=xen"
 DEFAULT_MEMORY_MIB = 256
 MAX_MEMORY_MIB = layout.MAX_RAM >> 20
 MAX_VCPUS = 16  # a domain's vCPUs (each one host thread and one engine instance)
-SMP_OPT_IN = "HYPERDISCO_SMP"  # vcpus > 1 only when this is "1" (in the daemon's environment)
 MIN_MEMORY_MIB = layout.MIN_RAM >> 20
 
 
@@ -65,9 +63,6 @@ def check_vcpus(vcpus: int, maxvcpus: int = 0) -> None:
     if maxvcpus and not vcpus <= maxvcpus <= MAX_VCPUS:
         raise ConfigError(f"hyperdisco: maxvcpus must be between vcpus ({vcpus}) and {MAX_VCPUS} "
                           f"(got {maxvcpus})")
-    if max(vcpus, maxvcpus) > 1 and os.environ.get(SMP_OPT_IN) != "1":
-        raise ConfigError(f"hyperdisco: vcpus > 1 is experimental: a known crash (SIGSEGV inside the engine "
-                          f"in about one SMP boot in three, docs/smp.md); set {SMP_OPT_IN}=1 to try it")
 
 
 def domain_config(name: str, kernel: str | None, initrd: str | None, cmdline: str | None, memory_mib: int,

@@ -132,11 +132,6 @@ def run() -> object:
     return hyperdisco
 
 
-# SMP guests are opt-in (toolstack/build.py SMP_OPT_IN): their domain processes crash with SIGSEGV inside
-# the engine in about one boot in three on a quiet host (docs/smp.md, "Known crash"); these tests run with
-# HYPERDISCO_SMP=1 in the environment and are skipped otherwise.
-needs_smp = pytest.mark.skipif(os.environ.get("HYPERDISCO_SMP") != "1",
-                               reason="SMP is opt-in (HYPERDISCO_SMP=1): known SIGSEGV in the engine")
 
 
 class Xl:

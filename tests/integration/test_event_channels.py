@@ -15,7 +15,7 @@ import pytest
 
 from hyperdisco.images import GuestImages
 
-from .conftest import Xl, build_guest_program, domain_cfg, hyperdisco, initrd_with_program, needs_smp
+from .conftest import Xl, build_guest_program, domain_cfg, hyperdisco, initrd_with_program
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,6 @@ def test_thousands_of_ports(xl: Xl, tmp_path: Path, images: GuestImages, extra: 
 
 
 @pytest.mark.parametrize(("extra", "fifo"), [("", True), (" xen.fifo_events=0", False)])
-@needs_smp
 def test_two_vcpus(images: GuestImages, extra: str, fifo: bool) -> None:
     """Each vCPU its own FIFO control block (Linux calls EVTCHNOP_init_control as it brings a CPU up) and
     its own queues: per-vCPU timer VIRQs and the IPIs between the CPUs arrive on both."""

@@ -1,9 +1,7 @@
 """migrate of a two-vCPU domain between two daemons on this host (docs/migration.md, "Several vCPUs"): the
 stream carries each vCPU's state as save writes it; a counter pinned to each CPU (each sleeping between
 steps, so each CPU's own timer must work on the destination) continues there without a gap or a repeat,
-and the guest still has both CPUs online.
-
-SMP guests are opt-in (HYPERDISCO_SMP=1, docs/smp.md), so this runs only with it (both daemons inherit it)."""
+and the guest still has both CPUs online."""
 
 from __future__ import annotations
 
@@ -14,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Xl, domain_cfg, needs_smp
+from .conftest import Xl, domain_cfg
 from .test_disks import wait_for
 from .test_migrate import _start_daemon
 from .test_save_restore_smp import _carries_on, _counts, _start_counters
 
-pytestmark = [pytest.mark.slow, needs_smp]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

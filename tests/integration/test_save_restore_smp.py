@@ -4,10 +4,7 @@ were, the guest's xen_vcpu_restore takes the second CPU down and up again around
 registration, and both CPUs carry on: a counter pinned to each CPU (each sleeping between steps, so each
 CPU's own timer must work after the restore) continues without a gap or a repeat. With save -c the
 original domain carries on too; a CPU taken offline before the save is offline after it and comes back
-with vcpu-set.
-
-SMP guests are opt-in (HYPERDISCO_SMP=1, docs/smp.md: a known crash of the engine in about one 2-vCPU
-boot in three), so these run only with it."""
+with vcpu-set."""
 
 from __future__ import annotations
 
@@ -16,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Xl, domain_cfg, needs_smp
+from .conftest import Xl, domain_cfg
 from .test_disks import text, wait_for
 
-pytestmark = [pytest.mark.slow, needs_smp]
+pytestmark = pytest.mark.slow
 
 
 def _start_counters(xl: Xl, dom: str) -> None:

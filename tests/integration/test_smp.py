@@ -17,9 +17,9 @@ import pytest
 
 from hyperdisco.images import GuestImages
 
-from .conftest import Xl, build_guest_program, domain_cfg, domain_pid, initrd_with_program, needs_smp
+from .conftest import Xl, build_guest_program, domain_cfg, domain_pid, initrd_with_program
 
-pytestmark = [pytest.mark.slow, needs_smp]
+pytestmark = pytest.mark.slow
 
 SOURCE = Path(__file__).resolve().parent.parent / "guest" / "smp_stress.c"
 
