@@ -92,7 +92,10 @@ def test_save_freezes_and_thaws_through_qemu_ga(xl: Xl, tmp_path: Path, debian_i
     assert "guest-fsfreeze called" in r.stdout, r.stdout[-2000:]
     # a task writing meanwhile blocks on the frozen root and stops the guest's freezer (do_suspend fails
     # after 20 s): thawed, asked again, saved without the freeze
-    xl("exec", "deb", "systemd-run --unit=writer sh -c 'while :; do date >> /root/wlog; sleep 0.3; done'")
+    # writing without a pause: a writer that sleeps between writes can be caught asleep (freezable) by the
+    # guest's suspend before it next writes, and the suspend then succeeds frozen (seen once the restore
+    # path got faster); one that always writes is blocked on the frozen root within microseconds
+    xl("exec", "deb", "systemd-run --unit=writer sh -c 'while :; do echo x >> /root/wlog; done'")
     r = xl("save", "-c", "deb", str(tmp_path / "deb.ckpt2"), timeout=300)
     line = next((ln for ln in r.stderr.splitlines() if ln.startswith("Filesystems:")), "")
     assert "could not suspend frozen" in line and "saved without a freeze" in line, r.stderr
