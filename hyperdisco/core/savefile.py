@@ -203,11 +203,7 @@ def index_sealed_save(fd: int, name: str) -> SaveFile:
     try:
         size = os.fstat(f.fileno()).st_size
         head = f.read(len(MAGIC) + _VERSION.size)
-        if len(head) < len(MAGIC) + _VERSION.size or head[:len(MAGIC)] != MAGIC:
-            raise SaveFileError(f"{name}: not a hyperdisco save file")
-        (version,) = _VERSION.unpack_from(head, len(MAGIC))
-        if version != FORMAT_VERSION:
-            raise SaveFileError(f"{name}: save format version {version}")
+        version = _version(head, name)
         pos = len(head)
         sections: list[tuple[bytes, int, int]] = []
         header: dict[str, Any] | None = None
@@ -222,11 +218,7 @@ def index_sealed_save(fd: int, name: str) -> SaveFile:
             if tag == END:
                 break
             if tag == HEADER:
-                try:
-                    parsed = json.loads(f.read(length))
-                except (ValueError, UnicodeDecodeError):
-                    raise SaveFileError(f"{name}: corrupt save file (header)") from None
-                header = parsed if isinstance(parsed, dict) and header is None else None
+                header = _header(f.read(length), name) if header is None else None
             if header is None:
                 raise SaveFileError(f"{name}: corrupt save file (header)")
             sections.append((tag, pos, length))
@@ -240,20 +232,37 @@ def index_sealed_save(fd: int, name: str) -> SaveFile:
     return SaveFile(name, version, header, sections, file=f)
 
 
+def _version(head: bytes, name: str) -> int:
+    """The format version from the file's first bytes (magic, u32), or one line why not."""
+    if len(head) < len(MAGIC) or head[:len(MAGIC)] != MAGIC:
+        raise SaveFileError(f"{name}: not a hyperdisco save file")
+    if len(head) < len(MAGIC) + _VERSION.size:
+        raise SaveFileError(f"{name}: truncated save file (header cut short)")
+    (version,) = _VERSION.unpack_from(head, len(MAGIC))
+    if version != FORMAT_VERSION:
+        raise SaveFileError(f"{name}: save format version {version}, this hyperdisco reads version "
+                            f"{FORMAT_VERSION}")
+    return int(version)
+
+
+def _header(data: bytes, name: str) -> dict[str, Any]:
+    """The HEADER section's JSON object, or one line."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise SaveFileError(f"{name}: corrupt save file (header)") from None
+    if not isinstance(parsed, dict):
+        raise SaveFileError(f"{name}: corrupt save file (header)")
+    return parsed
+
+
 def _read(path: str, f: BinaryIO) -> SaveFile:
     def short(what: str) -> SaveFileError:
         return SaveFileError(f"{path}: truncated save file ({what} cut short)")
 
     digest = hashlib.sha256()
     head = f.read(len(MAGIC) + _VERSION.size)
-    if len(head) < len(MAGIC) or head[:len(MAGIC)] != MAGIC:
-        raise SaveFileError(f"{path}: not a hyperdisco save file")
-    if len(head) < len(MAGIC) + _VERSION.size:
-        raise short("header")
-    (version,) = _VERSION.unpack_from(head, len(MAGIC))
-    if version != FORMAT_VERSION:
-        raise SaveFileError(f"{path}: save format version {version}, this hyperdisco reads version "
-                            f"{FORMAT_VERSION}")
+    version = _version(head, path)
     digest.update(head)
     pos = len(head)
     sections: list[tuple[bytes, int, int]] = []
@@ -315,13 +324,7 @@ def _read(path: str, f: BinaryIO) -> SaveFile:
             if sections:
                 raise SaveFileError(f"{path}: corrupt save file (second header)")
             f.seek(pos)
-            try:
-                parsed = json.loads(f.read(length))
-            except (ValueError, UnicodeDecodeError):
-                raise SaveFileError(f"{path}: corrupt save file (header)") from None
-            if not isinstance(parsed, dict):
-                raise SaveFileError(f"{path}: corrupt save file (header)")
-            header = parsed
+            header = _header(f.read(length), path)
         elif header is None:
             raise SaveFileError(f"{path}: corrupt save file (no header)")
         sections.append((tag, pos, length))
